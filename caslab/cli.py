@@ -1,0 +1,129 @@
+"""The ``caslab`` command: doctor, run, report, cleanup, nlb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+
+def _interrupt_on_sigterm() -> None:
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_doctor(args) -> int:
+    from caslab import doctor
+
+    return doctor.run()
+
+
+def cmd_run(args) -> int:
+    from caslab import doctor, runner, spec as spec_mod
+
+    try:
+        spec, path = spec_mod.load(args.spec, args.set)
+    except spec_mod.SpecError as exc:
+        print(f"caslab: bad spec: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(json.dumps(spec, indent=2, sort_keys=True))
+        return 0
+    failed = [c for c in doctor.checks() if c.required and not c.ok]
+    if failed:
+        for check in failed:
+            print(f"caslab: cannot run: {check.name}: {check.detail}", file=sys.stderr)
+        return 3
+    from caslab.netlab import LabError
+
+    _interrupt_on_sigterm()
+    try:
+        run_dir = runner.run_experiment(spec, path, Path(args.out) if args.out else None)
+    except KeyboardInterrupt:
+        print("caslab: interrupted; the lab was torn down and the events so far were kept", file=sys.stderr)
+        return 130
+    except LabError as exc:
+        print(f"caslab: run failed: {exc}\n(the lab was torn down; raw events are kept in the result folder)",
+              file=sys.stderr)
+        return 1
+    print(f"\nresults: {run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print_table(summary)
+    print(f"report:  {run_dir / 'report.html'}")
+    return 0 if summary.get("complete") else 1
+
+
+def print_table(summary: dict) -> None:
+    header = f"{'scenario':28} {'fault':16} {'sess':>5} {'aff':>4} {'rec':>4} {'unrec':>5} {'coll':>4} " \
+             f"{'p50':>8} {'p99':>8} {'max':>8} {'lost':>4}"
+    print(header)
+    for s in summary["scenarios"]:
+        r = s["reconnect_ms"]
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        print(f"{s['label'][:28]:28} {s['fault'][:16]:16} {s['sessions']:5} {s['affected']:4} {s['recovered']:4} "
+              f"{s['unrecovered']:5} {s['collateral']:4} {fmt(r['p50']):>8} {fmt(r['p99']):>8} {fmt(r['max']):>8} "
+              f"{s['messages']['lost']:4}")
+
+
+def cmd_report(args) -> int:
+    from caslab import report
+
+    run_dir = Path(args.dir)
+    if not (run_dir / "events.jsonl").exists() or not (run_dir / "manifest.json").exists():
+        print(f"caslab: {run_dir} is not a result folder (needs events.jsonl and manifest.json)", file=sys.stderr)
+        return 2
+    summary = report.write_report(run_dir)
+    print_table(summary)
+    return 0
+
+
+def cmd_cleanup(args) -> int:
+    from caslab import cleanup
+
+    return cleanup.run(Path(args.results))
+
+
+def cmd_nlb(args) -> int:
+    from caslab import nlb_client
+
+    return nlb_client.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caslab", description="Exchange 2010 CAS array failover lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check that this machine can run the lab").set_defaults(func=cmd_doctor)
+    run = sub.add_parser("run", help="run an experiment (default: experiments/default.toml)")
+    run.add_argument("spec", nargs="?", help="a spec file, or the name of one in experiments/")
+    run.add_argument("--out", help="result folder (default results/<experiment>-<timestamp>)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec setting, e.g. --set nlb.fast_fail=false (repeatable)")
+    run.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and stop")
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="regenerate summary, CSV, plots and reports from a run's events")
+    rep.add_argument("dir")
+    rep.set_defaults(func=cmd_report)
+    clean = sub.add_parser("cleanup", help="remove what a hard-killed run left (its own pids and bridge names)")
+    clean.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"))
+    clean.set_defaults(func=cmd_cleanup)
+    nlb = sub.add_parser("nlb", help="talk to a running SDN NLB's admin API")
+    nlb.add_argument("--port", type=int, required=True, help="admin API port on 127.0.0.1")
+    nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))
+    nlb.add_argument("vip", nargs="?")
+    nlb.add_argument("member_or_value", nargs="?")
+    nlb.add_argument("--deadline", type=float, default=None)
+    nlb.set_defaults(func=cmd_nlb)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The live network: Mininet hosts on Open vSwitch, the lab's processes, and teardown.
+
+Teardown is the rule of this machine: only what the lab made is removed. Mininet's own
+``stop()`` ends its node shells by pid and deletes its bridges; the lab's extra processes
+(services, controller, clients) are ended by the pids recorded when they started; a final
+sweep deletes the plan's own bridge and interface names if anything survived. Never
+``mn -c``, never kill by process name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import IO
+
+from caslab import system
+from topologies.plan import SWITCH_PREFIX, LabPlan
+
+
+class LabError(Exception):
+    """The lab cannot run (missing tool, leftover bridge, network not converging)."""
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def existing_bridges() -> list[str]:
+    res = system.run(["ovs-vsctl", "--timeout=5", "list-br"])
+    return res.stdout.split()
+
+
+@dataclass
+class LabProcess:
+    """A process the lab started, in a host's namespace or in the root namespace."""
+
+    name: str
+    host: str | None
+    popen: subprocess.Popen
+    log: IO | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Signal the process group (mnexec -d and start_new_session give each its own)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)
+        if self.log is not None:
+            self.log.close()
+
+
+@dataclass
+class LabNetwork:
+    """Builds, runs and always tears down one Mininet network from a ``LabPlan``."""
+
+    plan: LabPlan
+    run_dir: Path
+    controller_port: int
+    datapath: str = field(default_factory=system.preferred_datapath)
+    net: object = None
+    processes: list[LabProcess] = field(default_factory=list)
+
+    # ---- build -----------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Create hosts, links and interfaces (no switch running yet)."""
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        from topologies.cas_array import CasArrayTopo
+
+        setLogLevel("error")
+        clash = set(existing_bridges()) & set(self.plan.switch_names())
+        if clash:
+            raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
+                           f"or a killed run left them (remove with: caslab cleanup)")
+        switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13",
+                         reconnectms=1000)
+        controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
+        self.net = Mininet(topo=CasArrayTopo(plan=self.plan), switch=switch, controller=controller,
+                           build=False, autoSetMacs=False, waitConnected=False)
+        self.net.build()
+
+    def start(self) -> None:
+        """Start the switches (the controller should already listen) and fix offload."""
+        self.net.start()
+        self._fix_offload()
+        if self.plan.routed:
+            self.node("r1").cmd("sysctl -q -w net.ipv4.ip_forward=1")
+
+    def switch_port_name(self, host: str) -> str:
+        """Name of the switch-side interface of a host's (first) link."""
+        intf = self.node(host).intf()
+        link = intf.link
+        return (link.intf2 if link.intf1 is intf else link.intf1).name
+
+    def _fix_offload(self) -> None:
+        """The userspace datapath drops TCP with bad checksums: turn TX offload off on veths."""
+        for node in self.net.hosts + self.net.switches:
+            for intf in node.intfList():
+                if intf.name == "lo" or not intf.link:
+                    continue
+                node.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+
+    def node(self, name: str):
+        return self.net.get(name)
+
+    def wait_connected(self, timeout_s: float = 20) -> None:
+        """Poll until every switch has a live OpenFlow session to the controller."""
+        deadline = time.monotonic() + timeout_s
+        switches = self.plan.switch_names()
+        while time.monotonic() < deadline:
+            rows = system.run(["ovs-vsctl", "--timeout=3", "--columns=is_connected", "find", "Controller",
+                               f"target=\"tcp:127.0.0.1:{self.controller_port}\""]).stdout
+            connected = rows.count("true")
+            if connected >= len(switches):
+                return
+            time.sleep(0.1)
+        raise LabError(f"switches {switches} did not connect to the controller on port "
+                       f"{self.controller_port} within {timeout_s:.0f} s")
+
+    # ---- processes ---------------------------------------------------------------------
+
+    def popen_in(self, host: str, name: str, argv: list[str]) -> LabProcess:
+        """Start argv inside a host's namespace; output goes to logs/<name>.log."""
+        log = self._log_file(name)
+        popen = self.node(host).popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = LabProcess(name, host, popen, log)
+        self.processes.append(proc)
+        return proc
+
+    def popen_root(self, name: str, argv: list[str], env: dict | None = None) -> LabProcess:
+        """Start argv in the root namespace (the controller), in its own process group."""
+        log = self._log_file(name)
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env={**os.environ, **(env or {})})
+        proc = LabProcess(name, None, popen, log)
+        self.processes.append(proc)
+        return proc
+
+    def _log_file(self, name: str) -> IO:
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return open(logs / f"{name}.log", "ab")
+
+    def processes_on(self, host: str) -> list[LabProcess]:
+        return [p for p in self.processes if p.host == host]
+
+    def record_pids(self) -> None:
+        """Write the pids the lab owns, so `caslab cleanup` can end them after a hard kill."""
+        pids = {p.name: p.pid for p in self.processes if p.alive()}
+        shells = {h.name: h.pid for h in self.net.hosts} if self.net else {}
+        (self.run_dir / "pids.json").write_text(
+            __import__("json").dumps({"processes": pids, "hosts": shells,
+                                      "bridges": self.plan.switch_names()}, indent=1))
+
+    # ---- teardown ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End every lab process by pid, stop Mininet, then sweep the lab's own names."""
+        errors = []
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
+                errors.append(f"{proc.name}: {exc}")
+        if self.net is not None:
+            shells = [n.shell for n in self.net.hosts + self.net.switches + self.net.controllers if n.shell]
+            try:
+                self.net.stop()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"mininet: {exc}")
+            for shell in shells:  # Mininet signals its node shells but does not wait for them
+                try:
+                    shell.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(shell.pid, signal.SIGKILL)
+                    shell.wait(5)
+        sweep_lab_names(self.plan.switch_names())
+        pids = self.run_dir / "pids.json"
+        if pids.exists():
+            pids.unlink()
+        if errors:
+            raise LabError("teardown: " + "; ".join(errors))
+
+
+def sweep_lab_names(bridges: list[str]) -> list[str]:
+    """Delete the lab's own bridges and root-namespace veths if any survived teardown."""
+    removed = []
+    present = set(existing_bridges()) if system.ovs_running() else set()
+    for bridge in bridges:
+        if bridge in present:
+            system.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", bridge])
+            removed.append(bridge)
+    links = system.run(["ip", "-o", "link", "show"]).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if any(name.startswith(f"{b}-eth") for b in bridges) or (name.startswith(SWITCH_PREFIX) and name in bridges):
+            system.run(["ip", "link", "del", name])
+            removed.append(name)
+    return removed

@@ -1,0 +1,89 @@
+"""An experiment: every scenario (mode x sweep point) times its repetitions, one result folder.
+
+    results/<experiment>-<timestamp>/
+        manifest.json   resolved spec, scenarios, versions, seed, datapath
+        events.jsonl    every event of every run, tagged with scenario and repetition
+        raw/            per-run process logs and configs (kept even when a run fails)
+        summary.json, summary.csv, *.png, report.md, report.html   (caslab report DIR)
+
+Runs are sequential: one network at a time on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from caslab import report, scenario as scenario_mod, spec as spec_mod, system
+from caslab.netlab import LabError
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def scenario_id(index: int, label: str) -> str:
+    return f"s{index + 1}-" + re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+
+
+class Progress:
+    """Live progress lines on stderr: which run, which step, elapsed time."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr):
+        self.total, self.stream, self.started = total, stream, time.monotonic()
+        self.current = ""
+
+    def run(self, index: int, label: str, rep: int) -> None:
+        self.current = f"[{index}/{self.total}] {label} rep {rep + 1}"
+
+    def __call__(self, step: str) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"{elapsed:7.1f}s {self.current}: {step}", file=self.stream, flush=True)
+
+
+def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None) -> Path:
+    name = spec["experiment"]["name"]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out else RESULTS_DIR / f"{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scenarios = spec_mod.scenarios(spec)
+    metas = [{"id": scenario_id(i, s["label"]), "label": s["label"], "mode": s["mode"], "params": s["params"]}
+             for i, s in enumerate(scenarios)]
+    manifest = {"run_id": run_dir.name, "spec_file": str(spec_path), "spec": spec, "scenarios": metas,
+                "versions": system.versions(), "datapath": system.preferred_datapath(), "complete": False,
+                "python": sys.version.split()[0], "failures": []}
+    write_manifest(run_dir, manifest)
+    reps = spec["experiment"]["repetitions"]
+    progress = Progress(len(scenarios) * reps)
+    events_path = run_dir / "events.jsonl"
+    events_path.write_text("")
+    count = 0
+    try:
+        with open(events_path, "a", encoding="utf-8") as events_out:
+            for scenario, meta in zip(scenarios, metas):
+                for rep in range(reps):
+                    count += 1
+                    progress.run(count, meta["label"], rep)
+                    raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
+                    try:
+                        scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
+                    except LabError as exc:
+                        manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": str(exc)})
+                        progress(f"FAILED: {exc}")
+                        raise
+                    finally:
+                        scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
+        manifest["complete"] = True
+    finally:
+        write_manifest(run_dir, manifest)
+        if events_path.stat().st_size:
+            progress("writing report")
+            report.write_report(run_dir)
+    return run_dir
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,94 @@
+"""Facts about this machine that decide how the lab runs: OVS datapath, mnexec, netem.
+
+Kept apart from the network code so ``caslab doctor`` and the runner ask the same
+questions the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def run(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def ovs_running() -> bool:
+    if not shutil.which("ovs-vsctl"):
+        return False
+    try:
+        return run(["ovs-vsctl", "--timeout=3", "show"]).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def kernel_datapath_available() -> bool:
+    """True where the openvswitch kernel module is loaded (a VM); the sandbox has none."""
+    return os.path.isdir("/sys/module/openvswitch")
+
+
+def preferred_datapath() -> str:
+    """'kernel' where the module exists (faster), else OVS's userspace 'user' datapath."""
+    forced = os.environ.get("CASLAB_DATAPATH")
+    if forced in ("kernel", "user"):
+        return forced
+    return "kernel" if kernel_datapath_available() else "user"
+
+
+def netem_available() -> bool:
+    """sch_netem gives link delay and loss; this sandbox's kernel has none."""
+    if os.path.isdir("/sys/module/sch_netem"):
+        return True
+    modules = f"/lib/modules/{os.uname().release}"
+    if not os.path.isdir(modules):
+        return False
+    found = run(["find", modules, "-name", "sch_netem*"])
+    return bool(found.stdout.strip())
+
+
+def framework_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("os-ken")
+    except Exception:  # noqa: BLE001 - any failure means "not installed"
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions recorded in every run's manifest, for reproducibility."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for package in ("caslab", "mininet", "os-ken", "scapy", "matplotlib", "dnspython"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    ovs = run(["ovs-vsctl", "--version"]) if shutil.which("ovs-vsctl") else None
+    out["openvswitch"] = ovs.stdout.splitlines()[0].split()[-1] if ovs and ovs.stdout else None
+    out["kernel"] = os.uname().release
+    for tool in ("haproxy", "dnsmasq"):
+        path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+        if path:
+            res = run([path, "-v"])
+            text = (res.stdout or res.stderr).splitlines()
+            out[tool] = text[0] if text else None
+    return out

@@ -1,0 +1,76 @@
+"""Active health probes for the SDN NLB, run in the load-balancer host (``lb1``).
+
+The controller lives in the root namespace and cannot open TCP connections into the lab,
+so this agent does it from inside: every ``interval_ms`` it connects to each member's
+service port and sends an application-level hello (an RPC ping frame). A frozen CAS
+(SIGSTOP) still completes TCP handshakes in the kernel but never answers the hello, so
+it is caught too. Each result goes to the controller as one JSON datagram on a Unix
+socket (path sockets cross network namespaces); the controller counts fall/rise.
+
+Config keys: vip, members [{name, ip}], port, interval_ms, timeout_ms, socket, events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+from roles.protocol import read_frame, write_frame
+from roles.service import load_config, open_log, run_forever
+
+
+async def probe(ip: str, port: int, timeout_s: float) -> tuple[bool, str]:
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout_s)
+        await write_frame(writer, {"op": "ping"})
+        reply = await asyncio.wait_for(read_frame(reader), timeout_s)
+        return (True, "") if reply and reply.get("ok") else (False, "bad_reply")
+    except asyncio.TimeoutError:
+        return False, "timeout"
+    except OSError as exc:
+        return False, type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a malformed reply is a failed probe
+        return False, type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def probe_loop(config: dict[str, Any], member: dict[str, str], sock: socket.socket, log) -> None:
+    interval = config["interval_ms"] / 1000
+    timeout = config["timeout_ms"] / 1000
+    last = None
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        ok, detail = await probe(member["ip"], config["port"], timeout)
+        report = {"vip": config["vip"], "member": member["name"], "ok": ok, "detail": detail}
+        try:
+            sock.sendto(json.dumps(report).encode(), config["socket"])
+        except OSError:
+            pass
+        if ok != last:
+            log.emit("probe_state", member=member["name"], ok=ok, detail=detail)
+            last = ok
+        next_at = max(next_at + interval, loop.time())
+        await asyncio.sleep(next_at - loop.time())
+
+
+async def serve(config: dict[str, Any]) -> None:
+    log = open_log(config, "health")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    log.emit("service_up", role="health", members=[m["name"] for m in config["members"]])
+    await asyncio.gather(*(probe_loop(config, m, sock, log) for m in config["members"]))
+
+
+def main() -> None:
+    config = load_config()
+    run_forever(lambda: serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Client Access Server (RPC Client Access): authenticates sessions and proxies to mailbox.
+
+Session state (who is logged on) lives only in this CAS's memory, as it did in Exchange
+2010. A client that reconnects to a CAS that does not know its session is told
+``auth_required`` and must log on again: that is Outlook's credential prompt after a
+failover, and the CAS logs it as a ``reauth`` event.
+
+The CAS finds the mailbox server holding the *active* copy of the user's database by
+asking the copies in turn (passive copies answer ``not_active``), remembers it, and
+looks again after a switchover, so the client sees only a delay.
+
+Config keys: name, listen_port, events, databases: {DB: [host:port of each copy]},
+mailbox_timeout_ms, locate_deadline_ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from roles.protocol import error
+from roles.service import load_config, open_log, run_forever, serve_frames
+from roles.mailbox import Peer
+
+PROXIED_OPS = {"read", "send", "sync"}
+
+
+def password_for(user: str) -> str:
+    """The lab's directory: every user's password is derived from its name."""
+    return f"pw-{user}"
+
+
+class ActiveCopyLocator:
+    """Finds and remembers which copy of each database is active."""
+
+    def __init__(self, databases: dict[str, list[str]], timeout_s: float, deadline_s: float):
+        self.databases = databases
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self.active: dict[str, str] = {}
+
+    def candidates(self, db: str) -> list[str]:
+        copies = list(self.databases.get(db, []))
+        known = self.active.get(db)
+        if known in copies:
+            copies.remove(known)
+            copies.insert(0, known)
+        return copies
+
+
+class CasServer:
+    def __init__(self, config: dict[str, Any], log):
+        self.name = config["name"]
+        self.log = log
+        self.sessions: dict[str, dict[str, str]] = {}
+        self.locator = ActiveCopyLocator(
+            config.get("databases", {}),
+            config.get("mailbox_timeout_ms", 1000) / 1000,
+            config.get("locate_deadline_ms", 5000) / 1000,
+        )
+
+    async def proxy(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        session = self.sessions[state["session"]]
+        db = session["db"]
+        message = {**request, "user": session["user"], "db": db}
+        message.pop("session", None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.locator.deadline_s
+        links: dict[str, Peer] = state.setdefault("links", {})
+        while True:
+            for address in self.locator.candidates(db):
+                link = links.setdefault(address, Peer(address))
+                try:
+                    reply = await asyncio.wait_for(link.call(message), self.locator.timeout_s)
+                except (OSError, asyncio.TimeoutError, ConnectionError):
+                    continue
+                if reply.get("error") == "not_active":
+                    continue
+                if reply.get("ok"):
+                    self.locator.active[db] = address
+                return reply
+            if loop.time() >= deadline:
+                return error("mailbox_unavailable", db=db)
+            await asyncio.sleep(0.05)
+
+    async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.answer(request, state)
+        reply["cas"] = self.name
+        return reply
+
+    async def answer(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        sid = request.get("session")
+        if op == "logon":
+            user, db = request.get("user"), request.get("db")
+            if not (isinstance(sid, str) and isinstance(user, str) and isinstance(db, str)):
+                return error("bad_request")
+            if request.get("password") != password_for(user):
+                self.log.emit("auth_failed", session=sid, user=user)
+                return error("auth_failed", close=True)
+            if db not in self.locator.databases:
+                return error("unknown_db", db=db)
+            self.sessions[sid] = {"user": user, "db": db}
+            state["session"] = sid
+            if request.get("reauth"):
+                self.log.emit("reauth", session=sid, user=user)
+            return {"ok": True}
+        if op == "resume":
+            if isinstance(sid, str) and sid in self.sessions:
+                state["session"] = sid
+                return {"ok": True}
+            return error("auth_required")
+        if op == "ping":
+            return {"ok": True}
+        if "session" not in state:
+            return error("auth_required")
+        if op in PROXIED_OPS:
+            return await self.proxy(request, state)
+        return error("unknown_op", op=op if isinstance(op, str) else None)
+
+
+def close_links(state: dict[str, Any]) -> None:
+    """Close this client connection's links to mailbox servers."""
+    for link in state.get("links", {}).values():
+        if link.writer is not None:
+            link.writer.close()
+
+
+async def serve(config: dict[str, Any]) -> None:
+    log = open_log(config, config["name"])
+    server = CasServer(config, log)
+
+    async def on_client(reader, writer):
+        await serve_frames(reader, writer, server.handle, log, on_close=close_links)
+
+    listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True)
+    log.emit("service_up", role="cas", port=config["listen_port"])
+    async with listener:
+        await listener.serve_forever()
+
+
+def main() -> None:
+    config = load_config()
+    run_forever(lambda: serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Plumbing shared by the role services: config loading, framed request loops, shutdown.
+
+Every role runs as ``python -m roles.<role> CONFIG.json`` inside its Mininet host. The
+config holds everything (addresses, ports, event-log path), so the runner, not the role,
+decides the experiment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+from caslab.events import EventLog, NullLog
+from roles.protocol import ProtocolError, error, read_frame, write_frame
+
+Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m roles.<role> CONFIG.json")
+    with open(args[0], encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def open_log(config: dict[str, Any], source: str):
+    path = config.get("events")
+    return EventLog(path, source) if path else NullLog()
+
+
+async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: float | None = None,
+                       on_close: Callable[[dict[str, Any]], None] | None = None):
+    """Answer framed requests one by one; bad frames get an error reply and a close."""
+    state: dict[str, Any] = {"peer": writer.get_extra_info("peername")}
+    try:
+        while True:
+            try:
+                request = await asyncio.wait_for(read_frame(reader), idle_timeout)
+            except ProtocolError as exc:
+                log.emit("protocol_error", peer=str(state["peer"]), reason=str(exc))
+                await write_frame(writer, error("protocol", detail=str(exc)))
+                return
+            if request is None:
+                return
+            reply = await handler(request, state)
+            await write_frame(writer, reply)
+            if reply.get("close"):
+                return
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        return
+    finally:
+        if on_close is not None:
+            on_close(state)
+        writer.close()
+
+
+def run_forever(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a service until SIGTERM or SIGINT, then exit cleanly."""
+
+    async def runner():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(main())
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, waiter):
+            pending.cancel()
+        if task in done and task.exception():
+            raise task.exception()
+
+    asyncio.run(runner())

@@ -1,0 +1,63 @@
+"""CAS-array topologies: one switch per AD site, hosts for every Exchange role.
+
+One site (the default)::
+
+    cas1  cas2  cas3   mbx1  mbx2   dns1  ad1  lb1
+       \\    |    /        \\  /        |    |    /
+        +---------------- clab1 -----------------+
+                      /    |    \\
+                   cl1    cl2   ...          (array VIP 10.1.0.100)
+
+Two sites add a router joining the site switches (a WAN link)::
+
+    [HQ hosts] -- clab1 -- r1 -- clab2 -- [Branch hosts]
+
+Run it by hand with ``mn --custom topologies/cas_array.py --topo casarray``.
+"""
+
+from __future__ import annotations
+
+try:
+    from mininet.topo import Topo
+except ImportError:  # pragma: no cover - the graph can be planned without Mininet
+    Topo = object  # type: ignore[assignment,misc]
+
+from topologies.plan import LabPlan
+
+DEFAULT_SITES = [{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 2}]
+
+
+class CasArrayTopo(Topo):
+    """Exchange 2010 CAS array: per-site switch, CAS, mailbox, DNS, autodiscover, clients."""
+
+    def build(self, sites=None, plan: LabPlan | None = None, wan_bw_mbit: float | None = None, **_params):
+        self.plan = plan or LabPlan.build(sites or DEFAULT_SITES)
+        for site in self.plan.sites:
+            self.addSwitch(site.switch, dpid="%016x" % site.index, protocols="OpenFlow13")
+        for host in self.plan.hosts:
+            default_route = f"via {self.plan.site(host.site).gateway()}" if self.plan.routed else None
+            self.addHost(host.name, ip=host.cidr, mac=host.mac, role=host.role, site=host.site,
+                         defaultRoute=default_route)
+            self.addLink(host.name, self.plan.site(host.site).switch)
+        if self.plan.routed:
+            self.addHost("r1", ip=None, role="router", site=self.plan.sites[0].name)
+            for site in self.plan.sites:
+                link_opts = {"bw": wan_bw_mbit} if wan_bw_mbit and site.index > 1 else {}
+                self.addLink("r1", site.switch, intfName1=f"r1-eth{site.index}",
+                             params1={"ip": f"{site.gateway()}/16"}, **link_opts)
+
+
+def casarray(cas: int = 3, mailboxes: int = 2, clients: int = 2) -> CasArrayTopo:
+    """``mn --topo casarray,3,2,2``: one site with the given counts."""
+    return CasArrayTopo(sites=[{"name": "HQ", "cas": int(cas), "mailboxes": int(mailboxes), "clients": int(clients)}])
+
+
+def twosites(cas: int = 2, clients: int = 1) -> CasArrayTopo:
+    """``mn --topo twosites``: HQ and Branch joined by a router."""
+    return CasArrayTopo(sites=[
+        {"name": "HQ", "cas": int(cas), "mailboxes": 2, "clients": int(clients)},
+        {"name": "Branch", "cas": int(cas), "mailboxes": 1, "clients": int(clients)},
+    ])
+
+
+topos = {"casarray": casarray, "twosites": twosites}

@@ -1,0 +1,141 @@
+"""The addressing plan: which host plays which role, with which address, in which site.
+
+Pure data, computed from a few counts, so the topology, the runner and the services all
+read the same plan and it can be unit-tested without root.
+
+Site k (1-based) is the subnet 10.k.0.0/16 on switch ``clab<k>``:
+
+    10.k.0.1     router (only with more than one site)
+    10.k.0.2     DNS server (site 1 only: authoritative for the lab zone)
+    10.k.0.3     autodiscover
+    10.k.0.4     load-balancer host (HAProxy holds the VIP there; the SDN NLB's prober)
+    10.k.0.11+   CAS          10.k.0.21+  mailbox      10.k.0.51+  client hosts
+    10.k.0.100   array VIP    10.k.(10+c).1+  extra source addresses of client host c
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+SWITCH_PREFIX = "clab"
+LAB_DOMAIN = "lab.test"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    role: str
+    site: str
+    ip: str
+    prefix: int = 16
+
+    @property
+    def mac(self) -> str:
+        return mac_for(self.ip)
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.ip}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    name: str
+    index: int
+    cas: int
+    mailboxes: int
+    clients: int
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"10.{self.index}.0.0/16")
+
+    @property
+    def switch(self) -> str:
+        return f"{SWITCH_PREFIX}{self.index}"
+
+    @property
+    def vip(self) -> str:
+        return f"10.{self.index}.0.100"
+
+    @property
+    def vip_mac(self) -> str:
+        return "02:00:0a:%02x:00:64" % self.index
+
+    @property
+    def array_fqdn(self) -> str:
+        return f"outlook.{self.name.lower()}.{LAB_DOMAIN}"
+
+    def address(self, host_octet: int) -> str:
+        return f"10.{self.index}.0.{host_octet}"
+
+    def gateway(self) -> str:
+        return self.address(1)
+
+
+def mac_for(ip: str) -> str:
+    """A locally administered MAC derived from the IPv4 address (stable across runs)."""
+    octets = [int(part) for part in ip.split(".")]
+    return "02:00:" + ":".join("%02x" % o for o in octets)
+
+
+@dataclass
+class LabPlan:
+    sites: list[SitePlan]
+    hosts: list[HostPlan] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, sites: list[dict]) -> "LabPlan":
+        """sites: [{name, cas, mailboxes, clients}], in order; the first one is HQ."""
+        site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0))
+                      for i, s in enumerate(sites)]
+        plan = cls(site_plans)
+        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0}
+
+        def add(prefix: str, role: str, site: SitePlan, octet: int) -> None:
+            counters[prefix] += 1
+            plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet)))
+
+        for site in site_plans:
+            if site.index == 1:
+                plan.hosts.append(HostPlan("dns1", "dns", site.name, site.address(2)))
+            add("ad", "autodiscover", site, 3)
+            add("lb", "lb", site, 4)
+            for i in range(site.cas):
+                add("cas", "cas", site, 11 + i)
+            for i in range(site.mailboxes):
+                add("mbx", "mailbox", site, 21 + i)
+            for i in range(site.clients):
+                add("cl", "client", site, 51 + i)
+        return plan
+
+    @property
+    def routed(self) -> bool:
+        return len(self.sites) > 1
+
+    def site(self, name: str) -> SitePlan:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    def by_role(self, role: str, site: str | None = None) -> list[HostPlan]:
+        return [h for h in self.hosts if h.role == role and (site is None or h.site == site)]
+
+    def host(self, name: str) -> HostPlan:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def source_ips(self, client: HostPlan, count: int) -> list[str]:
+        """Extra source addresses for a client host's sessions (for affinity tests)."""
+        site = self.site(client.site)
+        index = self.by_role("client", client.site).index(client)
+        if count > 250:
+            raise ValueError("at most 250 source addresses per client host")
+        return [f"10.{site.index}.{10 + index}.{i + 1}" for i in range(count)]
+
+    def switch_names(self) -> list[str]:
+        return [site.switch for site in self.sites]

@@ -1,0 +1,198 @@
+"""Outlook-like client emulator: many sessions per host, each logging every operation.
+
+A session resolves its target, connects, logs on (or resumes), then issues one operation
+every ``interval_ms`` (read a folder, send a message, sync, RPC ping). Every operation has
+an application-level timeout (Outlook's RPC ping): without it, a session to a silent peer
+would wait for the kernel's tcp_retries2 (~15 min) and the lab would measure the kernel,
+not the HA design. After a failure it reconnects like Outlook: an immediate retry, then
+back-off. Each event is a JSON line with a CLOCK_MONOTONIC timestamp.
+
+Run as ``python -m traffic.client CONFIG.json``; config keys are read in ``ClientConfig``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from caslab.events import now_ns
+from roles.protocol import ProtocolError, read_frame, write_frame
+from roles.cas import password_for
+from roles.service import load_config, open_log, run_forever
+from traffic.resolver import ResolveError, target_from_config
+
+DEFAULT_OPS = {"read": 4, "send": 2, "sync": 1, "ping": 3}
+
+
+class SessionDown(Exception):
+    """The session's connection is unusable; the reason is the message."""
+
+
+@dataclass
+class ClientConfig:
+    name: str
+    port: int
+    target: dict[str, Any]
+    sessions: int = 8
+    interval_ms: int = 50
+    op_timeout_ms: int = 1000
+    connect_timeout_ms: int = 1000
+    backoff_ms: list[int] = field(default_factory=lambda: [0, 100, 250, 500, 1000, 2000])
+    select: str = "first"
+    ops: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OPS))
+    users: list[dict[str, str]] = field(default_factory=list)
+    source_ips: list[str] = field(default_factory=list)
+    seed: int = 1
+    events: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClientConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class Session:
+    """One Outlook profile's connection: connect, authenticate, operate, reconnect."""
+
+    def __init__(self, client: "Client", index: int):
+        self.client = client
+        cfg = client.config
+        self.sid = f"{cfg.name}-s{index}"
+        user = cfg.users[index % len(cfg.users)] if cfg.users else {"user": f"{cfg.name}u{index}", "db": "DB1"}
+        self.user, self.db = user["user"], user["db"]
+        self.source_ip = cfg.source_ips[index % len(cfg.source_ips)] if cfg.source_ips else None
+        self.rng = random.Random(cfg.seed * 100003 + index)
+        self.logged_on = False
+        self.address_index = 0
+        self.sent = 0
+        self.ops, self.weights = zip(*sorted(cfg.ops.items()))
+
+    def emit(self, ev: str, **fields: Any) -> None:
+        self.client.log.emit(ev, session=self.sid, **fields)
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        cfg = self.client.config
+        try:
+            addresses = await self.client.target.resolve()
+        except ResolveError as exc:
+            raise SessionDown(f"resolve: {exc}") from None
+        address = addresses[self.address_index % len(addresses)]
+        local = (self.source_ip, 0) if self.source_ip else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, cfg.port, local_addr=local), cfg.connect_timeout_ms / 1000
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            if cfg.select == "next_on_fail":
+                self.address_index += 1
+            self.emit("connect_fail", addr=address, reason=type(exc).__name__)
+            raise SessionDown("connect") from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.emit("connect_ok", addr=address)
+        return reader, writer, address
+
+    async def call(self, reader, writer, message: dict[str, Any]) -> dict[str, Any]:
+        timeout = self.client.config.op_timeout_ms / 1000
+        try:
+            await write_frame(writer, message)
+            reply = await asyncio.wait_for(read_frame(reader), timeout)
+        except asyncio.TimeoutError:
+            raise SessionDown("timeout") from None
+        except (OSError, ProtocolError) as exc:
+            raise SessionDown(type(exc).__name__) from None
+        if reply is None:
+            raise SessionDown("eof")
+        return reply
+
+    async def authenticate(self, reader, writer) -> None:
+        if self.logged_on:
+            reply = await self.call(reader, writer, {"op": "resume", "session": self.sid})
+            if reply.get("ok"):
+                self.emit("logon", cas=reply.get("cas"), reauth=False, resumed=True)
+                return
+        reauth = self.logged_on
+        reply = await self.call(reader, writer, {
+            "op": "logon", "session": self.sid, "user": self.user, "db": self.db,
+            "password": password_for(self.user), "reauth": reauth,
+        })
+        if not reply.get("ok"):
+            raise SessionDown(f"logon: {reply.get('error')}")
+        self.logged_on = True
+        self.emit("logon", cas=reply.get("cas"), reauth=reauth, resumed=False)
+
+    def next_request(self) -> dict[str, Any]:
+        op = self.rng.choices(self.ops, self.weights)[0]
+        request: dict[str, Any] = {"op": op}
+        if op == "send":
+            self.sent += 1
+            request["msg_id"] = f"{self.sid}-m{self.sent}"
+            request["subject"] = f"message {self.sent} from {self.sid}"
+        return request
+
+    async def operate(self, reader, writer) -> None:
+        interval = self.client.config.interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            request = self.next_request()
+            started = now_ns()
+            reply = await self.call(reader, writer, request)
+            latency_us = (now_ns() - started) // 1000
+            fields = {"op": request["op"], "ok": bool(reply.get("ok")), "lat_us": latency_us, "cas": reply.get("cas")}
+            if request["op"] == "send":
+                fields["msg_id"] = request["msg_id"]
+            if not reply.get("ok"):
+                fields["error"] = reply.get("error")
+            self.emit("op", **fields)
+            if reply.get("error") == "auth_required":
+                raise SessionDown("auth_required")
+            next_at = max(next_at + interval, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    async def run(self) -> None:
+        cfg = self.client.config
+        await asyncio.sleep(self.rng.uniform(0, cfg.interval_ms / 1000))
+        failures = 0
+        while True:
+            writer = None
+            try:
+                reader, writer, _ = await self.connect()
+                await self.authenticate(reader, writer)
+                failures = 0
+                await self.operate(reader, writer)
+            except SessionDown as exc:
+                if writer is not None:
+                    self.emit("down", reason=str(exc))
+            finally:
+                if writer is not None:
+                    writer.close()
+            delay_ms = cfg.backoff_ms[min(failures, len(cfg.backoff_ms) - 1)]
+            failures += 1
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+
+
+class Client:
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.log = open_log({"events": config.events}, config.name)
+        self.target = target_from_config(config.target)
+
+    async def run(self) -> None:
+        self.log.emit("client_up", sessions=self.config.sessions, target=self.target.describe())
+        sessions = [Session(self, i) for i in range(self.config.sessions)]
+        await asyncio.gather(*(s.run() for s in sessions))
+
+
+def main() -> None:
+    config = ClientConfig.from_dict(load_config())
+    run_forever(Client(config).run)
+
+
+if __name__ == "__main__":
+    main()
