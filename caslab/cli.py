@@ -93,6 +93,12 @@ def cmd_nlb(args) -> int:
     return nlb_client.run(args)
 
 
+def cmd_bench(args) -> int:
+    from caslab import bench
+
+    return bench.main_cli(args.seconds, args.rounds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caslab", description="Exchange 2010 CAS array failover lab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove what a hard-killed run left (its own pids and bridge names)")
     clean.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"))
     clean.set_defaults(func=cmd_cleanup)
+    bench = sub.add_parser("bench", help="throughput through the SDN NLB's VIP vs straight to a CAS (iperf3)")
+    bench.add_argument("--seconds", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.set_defaults(func=cmd_bench)
     nlb = sub.add_parser("nlb", help="talk to a running SDN NLB's admin API")
     nlb.add_argument("--port", type=int, required=True, help="admin API port on 127.0.0.1")
     nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))

@@ -7,20 +7,65 @@ instant that metrics use as ``t_fault``, and names the elements it fails.
     link-cut    a CAS loses its path to the mailbox servers (blackhole routes)
     drain       graceful removal from the load balancer; ``rejoin`` brings it back
     controller-crash   the SDN controller is killed, and restarted after restart_after_s
+    dag-switchover     the active copy of a database moves to another server (lossless)
+
+The runner plays Exchange's Active Manager: when a mailbox server is powered off or
+crashes, each database active on it is activated on the next surviving copy.
 """
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import threading
 from typing import Any, Callable
 
 from caslab import modes
-from caslab.services import Context
+from caslab.services import MAILBOX_PORT, Context
 
 
 def _role_processes(ctx: Context, host: str):
     return [p for p in ctx.lab.processes_on(host) if p.name == host]
+
+
+def admin_call(ctx: Context, target_host: str, message: dict[str, Any], via: str) -> dict[str, Any]:
+    """Send one framed admin request to a mailbox server, from inside host ``via``."""
+    address = f"{ctx.plan.host(target_host).ip}:{MAILBOX_PORT}"
+    out = ctx.lab.node(via).cmd(f"{sys.executable} -m roles.admin {address} '{json.dumps(message)}'")
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"ok": False, "error": out.strip()[:200]}
+
+
+def move_database(ctx: Context, db: str, to: str, dead: set[str]) -> None:
+    """Active Manager: make ``to`` the active copy of ``db`` (deactivating the old one if alive)."""
+    layout = ctx.extra["databases"][db]
+    old = layout["active"]
+    via = to
+    if old not in dead:
+        admin_call(ctx, old, {"op": "deactivate", "db": db}, via)
+    reply = admin_call(ctx, to, {"op": "activate", "db": db}, via)
+    layout["active"] = to
+    ctx.log.emit("db_active", db=db, server=to, previous=old, ok=bool(reply.get("ok")))
+
+
+def fail_over_databases(ctx: Context, dead: set[str]) -> None:
+    for db, layout in sorted(ctx.extra.get("databases", {}).items()):
+        if layout["active"] in dead:
+            survivors = [c for c in layout["copies"] if c not in dead]
+            if survivors:
+                move_database(ctx, db, survivors[0], dead)
+
+
+def dag_switchover(ctx: Context, fault: dict[str, Any]) -> None:
+    db = fault["database"]
+    layout = ctx.extra["databases"].get(db)
+    if layout is None:
+        raise ValueError(f"no database {db} in this topology")
+    to = fault["to"] or next(c for c in layout["copies"] if c != layout["active"])
+    move_database(ctx, db, to, set())
 
 
 def poweroff(ctx: Context, fault: dict[str, Any]) -> None:
@@ -34,12 +79,14 @@ def poweroff(ctx: Context, fault: dict[str, Any]) -> None:
                 break
         for proc in ctx.lab.processes_on(host):
             proc.signal(signal.SIGKILL)
+    fail_over_databases(ctx, set(fault["target"]))
 
 
 def crash(ctx: Context, fault: dict[str, Any]) -> None:
     for host in fault["target"]:
         for proc in _role_processes(ctx, host):
             proc.signal(signal.SIGKILL)
+    fail_over_databases(ctx, set(fault["target"]))
 
 
 def freeze(ctx: Context, fault: dict[str, Any]) -> None:
@@ -81,23 +128,34 @@ def controller_crash(ctx: Context, fault: dict[str, Any]) -> None:
 
 INJECTORS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "poweroff": poweroff, "crash": crash, "freeze": freeze, "link-cut": link_cut,
-    "drain": drain, "rejoin": rejoin, "controller-crash": controller_crash,
+    "drain": drain, "rejoin": rejoin, "controller-crash": controller_crash, "dag-switchover": dag_switchover,
 }
 
 
-def failed_elements(fault: dict[str, Any]) -> list[str]:
-    """Which elements a session must have been on to count as affected."""
-    if fault["kind"] in ("rejoin",):
+def failed_elements(ctx: Context, fault: dict[str, Any]) -> list[str]:
+    """Which elements a session must have been on to count as affected.
+
+    Hosts by name; a database as ``db:<name>`` (its sessions are affected when its active
+    copy moves or its server dies); ``controller`` for a controller fault (every session).
+    """
+    kind = fault["kind"]
+    if kind == "rejoin":
         return []
-    if fault["kind"] == "controller-crash":
+    if kind == "controller-crash":
         return ["controller"]
-    return list(fault["target"])
+    if kind == "dag-switchover":
+        return [f"db:{fault['database']}"]
+    elements = list(fault["target"])
+    for db, layout in sorted(ctx.extra.get("databases", {}).items()):
+        if layout["active"] in fault["target"] and kind in ("poweroff", "crash", "freeze"):
+            elements.append(f"db:{db}")
+    return elements
 
 
 def inject(ctx: Context, fault: dict[str, Any]) -> None:
     injector = INJECTORS.get(fault["kind"])
     if injector is None:
         raise ValueError(f"fault {fault['kind']!r} is not implemented yet")
-    ctx.log.emit("fault", kind=fault["kind"], targets=fault["target"], elements=failed_elements(fault))
+    ctx.log.emit("fault", kind=fault["kind"], targets=fault["target"], elements=failed_elements(ctx, fault))
     injector(ctx, fault)
     ctx.log.emit("fault_done", kind=fault["kind"], targets=fault["target"])

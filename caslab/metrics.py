@@ -2,8 +2,9 @@
 
 Per client session, with ``t_fault`` the instant of the first fault of a run:
 
-* affected     the session's CAS at ``t_fault`` (its last successful operation) is an
-               element the fault failed (or, for a controller fault, every session);
+* affected     the session's CAS at ``t_fault`` (its last successful operation) or its
+               mailbox database is an element the fault failed (a controller fault
+               affects every session);
 * disrupted    a failed operation or a dropped connection after ``t_fault``;
 * reconnect    first successful operation after the session's first drop after
                ``t_fault``, minus ``t_fault``;
@@ -11,7 +12,8 @@ Per client session, with ``t_fault`` the instant of the first fault of a run:
 * unrecovered  affected, disrupted and no success before the window closed;
 * collateral   not affected, yet a failed, dropped or late (> late_ms) operation;
 * re-auth      a logon after ``t_fault`` that needed credentials again;
-* messages     acked by the system vs stored in the mailbox databases at the end.
+* messages     acked by the system vs stored in each database's active copy at the end;
+* probe gap    longest run of failed scapy SYN probes to the array address (ms).
 
 Everything is deterministic: the same events give byte-identical summaries.
 """
@@ -93,14 +95,34 @@ def session_outcomes(events: list[dict], late_ms: float) -> dict[str, Any]:
     out["messages"] = message_integrity(events)
     out["detection_ms"] = detection_ms(events, t_fault)
     out["cpu"] = cpu_idle(events)
+    out["probe_gap_ms"] = probe_gap_ms(events)
     return out
+
+
+def probe_gap_ms(events: list[dict]) -> float | None:
+    """Longest run of failed SYN probes: first failure to the next success (ms)."""
+    probes = sorted((e["ts"], bool(e.get("ok"))) for e in events if e["ev"] == "probe")
+    if not probes:
+        return None
+    longest, gap_start = 0, None
+    for ts, ok in probes:
+        if not ok and gap_start is None:
+            gap_start = ts
+        elif ok and gap_start is not None:
+            longest = max(longest, ts - gap_start)
+            gap_start = None
+    if gap_start is not None:
+        longest = max(longest, probes[-1][0] - gap_start)
+    return round(longest / 1e6, 1)
 
 
 def _one_session(evs: list[dict], t_fault, end, elements: set[str], late_ms: float) -> dict[str, Any]:
     before = [e for e in evs if t_fault is None or e["ts"] < t_fault]
     after = [e for e in evs if t_fault is not None and t_fault <= e["ts"] <= end]
     cas_at_fault = next((e.get("cas") for e in reversed(before) if e["ev"] == "op" and e.get("ok")), None)
-    affected = t_fault is not None and (cas_at_fault in elements or "controller" in elements)
+    db = next((e.get("db") for e in evs if e["ev"] == "logon" and e.get("db")), None)
+    on = {cas_at_fault, f"db:{db}", "controller"}
+    affected = t_fault is not None and bool(on & elements)
     first_drop = next((e["ts"] for e in after if e["ev"] == "down" or (e["ev"] == "op" and not e.get("ok"))), None)
     late = any(e["ev"] == "op" and e.get("lat_us", 0) > late_ms * 1000 for e in after)
     disrupted = first_drop is not None
@@ -122,8 +144,8 @@ def _one_session(evs: list[dict], t_fault, end, elements: set[str], late_ms: flo
 def message_integrity(events: list[dict]) -> dict[str, int]:
     acked = {e["msg_id"] for e in events if e["ev"] == "op" and e.get("op") == "send" and e.get("ok")}
     stored_by_db: dict[str, set[str]] = defaultdict(set)
-    for e in events:
-        if e["ev"] == "mailbox_contents":
+    for e in events:  # what the user would see: the copy that is active at the end
+        if e["ev"] == "mailbox_contents" and e.get("active", True):
             stored_by_db[e["db"]].update(e["msg_ids"])
     stored = set().union(*stored_by_db.values()) if stored_by_db else set()
     return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored)}
@@ -169,6 +191,7 @@ def summarize(events: Iterable[dict], scenarios_meta: list[dict[str, Any]], late
             "messages": {k: sum(r["messages"][k] for r in per_rep) for k in ("acked", "stored", "lost")},
             "detection_ms": distribution([r["detection_ms"] for r in per_rep if r["detection_ms"] is not None]),
             "cpu_idle_pct": cpu_mean, "fidelity_ok": cpu_mean is None or cpu_mean >= min_idle_pct,
+            "probe_gap_ms": max((r["probe_gap_ms"] for r in per_rep if r["probe_gap_ms"] is not None), default=None),
             "per_repetition": [{k: r[k] for k in ("sessions", "affected", "recovered", "unrecovered", "collateral",
                                                   "reauth", "detection_ms")} |
                                {"reconnect_ms": distribution(r["reconnect_ms"]), "cpu_idle_pct": r["cpu"]["mean"]}

@@ -13,11 +13,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from caslab import system
 from topologies.plan import SWITCH_PREFIX, LabPlan
@@ -147,12 +148,20 @@ class LabNetwork:
 
     # ---- processes ---------------------------------------------------------------------
 
-    def popen_in(self, host: str, name: str, argv: list[str]) -> LabProcess:
-        """Start argv inside a host's namespace; output goes to logs/<name>.log."""
+    def popen_in(self, host: str, name: str, argv: list[str],
+                 on_line: Callable[[int, str], None] | None = None) -> LabProcess:
+        """Start argv inside a host's namespace; output goes to logs/<name>.log.
+
+        With ``on_line``, each output line is also handed to it with the monotonic time it
+        arrived (how a tool that only logs text, like HAProxy, becomes timed events).
+        """
         log = self._log_file(name)
-        popen = self.node(host).popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        stdout = subprocess.PIPE if on_line else log
+        popen = self.node(host).popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = LabProcess(name, host, popen, log)
         self.processes.append(proc)
+        if on_line:
+            threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
 
     def popen_root(self, name: str, argv: list[str], env: dict | None = None) -> LabProcess:
@@ -208,6 +217,17 @@ class LabNetwork:
             pids.unlink()
         if errors:
             raise LabError("teardown: " + "; ".join(errors))
+
+
+def _pump_lines(stream, log: IO, on_line: Callable[[int, str], None]) -> None:
+    for raw in iter(stream.readline, b""):
+        ts = time.monotonic_ns()
+        try:
+            log.write(raw)
+            log.flush()
+        except ValueError:  # log closed during teardown
+            pass
+        on_line(ts, raw.decode(errors="replace").rstrip())
 
 
 def sweep_lab_names(bridges: list[str]) -> list[str]:

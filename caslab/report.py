@@ -11,6 +11,7 @@ import base64
 import csv
 import io
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ PNG_META = {"Software": None}
 CSV_COLUMNS = ["label", "mode", "fault", "repetitions", "sessions", "affected", "recovered", "unrecovered",
                "collateral", "reauth", "reconnect_p50_ms", "reconnect_p95_ms", "reconnect_p99_ms",
                "reconnect_max_ms", "ci95_low_ms", "ci95_high_ms", "detection_p50_ms", "messages_acked",
-               "messages_lost", "probe_gap_ms", "cpu_idle_pct", "fidelity_ok"]
+               "messages_lost", "probe_gap_ms", "capture_max_diff_ms", "cpu_idle_pct", "fidelity_ok"]
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -43,6 +44,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     spec = manifest["spec"]
     summary = metrics.summarize(events, manifest["scenarios"], spec["metrics"]["late_ms"],
                                 spec["metrics"]["min_cpu_idle_pct"])
+    add_capture_checks(run_dir, events, manifest, summary)
     summary["experiment"] = spec["experiment"]["name"]
     summary["complete"] = manifest.get("complete", False)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -57,13 +59,38 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def add_capture_checks(run_dir: Path, events: list[dict], manifest: dict, summary: dict) -> None:
+    """Cross-check reconnect times from client events against the client-link captures."""
+    from caslab import capture
+
+    runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for ev in events:
+        runs[(ev.get("scenario", ""), ev.get("rep", 0))].append(ev)
+    late = manifest["spec"]["metrics"]["late_ms"]
+    for scenario in summary["scenarios"]:
+        checks = []
+        for (sid, rep), evs in sorted(runs.items()):
+            pcaps = sorted((run_dir / "raw" / f"{sid}-r{rep + 1}").glob("*.pcap"))
+            if sid != scenario["id"] or not pcaps:
+                continue
+            try:
+                checks.append(capture.cross_check(evs, pcaps, late)["reconnect"])
+            except Exception:  # noqa: BLE001 - a damaged capture must not stop the report
+                continue
+        compared = [c for c in checks if c.get("n")]
+        scenario["capture_check"] = None if not compared else {
+            "n": sum(c["n"] for c in compared),
+            "median_abs_diff_ms": round(statistics.median(c["median_abs_diff_ms"] for c in compared), 3),
+            "max_abs_diff_ms": round(max(c["max_abs_diff_ms"] for c in compared), 3)}
+
+
 def csv_row(s: dict[str, Any]) -> list[Any]:
     r = s["reconnect_ms"]
     ci = r.get("ci95_mean") or [None, None]
     return [s["label"], s["mode"], s["fault"], s["repetitions"], s["sessions"], s["affected"], s["recovered"],
             s["unrecovered"], s["collateral"], s["reauth"], r["p50"], r["p95"], r["p99"], r["max"], ci[0], ci[1],
             s["detection_ms"]["p50"], s["messages"]["acked"], s["messages"]["lost"], s.get("probe_gap_ms"),
-            s["cpu_idle_pct"], s["fidelity_ok"]]
+            (s.get("capture_check") or {}).get("max_abs_diff_ms"), s["cpu_idle_pct"], s["fidelity_ok"]]
 
 
 def write_csv(path: Path, summary: dict[str, Any]) -> None:

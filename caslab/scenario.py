@@ -120,6 +120,16 @@ def start_captures(ctx: Context) -> None:
                           "tcp", "port", str(services.CAS_PORT)])
 
 
+def start_prober(ctx: Context, mode: modes.Mode) -> None:
+    """scapy SYN probes from the first client host to the array's first address."""
+    client = ctx.plan.by_role("client")[0]
+    addresses = mode.array_addresses(ctx).get(client.site) or [ctx.plan.by_role("cas", client.site)[0].ip]
+    config = {"name": f"probe-{client.name}", "target_ip": addresses[0], "port": services.CAS_PORT,
+              "rate_hz": ctx.spec["probe"]["rate_hz"], "timeout_ms": 200,
+              "events": ctx.events_path(f"probe-{client.name}")}
+    ctx.start_module(client.name, f"probe-{client.name}", "traffic.prober", config)
+
+
 def record_mailboxes(ctx: Context) -> None:
     """Log what each database copy holds at the end, so metrics need only the events."""
     for db, entry in ctx.extra.get("databases", {}).items():
@@ -132,7 +142,7 @@ def record_mailboxes(ctx: Context) -> None:
                 ids = sorted(row[0] for row in conn.execute("SELECT msg_id FROM messages"))
             finally:
                 conn.close()
-            ctx.log.emit("mailbox_contents", db=db, server=server, msg_ids=ids)
+            ctx.log.emit("mailbox_contents", db=db, server=server, active=server == entry["active"], msg_ids=ids)
 
 
 def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: Progress) -> None:
@@ -158,14 +168,17 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         lab.start()
         lab.wait_connected()
         progress("starting Exchange roles")
+        services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
         mailboxes = services.start_mailboxes(ctx)
         cas = services.start_cas(ctx)
-        mode.start(ctx)
         role_names = [p.name for p in mailboxes + cas]
         wait_until(lambda: count_events(raw_dir, role_names, "service_up") >= len(role_names),
                    timing["ready_timeout_s"], "mailbox and CAS services to start")
+        mode.start(ctx)  # load balancers and health checks start on services that answer
         if scenario["probe"]["capture"]:
             start_captures(ctx)
+        if scenario["probe"]["rate_hz"] > 0:
+            start_prober(ctx, mode)
         progress("starting clients")
         client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
         lab.record_pids()

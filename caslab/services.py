@@ -115,3 +115,32 @@ def start_clients(ctx: Context, target_for) -> list[LabProcess]:
         }
         procs.append(ctx.start_module(host.name, host.name, "traffic.client", config))
     return procs
+
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+def dns_records(ctx: Context, array_addresses: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every host by name, plus each site's array FQDN -> the addresses the mode chose."""
+    from topologies.plan import LAB_DOMAIN
+
+    records = {f"{h.name}.{LAB_DOMAIN}": [h.ip] for h in ctx.plan.hosts}
+    for site in ctx.plan.sites:
+        if site.name in array_addresses:
+            records[site.array_fqdn] = array_addresses[site.name]
+    return records
+
+
+def start_dns(ctx: Context, records: dict[str, list[str]]) -> LabProcess:
+    """A real DNS server (dnsmasq) in dns1, authoritative for the lab's names only."""
+    dns = ctx.plan.by_role("dns")[0]
+    ttl = ctx.spec["dns"]["ttl_s"]
+    argv = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
+            "--bind-interfaces", f"--listen-address={dns.ip}", "--port=53", "--user=root", "--pid-file=",
+            "--log-facility=-"]
+    for name in sorted(records):
+        for ip in records[name]:
+            argv.append(f"--host-record={name},{ip},{ttl}")
+    ctx.extra["dns_server"] = dns.ip
+    (ctx.raw_dir / "dns-records.json").write_text(json.dumps(records, indent=1, sort_keys=True))
+    return ctx.lab.popen_in(dns.name, "dnsmasq", argv)

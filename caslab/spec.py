@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 MODES = ("direct", "dns-rr", "wnlb", "haproxy", "sdn-nlb")
 FAULT_KINDS = ("crash", "poweroff", "freeze", "link-cut", "drain", "rejoin", "dag-switchover",
-               "controller-crash", "rebind")
+               "controller-crash")
 AFFINITIES = ("none", "single", "network")
 HOST_NAME = re.compile(r"^(cas|mbx|cl|ad|lb|dns|r)\d+$")
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -128,7 +128,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "affinity": Field(str, "single", _one_of(AFFINITIES), f"one of {list(AFFINITIES)}"),
     },
     "probe": {
-        "rate_hz": Field(NUM, 50, lambda v: 0 <= v <= 500, "a rate from 0 to 500 probes per second"),
+        "rate_hz": Field(NUM, 20, lambda v: 0 <= v <= 100, "a rate from 0 (off) to 100 probes per second"),
         "capture": Field(bool, True),
     },
     "metrics": {
@@ -182,7 +182,7 @@ def _check_fault(source: str, index: int, raw: Any) -> dict[str, Any]:
         fault[key] = _check_value(source, f"{prefix}.{key}", field, value)
     targets = fault.get("target", [])
     targets = [targets] if isinstance(targets, str) else targets
-    needs_target = fault["kind"] not in ("controller-crash", "dag-switchover", "rebind")
+    needs_target = fault["kind"] not in ("controller-crash", "dag-switchover")
     if needs_target and not targets:
         raise SpecError(source, f"{prefix}.target", "a host name like 'cas1' or a list of them (missing)")
     for target in targets:
@@ -196,7 +196,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     """Check a parsed spec and return it with every default filled in."""
     if not isinstance(raw, dict):
         raise SpecError(source, "(top level)", "a TOML document")
-    allowed = set(SCHEMA) | {"faults", "sweep", "admin"}
+    allowed = set(SCHEMA) | {"faults", "sweep"}
     for section in raw:
         if section not in allowed:
             raise SpecError(source, section, f"one of the sections {sorted(allowed)}")
@@ -215,7 +215,6 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         raise SpecError(source, "faults", "an array of tables ([[faults]])", faults)
     spec["faults"] = [_check_fault(source, i, f) for i, f in enumerate(faults)]
     spec["sweep"] = _check_sweep(source, raw.get("sweep", {}))
-    spec["admin"] = _check_admin(source, raw.get("admin", {}))
     _check_consistency(source, spec)
     return spec
 
@@ -232,23 +231,6 @@ def _check_sweep(source: str, sweep: Any) -> dict[str, list]:
             raise SpecError(source, f"sweep.{key}", "a dotted key like 'nlb.fast_fail' naming a spec setting")
         out[key] = [_check_value(source, f"sweep.{key}", SCHEMA[section][name], v) for v in values]
     return out
-
-
-def _check_admin(source: str, admin: Any) -> dict[str, Any]:
-    """Exchange admin state: arrays and each database's RpcClientAccessServer."""
-    if not isinstance(admin, dict):
-        raise SpecError(source, "admin", "a table", admin)
-    allowed = {"rpc_client_access_server", "array_created_before_databases"}
-    for key in admin:
-        if key not in allowed:
-            raise SpecError(source, f"admin.{key}", f"one of the keys {sorted(allowed)}")
-    rcas = admin.get("rpc_client_access_server", {})
-    if not isinstance(rcas, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rcas.items()):
-        raise SpecError(source, "admin.rpc_client_access_server", "a table of database = server name", rcas)
-    before = admin.get("array_created_before_databases", True)
-    if not isinstance(before, bool):
-        raise SpecError(source, "admin.array_created_before_databases", "true or false", before)
-    return {"rpc_client_access_server": dict(rcas), "array_created_before_databases": before}
 
 
 def _check_consistency(source: str, spec: dict[str, Any]) -> None:

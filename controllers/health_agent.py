@@ -7,7 +7,11 @@ service port and sends an application-level hello (an RPC ping frame). A frozen 
 it is caught too. Each result goes to the controller as one JSON datagram on a Unix
 socket (path sockets cross network namespaces); the controller counts fall/rise.
 
-Config keys: vip, members [{name, ip}], port, interval_ms, timeout_ms, socket, events.
+Checks (config ``check``): ``app`` (connect + hello, the default), ``tcp`` (connect only,
+like HAProxy's default check), ``icmp`` (host answers ping: Windows NLB's heartbeat comes
+from the host's NLB driver, so it knows nothing of the service).
+
+Config keys: vip, members [{name, ip}], port, interval_ms, timeout_ms, check, socket, events.
 """
 
 from __future__ import annotations
@@ -21,10 +25,21 @@ from roles.protocol import read_frame, write_frame
 from roles.service import load_config, open_log, run_forever
 
 
-async def probe(ip: str, port: int, timeout_s: float) -> tuple[bool, str]:
+async def probe_icmp(ip: str, timeout_s: float) -> tuple[bool, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "ping", "-c", "1", "-n", "-q", "-W", f"{timeout_s:.3f}", ip,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return (await proc.wait() == 0), "no_echo"
+
+
+async def probe(ip: str, port: int, timeout_s: float, check: str = "app") -> tuple[bool, str]:
+    if check == "icmp":
+        return await probe_icmp(ip, timeout_s)
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout_s)
+        if check == "tcp":
+            return True, ""
         await write_frame(writer, {"op": "ping"})
         reply = await asyncio.wait_for(read_frame(reader), timeout_s)
         return (True, "") if reply and reply.get("ok") else (False, "bad_reply")
@@ -46,7 +61,7 @@ async def probe_loop(config: dict[str, Any], member: dict[str, str], sock: socke
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while True:
-        ok, detail = await probe(member["ip"], config["port"], timeout)
+        ok, detail = await probe(member["ip"], config["port"], timeout, config.get("check", "app"))
         report = {"vip": config["vip"], "member": member["name"], "ok": ok, "detail": detail}
         try:
             sock.sendto(json.dumps(report).encode(), config["socket"])

@@ -77,6 +77,10 @@ class SdnNlb(BaseApp):
         self.fast_fail = bool(self.config.get("fast_fail", True))
         self.conn_idle_s = int(self.config.get("conn_idle_s", 120))
         self.challenge_delay_s = float(self.config.get("challenge_delay_ms", 20)) / 1000
+        # Windows NLB emulation (caslab/modes.py) turns these off/on: it only learns of a
+        # dead host from missed heartbeats and then needs a convergence round.
+        self.port_detection = bool(self.config.get("port_detection", True))
+        self.convergence_s = float(self.config.get("convergence_ms", 0)) / 1000
         self.vips = [Vip(i + 1, spec) for i, spec in enumerate(self.config["vips"])]
         for vip in self.vips:
             for name, tracker in vip.health.items():
@@ -141,7 +145,7 @@ class SdnNlb(BaseApp):
         for vip in self.vips_on(dp.id):
             vip.port_numbers[name] = port.port_no
             for member in vip.pool.members.values():
-                if member.port_name == name and member.port_up != up:
+                if self.port_detection and member.port_name == name and member.port_up != up:
                     self.set_member(vip, member.name, "port_down" if not up else "port_up", port_up=up)
 
     # ---- membership ----------------------------------------------------------------
@@ -216,8 +220,14 @@ class SdnNlb(BaseApp):
             if vip is None or name not in vip.health:
                 return
             flipped = vip.health[name].record(ok)
-            if flipped is not None:
-                self.set_member(vip, name, "probe_up" if flipped else f"probe_down:{detail}", alive=flipped)
+            if flipped is None:
+                return
+            reason = "probe_up" if flipped else f"probe_down:{detail}"
+            if self.convergence_s > 0:
+                self.event_log.emit("nlb_converging", vip=vip.ip, member=name, alive=flipped)
+                hub.spawn_after(self.convergence_s, self.set_member, vip, name, reason, alive=flipped)
+            else:
+                self.set_member(vip, name, reason, alive=flipped)
 
     # ---- packets -------------------------------------------------------------------
 

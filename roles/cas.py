@@ -16,6 +16,7 @@ mailbox_timeout_ms, locate_deadline_ms.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from roles.protocol import error
@@ -23,6 +24,7 @@ from roles.service import load_config, open_log, run_forever, serve_frames
 from roles.mailbox import Peer
 
 PROXIED_OPS = {"read", "send", "sync"}
+SUSPECT_S = 5.0  # a mailbox copy that timed out is tried last for this long
 
 
 def password_for(user: str) -> str:
@@ -38,14 +40,20 @@ class ActiveCopyLocator:
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.active: dict[str, str] = {}
+        self.failed: dict[str, float] = {}
 
     def candidates(self, db: str) -> list[str]:
+        """Known active copy first, then the others; copies that just failed go last."""
         copies = list(self.databases.get(db, []))
         known = self.active.get(db)
-        if known in copies:
-            copies.remove(known)
-            copies.insert(0, known)
-        return copies
+        now = time.monotonic()
+        suspect = {a for a, when in self.failed.items() if now - when < SUSPECT_S}
+        return sorted(copies, key=lambda a: (a in suspect, a != known, copies.index(a)))
+
+    def failed_at(self, db: str, address: str) -> None:
+        self.failed[address] = time.monotonic()
+        if self.active.get(db) == address:
+            del self.active[db]
 
 
 class CasServer:
@@ -55,7 +63,7 @@ class CasServer:
         self.sessions: dict[str, dict[str, str]] = {}
         self.locator = ActiveCopyLocator(
             config.get("databases", {}),
-            config.get("mailbox_timeout_ms", 1000) / 1000,
+            config.get("mailbox_timeout_ms", 300) / 1000,
             config.get("locate_deadline_ms", 5000) / 1000,
         )
 
@@ -73,6 +81,7 @@ class CasServer:
                 try:
                     reply = await asyncio.wait_for(link.call(message), self.locator.timeout_s)
                 except (OSError, asyncio.TimeoutError, ConnectionError):
+                    self.locator.failed_at(db, address)
                     continue
                 if reply.get("error") == "not_active":
                     continue

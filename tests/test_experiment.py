@@ -66,6 +66,16 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["spec"]["experiment"]["seed"] == 1 and manifest["versions"]["os-ken"]
     assert not lab_residue(str(tmp_path))
+    # `caslab report DIR` rebuilds everything from the events, byte for byte.
+    generated = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".json", ".csv", ".png", ".md", ".html")
+                       and p.name != "manifest.json")
+    before = {name: (run_dir / name).read_bytes() for name in generated}
+    for name in generated:
+        (run_dir / name).unlink()
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "report", str(run_dir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {name: (run_dir / name).read_bytes() for name in generated} == before
 
 
 def test_failed_run_tears_down_and_keeps_events(tmp_path, no_residue):

@@ -60,6 +60,7 @@ class Session:
     def __init__(self, client: "Client", index: int):
         self.client = client
         cfg = client.config
+        self.index = index
         self.sid = f"{cfg.name}-s{index}"
         user = cfg.users[index % len(cfg.users)] if cfg.users else {"user": f"{cfg.name}u{index}", "db": "DB1"}
         self.user, self.db = user["user"], user["db"]
@@ -79,7 +80,13 @@ class Session:
             addresses = await self.client.target.resolve()
         except ResolveError as exc:
             raise SessionDown(f"resolve: {exc}") from None
-        address = addresses[self.address_index % len(addresses)]
+        start = 0
+        if cfg.target.get("rotate"):
+            # Stands in for a DNS server's round-robin rotation: a stable order (dnsmasq's
+            # answer order can vary between queries), shifted by one per session.
+            addresses = sorted(addresses, key=lambda a: tuple(int(o) for o in a.split(".")))
+            start = self.index
+        address = addresses[(start + self.address_index) % len(addresses)]
         local = (self.source_ip, 0) if self.source_ip else None
         try:
             reader, writer = await asyncio.wait_for(
@@ -113,7 +120,7 @@ class Session:
         if self.logged_on:
             reply = await self.call(reader, writer, {"op": "resume", "session": self.sid})
             if reply.get("ok"):
-                self.emit("logon", cas=reply.get("cas"), reauth=False, resumed=True)
+                self.emit("logon", cas=reply.get("cas"), db=self.db, reauth=False, resumed=True)
                 return
         reauth = self.logged_on
         reply = await self.call(reader, writer, {
@@ -123,7 +130,7 @@ class Session:
         if not reply.get("ok"):
             raise SessionDown(f"logon: {reply.get('error')}")
         self.logged_on = True
-        self.emit("logon", cas=reply.get("cas"), reauth=reauth, resumed=False)
+        self.emit("logon", cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False)
 
     def next_request(self) -> dict[str, Any]:
         op = self.rng.choices(self.ops, self.weights)[0]

@@ -1,0 +1,133 @@
+"""Each HA mode and each fault, in a short real run (Mininet, OVS, real HAProxy and
+dnsmasq): the numbers must show each design's known behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from caslab import runner, spec as spec_mod
+from caslab.events import read_events
+
+pytestmark = pytest.mark.require_root
+
+BASE = {
+    "experiment": {"name": "t", "repetitions": 1},
+    "topology": {"cas": 3, "mailboxes": 2, "client_hosts": 2},
+    "clients": {"sessions_per_host": 6, "distinct_source_ips": True, "op_timeout_ms": 1000},
+    "timing": {"warmup_s": 1.0, "observe_s": 5.0},
+    "probe": {"capture": False},
+}
+
+
+def run(tmp_path: Path, mode: str, faults: list[dict], **sections) -> tuple[dict, list[dict]]:
+    raw = json.loads(json.dumps(BASE))
+    raw["experiment"]["modes"] = [mode]
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    raw["faults"] = faults
+    spec = spec_mod.validate(raw, "test")
+    run_dir = runner.run_experiment(spec, Path("test.toml"), tmp_path / "out")
+    summary = json.loads((run_dir / "summary.json").read_text())["scenarios"][0]
+    return summary, list(read_events(run_dir / "events.jsonl"))
+
+
+POWEROFF = [{"kind": "poweroff", "target": "cas1", "at_s": 0.5}]
+
+
+def test_direct_profile_never_recovers(tmp_path, no_residue):
+    s, _ = run(tmp_path, "direct", POWEROFF)
+    assert s["affected"] == s["sessions"] == 12, "every profile names cas1"
+    assert s["unrecovered"] == s["affected"]
+
+
+def test_dns_round_robin_waits_for_client_timeouts(tmp_path, no_residue):
+    s, events = run(tmp_path, "dns-rr", POWEROFF, clients={"select": "next_on_fail"})
+    assert 0 < s["affected"] < s["sessions"]
+    assert s["recovered"] == s["affected"] and s["collateral"] == 0
+    assert s["reconnect_ms"]["p50"] >= 900, "nothing tells a DNS client early: it must time out first"
+    assert any(e["ev"] == "connect_fail" for e in events), "some clients try the dead address again"
+
+
+def test_dns_round_robin_first_address_only_is_stuck(tmp_path, no_residue):
+    s, _ = run(tmp_path, "dns-rr", POWEROFF, clients={"select": "first"})
+    assert s["affected"] > 0 and s["unrecovered"] == s["affected"], "TTL 300 s outlives the window"
+
+
+def test_haproxy_marks_down_after_fall_checks(tmp_path, no_residue):
+    s, events = run(tmp_path, "haproxy", POWEROFF, haproxy={"inter_ms": 400, "fall": 3})
+    assert s["affected"] > 0 and s["recovered"] == s["affected"]
+    downs = [e for e in events if e["ev"] == "lb_member_down" and e["member"] == "cas1"]
+    assert downs, "HAProxy logged cas1 DOWN"
+    assert 800 <= s["detection_ms"]["p50"] <= 4000, s["detection_ms"]
+
+
+def test_wnlb_converges_after_missed_heartbeats(tmp_path, no_residue):
+    s, events = run(tmp_path, "wnlb", POWEROFF, wnlb={"heartbeat_ms": 250, "missed": 3, "convergence_ms": 500},
+                    timing={"observe_s": 8.0})
+    assert s["affected"] > 0 and s["recovered"] == s["affected"]
+    assert s["detection_ms"]["p50"] >= 250 * 3 + 500 - 100, s["detection_ms"]
+    assert not any(e["ev"] == "nlb_evict" and e.get("fast_fail") for e in events), "WNLB never resets clients"
+    assert s["reconnect_ms"]["p50"] >= 1000, "clients wait for their own timeout, then for convergence"
+
+
+def test_sdn_nlb_crash_is_reset_by_the_kernel(tmp_path, no_residue):
+    s, _ = run(tmp_path, "sdn-nlb", [{"kind": "crash", "target": "cas2", "at_s": 0.5}])
+    assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
+    assert s["reconnect_ms"]["p99"] < 1000
+
+
+def test_sdn_nlb_catches_a_frozen_cas_with_app_probes(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "freeze", "target": "cas1", "at_s": 0.5}])
+    assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
+    reasons = [e["reason"] for e in events if e["ev"] == "nlb_member" and e["member"] == "cas1"]
+    assert any(r.startswith("probe_down") for r in reasons), reasons
+    assert s["reconnect_ms"]["p50"] < 1000, "the NLB's reset beats the client's 1 s timeout"
+
+
+def test_sdn_nlb_drain_and_rejoin_break_no_session(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "drain", "target": "cas1", "at_s": 0.5},
+                                          {"kind": "rejoin", "target": "cas1", "at_s": 2.5}])
+    assert s["affected"] > 0, "sessions were on the drained CAS"
+    assert s["disrupted"] == 0 and s["collateral"] == 0 and s["unrecovered"] == 0
+    states = [(e["reason"], e["accepts_new"]) for e in events if e["ev"] == "nlb_member" and e["member"] == "cas1"]
+    assert ("drain", False) in states and ("rejoin", True) in states
+
+
+def test_sdn_nlb_link_cut_shows_what_probes_miss(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "link-cut", "target": "cas1", "at_s": 0.5}],
+                    timing={"observe_s": 4.0})
+    assert s["affected"] > 0 and s["disrupted"] >= s["affected"], "mailbox operations through cas1 fail"
+    assert not any(e["ev"] == "nlb_member" and e["member"] == "cas1" for e in events), \
+        "cas1 still answers the NLB's hello: a CAS that lost its mailboxes is not detected"
+
+
+def test_sdn_nlb_controller_crash_keeps_sessions_flowing(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "controller-crash", "at_s": 0.5, "restart_after_s": 1.0}])
+    assert s["disrupted"] == 0, "secure fail mode keeps the pinned flows forwarding"
+    relearned = [e for e in events if e["ev"] == "nlb_relearn" and e["conns"] > 0]
+    assert relearned and relearned[-1]["conns"] >= s["sessions"], relearned
+
+
+def test_dag_switchover_under_load_loses_no_acked_message(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "dag-switchover", "database": "DB1", "to": "mbx2", "at_s": 0.5}],
+                    clients={"ops": {"send": 4, "read": 1}})
+    moved = [e for e in events if e["ev"] == "db_active"]
+    assert moved and moved[0]["server"] == "mbx2" and moved[0]["ok"], moved
+    assert s["affected"] > 0, "sessions whose database is DB1"
+    assert s["messages"]["acked"] > 50 and s["messages"]["lost"] == 0
+    assert s["unrecovered"] == 0 and s["collateral"] == 0
+    late_sends = [e for e in events if e["ev"] == "op" and e.get("op") == "send" and e["ok"]
+                  and e["ts"] > moved[0]["ts"]]
+    assert late_sends, "mail keeps flowing after the switchover"
+
+
+def test_mailbox_poweroff_fails_databases_over(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "poweroff", "target": "mbx1", "at_s": 0.5}],
+                    clients={"ops": {"send": 4, "read": 1}})
+    moved = [e for e in events if e["ev"] == "db_active"]
+    assert [(e["db"], e["server"]) for e in moved] == [("DB1", "mbx2")]
+    assert s["affected"] > 0 and s["unrecovered"] == 0
+    assert s["messages"]["lost"] == 0

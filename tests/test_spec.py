@@ -1,0 +1,126 @@
+"""Spec validation: bad specs are rejected before anything starts, naming file, key and
+what was expected; good specs resolve with every default filled in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caslab import spec as spec_mod
+from caslab.spec import SpecError
+from tests.conftest import ROOT
+
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid(path):
+    spec, _ = spec_mod.load(str(path))
+    assert spec["experiment"]["modes"] and spec_mod.scenarios(spec)
+
+
+def test_defaults_are_filled_in():
+    spec = spec_mod.validate({}, "empty.toml")
+    assert spec["nlb"]["fast_fail"] is True
+    assert spec["haproxy"] == {"inter_ms": 2000, "fall": 3, "rise": 2, "shutdown_sessions": False}
+    assert spec["wnlb"]["heartbeat_ms"] == 1000 and spec["wnlb"]["missed"] == 5
+    assert spec["faults"] == [] and spec["timing"]["observe_s"] == 8.0
+
+
+BAD = [
+    ({"experimnt": {}}, "experimnt", "one of the sections"),
+    ({"nlb": {"affinty": "none"}}, "nlb.affinty", "one of the keys"),
+    ({"nlb": {"affinity": "sticky"}}, "nlb.affinity", "one of ['none', 'single', 'network']"),
+    ({"nlb": {"fast_fail": "yes"}}, "nlb.fast_fail", "true or false"),
+    ({"clients": {"interval_ms": "50"}}, "clients.interval_ms", "an integer from 5 to 60000"),
+    ({"clients": {"interval_ms": 1}}, "clients.interval_ms", "an integer from 5 to 60000"),
+    ({"clients": {"sessions_per_host": True}}, "clients.sessions_per_host", "an integer"),
+    ({"clients": {"ops": {"read": -1}}}, "clients.ops", "weights"),
+    ({"clients": {"ops": {"write": 1}}}, "clients.ops", "weights"),
+    ({"clients": {"backoff_ms": []}}, "clients.backoff_ms", "non-empty list"),
+    ({"experiment": {"modes": ["wlbs"]}}, "experiment.modes", "list of modes"),
+    ({"experiment": {"modes": []}}, "experiment.modes", "non-empty"),
+    ({"experiment": {"repetitions": 0}}, "experiment.repetitions", "from 1 to 50"),
+    ({"experiment": {"name": "a b"}}, "experiment.name", "letters"),
+    ({"topology": {"cas": 0}}, "topology.cas", "from 1 to 8"),
+    ({"timing": {"observe_s": "long"}}, "timing.observe_s", "seconds"),
+    ({"dns": {"ttl_s": -5}}, "dns.ttl_s", "TTL"),
+    ({"faults": {"kind": "poweroff"}}, "faults", "array of tables"),
+    ({"faults": [{"target": "cas1"}]}, "faults[0].kind", "missing"),
+    ({"faults": [{"kind": "meteor", "target": "cas1"}]}, "faults[0].kind", "one of"),
+    ({"faults": [{"kind": "poweroff"}]}, "faults[0].target", "missing"),
+    ({"faults": [{"kind": "poweroff", "target": "cas9"}]}, "faults[0].target", "exists in this topology"),
+    ({"faults": [{"kind": "poweroff", "target": "router"}]}, "faults[0].target", "host names"),
+    ({"faults": [{"kind": "poweroff", "target": "cas1", "at_s": -1}]}, "faults[0].at_s", "non-negative"),
+    ({"faults": [{"kind": "poweroff", "target": "cas1", "at_s": 100}]}, "faults[0].at_s", "observation window"),
+    ({"faults": [{"kind": "poweroff", "target": "cas1", "when": 1}]}, "faults[0].when", "one of the keys"),
+    ({"sweep": {"nlb.fast_fail": "both"}}, "sweep.nlb.fast_fail", "non-empty list"),
+    ({"sweep": {"nlb.speed": [1]}}, "sweep.nlb.speed", "naming a spec setting"),
+    ({"sweep": {"nlb.affinity": ["none", "bogus"]}}, "sweep.nlb.affinity", "one of"),
+    ({"faults": [{"kind": "dag-switchover", "database": "database1"}]}, "faults[0].database", "like 'DB1'"),
+]
+
+
+@pytest.mark.parametrize("raw,key,expected", BAD, ids=[b[1] + ":" + b[2][:12] for b in BAD])
+def test_bad_spec_names_file_key_and_expectation(raw, key, expected):
+    with pytest.raises(SpecError) as info:
+        spec_mod.validate(raw, "experiments/bad.toml")
+    message = str(info.value)
+    assert message.startswith("experiments/bad.toml: ")
+    assert info.value.key == key, message
+    assert expected in message, message
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[experiment\nname = 1\n")
+    with pytest.raises(SpecError, match="broken.toml: \\(syntax\\): expected valid TOML"):
+        spec_mod.load(str(path))
+
+
+def test_missing_spec_file_is_a_clear_error():
+    with pytest.raises(SpecError, match="no-such-spec.*existing TOML file"):
+        spec_mod.load("no-such-spec")
+
+
+def test_overrides_are_validated_like_the_file():
+    spec, _ = spec_mod.load("default", ["nlb.fast_fail=false", "clients.sessions_per_host=4",
+                                        "experiment.modes=[\"sdn-nlb\"]"])
+    assert spec["nlb"]["fast_fail"] is False and spec["clients"]["sessions_per_host"] == 4
+    assert spec["experiment"]["modes"] == ["sdn-nlb"]
+    with pytest.raises(SpecError, match="--set: nlb.fast_fail|nlb.fast_fail: expected true or false"):
+        spec_mod.load("default", ["nlb.fast_fail=maybe"])
+    with pytest.raises(SpecError, match="section.key=value"):
+        spec_mod.load("default", ["fast_fail"])
+    with pytest.raises(SpecError, match="a section from"):
+        spec_mod.load("default", ["bogus.key=1"])
+
+
+def test_sweep_and_modes_expand_to_scenarios():
+    spec = spec_mod.validate({"experiment": {"modes": ["sdn-nlb", "haproxy"]},
+                              "sweep": {"nlb.fast_fail": [True, False], "clients.interval_ms": [20, 50]}}, "s.toml")
+    scenarios = spec_mod.scenarios(spec)
+    assert len(scenarios) == 8
+    labels = {s["label"] for s in scenarios}
+    assert "sdn-nlb clients.interval_ms=20 nlb.fast_fail=False" in labels
+    chosen = next(s for s in scenarios if s["label"] == "haproxy clients.interval_ms=50 nlb.fast_fail=True")
+    assert chosen["clients"]["interval_ms"] == 50 and chosen["nlb"]["fast_fail"] is True
+
+
+def test_cli_rejects_bad_spec_before_building_anything(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[nlb]\naffinity = 'sticky'\n")
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(path), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "bad.toml: nlb.affinity: expected one of ['none', 'single', 'network'], got 'sticky'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_bad_override(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", "--set", "timing.observe_s=-1", "--check"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "timing.observe_s" in result.stderr
