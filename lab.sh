@@ -73,6 +73,22 @@ install_venv() {
   fi
 }
 
+install_ryu_venv() {
+  # Upstream Ryu 4.34 for the compatibility smoke test, in a venv of its own: it needs
+  # eventlet 0.33.3, dnspython 2.2.x and setuptools < 58 to build (DESIGN section 7).
+  local venv="$HERE/.venv-ryu"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import ryu, caslab" 2>/dev/null; then
+    return 0
+  fi
+  say "creating $venv (upstream Ryu 4.34, for the compatibility test)"
+  {
+    "$PY_SYSTEM" -m venv "$venv" &&
+    "$venv/bin/python" -m pip install -q "setuptools<58" wheel &&
+    "$venv/bin/python" -m pip install -q --no-build-isolation "ryu==4.34" "eventlet==0.33.3" "dnspython>=2.2,<2.3" &&
+    "$venv/bin/python" -m pip install -q --no-deps -e "$HERE"
+  } || say "could not build the Ryu 4.34 venv on this Python; its compatibility test will say so"
+}
+
 setup() {
   need_root "$@"
   install_debs
@@ -93,6 +109,7 @@ case "$cmd" in
     ;;
   test)
     setup test
+    install_ryu_venv
     cd "$HERE"
     set +e
     "$VENV/bin/python" -m pytest "$@"

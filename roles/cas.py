@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from roles.protocol import error
-from roles.service import load_config, open_log, run_forever, serve_frames
+from roles.service import listen, open_log, run_role
 from roles.mailbox import Peer
 
 PROXIED_OPS = {"read", "send", "sync"}
@@ -139,18 +139,11 @@ async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     server = CasServer(config, log)
 
-    async def on_client(reader, writer):
-        await serve_frames(reader, writer, server.handle, log, on_close=close_links)
-
-    listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True)
-    log.emit("service_up", role="cas", port=config["listen_port"])
-    async with listener:
-        await listener.serve_forever()
+    await listen(config, "cas", log, server.handle, on_close=close_links)
 
 
 def main() -> None:
-    config = load_config()
-    run_forever(lambda: serve(config))
+    run_role(serve)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from roles.protocol import error, read_frame, write_frame
-from roles.service import load_config, open_log, run_forever, serve_frames
+from roles.service import listen, open_log, run_role
 
 REPLICATION_TIMEOUT_S = 0.5
 
@@ -160,18 +160,11 @@ async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     server = MailboxServer(config, log)
 
-    async def on_client(reader, writer):
-        await serve_frames(reader, writer, server.handle, log)
-
-    listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True)
-    log.emit("service_up", role="mailbox", port=config["listen_port"])
-    async with listener:
-        await listener.serve_forever()
+    await listen(config, "mailbox", log, server.handle)
 
 
 def main() -> None:
-    config = load_config()
-    run_forever(lambda: serve(config))
+    run_role(serve)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,25 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
         writer.close()
 
 
+async def listen(config: dict[str, Any], role: str, log, handler: Handler,
+                 on_close: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Serve framed requests on config['listen_port'] until cancelled."""
+
+    async def on_client(reader, writer):
+        await serve_frames(reader, writer, handler, log, on_close=on_close)
+
+    listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True)
+    log.emit("service_up", role=role, port=config["listen_port"])
+    async with listener:
+        await listener.serve_forever()
+
+
+def run_role(serve: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """The ``main()`` of every role: read the config named on the command line, serve."""
+    config = load_config()
+    run_forever(lambda: serve(config))
+
+
 def run_forever(main: Callable[[], Awaitable[None]]) -> None:
     """Run a service until SIGTERM or SIGINT, then exit cleanly."""
 

@@ -23,6 +23,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -595,13 +596,72 @@ def test_dag_switchover_cas_follows_and_no_acked_message_is_lost(tmp_path):
         stop_services(started)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a frozen (SIGSTOP) passive copy makes every send through the CAS fail: the active "
-    "mailbox waits REPLICATION_TIMEOUT_S (0.5 s) for the passive's reply before acknowledging, "
-    "and the CAS waits for the mailbox with the same roles.mailbox.Peer and the same 0.5 s read "
-    "timeout, so it gives up on the active copy just before it answers, retries until "
-    "locate_deadline_ms and answers mailbox_unavailable (~5.2 s) although the active copy stored "
-    "the message; faults.freeze on a passive mailbox (and any unreachable passive) hits this"))
+# ---- stalls: replies must still match requests ---------------------------------------
+
+DESYNC_BUG = (
+    "BUG: roles/mailbox.py Peer.call closes its connection on OSError/TimeoutError/ConnectionError "
+    "but not on asyncio.CancelledError; the CAS wraps each call in asyncio.wait_for(..., "
+    "mailbox_timeout_ms=300 ms), which cancels it mid-read when the mailbox is slower, so the link "
+    "stays open with the old reply still on its way and the next call on that link reads the "
+    "previous request's reply: the client gets a send ack for another msg_id, a read answered "
+    "with a send reply, and so on for the rest of the session (traffic/client.py does not check "
+    "the reply's msg_id, so it counts the wrong ack)")
+
+
+def assert_replies_match(conn: Conn, acked: list[str], tag: str, rounds: int = 3) -> None:
+    """Each send gets the ack for its own msg_id; each read counts exactly the acked ones."""
+    for i in range(rounds):
+        msg_id = f"{tag}-{i}"
+        started = time.monotonic()
+        reply = conn.call({"op": "send", "msg_id": msg_id})
+        elapsed = time.monotonic() - started
+        assert reply and reply.get("ok") is True, (msg_id, reply, elapsed)
+        assert reply.get("msg_id") == msg_id, f"the ack for {msg_id} is someone else's reply: {reply}"
+        assert elapsed < 2, f"send of {msg_id} took {elapsed:.1f} s"
+        acked.append(msg_id)
+        read = conn.call({"op": "read"})
+        assert read and read.get("ok") is True and "count" in read, f"read got a reply that is not a read's: {read}"
+        assert read["count"] == len(acked), (read, len(acked))
+
+
+@pytest.mark.xfail(strict=True, reason=DESYNC_BUG)
+def test_cas_replies_match_requests_after_a_mailbox_stall(tmp_path):
+    """The only mailbox stops for 0.5 s (a short freeze) while a send is in flight."""
+    started: list[Service] = []
+    try:
+        mb_port, cas_port = free_ports(2)
+        mailbox = start_service("roles.mailbox", mailbox_config("mbx1", mb_port, tmp_path), tmp_path, started)
+        cas = start_service("roles.cas", cas_config("cas1", cas_port, tmp_path, [mb_port]), tmp_path, started)
+        acked: list[str] = []
+        with Conn(cas.port, PROXY_TIMEOUT_S) as conn:
+            assert conn.call({"op": "logon", "session": "s-stall", "user": "alice", "db": "DB1",
+                              "password": "pw-alice"})["ok"] is True
+            assert_replies_match(conn, acked, "before", rounds=1)
+            os.kill(mailbox.proc.pid, signal.SIGSTOP)
+            thaw = threading.Timer(0.5, os.kill, (mailbox.proc.pid, signal.SIGCONT))
+            thaw.start()
+            try:
+                reply = conn.call({"op": "send", "msg_id": "during-stall"})
+            finally:
+                thaw.join()
+            assert reply and reply.get("ok") is True and reply.get("msg_id") == "during-stall", reply
+            acked.append("during-stall")
+            assert_replies_match(conn, acked, "after")
+        mailbox.assert_alive()
+    finally:
+        for service in started:
+            if service.proc.poll() is None:
+                os.kill(service.proc.pid, signal.SIGCONT)
+        stop_services(started)
+
+
+@pytest.mark.xfail(strict=True, reason=DESYNC_BUG + (
+    "; and behind it a second BUG: the CAS's per-call mailbox timeout (mailbox_timeout_ms, 300 ms) "
+    "is shorter than the active mailbox's wait for a passive copy (REPLICATION_TIMEOUT_S, 500 ms), "
+    "so while a passive copy is unreachable no send can be answered within the CAS's timeout: "
+    "with the desync fixed every send would end in mailbox_unavailable after locate_deadline_ms "
+    "(it did, after ~5.2 s, when the timeout was 1000 ms), although the active copy stores it; "
+    "faults.freeze or a power-off of a passive mailbox hits this"))
 def test_frozen_passive_copy_does_not_block_sends(tmp_path):
     started: list[Service] = []
     try:
@@ -610,16 +670,14 @@ def test_frozen_passive_copy_does_not_block_sends(tmp_path):
         mbx_b = start_service("roles.mailbox", mailbox_config("mbxB", port_b, tmp_path, False, [port_a]),
                               tmp_path, started)
         cas = start_service("roles.cas", cas_config("cas1", port_cas, tmp_path, [port_a, port_b]), tmp_path, started)
+        acked: list[str] = []
         with Conn(cas.port, PROXY_TIMEOUT_S) as conn:
             assert conn.call({"op": "logon", "session": "s-frozen", "user": "alice", "db": "DB1",
                               "password": "pw-alice"})["ok"] is True
-            assert conn.call({"op": "send", "msg_id": "warm"})["ok"] is True
+            assert_replies_match(conn, acked, "warm", rounds=1)
             os.kill(mbx_b.proc.pid, signal.SIGSTOP)
-            started_at = time.monotonic()
-            reply = conn.call({"op": "send", "msg_id": "while-b-frozen"})
-            elapsed = time.monotonic() - started_at
-        assert reply and reply.get("ok") is True and reply.get("server") == "mbxA", (reply, elapsed)
-        assert elapsed < 2, f"send took {elapsed:.1f} s"
+            assert_replies_match(conn, acked, "while-b-frozen")
+        assert set(acked) <= set(stored_ids(tmp_path / "store-mbxA"))
     finally:
         for service in started:
             if service.proc.poll() is None:

@@ -8,6 +8,7 @@ Packets are built and parsed with os_ken.lib.packet.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -100,8 +101,10 @@ def timers(monkeypatch) -> FakeHub:
 
 @pytest.fixture
 def make_app(tmp_path, monkeypatch, timers):
+    serial = itertools.count()
+
     def make(**kwargs) -> SdnNlb:
-        path = tmp_path / f"nlb-{len(list(tmp_path.iterdir()))}.json"
+        path = tmp_path / f"nlb-{next(serial)}.json"
         path.write_text(json.dumps(config(**kwargs)), encoding="utf-8")
         monkeypatch.setenv("CASLAB_NLB_CONFIG", str(path))
         return SdnNlb()
@@ -244,7 +247,7 @@ def check_checksums(data: bytes) -> None:
 
 
 def parse_out(po):
-    """A PacketOut's frame, parsed: (eth, ip or arp, l4 or None)."""
+    """A PacketOut's frame, parsed: (the os-ken Packet, its ethernet header)."""
     pkt = packet.Packet(po.data)
     eth = pkt.get_protocol(ethernet.ethernet)
     return pkt, eth
@@ -400,6 +403,22 @@ def test_single_affinity_pins_every_port_of_a_client_to_one_member(make_app):
     app = make_app(affinity="single")
     dp = ready(app)
     assert len({pin(app, dp, 42000 + i)[0] for i in range(30)}) == 1
+
+
+def test_network_affinity_pins_a_whole_slash_24_to_one_member(make_app):
+    app = make_app(affinity="network")
+    dp = ready(app)
+    chosen = {pin(app, dp, 42100 + i, src_ip=f"10.1.0.{51 + i}")[0] for i in range(30)}
+    assert len(chosen) == 1
+
+
+def test_every_configured_service_port_is_balanced(make_app):
+    app = make_app()
+    dp = ready(app)
+    member, msgs = pin(app, dp, 42200, dport=135)
+    [fwd] = [m for m in flow_mods(msgs) if m.cookie & 0xFFFF == FORWARD]
+    assert match_dict(fwd.match)["tcp_dst"] == 135
+    assert (CLIENT_IP, 42200, VIP_IP, 135) in app.vips[0].conns.by_key
 
 
 def test_syn_before_the_port_is_known_installs_nothing(make_app):
@@ -1033,8 +1052,8 @@ HANG_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a TCP segment to the VIP with an unknown option of length 0 makes "
-                          "packet_in_handler loop forever (os-ken's TCPOptionUnknown.parse never advances), "
+                   reason="BUG: a TCP segment to the VIP with an option of length 0 (unknown kind, SACK or "
+                          "TCP-AO) makes packet_in_handler loop forever in os-ken's TCP option parser, "
                           "eating memory and stopping the controller's event loop")
 def test_tcp_option_of_length_zero_does_not_hang_the_controller(tmp_path):
     cfg = tmp_path / "nlb.json"

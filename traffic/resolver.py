@@ -7,7 +7,6 @@ the Windows DNS client does, so clients keep a dead address until the TTL runs o
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
