@@ -41,6 +41,32 @@ FORWARD, REVERSE = 1, 2
 PRIO_CONN, PRIO_VIP_CTRL, PRIO_VIP_TCP, PRIO_MISS = 300, 200, 100, 0
 
 
+def tcp_options_sane(data: bytes) -> bool:
+    """False for an IPv4/TCP frame whose options os-ken's parser would loop on forever.
+
+    An option other than EOL/NOP with a length below 2 makes os-ken's TCP option parser
+    spin, so any client could hang the controller with one crafted SYN.
+    """
+    if len(data) < 34 or data[12:14] != b"\x08\x00" or data[23] != PROTO_TCP:
+        return True
+    tcp_at = 14 + (data[14] & 0x0F) * 4
+    if len(data) < tcp_at + 20:
+        return True
+    end = min(len(data), tcp_at + (data[tcp_at + 12] >> 4) * 4)
+    i = tcp_at + 20
+    while i < end:
+        kind = data[i]
+        if kind == 0:
+            return True
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or data[i + 1] < 2:
+            return False
+        i += data[i + 1]
+    return True
+
+
 def member_cookie(vip_index: int, member_index: int, direction: int = 0) -> int:
     return COOKIE_TAG | (vip_index << 32) | (member_index << 16) | direction
 
@@ -236,7 +262,12 @@ class SdnNlb(BaseApp):
         msg = ev.msg
         dp = msg.datapath
         in_port = msg.match["in_port"]
-        pkt = packet.Packet(msg.data)
+        if not tcp_options_sane(msg.data):
+            return
+        try:
+            pkt = packet.Packet(msg.data)
+        except Exception:  # noqa: BLE001 - os-ken's parsers raise many kinds on garbage
+            return
         eth = pkt.get_protocol(ethernet.ethernet)
         if eth is None:
             return

@@ -1021,8 +1021,6 @@ RAISING_FRAMES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): packet_in_handler does not guard packet.Packet(msg.data); "
-                                       "os-ken's parsers raise AssertionError/AttributeError/TypeError on garbage")
 @pytest.mark.parametrize("name", sorted(RAISING_FRAMES))
 def test_arbitrary_garbage_never_raises(make_app, name):
     app = make_app()
@@ -1051,10 +1049,6 @@ HANG_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a TCP segment to the VIP with an option of length 0 (unknown kind, SACK or "
-                          "TCP-AO) makes packet_in_handler loop forever in os-ken's TCP option parser, "
-                          "eating memory and stopping the controller's event loop")
 def test_tcp_option_of_length_zero_does_not_hang_the_controller(tmp_path):
     cfg = tmp_path / "nlb.json"
     cfg.write_text(json.dumps(config()), encoding="utf-8")
