@@ -252,8 +252,10 @@ def _check_consistency(source: str, spec: dict[str, Any]) -> None:
         if fault["kind"] == "controller-crash" and spec["experiment"]["modes"] != ["sdn-nlb"] and \
                 "sdn-nlb" not in spec["experiment"]["modes"]:
             raise SpecError(source, f"faults[{i}].kind", "controller-crash only with mode sdn-nlb")
-    if topo["databases"] < 1:
-        raise SpecError(source, "topology.databases", "at least 1")
+    clients = spec["clients"]
+    if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
+        raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
+                                                            "(one address per session)", clients["sessions_per_host"])
 
 
 def parse_override(text: str) -> tuple[str, Any]:

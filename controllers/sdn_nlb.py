@@ -98,7 +98,10 @@ class SdnNlb(BaseApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         path = os.environ.get("CASLAB_NLB_CONFIG")
-        self.config = json.load(open(path, encoding="utf-8")) if path else {"vips": []}
+        self.config = {"vips": []}
+        if path:
+            with open(path, encoding="utf-8") as handle:
+                self.config = json.load(handle)
         self.event_log = EventLog(self.config["events"], "nlb") if self.config.get("events") else NullLog()
         self.fast_fail = bool(self.config.get("fast_fail", True))
         self.conn_idle_s = int(self.config.get("conn_idle_s", 120))
@@ -304,10 +307,12 @@ class SdnNlb(BaseApp):
             self._pin(dp, in_port, data, eth, key, member, vip)
             return
         known = vip.conns.get(key)
-        if known is not None:  # raced its own flow install: forward it the same way
+        if known is not None:
             member = vip.pool.members[known.backend]
-            self._pin(dp, in_port, data, eth, key, member, vip)
-            return
+            if member.alive and member.port_up:  # raced its own flow install: forward it the same way
+                self._pin(dp, in_port, data, eth, key, member, vip)
+                return
+            vip.conns.remove(key)  # pinned to a member that is gone: fall through to the reset
         if seg.has_flags(tcp.TCP_RST):
             return
         # A packet of a connection the switch has no flow for: a dead CAS's client, a
@@ -344,7 +349,8 @@ class SdnNlb(BaseApp):
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev):
         msg = ev.msg
-        if msg.cookie & 0xFFFF != FORWARD or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
+        if msg.cookie & (0xFFFF << 48) != COOKIE_TAG or msg.cookie & 0xFFFF != FORWARD \
+                or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
             return
         match = msg.match
         with self.lock:
@@ -358,7 +364,7 @@ class SdnNlb(BaseApp):
         learned = 0
         with self.lock:
             for stat in ev.msg.body:
-                if stat.cookie & 0xFFFF != REVERSE:
+                if stat.cookie & (0xFFFF << 48) != COOKIE_TAG or stat.cookie & 0xFFFF != REVERSE:
                     continue
                 vip_index, member_index = (stat.cookie >> 32) & 0xFFFF, (stat.cookie >> 16) & 0xFFFF
                 vip = next((v for v in self.vips if v.index == vip_index and v.dpid == dp.id), None)
@@ -373,7 +379,10 @@ class SdnNlb(BaseApp):
                     elif hasattr(action, "port"):
                         out_port = action.port
                 key = (stat.match["ipv4_dst"], stat.match["tcp_dst"], vip.ip, stat.match["tcp_src"])
-                if name and vip.conns.get(key) is None:
+                member = vip.pool.members.get(name) if name else None
+                if member is None or not (member.alive and member.port_up):
+                    continue  # its flows were (or will be) evicted with the member
+                if vip.conns.get(key) is None:
                     vip.conns.add(Connection(key, name, fields.get("eth_dst", ""), out_port or 0, now_ns()))
                     learned += 1
         self.event_log.emit("nlb_relearn", dpid=dp.id, conns=learned)
@@ -415,7 +424,9 @@ class SdnNlb(BaseApp):
     def _reset(self, dp, in_port, eth, ip, seg, vip: Vip) -> None:
         """RST that the client's TCP accepts: for a SYN, RST|ACK of it; else seq = its ack."""
         self.stats["resets"] += 1
-        if seg.has_flags(tcp.TCP_SYN):
+        if seg.has_flags(tcp.TCP_SYN) and seg.has_flags(tcp.TCP_ACK):
+            seq, ack, bits = seg.ack, 0, tcp.TCP_RST
+        elif seg.has_flags(tcp.TCP_SYN):
             seq, ack, bits = 0, seg.seq + 1, tcp.TCP_RST | tcp.TCP_ACK
         elif seg.has_flags(tcp.TCP_ACK):
             seq, ack, bits = seg.ack, 0, tcp.TCP_RST

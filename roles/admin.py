@@ -14,11 +14,11 @@ import asyncio
 import json
 import sys
 
-from roles.mailbox import Peer
+from roles.protocol import FramedLink
 
 
 async def call(address: str, message: dict) -> dict:
-    return await Peer(address).call(message)
+    return await FramedLink(address, 2.0).call(message)
 
 
 def main() -> None:

@@ -19,9 +19,8 @@ import asyncio
 import time
 from typing import Any
 
-from roles.protocol import error
+from roles.protocol import FramedLink, error
 from roles.service import listen, open_log, run_role
-from roles.mailbox import Peer
 
 PROXIED_OPS = {"read", "send", "sync"}
 SUSPECT_S = 5.0  # a mailbox copy that timed out is tried last for this long
@@ -74,12 +73,12 @@ class CasServer:
         message.pop("session", None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.locator.deadline_s
-        links: dict[str, Peer] = state.setdefault("links", {})
+        links: dict[str, FramedLink] = state.setdefault("links", {})
         while True:
             for address in self.locator.candidates(db):
-                link = links.setdefault(address, Peer(address))
+                link = links.setdefault(address, FramedLink(address, self.locator.timeout_s))
                 try:
-                    reply = await asyncio.wait_for(link.call(message), self.locator.timeout_s)
+                    reply = await link.call(message)
                 except (OSError, asyncio.TimeoutError, ConnectionError):
                     self.locator.failed_at(db, address)
                     continue
@@ -100,6 +99,8 @@ class CasServer:
     async def answer(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         sid = request.get("session")
+        if op is not None and not isinstance(op, str):
+            return error("bad_request")
         if op == "logon":
             user, db = request.get("user"), request.get("db")
             if not (isinstance(sid, str) and isinstance(user, str) and isinstance(db, str)):
@@ -131,8 +132,7 @@ class CasServer:
 def close_links(state: dict[str, Any]) -> None:
     """Close this client connection's links to mailbox servers."""
     for link in state.get("links", {}).values():
-        if link.writer is not None:
-            link.writer.close()
+        link.close()
 
 
 async def serve(config: dict[str, Any]) -> None:

@@ -1,8 +1,11 @@
 """Mailbox server: one SQLite store per database copy, with DAG-style replication.
 
 A database has copies on several mailbox servers, exactly one active. The active copy
-commits a message, replicates it synchronously to every reachable passive copy, and only
-then acknowledges it: so every acknowledged message survives a switchover. Passive copies
+commits a message, replicates it synchronously to every healthy passive copy, and only
+then acknowledges it: so every acknowledged message survives a switchover to a healthy
+copy. A copy that does not answer within ``REPLICATION_TIMEOUT_S`` is marked failed (as a
+DAG copy would be) and skipped for ``REPLICA_RETRY_S``, so a dead or frozen passive copy
+never stalls mail; when it answers again it is resynced with every row. Passive copies
 answer ``not_active`` so a CAS looks for the active one elsewhere.
 
 Config keys: name, listen_port, store_dir, events, databases: {DB: {active, peers:[host:port]}}.
@@ -15,10 +18,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from roles.protocol import error, read_frame, write_frame
+from roles.protocol import FramedLink, error
 from roles.service import listen, open_log, run_role
 
-REPLICATION_TIMEOUT_S = 0.5
+REPLICATION_TIMEOUT_S = 0.1   # well inside the CAS's per-call mailbox timeout
+REPLICA_RETRY_S = 2.0         # a copy that failed is skipped this long, then resynced
+RESYNC_BATCH = 200            # rows per replicate frame (frames are at most 64 KiB)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -44,10 +49,13 @@ class DatabaseCopy:
         self.conn.execute(SCHEMA)
 
     def store(self, rows: list[dict[str, str]]) -> None:
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO messages (msg_id, user, folder, subject) VALUES (?, ?, ?, ?)",
-            [(r["msg_id"], r["user"], r.get("folder", "Inbox"), r.get("subject", "")) for r in rows],
-        )
+        """Store valid rows (see ``valid_row``) in one transaction; replays are no-ops."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO messages (msg_id, user, folder, subject) VALUES (?, ?, ?, ?)",
+                [(r["msg_id"], r["user"], r.get("folder", "Inbox"), r.get("subject", "")) for r in rows],
+            )
 
     def count(self, user: str, folder: str | None = None) -> int:
         if folder is None:
@@ -63,33 +71,13 @@ class DatabaseCopy:
         return [dict(zip(("msg_id", "user", "folder", "subject"), row)) for row in cursor]
 
 
-class Peer:
-    """A framed connection to a passive copy's server, opened on demand."""
-
-    def __init__(self, address: str):
-        host, port = address.rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.address = address
-        self.reader = self.writer = None
-        self.lock = asyncio.Lock()
-
-    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        async with self.lock:
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.wait_for(
-                        asyncio.open_connection(self.host, self.port), REPLICATION_TIMEOUT_S
-                    )
-                await write_frame(self.writer, message)
-                reply = await asyncio.wait_for(read_frame(self.reader), REPLICATION_TIMEOUT_S)
-                if reply is None:
-                    raise ConnectionError("peer closed")
-                return reply
-            except (OSError, asyncio.TimeoutError, ConnectionError):
-                if self.writer is not None:
-                    self.writer.close()
-                self.reader = self.writer = None
-                raise
+def valid_row(row: object) -> bool:
+    """A message row: msg_id and user non-empty strings, folder and subject strings if given."""
+    if not isinstance(row, dict):
+        return False
+    if not all(isinstance(row.get(k), str) and row[k] and len(row[k]) <= 200 for k in ("msg_id", "user")):
+        return False
+    return all(isinstance(row.get(k, ""), str) and len(row.get(k, "")) <= 200 for k in ("folder", "subject"))
 
 
 class MailboxServer:
@@ -101,23 +89,43 @@ class MailboxServer:
             db: DatabaseCopy(store_dir / f"{db}.sqlite", bool(spec.get("active")), spec.get("peers", []))
             for db, spec in config.get("databases", {}).items()
         }
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, FramedLink] = {}
+        self.failed_until: dict[tuple[str, str], float] = {}  # (db, peer) -> retry time
 
-    def peer(self, address: str) -> Peer:
+    def peer(self, address: str) -> FramedLink:
         if address not in self.peers:
-            self.peers[address] = Peer(address)
+            self.peers[address] = FramedLink(address, REPLICATION_TIMEOUT_S)
         return self.peers[address]
 
     async def replicate(self, db: str, copy: DatabaseCopy, rows: list[dict[str, str]]) -> None:
+        now = asyncio.get_running_loop().time()
         for address in copy.peers:
+            key = (db, address)
+            if self.failed_until.get(key, 0) > now:
+                continue
+            resync = key in self.failed_until
+            payload = copy.all_rows() if resync else rows
             try:
-                reply = await self.peer(address).call({"op": "replicate", "db": db, "rows": rows})
-                if not reply.get("ok"):
-                    raise ConnectionError(reply.get("error", "refused"))
+                for i in range(0, max(len(payload), 1), RESYNC_BATCH):
+                    reply = await self.peer(address).call(
+                        {"op": "replicate", "db": db, "rows": payload[i:i + RESYNC_BATCH]})
+                    if not reply.get("ok"):
+                        raise ConnectionError(reply.get("error", "refused"))
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                self.failed_until[key] = now + REPLICA_RETRY_S
                 self.log.emit("replication_failed", db=db, peer=address, reason=type(exc).__name__)
+                continue
+            if resync:
+                del self.failed_until[key]
+                self.log.emit("replication_resumed", db=db, peer=address, rows=len(payload))
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.answer(request)
+        except (TypeError, ValueError, sqlite3.Error):  # a field of the wrong type or size
+            return error("bad_request")
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "server": self.name,
@@ -128,7 +136,7 @@ class MailboxServer:
             return error("unknown_db", db=db if isinstance(db, str) else None)
         if op == "replicate":
             rows = request.get("rows")
-            if not isinstance(rows, list) or not all(isinstance(r, dict) and "msg_id" in r and "user" in r for r in rows):
+            if not isinstance(rows, list) or not all(valid_row(r) for r in rows):
                 return error("bad_request")
             copy.store(rows)
             return {"ok": True}
@@ -142,17 +150,20 @@ class MailboxServer:
         if not isinstance(user, str):
             return error("bad_request")
         if op == "read":
-            return {"ok": True, "count": copy.count(user, request.get("folder", "Inbox")), "server": self.name}
+            folder = request.get("folder", "Inbox")
+            if not isinstance(folder, str):
+                return error("bad_request")
+            return {"ok": True, "count": copy.count(user, folder), "server": self.name}
         if op == "sync":
             return {"ok": True, "count": copy.count(user), "server": self.name}
         if op == "send":
-            msg_id = request.get("msg_id")
-            if not isinstance(msg_id, str):
+            row = {"msg_id": request.get("msg_id"), "user": user, "folder": "Inbox",
+                   "subject": str(request.get("subject", ""))[:200]}
+            if not valid_row(row):
                 return error("bad_request")
-            row = {"msg_id": msg_id, "user": user, "folder": "Inbox", "subject": str(request.get("subject", ""))[:200]}
             copy.store([row])
             await self.replicate(db, copy, [row])
-            return {"ok": True, "msg_id": msg_id, "server": self.name}
+            return {"ok": True, "msg_id": row["msg_id"], "server": self.name}
         return error("unknown_op", op=op if isinstance(op, str) else None)
 
 

@@ -46,7 +46,14 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
                 return
             if request is None:
                 return
-            reply = await handler(request, state)
+            try:
+                reply = await handler(request, state)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one connection, not the service
+                log.emit("internal_error", peer=str(state["peer"]), reason=f"{type(exc).__name__}: {exc}"[:200])
+                await write_frame(writer, error("internal", close=True))
+                return
             await write_frame(writer, reply)
             if reply.get("close"):
                 return

@@ -124,9 +124,6 @@ def test_dag_switchover_under_load_loses_no_acked_message(tmp_path, no_residue):
     assert late_sends, "mail keeps flowing after the switchover"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after a mailbox dies, the new active copy still waits 500 ms to "
-                   "replicate to the dead one, longer than the CAS's 300 ms mailbox timeout, so sends time out "
-                   "(see tests/test_roles_robustness.py::test_frozen_passive_copy_does_not_block_sends)")
 def test_mailbox_poweroff_fails_databases_over(tmp_path, no_residue):
     s, events = run(tmp_path, "sdn-nlb", [{"kind": "poweroff", "target": "mbx1", "at_s": 0.5}],
                     clients={"ops": {"send": 4, "read": 1}})

@@ -177,9 +177,6 @@ def test_arbitrary_bytes_never_raise_anything_but_protocol_error(data):
     assert all(isinstance(f, dict) for f in frames)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: decode_body lets RecursionError out for deeply nested JSON "
-                          "(only UnicodeDecodeError/JSONDecodeError become ProtocolError)")
 def test_deeply_nested_json_is_a_protocol_error():
     body = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert len(body) < MAX_FRAME
@@ -187,9 +184,6 @@ def test_deeply_nested_json_is_a_protocol_error():
     assert isinstance(exc, ProtocolError), repr(exc)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: decode_body lets ValueError out for an integer literal longer than "
-                          "sys.get_int_max_str_digits() (4300 digits); it is not a JSONDecodeError")
 def test_huge_integer_literal_is_a_protocol_error():
     body = b'{"a":' + b"1" * 5000 + b"}"
     frames, exc = read_all(frame_of(body))

@@ -416,11 +416,6 @@ def test_cas_protocol_abuse(stack, abuse):
     stack.assert_healthy()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a proxied request with a field of the wrong type (read with folder={...}) makes the "
-    "mailbox raise sqlite3 InterfaceError and drop the connection without a reply; the CAS takes "
-    "that for a dead mailbox, re-sends the same poison request every 50 ms until locate_deadline_ms "
-    "(5 s) and then answers mailbox_unavailable instead of bad_request"))
 def test_cas_bad_field_in_proxied_request_is_a_prompt_bad_request(stack):
     with Conn(stack.cas.port, PROXY_TIMEOUT_S) as conn:
         stack.logon(conn)
@@ -502,12 +497,6 @@ def test_mailbox_protocol_abuse(stack, abuse):
     stack.assert_healthy()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roles/mailbox.py replicate checks only that each row has the keys msg_id and user, "
-    "not their types, and stores with INSERT OR IGNORE: a row with msg_id null is acknowledged "
-    "ok and stored (SQLite lets a TEXT PRIMARY KEY be NULL; every replay adds another NULL row), "
-    "a row with user null is acknowledged ok but silently not stored (OR IGNORE swallows the "
-    "NOT NULL violation), so the sender believes it replicated"))
 @pytest.mark.parametrize("row", [{"msg_id": None, "user": "alice"}, {"msg_id": "null-user", "user": None}],
                          ids=["null_msg_id", "null_user"])
 def test_mailbox_replicate_refuses_null_fields(stack, row):
@@ -624,7 +613,6 @@ def assert_replies_match(conn: Conn, acked: list[str], tag: str, rounds: int = 3
         assert read["count"] == len(acked), (read, len(acked))
 
 
-@pytest.mark.xfail(strict=True, reason=DESYNC_BUG)
 def test_cas_replies_match_requests_after_a_mailbox_stall(tmp_path):
     """The only mailbox stops for 0.5 s (a short freeze) while a send is in flight."""
     started: list[Service] = []
@@ -655,13 +643,6 @@ def test_cas_replies_match_requests_after_a_mailbox_stall(tmp_path):
         stop_services(started)
 
 
-@pytest.mark.xfail(strict=True, reason=DESYNC_BUG + (
-    "; and behind it a second BUG: the CAS's per-call mailbox timeout (mailbox_timeout_ms, 300 ms) "
-    "is shorter than the active mailbox's wait for a passive copy (REPLICATION_TIMEOUT_S, 500 ms), "
-    "so while a passive copy is unreachable no send can be answered within the CAS's timeout: "
-    "with the desync fixed every send would end in mailbox_unavailable after locate_deadline_ms "
-    "(it did, after ~5.2 s, when the timeout was 1000 ms), although the active copy stores it; "
-    "faults.freeze or a power-off of a passive mailbox hits this"))
 def test_frozen_passive_copy_does_not_block_sends(tmp_path):
     started: list[Service] = []
     try:

@@ -884,10 +884,6 @@ def test_restarted_controller_relearns_connections_from_the_switch_flows(make_ap
     assert all(outputs(po.actions) == [CLIENT_PORT_NO] and parse_out(po)[1].dst == CLIENT_MAC for po in outs)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: flow_stats_handler re-learns connections pinned to a member that is already "
-                          "down, and _handle_tcp's 'raced its own flow install' path re-pins their packets to "
-                          "it (re-installing flows to the dead port) instead of resetting them")
 def test_relearned_connection_on_a_member_that_is_down_is_not_forwarded_to_it(make_app):
     old = make_app()
     dp = ready(old)

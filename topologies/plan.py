@@ -19,6 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 SWITCH_PREFIX = "clab"
+MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 10, 30, 49  # .11-.20, .21-.50, .51-.99 (.100 is the VIP)
 LAB_DOMAIN = "lab.test"
 
 
@@ -90,6 +91,11 @@ class LabPlan:
         """sites: [{name, cas, mailboxes, clients}], in order; the first one is HQ."""
         site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0))
                       for i, s in enumerate(sites)]
+        for site in site_plans:
+            for role, count, limit in (("cas", site.cas, MAX_CAS), ("mailboxes", site.mailboxes, MAX_MAILBOXES),
+                                       ("clients", site.clients, MAX_CLIENTS)):
+                if not 0 <= count <= limit:
+                    raise ValueError(f"site {site.name}: {role} must be 0..{limit} in the addressing plan, not {count}")
         plan = cls(site_plans)
         counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0}
 
