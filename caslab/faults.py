@@ -8,6 +8,7 @@ instant that metrics use as ``t_fault``, and names the elements it fails.
     drain       graceful removal from the load balancer; ``rejoin`` brings it back
     controller-crash   the SDN controller is killed, and restarted after restart_after_s
     dag-switchover     the active copy of a database moves to another server (lossless)
+    rebind      Set-MailboxDatabase -RpcClientAccessServer: a database gets a new server name
 
 The runner plays Exchange's Active Manager: when a mailbox server is powered off or
 crashes, each database active on it is activated on the next surviving copy.
@@ -22,16 +23,17 @@ import threading
 from typing import Any, Callable
 
 from caslab import modes
-from caslab.services import MAILBOX_PORT, Context
+from caslab.services import AUTODISCOVER_PORT, MAILBOX_PORT, Context, host_fqdn
 
 
 def _role_processes(ctx: Context, host: str):
     return [p for p in ctx.lab.processes_on(host) if p.name == host]
 
 
-def admin_call(ctx: Context, target_host: str, message: dict[str, Any], via: str) -> dict[str, Any]:
-    """Send one framed admin request to a mailbox server, from inside host ``via``."""
-    address = f"{ctx.plan.host(target_host).ip}:{MAILBOX_PORT}"
+def admin_call(ctx: Context, target_host: str, message: dict[str, Any], via: str,
+               port: int = MAILBOX_PORT) -> dict[str, Any]:
+    """Send one framed admin request to a role service, from inside host ``via``."""
+    address = f"{ctx.plan.host(target_host).ip}:{port}"
     out = ctx.lab.node(via).cmd(f"{sys.executable} -m roles.admin {address} '{json.dumps(message)}'")
     try:
         return json.loads(out.strip().splitlines()[-1])
@@ -66,6 +68,16 @@ def dag_switchover(ctx: Context, fault: dict[str, Any]) -> None:
         raise ValueError(f"no database {db} in this topology")
     to = fault["to"] or next(c for c in layout["copies"] if c != layout["active"])
     move_database(ctx, db, to, set())
+
+
+def rebind(ctx: Context, fault: dict[str, Any]) -> None:
+    """Set-MailboxDatabase -RpcClientAccessServer: every site's autodiscover learns it now,
+    profiles only when they next ask (exchange.autodiscover_refresh_s)."""
+    server = host_fqdn(ctx, fault["to"])
+    for ad in ctx.plan.by_role("autodiscover"):
+        reply = admin_call(ctx, ad.name, {"op": "set_rcas", "db": fault["database"], "server": server}, ad.name,
+                           AUTODISCOVER_PORT)
+        ctx.log.emit("rcas_set", db=fault["database"], server=server, autodiscover=ad.name, ok=bool(reply.get("ok")))
 
 
 def poweroff(ctx: Context, fault: dict[str, Any]) -> None:
@@ -129,6 +141,7 @@ def controller_crash(ctx: Context, fault: dict[str, Any]) -> None:
 INJECTORS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "poweroff": poweroff, "crash": crash, "freeze": freeze, "link-cut": link_cut,
     "drain": drain, "rejoin": rejoin, "controller-crash": controller_crash, "dag-switchover": dag_switchover,
+    "rebind": rebind,
 }
 
 
@@ -139,7 +152,7 @@ def failed_elements(ctx: Context, fault: dict[str, Any]) -> list[str]:
     copy moves or its server dies); ``controller`` for a controller fault (every session).
     """
     kind = fault["kind"]
-    if kind == "rejoin":
+    if kind in ("rejoin", "rebind"):
         return []
     if kind == "controller-crash":
         return ["controller"]

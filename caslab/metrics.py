@@ -70,7 +70,8 @@ def _runs(events: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
 
 def session_outcomes(events: list[dict], late_ms: float) -> dict[str, Any]:
     """Metrics of one run (one scenario repetition) from its events."""
-    fault = next((e for e in events if e["ev"] == "fault"), None)
+    faults = [e for e in events if e["ev"] == "fault"]
+    fault = next((e for e in faults if e["elements"]), faults[0] if faults else None)  # the first that fails something
     end = next((e["ts"] for e in events if e["ev"] == "measure_end"), None)
     if end is None:
         end = max((e["ts"] for e in events), default=0)

@@ -28,8 +28,19 @@ class Mode:
     def start(self, ctx: Context) -> None:
         """Start this mode's own processes, after the roles are up."""
 
+    rotate_answers = False  # dns-rr: sessions start at different A records
+
+    def default_rcas(self, ctx: Context) -> str:
+        """The RpcClientAccessServer databases get: the HQ array's FQDN where there is one."""
+        return ctx.plan.sites[0].array_fqdn
+
     def target(self, ctx: Context, client: HostPlan) -> dict[str, Any]:
-        raise NotImplementedError
+        """Every mode: autodiscover of the client's site -> profile server name -> DNS."""
+        from caslab.services import AUTODISCOVER_PORT
+
+        ad = ctx.plan.by_role("autodiscover", client.site)[0]
+        return {"kind": "autodiscover", "address": f"{ad.ip}:{AUTODISCOVER_PORT}", "dns": ctx.extra["dns_server"],
+                "refresh_s": ctx.spec["exchange"]["autodiscover_refresh_s"], "rotate": self.rotate_answers}
 
     def drain(self, ctx: Context, host: str, deadline_s: float) -> None:
         raise NotImplementedError(f"mode {self.name} has no drain")
@@ -42,11 +53,6 @@ class Mode:
         return [h.ip for h in ctx.plan.by_role("cas", client.site)]
 
 
-def dns_target(ctx: Context, name: str, rotate: bool = False) -> dict[str, Any]:
-    """Clients resolve names through the lab's DNS server, as Outlook does."""
-    return {"kind": "dns", "name": name, "server": ctx.extra["dns_server"], "rotate": rotate}
-
-
 class Direct(Mode):
     """No array: every Outlook profile names one CAS (cas1), as before Exchange 2010 arrays."""
 
@@ -56,11 +62,10 @@ class Direct(Mode):
     def array_addresses(self, ctx):
         return {}
 
-    def target(self, ctx, client):
+    def default_rcas(self, ctx):
         from topologies.plan import LAB_DOMAIN
 
-        cas = ctx.plan.by_role("cas", client.site)[0]
-        return dns_target(ctx, f"{cas.name}.{LAB_DOMAIN}")
+        return f"{ctx.plan.by_role('cas')[0].name}.{LAB_DOMAIN}"
 
 
 class DnsRoundRobin(Mode):
@@ -79,8 +84,7 @@ class DnsRoundRobin(Mode):
         return {site.name: [h.ip for h in ctx.plan.by_role("cas", site.name)] for site in ctx.plan.sites
                 if ctx.plan.by_role("cas", site.name)}
 
-    def target(self, ctx, client):
-        return dns_target(ctx, ctx.plan.site(client.site).array_fqdn, rotate=True)
+    rotate_answers = True
 
 
 class VipMode(Mode):
@@ -88,9 +92,6 @@ class VipMode(Mode):
 
     def array_addresses(self, ctx):
         return {site.name: [site.vip] for site in ctx.plan.sites if ctx.plan.by_role("cas", site.name)}
-
-    def target(self, ctx, client):
-        return dns_target(ctx, ctx.plan.site(client.site).array_fqdn)
 
 
 class SdnNlb(VipMode):
@@ -198,6 +199,7 @@ class Haproxy(VipMode):
                             for c in ctx.plan.by_role("cas", site.name))
         return (
             "global\n    log stdout format raw local0 info\n    maxconn 4096\n"
+            f"    stats socket {self.admin_socket(ctx, site)} mode 600 level admin\n"
             "defaults\n    mode tcp\n    log global\n    timeout connect 1s\n    timeout client 1h\n"
             "    timeout server 1h\n    retries 2\n    option redispatch\n"
             f"frontend cas_array\n    bind {site.vip}:{CAS_PORT}\n    default_backend cas\n"
@@ -217,6 +219,32 @@ class Haproxy(VipMode):
             path.write_text(self.config_text(ctx, site))
             ctx.lab.popen_in(lb.name, f"haproxy-{lb.name}", ["haproxy", "-db", "-f", str(path)],
                              on_line=lambda ts, line: self.on_log(ctx, ts, line))
+
+    @staticmethod
+    def admin_socket(ctx, site) -> str:
+        """HAProxy's runtime API: a Unix socket, reachable from the root namespace."""
+        return str(ctx.raw_dir / f"haproxy-{site.name.lower()}.sock")
+
+    def runtime(self, ctx, host: str, command: str) -> str:
+        import socket
+
+        site = ctx.plan.site(ctx.plan.host(host).site)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(self.admin_socket(ctx, site))
+            sock.sendall(command.encode() + b"\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        ctx.log.emit("lb_admin", command=command, answer=answer.decode(errors="replace").strip()[:200])
+        return answer.decode(errors="replace")
+
+    def drain(self, ctx, host, deadline_s):
+        """As an admin would: no new sessions to the server, existing ones stay."""
+        self.runtime(ctx, host, f"set server cas/{host} state drain")
+
+    def rejoin(self, ctx, host):
+        self.runtime(ctx, host, f"set server cas/{host} state ready")
 
     @staticmethod
     def on_log(ctx, ts: int, line: str) -> None:

@@ -31,6 +31,21 @@ CSV_COLUMNS = ["label", "mode", "fault", "repetitions", "sessions", "affected", 
                "reconnect_max_ms", "ci95_low_ms", "ci95_high_ms", "detection_p50_ms", "messages_acked",
                "messages_lost", "probe_gap_ms", "capture_max_diff_ms", "cpu_idle_pct", "fidelity_ok"]
 TEMPLATES = Path(__file__).parent / "templates"
+CAPTIONS = {
+    "timeline": "Each client session as a row around the fault (first repetition): green ticks are "
+                "successful operations, red crosses failed ones, black crosses dropped connections.",
+    "reconnect-cdf.png": "Distribution of reconnect times of the affected sessions, all repetitions.",
+    "reconnect-bars.png": "Mean reconnect time per scenario with the 95 % confidence interval over repetitions.",
+    "probe-availability.png": "Share of scapy SYN probes to the array address that were answered, per 0.25 s.",
+}
+
+
+def caption(name: str) -> str:
+    return CAPTIONS["timeline"] if name.startswith("timeline-") else CAPTIONS.get(name, name)
+
+
+def format_ci(ci: list[float] | None) -> str:
+    return "n/a" if not ci else f"[{max(ci[0], 0):g}, {ci[1]:g}]"
 
 
 def load_events(run_dir: Path) -> list[dict]:
@@ -53,6 +68,8 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     context = {"summary": summary, "manifest": manifest, "plots": plots}
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
+    env.filters["caption"] = caption
+    env.filters["ci"] = format_ci
     embedded = {name: base64.b64encode((run_dir / name).read_bytes()).decode() for name in plots}
     (run_dir / "report.md").write_text(env.get_template("report.md.j2").render(**context))
     (run_dir / "report.html").write_text(env.get_template("report.html.j2").render(embedded=embedded, **context))
@@ -115,8 +132,12 @@ def make_plots(run_dir: Path, events: list[dict], manifest: dict, summary: dict)
     for meta in manifest["scenarios"]:
         if (meta["id"], 0) in runs:
             name = f"timeline-{meta['id']}.png"
-            plot_timeline(run_dir / name, runs[(meta["id"], 0)], meta["label"])
+            after = manifest["spec"]["timing"]["observe_s"]
+            plot_timeline(run_dir / name, runs[(meta["id"], 0)], meta["label"], after_s=after)
             names.append(name)
+    if any(ev["ev"] == "probe" for ev in events):
+        plot_probe_availability(run_dir / "probe-availability.png", runs, manifest)
+        names.append("probe-availability.png")
     if any(s["reconnect_ms"]["n"] for s in summary["scenarios"]):
         plot_cdf(run_dir / "reconnect-cdf.png", runs, manifest, summary)
         plot_bars(run_dir / "reconnect-bars.png", summary)
@@ -124,14 +145,15 @@ def make_plots(run_dir: Path, events: list[dict], manifest: dict, summary: dict)
     return names
 
 
-def plot_timeline(path: Path, events: list[dict], label: str, before_s: float = 1.0, after_s: float = 6.0) -> None:
+def plot_timeline(path: Path, events: list[dict], label: str, before_s: float = 1.0, after_s: float = 8.0) -> None:
     """Each client session as a row: successful and failed operations around t_fault."""
-    fault = next((e for e in events if e["ev"] == "fault"), None)
+    fault = next((e for e in events if e["ev"] == "fault" and e["elements"]),
+                 next((e for e in events if e["ev"] == "fault"), None))
     t0 = fault["ts"] if fault else min(e["ts"] for e in events)
     sessions = sorted({e["session"] for e in events if e["ev"] == "op"})
     row = {sid: i for i, sid in enumerate(sessions)}
     fig, ax = plt.subplots(figsize=(10, max(3, 0.22 * len(sessions) + 1.5)))
-    series = {"ok": ([], [], "tab:green"), "failed": ([], [], "tab:red"), "down": ([], [], "black")}
+    series = {"ok": ([], [], "tab:green"), "down": ([], [], "black"), "failed": ([], [], "tab:red")}
     for e in events:
         if "session" not in e or e["session"] not in row:
             continue
@@ -151,11 +173,41 @@ def plot_timeline(path: Path, events: list[dict], label: str, before_s: float = 
     if fault:
         ax.axvline(0, color="tab:orange", linestyle="--", label=f"fault: {fault['kind']} {','.join(fault['targets'])}")
     ax.set_yticks(range(len(sessions)))
-    ax.set_yticklabels(sessions, fontsize=6)
+    ax.set_yticklabels(sessions, fontsize=7)
+    ax.set_ylabel("client session")
     ax.set_xlabel("seconds relative to fault")
-    ax.set_title(f"Client sessions around the fault: {label}")
+    ax.set_title(f"Client sessions around the fault: {label} (first repetition)")
     ax.set_xlim(-before_s, after_s)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_probe_availability(path: Path, runs, manifest: dict, bin_s: float = 0.25) -> None:
+    """Share of SYN probes to the array address answered, per time bin around the fault
+    (first repetition of each scenario)."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for meta in manifest["scenarios"]:
+        events = runs.get((meta["id"], 0), [])
+        fault = next((e for e in events if e["ev"] == "fault" and e["elements"]),
+                     next((e for e in events if e["ev"] == "fault"), None))
+        probes = [e for e in events if e["ev"] == "probe"]
+        if not probes:
+            continue
+        t0 = fault["ts"] if fault else probes[0]["ts"]
+        bins: dict[int, list[bool]] = defaultdict(list)
+        for e in probes:
+            bins[int((e["ts"] - t0) / 1e9 // bin_s)].append(bool(e.get("ok")))
+        keys = sorted(bins)
+        ax.step([k * bin_s for k in keys], [100 * sum(bins[k]) / len(bins[k]) for k in keys], where="post",
+                label=meta["label"])
+    ax.axvline(0, color="tab:orange", linestyle="--", label="fault")
+    ax.set_ylim(-5, 105)
+    ax.set_xlabel("seconds relative to fault")
+    ax.set_ylabel(f"SYN probes answered (% per {bin_s:g} s)")
+    ax.set_title("Availability of the array address seen by SYN probes")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     _save(fig, path)
 
@@ -167,8 +219,8 @@ def plot_cdf(path: Path, runs, manifest: dict, summary: dict) -> None:
         values = sorted(v for (sid, _), evs in sorted(runs.items()) if sid == meta["id"]
                         for v in metrics.session_outcomes(evs, late)["reconnect_ms"])
         if values:
-            ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.step(values, ys, where="post", label=meta["label"])
+            ys = [0.0] + [(i + 1) / len(values) for i in range(len(values))]
+            ax.step([values[0]] + values, ys, where="post", label=meta["label"])
     ax.set_xscale("log")
     ax.set_xlabel("reconnect time of affected sessions (ms, log scale)")
     ax.set_ylabel("fraction of sessions")
@@ -180,18 +232,22 @@ def plot_cdf(path: Path, runs, manifest: dict, summary: dict) -> None:
 
 
 def plot_bars(path: Path, summary: dict) -> None:
+    """Mean reconnect time per scenario as a point with its 95 % CI (log axis: modes differ
+    by orders of magnitude, and bars on a log axis would mislead)."""
     scenarios = [s for s in summary["scenarios"] if s["reconnect_ms"]["n"]]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    labels = [s["label"] for s in scenarios]
-    means = [s["reconnect_ms"]["mean"] for s in scenarios]
-    errors = [[0, 0] if not s["reconnect_ms"]["ci95_mean"] else
-              [max(0, s["reconnect_ms"]["mean"] - s["reconnect_ms"]["ci95_mean"][0]),
-               max(0, s["reconnect_ms"]["ci95_mean"][1] - s["reconnect_ms"]["mean"])] for s in scenarios]
-    ax.bar(range(len(labels)), means, yerr=list(zip(*errors)) if errors else None, capsize=6, color="tab:blue")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    for x, s in enumerate(scenarios):
+        r = s["reconnect_ms"]
+        ci = r["ci95_mean"]
+        low, high = (max(r["mean"] - max(ci[0], 0.1), 0), max(ci[1] - r["mean"], 0)) if ci else (0, 0)
+        ax.errorbar([x], [r["mean"]], yerr=[[low], [high]], fmt="o", capsize=6, color="tab:blue")
+        ax.annotate(f"{r['mean']:.0f} ms", (x, r["mean"]), textcoords="offset points", xytext=(8, 4), fontsize=8)
+    ax.set_xticks(range(len(scenarios)))
+    ax.set_xticklabels([s["label"] for s in scenarios], rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(scenarios) - 0.5)
     ax.set_yscale("log")
     ax.set_ylabel("mean reconnect time (ms, log) with 95 % CI")
-    ax.set_title("Mean reconnect time per HA mode")
+    ax.set_title("Mean reconnect time of affected sessions per scenario")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

@@ -171,9 +171,10 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
         mailboxes = services.start_mailboxes(ctx)
         cas = services.start_cas(ctx)
-        role_names = [p.name for p in mailboxes + cas]
+        autodiscover = services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)))
+        role_names = [p.name for p in mailboxes + cas + autodiscover]
         wait_until(lambda: count_events(raw_dir, role_names, "service_up") >= len(role_names),
-                   timing["ready_timeout_s"], "mailbox and CAS services to start")
+                   timing["ready_timeout_s"], "mailbox, CAS and autodiscover services to start")
         mode.start(ctx)  # load balancers and health checks start on services that answer
         if scenario["probe"]["capture"]:
             start_captures(ctx)

@@ -17,6 +17,7 @@ from topologies.plan import HostPlan, LabPlan
 
 CAS_PORT = 6001
 MAILBOX_PORT = 7001
+AUTODISCOVER_PORT = 7002
 PYTHON = sys.executable
 
 
@@ -144,3 +145,41 @@ def start_dns(ctx: Context, records: dict[str, list[str]]) -> LabProcess:
     ctx.extra["dns_server"] = dns.ip
     (ctx.raw_dir / "dns-records.json").write_text(json.dumps(records, indent=1, sort_keys=True))
     return ctx.lab.popen_in(dns.name, "dnsmasq", argv)
+
+
+def host_fqdn(ctx: Context, name: str) -> str:
+    """'cas2' -> 'cas2.lab.test', 'array:Branch' -> that site's array FQDN, an FQDN as is."""
+    from topologies.plan import LAB_DOMAIN
+
+    if name.startswith("array:"):
+        return ctx.plan.site(name.split(":", 1)[1]).array_fqdn
+    return name if "." in name else f"{name}.{LAB_DOMAIN}"
+
+
+def rpc_client_access_servers(ctx: Context, default: str) -> dict[str, str]:
+    """Each database's RpcClientAccessServer, as Set-MailboxDatabase would leave it.
+
+    A database created before its site's array got the name of a CAS of the site at
+    creation, and keeps it until an admin rebinds it: the classic stale profile.
+    """
+    exchange = ctx.spec["exchange"]
+    first_cas = host_fqdn(ctx, ctx.plan.by_role("cas")[0].name)
+    rcas = {}
+    for db in sorted(ctx.extra["databases"]):
+        rcas[db] = first_cas if db in exchange["created_before_array"] else default
+        if db in exchange["rpc_client_access_server"]:
+            rcas[db] = host_fqdn(ctx, exchange["rpc_client_access_server"][db])
+    return rcas
+
+
+def start_autodiscover(ctx: Context, rcas: dict[str, str]) -> list[LabProcess]:
+    """One autodiscover service per site, all answering from the same directory."""
+    users = {u["user"]: u["db"] for client in ctx.plan.by_role("client") for u in users_for(ctx, client)}
+    ctx.extra["rcas"] = dict(rcas)
+    procs = []
+    for host in ctx.plan.by_role("autodiscover"):
+        config = {"name": host.name, "listen_port": AUTODISCOVER_PORT, "events": ctx.events_path(host.name),
+                  "users": users, "rcas": rcas}
+        procs.append(ctx.start_module(host.name, host.name, "roles.autodiscover", config))
+    ctx.log.emit("rcas", servers=rcas)
+    return procs

@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 MODES = ("direct", "dns-rr", "wnlb", "haproxy", "sdn-nlb")
 FAULT_KINDS = ("crash", "poweroff", "freeze", "link-cut", "drain", "rejoin", "dag-switchover",
-               "controller-crash")
+               "controller-crash", "rebind")
 AFFINITIES = ("none", "single", "network")
 HOST_NAME = re.compile(r"^(cas|mbx|cl|ad|lb|dns|r)\d+$")
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -127,6 +127,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "convergence_ms": Field(int, 2500, lambda v: 0 <= v <= 60000, "an integer from 0 to 60000"),
         "affinity": Field(str, "single", _one_of(AFFINITIES), f"one of {list(AFFINITIES)}"),
     },
+    "exchange": {
+        "rpc_client_access_server": Field(
+            dict, {}, lambda v: all(re.fullmatch(r"DB\d+", k) and isinstance(x, str)
+                                    and re.fullmatch(r"(array:[A-Za-z]+|[a-z0-9.-]+)", x) for k, x in v.items()),
+            "a table of database = server, e.g. { DB1 = \"cas2\" } or { DB1 = \"array:HQ\" }"),
+        "created_before_array": Field(list, [], _list_of(str, lambda d: bool(re.fullmatch(r"DB\d+", d))),
+                                      "a list of database names like [\"DB1\"]"),
+        "autodiscover_refresh_s": Field(NUM, 3600, lambda v: 1 <= v <= 86400,
+                                        "seconds from 1 to 86400 (Outlook: one hour)"),
+    },
     "probe": {
         "rate_hz": Field(NUM, 20, lambda v: 0 <= v <= 100, "a rate from 0 (off) to 100 probes per second"),
         "capture": Field(bool, True),
@@ -182,7 +192,9 @@ def _check_fault(source: str, index: int, raw: Any) -> dict[str, Any]:
         fault[key] = _check_value(source, f"{prefix}.{key}", field, value)
     targets = fault.get("target", [])
     targets = [targets] if isinstance(targets, str) else targets
-    needs_target = fault["kind"] not in ("controller-crash", "dag-switchover")
+    needs_target = fault["kind"] not in ("controller-crash", "dag-switchover", "rebind")
+    if fault["kind"] == "rebind" and not fault.get("to"):
+        raise SpecError(source, f"{prefix}.to", "the new RpcClientAccessServer, e.g. \"array:HQ\" or \"cas2\" (missing)")
     if needs_target and not targets:
         raise SpecError(source, f"{prefix}.target", "a host name like 'cas1' or a list of them (missing)")
     for target in targets:
@@ -252,6 +264,19 @@ def _check_consistency(source: str, spec: dict[str, Any]) -> None:
         if fault["kind"] == "controller-crash" and spec["experiment"]["modes"] != ["sdn-nlb"] and \
                 "sdn-nlb" not in spec["experiment"]["modes"]:
             raise SpecError(source, f"faults[{i}].kind", "controller-crash only with mode sdn-nlb")
+    databases = {f"DB{i + 1}" for i in range(topo["databases"])}
+    exchange = spec["exchange"]
+    for db in list(exchange["rpc_client_access_server"]) + exchange["created_before_array"]:
+        if db not in databases:
+            raise SpecError(source, "exchange", f"databases of this topology ({', '.join(sorted(databases))})", db)
+    sites = {"HQ"} | ({"Branch"} if topo["branch"] else set())
+    for db, server in exchange["rpc_client_access_server"].items():
+        if server.startswith("array:") and server[6:] not in sites:
+            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"an array of a site in {sorted(sites)}",
+                            server)
+    for i, fault in enumerate(spec["faults"]):
+        if fault["kind"] in ("rebind", "dag-switchover") and fault["database"] not in databases:
+            raise SpecError(source, f"faults[{i}].database", f"one of {sorted(databases)}", fault["database"])
     clients = spec["clients"]
     if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
         raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "

@@ -59,6 +59,7 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     assert scenario["unrecovered"] == 0
     assert scenario["collateral"] == 0
     assert scenario["reconnect_ms"]["n"] == scenario["affected"]
+    assert scenario["reauth"] == scenario["affected"], "a session moved to a CAS that does not know it logs on again"
     assert scenario["messages"]["lost"] == 0 and scenario["messages"]["acked"] > 0
     for name in ("events.jsonl", "manifest.json", "summary.csv", "report.html", "report.md",
                  "timeline-s1-sdn-nlb.png"):

@@ -131,3 +131,47 @@ def test_mailbox_poweroff_fails_databases_over(tmp_path, no_residue):
     assert [(e["db"], e["server"]) for e in moved] == [("DB1", "mbx2")]
     assert s["affected"] > 0 and s["unrecovered"] == 0
     assert s["messages"]["lost"] == 0
+
+
+def session_dbs(events: list[dict]) -> dict[str, str]:
+    return {e["session"]: e["db"] for e in events if e["ev"] == "logon"}
+
+
+@pytest.mark.parametrize("refresh_s,stuck", [(3600, True), (1, False)], ids=["hourly-autodiscover", "fast-refresh"])
+def test_database_created_before_the_array_keeps_profiles_on_cas1(tmp_path, no_residue, refresh_s, stuck):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "rebind", "database": "DB1", "to": "array:HQ", "at_s": 0.3},
+                                          {"kind": "poweroff", "target": "cas1", "at_s": 1.8}],
+                    exchange={"created_before_array": ["DB1"], "autodiscover_refresh_s": refresh_s})
+    assert [e["server"] for e in events if e["ev"] == "rcas_set" and e["ok"]] == ["outlook.hq.lab.test"]
+    dbs = session_dbs(events)
+    first_servers = {}
+    for e in events:
+        if e["ev"] == "autodiscover":
+            first_servers.setdefault(e["session"], e["server"])
+    assert {first_servers[sid] for sid, db in dbs.items() if db == "DB1"} == {"cas1.lab.test"}
+    assert {first_servers[sid] for sid, db in dbs.items() if db == "DB2"} == {"outlook.hq.lab.test"}
+    fault = next(e for e in events if e["ev"] == "fault" and e["kind"] == "poweroff")
+    on_cas1 = {e["session"] for e in events if e["ev"] == "op" and e["ok"] and e["cas"] == "cas1" and e["ts"] < fault["ts"]}
+    db1_on_cas1 = {sid for sid in on_cas1 if dbs[sid] == "DB1"}
+    if stuck:
+        assert db1_on_cas1 and s["unrecovered"] >= len(db1_on_cas1), "stale profiles cannot leave cas1"
+    else:
+        assert not db1_on_cas1 or s["unrecovered"] == 0
+        assert s["unrecovered"] == 0, "a fresh autodiscover answer moved every profile to the array"
+
+
+def test_branch_clients_follow_their_database_rpc_client_access_server(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", POWEROFF, topology={"branch": True, "branch_cas": 2, "branch_client_hosts": 1},
+                    exchange={"rpc_client_access_server": {"DB2": "array:Branch"}})
+    dbs = session_dbs(events)
+    served = {}
+    for e in events:
+        if e["ev"] == "op" and e["ok"]:
+            served.setdefault(e["session"], set()).add(e["cas"])
+    branch_sessions = [sid for sid in dbs if sid.startswith("cl3-")]
+    assert branch_sessions, "the Branch client host ran sessions"
+    for sid, db in dbs.items():
+        expected = {"cas4", "cas5"} if db == "DB2" else {"cas1", "cas2", "cas3"}
+        assert served[sid] <= expected, (sid, db, served[sid])
+    assert any(dbs[sid] == "DB1" for sid in branch_sessions), "Branch users of DB1 cross the WAN to HQ"
+    assert s["recovered"] == s["affected"] and s["collateral"] == 0

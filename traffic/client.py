@@ -1,6 +1,7 @@
 """Outlook-like client emulator: many sessions per host, each logging every operation.
 
-A session resolves its target, connects, logs on (or resumes), then issues one operation
+A session asks autodiscover for its profile's server (the database's
+RpcClientAccessServer), resolves that name through the lab's DNS, connects, logs on (or resumes), then issues one operation
 every ``interval_ms`` (read a folder, send a message, sync, RPC ping). Every operation has
 an application-level timeout (Outlook's RPC ping): without it, a session to a silent peer
 would wait for the kernel's tcp_retries2 (~15 min) and the lab would measure the kernel,
@@ -15,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from caslab.events import now_ns
-from roles.protocol import ProtocolError, read_frame, write_frame
+from roles.protocol import FramedLink, ProtocolError, read_frame, write_frame
 from roles.cas import password_for
 from roles.service import load_config, open_log, run_forever
 from traffic.resolver import ResolveError, target_from_config
@@ -67,6 +69,8 @@ class Session:
         self.source_ip = cfg.source_ips[index % len(cfg.source_ips)] if cfg.source_ips else None
         self.rng = random.Random(cfg.seed * 100003 + index)
         self.logged_on = False
+        self.profile: str | None = None
+        self.profile_at = 0.0
         self.address_index = 0
         self.sent = 0
         self.ops, self.weights = zip(*sorted(cfg.ops.items()))
@@ -74,10 +78,36 @@ class Session:
     def emit(self, ev: str, **fields: Any) -> None:
         self.client.log.emit(ev, session=self.sid, **fields)
 
+    async def profile_server(self) -> str | None:
+        """The profile's RpcClientAccessServer from autodiscover, refreshed like Outlook does.
+
+        Outlook asks at start and then every ``refresh_s`` (an hour by default), not after
+        each failure: a changed RpcClientAccessServer reaches a running profile late.
+        """
+        target = self.client.config.target
+        if target.get("kind") != "autodiscover":
+            return None
+        now = time.monotonic()
+        if self.profile is not None and now - self.profile_at < target.get("refresh_s", 3600):
+            return self.profile
+        try:
+            reply = await FramedLink(target["address"], target.get("timeout_ms", 1000) / 1000).call(
+                {"op": "autodiscover", "user": self.user})
+        except (OSError, asyncio.TimeoutError, ConnectionError, ProtocolError):
+            reply = {"ok": False}
+        if reply.get("ok"):
+            if reply["server"] != self.profile:
+                self.emit("autodiscover", server=reply["server"], db=reply.get("db"))
+            self.profile, self.profile_at = reply["server"], now
+        elif self.profile is None:
+            raise SessionDown("autodiscover")
+        return self.profile
+
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         cfg = self.client.config
+        server = await self.profile_server()
         try:
-            addresses = await self.client.target.resolve()
+            addresses = await self.client.target_for(server).resolve()
         except ResolveError as exc:
             raise SessionDown(f"resolve: {exc}") from None
         start = 0
@@ -188,10 +218,19 @@ class Client:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.log = open_log({"events": config.events}, config.name)
-        self.target = target_from_config(config.target)
+        self.targets: dict[str | None, Any] = {}
+
+    def target_for(self, server: str | None):
+        """The resolver for a profile's server name (one DNS cache per client host)."""
+        if server not in self.targets:
+            spec = self.config.target
+            if spec.get("kind") == "autodiscover":
+                spec = {"kind": "dns", "name": server, "server": spec["dns"]}
+            self.targets[server] = target_from_config(spec)
+        return self.targets[server]
 
     async def run(self) -> None:
-        self.log.emit("client_up", sessions=self.config.sessions, target=self.target.describe())
+        self.log.emit("client_up", sessions=self.config.sessions, target=self.config.target)
         sessions = [Session(self, i) for i in range(self.config.sessions)]
         await asyncio.gather(*(s.run() for s in sessions))
 

@@ -1,0 +1,55 @@
+"""Autodiscover (one per AD site): tells an Outlook profile where its mailbox is served.
+
+For each user it answers the mailbox database and that database's RpcClientAccessServer
+(``Set-MailboxDatabase -RpcClientAccessServer``): an array FQDN, or a single CAS's name
+for a database created before its site's array existed. Admins change the value at run
+time with ``set_rcas``; clients only see the change when they next ask, which is how a
+profile keeps pointing at an old server.
+
+Config keys: name, listen_port, events, users {user: db}, rcas {db: fqdn}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roles.protocol import error
+from roles.service import listen, open_log, run_role
+
+
+class Autodiscover:
+    def __init__(self, config: dict[str, Any], log):
+        self.name = config["name"]
+        self.users: dict[str, str] = dict(config.get("users", {}))
+        self.rcas: dict[str, str] = dict(config.get("rcas", {}))
+        self.log = log
+
+    async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "autodiscover":
+            user = request.get("user")
+            db = self.users.get(user) if isinstance(user, str) else None
+            if db is None:
+                return error("unknown_user")
+            return {"ok": True, "user": user, "db": db, "server": self.rcas[db]}
+        if op == "set_rcas":
+            db, server = request.get("db"), request.get("server")
+            if db not in self.rcas or not isinstance(server, str) or not server:
+                return error("bad_request")
+            old, self.rcas[db] = self.rcas[db], server
+            self.log.emit("rcas_changed", db=db, server=server, previous=old)
+            return {"ok": True, "db": db, "server": server}
+        return error("unknown_op", op=op if isinstance(op, str) else None)
+
+
+async def serve(config: dict[str, Any]) -> None:
+    log = open_log(config, config["name"])
+    await listen(config, "autodiscover", log, Autodiscover(config, log).handle)
+
+
+def main() -> None:
+    run_role(serve)
+
+
+if __name__ == "__main__":
+    main()
