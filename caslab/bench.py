@@ -8,6 +8,7 @@ was. Speed is reported here, never asserted in tests.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +54,8 @@ def run(seconds: int = 5, rounds: int = 3) -> dict:
             vip.append(iperf(client, plan.sites[0].vip, seconds))
     finally:
         lab.stop()
+        shutil.rmtree(ctx.extra.get("socket_dir", work / "none"), ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     best_direct, best_vip = max(direct), max(vip)
     return {"datapath": lab.datapath, "seconds": seconds, "rounds": rounds, "direct_mbit": direct,
             "vip_mbit": vip, "ratio_best": round(best_vip / best_direct, 3),

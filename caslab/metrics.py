@@ -192,6 +192,8 @@ def summarize(events: Iterable[dict], scenarios_meta: list[dict[str, Any]], late
             "messages": {k: sum(r["messages"][k] for r in per_rep) for k in ("acked", "stored", "lost")},
             "detection_ms": distribution([r["detection_ms"] for r in per_rep if r["detection_ms"] is not None]),
             "cpu_idle_pct": cpu_mean, "fidelity_ok": cpu_mean is None or cpu_mean >= min_idle_pct,
+            "notices": sorted({e["detail"] for (sid, _), evs in runs.items() if sid == meta["id"]
+                               for e in evs if e["ev"] == "capability_missing"}),
             "probe_gap_ms": max((r["probe_gap_ms"] for r in per_rep if r["probe_gap_ms"] is not None), default=None),
             "per_repetition": [{k: r[k] for k in ("sessions", "affected", "recovered", "unrecovered", "collateral",
                                                   "reauth", "detection_ms")} |

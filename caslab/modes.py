@@ -113,7 +113,7 @@ class SdnNlb(VipMode):
                 continue
             vips.append({"name": site.name, "fqdn": site.array_fqdn, "ip": site.vip, "mac": site.vip_mac,
                          "dpid": site.index, "ports": [CAS_PORT], "affinity": affinity, "members": members})
-        ctx.extra["nlb_socket"] = str(ctx.raw_dir / "nlb-health.sock")
+        ctx.extra["nlb_socket"] = str(ctx.socket_dir() / "nlb-health.sock")
         ctx.extra["nlb_api_port"] = ctx.extra.get("nlb_api_port")
         nlb = ctx.spec["nlb"]
         return {
@@ -223,7 +223,7 @@ class Haproxy(VipMode):
     @staticmethod
     def admin_socket(ctx, site) -> str:
         """HAProxy's runtime API: a Unix socket, reachable from the root namespace."""
-        return str(ctx.raw_dir / f"haproxy-{site.name.lower()}.sock")
+        return str(ctx.socket_dir() / f"haproxy-{site.name.lower()}.sock")
 
     def runtime(self, ctx, host: str, command: str) -> str:
         import socket

@@ -83,6 +83,7 @@ class LabNetwork:
     run_dir: Path
     controller_port: int
     datapath: str = field(default_factory=system.preferred_datapath)
+    topo_options: dict = field(default_factory=dict)
     net: object = None
     processes: list[LabProcess] = field(default_factory=list)
 
@@ -104,7 +105,7 @@ class LabNetwork:
         switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13",
                          reconnectms=1000)
         controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
-        self.net = Mininet(topo=CasArrayTopo(plan=self.plan), switch=switch, controller=controller,
+        self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
         self.net.build()
 

@@ -12,6 +12,7 @@ event logs written so far stay on disk.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caslab import faults, modes, services
+from caslab import faults, modes, services, system
 from caslab.events import EventLog, read_events
 from caslab.netlab import LabError, LabNetwork, free_tcp_port
 from caslab.services import Context
@@ -94,6 +95,19 @@ class CpuSampler(threading.Thread):
             idle0, total0 = idle1, total1
 
 
+def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> dict[str, float]:
+    """WAN shaping for the Branch link; delay only where the kernel has sch_netem."""
+    topo = scenario["topology"]
+    options = {"wan_bw_mbit": topo["wan_bw_mbit"], "wan_delay_ms": topo["wan_delay_ms"]}
+    if topo["wan_delay_ms"] and not system.netem_available():
+        options["wan_delay_ms"] = 0
+        message = (f"WAN delay of {topo['wan_delay_ms']:g} ms skipped: this kernel has no sch_netem "
+                   "(link bandwidth limits still apply)")
+        log.emit("capability_missing", capability="netem", detail=message)
+        progress(message)
+    return options
+
+
 def start_controller(ctx: Context, mode: modes.Mode, port: int) -> None:
     config = mode.controller_config(ctx)
     env = {}
@@ -151,8 +165,8 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
     plan = plan_for(scenario)
     mode = modes.get(scenario["mode"])
     of_port = free_tcp_port()
-    lab = LabNetwork(plan, raw_dir, of_port)
     log = EventLog(raw_dir / "runner.jsonl", "runner")
+    lab = LabNetwork(plan, raw_dir, of_port, topo_options=wan_options(scenario, log, progress))
     ctx = Context(scenario, plan, lab, raw_dir, log, extra={"repetition": repetition, "nlb_api_port": free_tcp_port()})
     sampler = CpuSampler(log)
     timing = scenario["timing"]
@@ -203,6 +217,8 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         try:
             lab.stop()
         finally:
+            if "socket_dir" in ctx.extra:
+                shutil.rmtree(ctx.extra["socket_dir"], ignore_errors=True)
             log.close()
 
 

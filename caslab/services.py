@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ class Context:
     log: Any
     controller: LabProcess | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def socket_dir(self) -> Path:
+        """A short private folder for Unix sockets (their paths must stay under 108 bytes,
+        which a deep result folder would not); removed at teardown."""
+        if "socket_dir" not in self.extra:
+            self.extra["socket_dir"] = Path(tempfile.mkdtemp(prefix="caslab-"))
+        return self.extra["socket_dir"]
 
     def events_path(self, source: str) -> str:
         return str(self.raw_dir / f"{source}.jsonl")

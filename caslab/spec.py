@@ -80,6 +80,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "branch_cas": Field(int, 2, lambda v: 0 <= v <= 4, "an integer from 0 to 4"),
         "branch_client_hosts": Field(int, 1, lambda v: 0 <= v <= 4, "an integer from 0 to 4"),
         "databases": Field(int, 2, lambda v: 1 <= v <= 8, "an integer from 1 to 8"),
+        "wan_bw_mbit": Field(NUM, 0, lambda v: 0 <= v <= 10000, "Mbit/s from 0 (unlimited) to 10000"),
+        "wan_delay_ms": Field(NUM, 0, lambda v: 0 <= v <= 5000,
+                              "milliseconds from 0 to 5000 (needs sch_netem; skipped with a notice without it)"),
     },
     "clients": {
         "sessions_per_host": Field(int, 8, lambda v: 1 <= v <= 500, "an integer from 1 to 500"),
@@ -264,6 +267,10 @@ def _check_consistency(source: str, spec: dict[str, Any]) -> None:
         if fault["kind"] == "controller-crash" and spec["experiment"]["modes"] != ["sdn-nlb"] and \
                 "sdn-nlb" not in spec["experiment"]["modes"]:
             raise SpecError(source, f"faults[{i}].kind", "controller-crash only with mode sdn-nlb")
+    for key in ("wan_bw_mbit", "wan_delay_ms"):
+        if topo[key] and not topo["branch"]:
+            raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
+                                                       "there is no WAN link to shape", topo[key])
     databases = {f"DB{i + 1}" for i in range(topo["databases"])}
     exchange = spec["exchange"]
     for db in list(exchange["rpc_client_access_server"]) + exchange["created_before_array"]:

@@ -157,6 +157,7 @@ class Connection:
     client_mac: str
     in_port: int
     created_ns: int
+    client_isn: int | None = None  # the client's initial sequence number, from its SYN
 
 
 class ConnectionTable:

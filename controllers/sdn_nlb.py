@@ -105,7 +105,11 @@ class SdnNlb(BaseApp):
         self.event_log = EventLog(self.config["events"], "nlb") if self.config.get("events") else NullLog()
         self.fast_fail = bool(self.config.get("fast_fail", True))
         self.conn_idle_s = int(self.config.get("conn_idle_s", 120))
-        self.challenge_delay_s = float(self.config.get("challenge_delay_ms", 20)) / 1000
+        delays = self.config.get("challenge_delays_ms", [5, 25, 60, 120, 250])
+        if "challenge_delay_ms" in self.config:
+            delays = [self.config["challenge_delay_ms"]]
+        self.challenge_delays_s = [float(d) / 1000 for d in delays]
+        self.pending_resets: dict[tuple, Connection] = {}
         # Windows NLB emulation (caslab/modes.py) turns these off/on: it only learns of a
         # dead host from missed heartbeats and then needs a convergence round.
         self.port_detection = bool(self.config.get("port_detection", True))
@@ -203,10 +207,15 @@ class SdnNlb(BaseApp):
                 cookie=member_cookie(vip.index, vip.member_index[name]), cookie_mask=COOKIE_MASK_MEMBER,
                 match=parser.OFPMatch()))
             if self.fast_fail and conns:
-                # OVS applies a flow delete to its datapath cache asynchronously (a few ms):
-                # a client answer that arrives before then would still follow the dead
-                # CAS's flow, and Linux answers such probes only once per 500 ms.
-                hub.spawn_after(self.challenge_delay_s, self._challenge_all, dp, vip, conns)
+                # OVS applies a flow delete to its datapath cache asynchronously (usually a
+                # few ms, sometimes tens): a client's answer that arrives before then still
+                # follows the dead CAS's flow and is lost. So challenge again on a schedule
+                # until the client has answered and been reset.
+                keys = [conn.key for conn in conns]
+                self.pending_resets.update({conn.key: conn for conn in conns})
+                for i, delay in enumerate(self.challenge_delays_s):
+                    last = i == len(self.challenge_delays_s) - 1
+                    hub.spawn_after(delay, self._challenge_pending, dp, vip, keys, last)
         for conn in conns:
             vip.conns.remove(conn.key)
         self.event_log.emit("nlb_evict", vip=vip.ip, member=name, reason=reason, conns=len(conns),
@@ -234,7 +243,11 @@ class SdnNlb(BaseApp):
         if os.path.exists(path):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:  # e.g. a path over 107 bytes: say so instead of dying silently
+            self.event_log.emit("nlb_health_socket_error", path=path, reason=str(exc))
+            return
         while True:
             data = sock.recv(4096)
             try:
@@ -304,7 +317,7 @@ class SdnNlb(BaseApp):
             if member is None or not member.accepts_new and conn is None:
                 self._reset(dp, in_port, eth, ip, seg, vip)
                 return
-            self._pin(dp, in_port, data, eth, key, member, vip)
+            self._pin(dp, in_port, data, eth, key, member, vip, client_isn=seg.seq)
             return
         known = vip.conns.get(key)
         if known is not None:
@@ -319,8 +332,9 @@ class SdnNlb(BaseApp):
         # closed port, or a stray. Reset it so the client learns at once.
         if self.fast_fail or seg.dst_port not in vip.ports:
             self._reset(dp, in_port, eth, ip, seg, vip)
+            self.pending_resets.pop(key, None)
 
-    def _pin(self, dp, in_port, data, eth, key, member: Member, vip: Vip) -> None:
+    def _pin(self, dp, in_port, data, eth, key, member: Member, vip: Vip, client_isn: int | None = None) -> None:
         parser = dp.ofproto_parser
         out_port = vip.port_numbers.get(member.port_name)
         if out_port is None:
@@ -342,7 +356,7 @@ class SdnNlb(BaseApp):
         dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=dp.ofproto.OFP_NO_BUFFER, in_port=in_port,
                                         actions=forward, data=data))
         if vip.conns.get(key) is None:
-            vip.conns.add(Connection(key, member.name, eth.src, in_port, now_ns()))
+            vip.conns.add(Connection(key, member.name, eth.src, in_port, now_ns(), client_isn))
             self.stats["conns"] += 1
             self.event_log.emit("nlb_conn", vip=vip.ip, client=f"{client_ip}:{client_port}", member=member.name)
 
@@ -413,12 +427,14 @@ class SdnNlb(BaseApp):
         self._send(dp, in_port, pkt)
 
     def _tcp_to_client(self, dp, port, client_mac, client_ip, client_port, vip: Vip, service_port,
-                       seq, ack, bits) -> None:
+                       seq, ack, bits, payload: bytes = b"") -> None:
         pkt = packet.Packet()
         pkt.add_protocol(ethernet.ethernet(ethertype=ETH_IP, dst=client_mac, src=vip.mac))
         pkt.add_protocol(ipv4.ipv4(dst=client_ip, src=vip.ip, proto=PROTO_TCP))
         pkt.add_protocol(tcp.tcp(src_port=service_port, dst_port=client_port, seq=seq & 0xFFFFFFFF,
                                  ack=ack & 0xFFFFFFFF, bits=bits, window_size=0))
+        if payload:
+            pkt.add_protocol(payload)
         self._send(dp, port, pkt)
 
     def _reset(self, dp, in_port, eth, ip, seg, vip: Vip) -> None:
@@ -434,25 +450,32 @@ class SdnNlb(BaseApp):
             return
         self._tcp_to_client(dp, in_port, eth.src, ip.src, seg.src_port, vip, seg.dst_port, seq, ack, bits)
 
-    def _challenge_all(self, dp, vip: Vip, conns: list[Connection]) -> None:
+    def _challenge_pending(self, dp, vip: Vip, keys: list, last: bool) -> None:
         with self.lock:
-            for conn in conns:
-                self._challenge(dp, vip, conn)
+            for key in keys:
+                conn = self.pending_resets.pop(key, None) if last else self.pending_resets.get(key)
+                if conn is not None:
+                    self._challenge(dp, vip, conn)
 
     def _challenge(self, dp, vip: Vip, conn: Connection) -> None:
         """Make a dead CAS's client reveal its sequence state so it can be reset now.
 
         We never saw the server's sequence numbers (the switch forwarded them), so we send
-        two bare ACKs whose sequence numbers are 2^31 apart: at least one lies outside the
-        client's receive window, and the client answers it with a duplicate ACK (RFC 793).
-        That ACK has no flow any more, reaches ``_handle_tcp`` and gets an exact RST.
+        two one-byte segments whose sequence numbers are 2^31 apart: at least one lies
+        outside the client's receive window, and the client answers it with a duplicate
+        ACK (RFC 793). That ACK has no flow any more, reaches ``_handle_tcp`` and gets an
+        exact RST. The byte matters: Linux rate-limits answers to out-of-window segments
+        to one per 500 ms, but not for segments that carry data, so a retry is answered.
+        The ack field lies 2^31 behind the client's first sequence number, so even the
+        segment that falls inside the window is refused and its byte never delivered.
         """
         client_ip, client_port, _, service_port = conn.key
         self.stats["challenges"] += 1
         base = random.getrandbits(32)
+        ack = (conn.client_isn - (1 << 31)) if conn.client_isn is not None else random.getrandbits(32)
         for seq in (base, base + (1 << 31)):
             self._tcp_to_client(dp, conn.in_port, conn.client_mac, client_ip, client_port, vip, service_port,
-                                seq, 0, tcp.TCP_ACK)
+                                seq, ack, tcp.TCP_ACK, payload=b"\x00")
 
     # ---- views for the admin API ---------------------------------------------------
 

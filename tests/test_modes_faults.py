@@ -175,3 +175,34 @@ def test_branch_clients_follow_their_database_rpc_client_access_server(tmp_path,
         assert served[sid] <= expected, (sid, db, served[sid])
     assert any(dbs[sid] == "DB1" for sid in branch_sessions), "Branch users of DB1 cross the WAN to HQ"
     assert s["recovered"] == s["affected"] and s["collateral"] == 0
+
+
+def test_two_cas_powered_off_at_once_leave_the_third(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "poweroff", "target": ["cas1", "cas2"], "at_s": 0.5}])
+    assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
+    fault = next(e for e in events if e["ev"] == "fault")
+    after = {e["cas"] for e in events if e["ev"] == "op" and e["ok"] and e["ts"] > fault["ts"] + 500_000_000}
+    assert after == {"cas3"}
+
+
+def test_several_faults_at_their_own_times(tmp_path, no_residue):
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "crash", "target": "cas1", "at_s": 0.5},
+                                          {"kind": "poweroff", "target": "cas2", "at_s": 1.5}])
+    faults = [e for e in events if e["ev"] == "fault"]
+    assert [(f["kind"], f["targets"]) for f in faults] == [("crash", ["cas1"]), ("poweroff", ["cas2"])]
+    gap_s = (faults[1]["ts"] - faults[0]["ts"]) / 1e9
+    assert 0.9 <= gap_s <= 1.3, gap_s
+    assert s["unrecovered"] == 0
+
+
+def test_wan_shaping_applies_bandwidth_and_reports_missing_netem(tmp_path, no_residue):
+    from caslab import system
+
+    s, events = run(tmp_path, "sdn-nlb", POWEROFF, topology={"branch": True, "wan_bw_mbit": 20, "wan_delay_ms": 30})
+    notices = [e for e in events if e["ev"] == "capability_missing"]
+    if system.netem_available():
+        assert not notices and not s["notices"]
+    else:
+        assert notices and "sch_netem" in s["notices"][0]
+    branch_ok = [e for e in events if e["ev"] == "op" and e["ok"] and e["session"].startswith("cl3-")]
+    assert branch_ok, "Branch sessions work across the shaped WAN link"

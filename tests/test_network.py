@@ -65,8 +65,19 @@ def test_live_network_carries_tcp(tmp_path, no_residue):
         lab.stop()
 
 
+def nlb_cli(port: int, *args: str) -> dict:
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_vip_answers_arp_icmp_and_tcp_with_flows(tmp_path, no_residue):
-    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", config={"fast_fail": True})
+    api_port = free_tcp_port()
+    lab, plan = start_network(tmp_path, "controllers.sdn_nlb",
+                              config={"fast_fail": True, "api": {"host": "127.0.0.1", "port": api_port}})
     try:
         for cas in plan.by_role("cas"):
             start_echo(lab, cas.name)
@@ -89,5 +100,15 @@ def test_vip_answers_arp_icmp_and_tcp_with_flows(tmp_path, no_residue):
         events = [json.loads(line) for line in (tmp_path / "nlb.jsonl").read_text().splitlines()]
         controller_conns = sum(1 for e in events if e["ev"] == "nlb_conn")
         assert controller_conns >= 12
+        # the admin API and `caslab nlb` on top of it
+        shown = nlb_cli(api_port, "show")
+        assert shown["vips"][0]["ip"] == vip and shown["stats"]["conns"] == controller_conns
+        drained = nlb_cli(api_port, "drain", vip, "cas1")
+        cas1 = next(m for m in drained["vips"][0]["members"] if m["name"] == "cas1")
+        assert cas1["draining"] and not cas1["accepts_new"]
+        served_while_drained = {echo_from(lab, "cl1", vip).split(":")[0] for _ in range(8)}
+        assert served_while_drained == {"cas2"}
+        rejoined = nlb_cli(api_port, "rejoin", vip, "cas1")
+        assert next(m for m in rejoined["vips"][0]["members"] if m["name"] == "cas1")["accepts_new"]
     finally:
         lab.stop()

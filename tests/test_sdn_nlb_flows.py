@@ -81,6 +81,12 @@ class FakeHub:
     def delays(self) -> list:
         return [t[0] for t in self.timers]
 
+    def fire_next(self) -> None:
+        """Run only the earliest pending timer."""
+        self.timers.sort(key=lambda t: t[0])
+        _, func, args, kwargs = self.timers.pop(0)
+        func(*args, **kwargs)
+
     def fire(self) -> int:
         """Run every pending timer (earliest first), including ones they start; returns how many ran."""
         ran = 0
@@ -620,18 +626,18 @@ def test_link_down_deletes_the_members_flows_and_challenges_its_clients(make_app
     # cas2's connections are forgotten at once, the others stay pinned where they were
     assert conns_of(app) == {k: v for k, v in pinned.items() if v != "cas2"}
 
-    # the challenges follow the delete after a short delay (OVS applies deletes asynchronously)
+    # the challenges follow the delete on a schedule (OVS applies deletes asynchronously)
     assert packet_outs(msgs) == []
-    assert timers.delays() == [pytest.approx(0.02)]
-    assert timers.fire() == 1
-    # two challenge ACKs per cas2 connection, to that client, and none for the others
+    assert timers.delays() == [pytest.approx(d) for d in (0.005, 0.025, 0.06, 0.12, 0.25)]
+    timers.fire_next()
+    # two one-byte challenges per cas2 connection, to that client, and none for the others
     outs = packet_outs(dp.take())
     assert len(outs) == 2 * len(on_cas2)
     challenged: dict = {}
     for po in outs:
         pkt, eth = parse_out(po)
         ip, seg = pkt.get_protocol(ipv4.ipv4), pkt.get_protocol(tcp.tcp)
-        assert seg.bits == tcp.TCP_ACK and seg.ack == 0
+        assert seg.bits == tcp.TCP_ACK and ip.total_length == 20 + 20 + 1 and po.data[14 + 40:14 + 41] == b"\x00"
         assert (ip.src, eth.src, seg.src_port) == (VIP_IP, VIP_MAC, SERVICE_PORT)
         key = (ip.dst, seg.dst_port, VIP_IP, SERVICE_PORT)
         assert key in on_cas2
@@ -647,6 +653,24 @@ def test_link_down_deletes_the_members_flows_and_challenges_its_clients(make_app
     member = app.vips[0].pool.members["cas2"]
     assert member.port_up is False and member.accepts_new is False and member.alive is True
     assert app.stats["challenges"] == len(on_cas2)
+    # nobody answered: every later round challenges again, then the controller gives up
+    assert timers.fire() == 4
+    assert len(packet_outs(dp.take())) == 4 * 2 * len(on_cas2)
+    assert app.pending_resets == {}
+
+
+def test_a_reset_client_is_not_challenged_again(make_app, timers):
+    app = make_app(fast_fail=True)
+    dp = ready(app)
+    pinned = pin_until(app, dp, {"cas3"})
+    key = next(k for k, v in pinned.items() if v == "cas3")
+    on_cas3 = sum(1 for v in pinned.values() if v == "cas3")
+    port_status(app, dp, ofport("clab1-eth3", 3, link_down=True))
+    timers.fire_next()
+    assert len(packet_outs(dp.take())) == 2 * on_cas3
+    packet_in(app, dp, tcp_frame(key[1], tcp.TCP_ACK, seq=5555, ack=0x12345678))  # its dup ACK: reset
+    timers.fire()
+    assert len(packet_outs(dp.take())) == 4 * 2 * (on_cas3 - 1)
 
 
 def test_after_link_down_new_syns_never_pick_the_dead_member(make_app):
@@ -770,7 +794,8 @@ def test_drain_deadline_evicts_the_remaining_sessions(make_app, timers):
     dp.take()
     app.drain(app.vips[0], "cas3", deadline_s=30)
     assert dp.take() == [] and timers.delays() == [30]
-    timers.fire()  # the deadline, then the challenges it schedules
+    timers.fire_next()  # the deadline, which schedules the challenges
+    timers.fire_next()  # their first round
     msgs = dp.take()
     assert [m.cookie for m in flow_mods(msgs, ofp.OFPFC_DELETE)] == [member_cookie(1, 3)]
     assert len(packet_outs(msgs)) == 2 * on_cas3
@@ -878,7 +903,7 @@ def test_restarted_controller_relearns_connections_from_the_switch_flows(make_ap
     # relearned connections are evicted like any other: the dead member's clients are challenged
     on_cas1 = sum(1 for v in pinned.values() if v == "cas1")
     port_status(new, dp2, ofport("clab1-eth1", 1, link_down=True))
-    timers.fire()
+    timers.fire_next()
     outs = packet_outs(dp2.take())
     assert len(outs) == 2 * on_cas1
     assert all(outputs(po.actions) == [CLIENT_PORT_NO] and parse_out(po)[1].dst == CLIENT_MAC for po in outs)

@@ -30,7 +30,8 @@ DEFAULT_SITES = [{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 2}]
 class CasArrayTopo(Topo):
     """Exchange 2010 CAS array: per-site switch, CAS, mailbox, DNS, autodiscover, clients."""
 
-    def build(self, sites=None, plan: LabPlan | None = None, wan_bw_mbit: float | None = None, **_params):
+    def build(self, sites=None, plan: LabPlan | None = None, wan_bw_mbit: float | None = None,
+              wan_delay_ms: float | None = None, **_params):
         self.plan = plan or LabPlan.build(sites or DEFAULT_SITES)
         for site in self.plan.sites:
             self.addSwitch(site.switch, dpid="%016x" % site.index, protocols="OpenFlow13")
@@ -42,9 +43,23 @@ class CasArrayTopo(Topo):
         if self.plan.routed:
             self.addHost("r1", ip=None, role="router", site=self.plan.sites[0].name)
             for site in self.plan.sites:
-                link_opts = {"bw": wan_bw_mbit} if wan_bw_mbit and site.index > 1 else {}
+                link_opts = wan_link_options(wan_bw_mbit, wan_delay_ms) if site.index > 1 else {}
                 self.addLink("r1", site.switch, intfName1=f"r1-eth{site.index}",
                              params1={"ip": f"{site.gateway()}/16"}, **link_opts)
+
+
+def wan_link_options(bw_mbit: float | None, delay_ms: float | None) -> dict:
+    """tc shaping for a WAN link: HTB for bandwidth, netem for delay (needs sch_netem)."""
+    opts: dict = {}
+    if bw_mbit:
+        opts["bw"] = bw_mbit
+    if delay_ms:
+        opts["delay"] = f"{delay_ms:g}ms"
+    if opts:
+        from mininet.link import TCLink
+
+        opts["cls"] = TCLink
+    return opts
 
 
 def casarray(cas: int = 3, mailboxes: int = 2, clients: int = 2) -> CasArrayTopo:
