@@ -298,10 +298,14 @@ def _to_mono(conn: dict[str, Any], offset_ns: int) -> dict[str, Any]:
 
 
 def _session_drop(conns: list[dict[str, Any]], t_fault: int, end: int) -> tuple[int, str] | None:
-    """First RST/FIN or failed operation reply within [t_fault, end] (monotonic ns)."""
+    """First RST/FIN, failed operation reply or new connection within [t_fault, end] (monotonic ns)."""
     marks = [(c[key], key[:3]) for c in conns for key in ("rst_ns", "fin_ns") if c[key] is not None]
     marks += [(x["reply_ns"], "failed_op") for c in conns for x in c["exchanges"]
               if x["ok"] is False and x["op"] not in SESSION_OPS]
+    # A client that gave up on a silent peer closes a socket whose FIN queues behind the
+    # unacknowledged request, so the wire may show no FIN for seconds: the session's next
+    # connection (its SYN) is then the first sign on the wire that it dropped.
+    marks += [(c["syn_ns"], "new_connection") for c in conns if c["syn_ns"] is not None]
     marks = [m for m in marks if t_fault <= m[0] <= end]
     return min(marks) if marks else None
 

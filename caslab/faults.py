@@ -165,10 +165,18 @@ def failed_elements(ctx: Context, fault: dict[str, Any]) -> list[str]:
     return elements
 
 
+def fault_label(fault: dict[str, Any]) -> str:
+    """'poweroff cas1', 'dag-switchover DB1 to mbx2', 'rebind DB1 to array:HQ', ..."""
+    if fault["kind"] in ("dag-switchover", "rebind"):
+        return f"{fault['kind']} {fault['database']} to {fault['to'] or 'next copy'}"
+    return " ".join([fault["kind"], ",".join(fault["target"])]).strip()
+
+
 def inject(ctx: Context, fault: dict[str, Any]) -> None:
     injector = INJECTORS.get(fault["kind"])
     if injector is None:
         raise ValueError(f"fault {fault['kind']!r} is not implemented yet")
-    ctx.log.emit("fault", kind=fault["kind"], targets=fault["target"], elements=failed_elements(ctx, fault))
+    ctx.log.emit("fault", kind=fault["kind"], targets=fault["target"], elements=failed_elements(ctx, fault),
+                 label=fault_label(fault))
     injector(ctx, fault)
     ctx.log.emit("fault_done", kind=fault["kind"], targets=fault["target"])

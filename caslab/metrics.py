@@ -83,7 +83,7 @@ def session_outcomes(events: list[dict], late_ms: float) -> dict[str, Any]:
     elements = set(fault["elements"]) if fault else set()
     out = {"sessions": len(by_session), "affected": 0, "recovered": 0, "unrecovered": 0, "collateral": 0,
            "disrupted": 0, "reauth": 0, "reconnect_ms": [], "timelines": {}, "t_fault": t_fault,
-           "fault": f"{fault['kind']} {','.join(fault['targets'])}" if fault else "none"}
+           "fault": (fault.get("label") or f"{fault['kind']} {','.join(fault['targets'])}") if fault else "none"}
     for sid in sorted(by_session):
         evs = by_session[sid]
         result = _one_session(evs, t_fault, end, elements, late_ms)

@@ -67,7 +67,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     plots = make_plots(run_dir, events, manifest, summary)
     context = {"summary": summary, "manifest": manifest, "plots": plots}
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=lambda v: "-" if v is None else v)
     env.filters["caption"] = caption
     env.filters["ci"] = format_ci
     embedded = {name: base64.b64encode((run_dir / name).read_bytes()).decode() for name in plots}
@@ -171,7 +171,8 @@ def plot_timeline(path: Path, events: list[dict], label: str, before_s: float = 
     for key, (xs, ys, color) in series.items():
         ax.scatter(xs, ys, s=6 if key == "ok" else 18, c=color, marker="|" if key == "ok" else "x", label=key)
     if fault:
-        ax.axvline(0, color="tab:orange", linestyle="--", label=f"fault: {fault['kind']} {','.join(fault['targets'])}")
+        ax.axvline(0, color="tab:orange", linestyle="--",
+                   label="fault: " + (fault.get("label") or f"{fault['kind']} {','.join(fault['targets'])}"))
     ax.set_yticks(range(len(sessions)))
     ax.set_yticklabels(sessions, fontsize=7)
     ax.set_ylabel("client session")
