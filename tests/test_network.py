@@ -112,3 +112,46 @@ def test_vip_answers_arp_icmp_and_tcp_with_flows(tmp_path, no_residue):
         assert next(m for m in rejoined["vips"][0]["members"] if m["name"] == "cas1")["accepts_new"]
     finally:
         lab.stop()
+
+
+ABUSE_SCRIPT = '''
+import sys
+from scapy.all import ARP, Ether, IP, TCP, Raw, conf, sendp, srp1
+conf.verb = 0
+iface, vip, vip_mac = sys.argv[1], sys.argv[2], sys.argv[3]
+me = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:de:ad:be:ef:01")
+frames = [
+    me / ARP(op=2, psrc=vip, hwsrc="02:de:ad:be:ef:02", pdst=vip),                 # bogus "VIP is-at"
+    me / ARP(op=1, psrc="0.0.0.0", hwsrc="00:00:00:00:00:00", pdst=vip),            # odd ARP request
+    Ether(dst=vip_mac, type=0x88B5) / Raw(bytes(range(200))),                       # unknown ethertype
+    Ether(dst=vip_mac) / IP(src="10.1.99.99", dst=vip, proto=99) / Raw(b"x" * 40),  # unknown protocol
+    Ether(dst=vip_mac) / IP(src="10.1.99.99", dst=vip, proto=6) / Raw(b"\\x01\\x02"),  # truncated TCP
+    Ether(dst=vip_mac, src="02:de:ad:be:ef:03") / IP(src="10.1.99.99", dst=vip) / TCP(dport=6001, flags="A"),
+    Ether(dst=vip_mac) / IP(dst=vip) / TCP(dport=6001, flags="S", options=[(254, b"")]),  # zero-length option
+]
+for frame in frames * 5:
+    sendp(frame, iface=iface)
+reply = srp1(Ether(dst=vip_mac) / IP(dst=vip) / TCP(sport=40123, dport=6666, flags="S"), iface=iface, timeout=3)
+print("closed-port-reply", reply[TCP].flags if reply is not None and TCP in reply else None)
+'''
+
+
+def test_controller_survives_garbage_and_resets_closed_ports(tmp_path, no_residue):
+    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", config={"fast_fail": True})
+    try:
+        for cas in plan.by_role("cas"):
+            start_echo(lab, cas.name)
+        site = plan.sites[0]
+        wait_until(lambda: "hello" in echo_from(lab, "cl1", site.vip), 15, "TCP through the VIP", 0.2)
+        script = tmp_path / "abuse.py"
+        script.write_text(ABUSE_SCRIPT)
+        client = lab.node("cl1")
+        out = client.cmd(f"{sys.executable} {script} {client.intf().name} {site.vip} {site.vip_mac}")
+        assert "closed-port-reply RA" in out, out
+        controller = next(p for p in lab.processes if p.name == "controller")
+        assert controller.alive()
+        answers = {echo_from(lab, "cl1", site.vip) for _ in range(6)}
+        assert all(a.endswith(":hello") for a in answers), answers
+        assert site.vip_mac in client.cmd(f"ip neigh show {site.vip}").lower(), "bogus ARP did not move the VIP"
+    finally:
+        lab.stop()

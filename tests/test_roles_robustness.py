@@ -664,3 +664,59 @@ def test_frozen_passive_copy_does_not_block_sends(tmp_path):
             if service.proc.poll() is None:
                 os.kill(service.proc.pid, signal.SIGCONT)
         stop_services(started)
+
+
+# ---- autodiscover ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def autodiscover(tmp_path):
+    started: list[Service] = []
+    [port] = free_ports(1)
+    config = {"name": "ad1", "listen_port": port, "events": str(tmp_path / "events" / "ad1.jsonl"),
+              "users": {"alice": "DB1"}, "rcas": {"DB1": "outlook.hq.lab.test"}}
+    service = start_service("roles.autodiscover", config, tmp_path, started)
+    try:
+        yield service
+    finally:
+        stop_services(started)
+
+
+def ask(port: int, user: str) -> dict | None:
+    with Conn(port) as conn:
+        return conn.call({"op": "autodiscover", "user": user})
+
+
+@pytest.mark.parametrize("abuse", sorted(FRAMING_ABUSE))
+def test_autodiscover_survives_bad_frames(autodiscover, abuse):
+    data, half_close = FRAMING_ABUSE[abuse]
+    with Conn(autodiscover.port) as conn:
+        conn.send_raw(data)
+        if half_close:
+            conn.sock.shutdown(socket.SHUT_WR)
+        assert_refused(conn.recv(), "protocol")
+    assert autodiscover.proc.poll() is None
+    assert ask(autodiscover.port, "alice")["server"] == "outlook.hq.lab.test"
+
+
+@pytest.mark.parametrize("message,error", [
+    ({"op": "autodiscover", "user": "mallory"}, "unknown_user"),
+    ({"op": "autodiscover", "user": ["alice"]}, "unknown_user"),
+    ({"op": "autodiscover"}, "unknown_user"),
+    ({"op": "set_rcas", "db": "DB9", "server": "x"}, "bad_request"),
+    ({"op": "set_rcas", "db": "DB1", "server": ""}, "bad_request"),
+    ({"op": "set_rcas", "db": "DB1", "server": 7}, "bad_request"),
+    ({"op": "frobnicate"}, "unknown_op"),
+    ({"op": {"a": 1}}, "unknown_op"),
+])
+def test_autodiscover_refuses_bad_requests(autodiscover, message, error):
+    with Conn(autodiscover.port) as conn:
+        assert_refused(conn.call(message), error)
+    assert ask(autodiscover.port, "alice") == {"ok": True, "user": "alice", "db": "DB1",
+                                               "server": "outlook.hq.lab.test"}
+
+
+def test_autodiscover_rebind_changes_the_answer(autodiscover):
+    with Conn(autodiscover.port) as conn:
+        assert conn.call({"op": "set_rcas", "db": "DB1", "server": "cas2.lab.test"})["ok"] is True
+    assert ask(autodiscover.port, "alice")["server"] == "cas2.lab.test"
