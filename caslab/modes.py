@@ -31,8 +31,13 @@ class Mode:
     rotate_answers = False  # dns-rr: sessions start at different A records
 
     def default_rcas(self, ctx: Context) -> str:
-        """The RpcClientAccessServer databases get: the HQ array's FQDN where there is one."""
-        return ctx.plan.sites[0].array_fqdn
+        """The RpcClientAccessServer databases get: the HQ array's FQDN where there is one,
+        else (no array in HQ) the name of HQ's first CAS."""
+        from topologies.plan import LAB_DOMAIN
+
+        hq = ctx.plan.sites[0].name
+        arrays = ctx.arrays()
+        return arrays[hq]["fqdn"] if hq in arrays else f"{ctx.plan.by_role('cas', hq)[0].name}.{LAB_DOMAIN}"
 
     def target(self, ctx: Context, client: HostPlan) -> dict[str, Any]:
         """Every mode: autodiscover of the client's site -> profile server name -> DNS."""
@@ -111,7 +116,8 @@ class SdnNlb(VipMode):
                        for h in ctx.plan.by_role("cas", site.name)]
             if not members:
                 continue
-            vips.append({"name": site.name, "fqdn": site.array_fqdn, "ip": site.vip, "mac": site.vip_mac,
+            vips.append({"name": site.name, "fqdn": ctx.arrays().get(site.name, {}).get("fqdn", ""),
+                         "ip": site.vip, "mac": site.vip_mac,
                          "dpid": site.index, "ports": [CAS_PORT], "affinity": affinity, "members": members})
         ctx.extra["nlb_socket"] = str(ctx.socket_dir() / "nlb-health.sock")
         ctx.extra["nlb_api_port"] = ctx.extra.get("nlb_api_port")

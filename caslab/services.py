@@ -41,6 +41,14 @@ class Context:
             self.extra["socket_dir"] = Path(tempfile.mkdtemp(prefix="caslab-"))
         return self.extra["socket_dir"]
 
+    def arrays(self) -> dict[str, dict[str, str]]:
+        """Site name -> {name, fqdn} of its CAS array (New-ClientAccessArray)."""
+        configured = self.spec.get("arrays")
+        if configured is None:
+            return {s.name: {"name": f"{s.name}-Array", "fqdn": s.array_fqdn} for s in self.plan.sites
+                    if self.plan.by_role("cas", s.name)}
+        return {a["site"]: {"name": a["name"], "fqdn": a["fqdn"]} for a in configured}
+
     def events_path(self, source: str) -> str:
         return str(self.raw_dir / f"{source}.jsonl")
 
@@ -134,9 +142,10 @@ def dns_records(ctx: Context, array_addresses: dict[str, list[str]]) -> dict[str
     from topologies.plan import LAB_DOMAIN
 
     records = {f"{h.name}.{LAB_DOMAIN}": [h.ip] for h in ctx.plan.hosts}
-    for site in ctx.plan.sites:
-        if site.name in array_addresses:
-            records[site.array_fqdn] = array_addresses[site.name]
+    arrays = ctx.arrays()
+    for site, addresses in array_addresses.items():
+        if site in arrays:
+            records[arrays[site]["fqdn"]] = addresses
     return records
 
 
@@ -160,7 +169,7 @@ def host_fqdn(ctx: Context, name: str) -> str:
     from topologies.plan import LAB_DOMAIN
 
     if name.startswith("array:"):
-        return ctx.plan.site(name.split(":", 1)[1]).array_fqdn
+        return ctx.arrays()[name.split(":", 1)[1]]["fqdn"]
     return name if "." in name else f"{name}.{LAB_DOMAIN}"
 
 
@@ -189,5 +198,5 @@ def start_autodiscover(ctx: Context, rcas: dict[str, str]) -> list[LabProcess]:
         config = {"name": host.name, "listen_port": AUTODISCOVER_PORT, "events": ctx.events_path(host.name),
                   "users": users, "rcas": rcas}
         procs.append(ctx.start_module(host.name, host.name, "roles.autodiscover", config))
-    ctx.log.emit("rcas", servers=rcas)
+    ctx.log.emit("rcas", servers=rcas, arrays=ctx.arrays())
     return procs

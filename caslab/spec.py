@@ -211,7 +211,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     """Check a parsed spec and return it with every default filled in."""
     if not isinstance(raw, dict):
         raise SpecError(source, "(top level)", "a TOML document")
-    allowed = set(SCHEMA) | {"faults", "sweep"}
+    allowed = set(SCHEMA) | {"faults", "sweep", "arrays"}
     for section in raw:
         if section not in allowed:
             raise SpecError(source, section, f"one of the sections {sorted(allowed)}")
@@ -230,8 +230,43 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         raise SpecError(source, "faults", "an array of tables ([[faults]])", faults)
     spec["faults"] = [_check_fault(source, i, f) for i, f in enumerate(faults)]
     spec["sweep"] = _check_sweep(source, raw.get("sweep", {}))
+    spec["arrays"] = _check_arrays(source, raw.get("arrays"))
     _check_consistency(source, spec)
     return spec
+
+
+ARRAY_FIELDS = {"name": re.compile(r"^[A-Za-z0-9 _.-]{1,64}$"),
+                "fqdn": re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+$"), "site": re.compile(r"^(HQ|Branch)$")}
+
+
+def _check_arrays(source: str, arrays: Any) -> list[dict[str, str]] | None:
+    """[[arrays]] as New-ClientAccessArray -Name -Fqdn -Site; None = one per site (default)."""
+    if arrays is None:
+        return None
+    if not isinstance(arrays, list):
+        raise SpecError(source, "arrays", "an array of tables ([[arrays]]) with name, fqdn, site", arrays)
+    seen: dict[str, set] = {"fqdn": set(), "site": set()}
+    out = []
+    for i, entry in enumerate(arrays):
+        if not isinstance(entry, dict):
+            raise SpecError(source, f"arrays[{i}]", "a table with name, fqdn, site", entry)
+        for key in entry:
+            if key not in ARRAY_FIELDS:
+                raise SpecError(source, f"arrays[{i}].{key}", f"one of the keys {sorted(ARRAY_FIELDS)}")
+        for key, pattern in ARRAY_FIELDS.items():
+            value = entry.get(key)
+            if not isinstance(value, str) or not pattern.match(value):
+                expected = {"name": "an array name", "fqdn": "a lower-case DNS name like 'outlook.hq.lab.test'",
+                            "site": "'HQ' or 'Branch'"}[key]
+                raise SpecError(source, f"arrays[{i}].{key}", expected + (" (missing)" if value is None else ""),
+                                value)
+        for key in ("fqdn", "site"):
+            if entry[key] in seen[key]:
+                raise SpecError(source, f"arrays[{i}].{key}", f"a {key} no other array has (one array per site)",
+                                entry[key])
+            seen[key].add(entry[key])
+        out.append(dict(entry))
+    return out
 
 
 def _check_sweep(source: str, sweep: Any) -> dict[str, list]:
@@ -277,10 +312,19 @@ def _check_consistency(source: str, spec: dict[str, Any]) -> None:
         if db not in databases:
             raise SpecError(source, "exchange", f"databases of this topology ({', '.join(sorted(databases))})", db)
     sites = {"HQ"} | ({"Branch"} if topo["branch"] else set())
+    array_sites = sites if spec["arrays"] is None else {a["site"] for a in spec["arrays"]}
+    for i, array in enumerate(spec["arrays"] or []):
+        if array["site"] not in sites:
+            raise SpecError(source, f"arrays[{i}].site", f"a site of this topology {sorted(sites)}", array["site"])
     for db, server in exchange["rpc_client_access_server"].items():
-        if server.startswith("array:") and server[6:] not in sites:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"an array of a site in {sorted(sites)}",
-                            server)
+        if server.startswith("array:") and server[6:] not in array_sites:
+            raise SpecError(source, f"exchange.rpc_client_access_server.{db}",
+                            f"an array that exists, one of {sorted('array:' + s for s in array_sites)}", server)
+    for i, fault in enumerate(spec["faults"]):
+        to = fault.get("to", "")
+        if fault["kind"] == "rebind" and to.startswith("array:") and to[6:] not in array_sites:
+            raise SpecError(source, f"faults[{i}].to",
+                            f"an array that exists, one of {sorted('array:' + s for s in array_sites)}", to)
     for i, fault in enumerate(spec["faults"]):
         if fault["kind"] in ("rebind", "dag-switchover") and fault["database"] not in databases:
             raise SpecError(source, f"faults[{i}].database", f"one of {sorted(databases)}", fault["database"])

@@ -26,7 +26,10 @@ def run(tmp_path: Path, mode: str, faults: list[dict], **sections) -> tuple[dict
     raw = json.loads(json.dumps(BASE))
     raw["experiment"]["modes"] = [mode]
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, list):
+            raw[section] = values
+        else:
+            raw.setdefault(section, {}).update(values)
     raw["faults"] = faults
     spec = spec_mod.validate(raw, "test")
     run_dir = runner.run_experiment(spec, Path("test.toml"), tmp_path / "out")
@@ -206,3 +209,14 @@ def test_wan_shaping_applies_bandwidth_and_reports_missing_netem(tmp_path, no_re
         assert notices and "sch_netem" in s["notices"][0]
     branch_ok = [e for e in events if e["ev"] == "op" and e["ok"] and e["session"].startswith("cl3-")]
     assert branch_ok, "Branch sessions work across the shaped WAN link"
+
+
+def test_array_fqdn_comes_from_the_spec_and_no_array_means_one_cas(tmp_path, no_residue):
+    s, events = run(tmp_path / "named", "sdn-nlb", POWEROFF,
+                    arrays=[{"name": "CASArray-HQ", "fqdn": "rpc.contoso.lab.test", "site": "HQ"}])
+    assert {e["server"] for e in events if e["ev"] == "autodiscover"} == {"rpc.contoso.lab.test"}
+    assert s["affected"] > 0 and s["recovered"] == s["affected"]
+    s, events = run(tmp_path / "none", "sdn-nlb", POWEROFF, arrays=[])
+    assert {e["server"] for e in events if e["ev"] == "autodiscover"} == {"cas1.lab.test"}
+    assert s["affected"] == s["sessions"] and s["unrecovered"] == s["affected"], \
+        "without an array every database points at one CAS, load balancer or not"

@@ -61,6 +61,17 @@ BAD = [
     ({"sweep": {"nlb.speed": [1]}}, "sweep.nlb.speed", "naming a spec setting"),
     ({"sweep": {"nlb.affinity": ["none", "bogus"]}}, "sweep.nlb.affinity", "one of"),
     ({"faults": [{"kind": "dag-switchover", "database": "database1"}]}, "faults[0].database", "like 'DB1'"),
+    ({"arrays": {"name": "a"}}, "arrays", "array of tables"),
+    ({"arrays": [{"name": "A", "fqdn": "outlook.hq.lab.test"}]}, "arrays[0].site", "(missing)"),
+    ({"arrays": [{"name": "A", "fqdn": "Outlook HQ", "site": "HQ"}]}, "arrays[0].fqdn", "DNS name"),
+    ({"arrays": [{"name": "A", "fqdn": "a.lab.test", "site": "HQ", "members": []}]}, "arrays[0].members", "keys"),
+    ({"arrays": [{"name": "A", "fqdn": "a.lab.test", "site": "HQ"}, {"name": "B", "fqdn": "b.lab.test", "site": "HQ"}]},
+     "arrays[1].site", "one array per site"),
+    ({"arrays": [{"name": "A", "fqdn": "a.lab.test", "site": "Branch"}]}, "arrays[0].site", "a site of this topology"),
+    ({"arrays": [], "exchange": {"rpc_client_access_server": {"DB1": "array:HQ"}}},
+     "exchange.rpc_client_access_server.DB1", "an array that exists"),
+    ({"arrays": [], "faults": [{"kind": "rebind", "database": "DB1", "to": "array:HQ"}]}, "faults[0].to",
+     "an array that exists"),
 ]
 
 
