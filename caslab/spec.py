@@ -62,33 +62,39 @@ def _list_of(kind, pred=None) -> Callable[[Any], bool]:
 
 
 NUM = (int, float)
+
+
+def int_range(default: int, low: int, high: int) -> Field:
+    return Field(int, default, lambda v: low <= v <= high, f"an integer from {low} to {high}")
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "experiment": {
         "name": Field(str, "experiment", lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", v)),
                       "a name of letters, digits, '_', '.', '-'"),
         "description": Field(str, ""),
-        "repetitions": Field(int, 1, lambda v: 1 <= v <= 50, "an integer from 1 to 50"),
+        "repetitions": int_range(1, 1, 50),
         "seed": Field(int, 1, _non_negative, "a non-negative integer"),
         "modes": Field(list, ["sdn-nlb"], lambda v: bool(v) and _list_of(str, lambda m: m in MODES)(v),
                        f"a non-empty list of modes from {list(MODES)}"),
     },
     "topology": {
-        "cas": Field(int, 3, lambda v: 1 <= v <= 8, "an integer from 1 to 8"),
-        "mailboxes": Field(int, 2, lambda v: 1 <= v <= 4, "an integer from 1 to 4"),
-        "client_hosts": Field(int, 2, lambda v: 1 <= v <= 8, "an integer from 1 to 8"),
+        "cas": int_range(3, 1, 8),
+        "mailboxes": int_range(2, 1, 4),
+        "client_hosts": int_range(2, 1, 8),
         "branch": Field(bool, False),
-        "branch_cas": Field(int, 2, lambda v: 0 <= v <= 4, "an integer from 0 to 4"),
-        "branch_client_hosts": Field(int, 1, lambda v: 0 <= v <= 4, "an integer from 0 to 4"),
-        "databases": Field(int, 2, lambda v: 1 <= v <= 8, "an integer from 1 to 8"),
+        "branch_cas": int_range(2, 0, 4),
+        "branch_client_hosts": int_range(1, 0, 4),
+        "databases": int_range(2, 1, 8),
         "wan_bw_mbit": Field(NUM, 0, lambda v: 0 <= v <= 10000, "Mbit/s from 0 (unlimited) to 10000"),
         "wan_delay_ms": Field(NUM, 0, lambda v: 0 <= v <= 5000,
                               "milliseconds from 0 to 5000 (needs sch_netem; skipped with a notice without it)"),
     },
     "clients": {
-        "sessions_per_host": Field(int, 8, lambda v: 1 <= v <= 500, "an integer from 1 to 500"),
-        "interval_ms": Field(int, 50, lambda v: 5 <= v <= 60000, "an integer from 5 to 60000"),
-        "op_timeout_ms": Field(int, 1000, lambda v: 10 <= v <= 600000, "an integer from 10 to 600000"),
-        "connect_timeout_ms": Field(int, 1000, lambda v: 10 <= v <= 600000, "an integer from 10 to 600000"),
+        "sessions_per_host": int_range(8, 1, 500),
+        "interval_ms": int_range(50, 5, 60000),
+        "op_timeout_ms": int_range(1000, 10, 600000),
+        "connect_timeout_ms": int_range(1000, 10, 600000),
         "backoff_ms": Field(list, [0, 100, 250, 500, 1000, 2000], lambda v: bool(v) and _list_of(int, _non_negative)(v),
                             "a non-empty list of non-negative integers"),
         "select": Field(str, "next_on_fail", _one_of(("first", "next_on_fail")), "'first' or 'next_on_fail'"),
@@ -109,25 +115,25 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "nlb": {
         "fast_fail": Field(bool, True),
         "affinity": Field(str, "none", _one_of(AFFINITIES), f"one of {list(AFFINITIES)}"),
-        "probe_interval_ms": Field(int, 100, lambda v: 10 <= v <= 60000, "an integer from 10 to 60000"),
-        "probe_timeout_ms": Field(int, 100, lambda v: 10 <= v <= 60000, "an integer from 10 to 60000"),
-        "fall": Field(int, 2, lambda v: 1 <= v <= 20, "an integer from 1 to 20"),
-        "rise": Field(int, 2, lambda v: 1 <= v <= 20, "an integer from 1 to 20"),
+        "probe_interval_ms": int_range(100, 10, 60000),
+        "probe_timeout_ms": int_range(100, 10, 60000),
+        "fall": int_range(2, 1, 20),
+        "rise": int_range(2, 1, 20),
         "probes": Field(bool, True),
     },
     "dns": {
         "ttl_s": Field(int, 300, lambda v: 0 <= v <= 2_147_483_647, "a TTL in seconds from 0 to 2147483647"),
     },
     "haproxy": {
-        "inter_ms": Field(int, 2000, lambda v: 10 <= v <= 600000, "an integer from 10 to 600000"),
-        "fall": Field(int, 3, lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
-        "rise": Field(int, 2, lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
+        "inter_ms": int_range(2000, 10, 600000),
+        "fall": int_range(3, 1, 100),
+        "rise": int_range(2, 1, 100),
         "shutdown_sessions": Field(bool, False),
     },
     "wnlb": {
-        "heartbeat_ms": Field(int, 1000, lambda v: 10 <= v <= 60000, "an integer from 10 to 60000"),
-        "missed": Field(int, 5, lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
-        "convergence_ms": Field(int, 2500, lambda v: 0 <= v <= 60000, "an integer from 0 to 60000"),
+        "heartbeat_ms": int_range(1000, 10, 60000),
+        "missed": int_range(5, 1, 100),
+        "convergence_ms": int_range(2500, 0, 60000),
         "affinity": Field(str, "single", _one_of(AFFINITIES), f"one of {list(AFFINITIES)}"),
     },
     "exchange": {
@@ -145,7 +151,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "capture": Field(bool, True),
     },
     "metrics": {
-        "late_ms": Field(int, 500, lambda v: 1 <= v <= 600000, "an integer from 1 to 600000"),
+        "late_ms": int_range(500, 1, 600000),
         "min_cpu_idle_pct": Field(NUM, 35, lambda v: 0 <= v <= 100, "a percentage from 0 to 100"),
     },
 }
