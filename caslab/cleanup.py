@@ -2,7 +2,7 @@
 
 Only the lab's own things: the pids a run recorded in ``pids.json`` (checked against
 their command line so a recycled pid is never hit) and the bridge and interface names of
-the lab's plan. Never ``mn -c``, never a kill by process name.
+the lab's plan. Never Mininet's global clean-up, never a kill by process name.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Teardown is the rule of this machine: only what the lab made is removed. Mininet
 ``stop()`` ends its node shells by pid and deletes its bridges; the lab's extra processes
 (services, controller, clients) are ended by the pids recorded when they started; a final
 sweep deletes the plan's own bridge and interface names if anything survived. Never
-``mn -c``, never kill by process name.
+Mininet's global clean-up, never a kill by process name.
 """
 
 from __future__ import annotations
