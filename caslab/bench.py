@@ -13,16 +13,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from caslab.modes import SdnNlb
+from caslab.context import RunContext
+from caslab.modes import mode_for
 from caslab.netlab import LabNetwork, free_tcp_port
 from caslab.scenario import port_listening, wait_until
-from caslab.services import CAS_PORT, Context
 from caslab.spec import validate
+from labcommon.events import NullLog
+from labcommon.ports import CAS_PORT
 from topologies.plan import LabPlan
 
 
-def iperf(node, address: str, seconds: int) -> float:
-    out = node.cmd(f"iperf3 -J -c {address} -p {CAS_PORT} -t {seconds}")
+def iperf(lab: LabNetwork, host: str, address: str, seconds: int) -> float:
+    _, out = lab.run_in(host, ["iperf3", "-J", "-c", address, "-p", str(CAS_PORT), "-t", str(seconds)],
+                        timeout_s=seconds + 30)
     data = json.loads(out[out.index("{"):])
     if "error" in data:
         raise RuntimeError(f"iperf3 to {address}: {data['error']}")
@@ -35,26 +38,26 @@ def run(seconds: int = 5, rounds: int = 3) -> dict:
     port = free_tcp_port()
     lab = LabNetwork(plan, work, port)
     spec = validate({}, "bench")
-    ctx = Context(spec | {"mode": "sdn-nlb"}, plan, lab, work, None, extra={"nlb_api_port": free_tcp_port()})
+    ctx = RunContext(spec | {"mode": "sdn-nlb"}, plan, lab, work, NullLog(), nlb_api_port=free_tcp_port())
     try:
         lab.build()
-        config = SdnNlb().controller_config(ctx)
+        config = mode_for("sdn-nlb").controller_config(ctx)
         path = ctx.write_config("controller", config)
         lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher", "--port", str(port),
                                       "controllers.sdn_nlb"], env={"CASLAB_NLB_CONFIG": str(path)})
         wait_until(lambda: port_listening(port), 30, "the controller")
         lab.start()
         lab.wait_connected()
-        cas, client = plan.by_role("cas")[0], lab.node(plan.by_role("client")[0].name)
+        cas, client = plan.by_role("cas")[0], plan.by_role("client")[0].name
         lab.popen_in(cas.name, "iperf3", ["iperf3", "-s", "-p", str(CAS_PORT)])
-        wait_until(lambda: "1 received" in client.cmd(f"ping -c1 -W1 {cas.ip}"), 10, "the CAS to answer")
+        wait_until(lambda: lab.run_in(client, ["ping", "-c1", "-W1", cas.ip])[0] == 0, 10, "the CAS to answer")
         direct, vip = [], []
         for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
-            direct.append(iperf(client, cas.ip, seconds))
-            vip.append(iperf(client, plan.sites[0].vip, seconds))
+            direct.append(iperf(lab, client, cas.ip, seconds))
+            vip.append(iperf(lab, client, plan.sites[0].vip, seconds))
     finally:
+        ctx.close()
         lab.stop()
-        shutil.rmtree(ctx.extra.get("socket_dir", work / "none"), ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     best_direct, best_vip = max(direct), max(vip)
     return {"datapath": lab.datapath, "seconds": seconds, "rounds": rounds, "direct_mbit": direct,

@@ -7,14 +7,14 @@ when was each session cut off, and when did it get its first good reply again?
 
 Three problems and how they are solved:
 
-* **Which connection is which session.** The client's events carry no port, but the
-  wire names the session itself: the first request on every connection is
-  ``{"op":"resume","session":...}`` or ``{"op":"logon","session":...}``, well inside
-  the 128-byte snap length. Replies show ``{"ok":true|false`` and requests show their
-  ``op``, so a "successful operation" is recognisable on the wire too. Should a capture
-  lack the payload (shorter snap length), connections fall back to the client's
-  ``connect_ok`` events in time order (or to an ``lport`` field, if the client logs one)
-  and are flagged ``ambiguous`` when two handshakes completed before one event.
+* **Which connection is which session.** The wire names the session itself: the first
+  request on every connection is a ``resume`` or ``logon`` frame carrying its session,
+  and ``labcommon.protocol.peek`` reads a frame's op, ok and session from the wire (the
+  protocol's encoder writes them first, inside the 128-byte snap length). Replies say
+  ok or not and requests name their op, so a "successful operation" is recognisable on
+  the wire too. Should a capture lack the payload (shorter snap length), connections
+  fall back to the client's ``connect_ok`` events by local port (``lport``), else in
+  time order, flagged ``ambiguous`` when two handshakes completed before one event.
 * **Two clocks.** pcap times are CLOCK_REALTIME; events are CLOCK_MONOTONIC, and tcpdump
   cannot write the latter. Each client ``op``/``logon`` event is emitted right after a
   reply arrived, so ``pcap_time - event_ts`` clusters at ``offset - delay`` (delay: the
@@ -22,9 +22,10 @@ Three problems and how they are solved:
   by voting over a sample of (event, reply) pairs with no prior, then takes the median
   over every event's nearest reply. Wire times shifted by it read "as the client would
   have logged them"; the bias is that median delay (sub-ms), reported as its spread.
-* **The same definitions as the metrics** (DESIGN.md section 6): a session drops at the
-  first RST/FIN on its connection or failed operation reply after ``t_fault``; it has
-  reconnected at the first ``ok`` reply to an operation (not logon/resume) after that.
+* **The same definitions as the metrics** (docs/ARCHITECTURE.md, "Metrics"): a session
+  drops at the first RST/FIN on its connection or failed operation reply after
+  ``t_fault``; it has reconnected at the first ``ok`` reply to an operation (not
+  logon/resume) after that.
 
 Connections that carry no request (the SYN prober's, aborted connects) never count as a
 session's, so a prober running in a client host does not disturb the analysis.
@@ -38,7 +39,6 @@ Public entry points: ``connection_events``, ``load_captures``, ``estimate_offset
 from __future__ import annotations
 
 import bisect
-import re
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -48,14 +48,15 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether  # noqa: F401  (registers the Ethernet link type for PcapReader)
 from scapy.utils import PcapReader
 
-from caslab import metrics
+from caslab.metrics import percentile
+from labcommon.catalogue import CONNECT_OK, LOGON, MEASURE_END, OP
+from labcommon.ports import CAS_PORT
+from labcommon.protocol import peek
 
-SERVICE_PORT = 6001
+SERVICE_PORT = CAS_PORT
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-SESSION_RE = re.compile(rb'"session":"([^"]+)"')
-OP_RE = re.compile(rb'^\{"op":"([A-Za-z_]+)"')
 SESSION_OPS = ("logon", "resume")
-REPLY_EVENTS = ("op", "logon")  # client events emitted right after a reply arrived
+REPLY_EVENTS = (OP, LOGON)  # client events emitted right after a reply arrived
 
 
 class CaptureError(Exception):
@@ -135,18 +136,17 @@ class _Conn:
         d["last_data_ns"] = seg.t_ns
         if seg.from_client:
             d["requests"] += 1
-            body = seg.head[4:]
-            if d["session"] is None and (m := SESSION_RE.search(body)):
-                d["session"], d["session_from"] = m.group(1).decode(errors="replace"), "payload"
-            op = OP_RE.match(body)
-            self.pending = (seg.t_ns, op.group(1).decode() if op else None)
+            frame = peek(seg.head)
+            if d["session"] is None and frame.session is not None:
+                d["session"], d["session_from"] = frame.session, "payload"
+            self.pending = (seg.t_ns, frame.op)
             return
         d["replies"] += 1
         if self.pending is None:  # a later segment of the same reply
             if d["exchanges"]:
                 d["exchanges"][-1]["reply_end_ns"] = seg.t_ns
             return
-        ok = True if seg.head[4:14] == b'{"ok":true' else False if seg.head[4:15] == b'{"ok":false' else None
+        ok = peek(seg.head).ok
         req_ns, op = self.pending
         self.pending = None
         d["exchanges"].append({"req_ns": req_ns, "op": op, "reply_ns": seg.t_ns, "reply_end_ns": seg.t_ns, "ok": ok})
@@ -226,8 +226,8 @@ def _offset_summary(diffs: list[int], n_events: int) -> dict[str, Any]:
     offset = int(statistics.median(diffs))
     spread = sorted(d - offset for d in diffs)
     return {"offset_ns": offset, "events": n_events, "matched": len(diffs),
-            "p10_us": round(metrics.percentile(spread, 10) / 1000, 1),
-            "p90_us": round(metrics.percentile(spread, 90) / 1000, 1)}
+            "p10_us": round(percentile(spread, 10) / 1000, 1),
+            "p90_us": round(percentile(spread, 90) / 1000, 1)}
 
 
 def client_name(pcap_path: str | Path) -> str:
@@ -275,7 +275,7 @@ def assign_sessions(conns: list[dict[str, Any]], client_events: list[dict], offs
     todo = sorted((c for c in conns if c["session"] is None and c["synack_ns"] and c["requests"]),
                   key=lambda c: c["synack_ns"])
     by_port = {c["client"].rsplit(":", 1)[1]: c for c in todo}
-    for ev in sorted((e for e in client_events if e["ev"] == "connect_ok"), key=lambda e: e["ts"]):
+    for ev in sorted((e for e in client_events if e["ev"] == CONNECT_OK), key=lambda e: e["ts"]):
         conn = by_port.get(str(ev["lport"])) if "lport" in ev else None
         ready = [c for c in todo if c["synack_ns"] - offset_ns <= ev["ts"] + slack_ns]
         if conn is None and ready:
@@ -382,22 +382,19 @@ def compare(wire: dict[str, dict], reference: dict[str, float | None], field: st
             "median_diff_ms": round(statistics.median(diffs), 3) if diffs else None}
 
 
-def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], late_ms: float = 500,
-                offset_ns: int | None = None) -> dict[str, Any]:
-    """The capture's view of one run (one scenario repetition) against caslab.metrics.
+def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference: dict[str, float | None],
+                t_fault_ns: int, offset_ns: int | None = None) -> dict[str, Any]:
+    """The capture's view of one run (one scenario repetition) against the metrics'
+    reconnect times (``reference``: session -> ms after ``t_fault_ns``, from caslab.metrics).
 
     ``reconnect`` compares like with like (first ok operation reply on the wire vs the
     first ok op event: expect |diff| well under 1 ms); ``synack`` and ``first_reply``
     show how much earlier the new connection was up (negative diffs). ``only_events`` /
     ``only_wire``: sessions one side saw reconnect and the other did not."""
-    outcome = metrics.session_outcomes(events, late_ms)
-    if outcome["t_fault"] is None:
-        raise CaptureError("the run has no fault event")
     captures = load_captures(pcap_paths)
     clock = offset_from_run(events, captures) if offset_ns is None else {"offset_ns": offset_ns}
-    end = next((e["ts"] for e in events if e["ev"] == "measure_end"), None)
-    wire = reconnect_from_capture(captures, outcome["t_fault"], clock["offset_ns"], events, end)
-    reference = {sid: t["reconnect_ms"] for sid, t in outcome["timelines"].items()}
+    end = next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
+    wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end)
     with_ref = {s for s, v in reference.items() if v is not None}
     with_wire = {s for s, v in wire.items() if v["reconnect_ms"] is not None}
     return {"clock": clock, "sessions": {s: {"events_ms": reference.get(s), **wire[s]} for s in wire},

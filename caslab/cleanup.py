@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 from caslab.netlab import sweep_lab_names
+from topologies.plan import MAX_SITES, SWITCH_PREFIX
 
 MARKERS = ("mininet:", "controllers.", "roles.", "traffic.", "haproxy", "dnsmasq", "tcpdump", "caslab")
 
@@ -44,7 +45,7 @@ def run(results: Path) -> int:
             print(f"removed {name}")
             found += 1
         pids_file.unlink()
-    for name in sweep_lab_names([f"clab{i}" for i in range(1, 5)]):
+    for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
         print(f"removed {name}")
         found += 1
     print("nothing of the lab was left" if not found else f"removed {found} leftover(s)")

@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
 
     _interrupt_on_sigterm()
     try:
-        run_dir = runner.run_experiment(spec, path, Path(args.out) if args.out else None)
+        analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force)
     except KeyboardInterrupt:
         print("caslab: interrupted; the lab was torn down and the events so far were kept", file=sys.stderr)
         return 130
@@ -50,23 +50,19 @@ def cmd_run(args) -> int:
         print(f"caslab: run failed: {exc}\n(the lab was torn down; raw events are kept in the result folder)",
               file=sys.stderr)
         return 1
-    print(f"\nresults: {run_dir}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print_table(summary)
-    print(f"report:  {run_dir / 'report.html'}")
-    return 0 if summary.get("complete") else 1
+    print(f"\nresults: {analysis.run_dir}")
+    print_table(analysis)
+    print(f"report:  {analysis.run_dir / 'report.html'}")
+    return 0 if analysis.complete else 1
 
 
-def print_table(summary: dict) -> None:
-    header = f"{'scenario':28} {'fault':16} {'sess':>5} {'aff':>4} {'rec':>4} {'unrec':>5} {'coll':>4} " \
-             f"{'p50':>8} {'p99':>8} {'max':>8} {'lost':>4}"
-    print(header)
-    for s in summary["scenarios"]:
-        r = s["reconnect_ms"]
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"{s['label'][:28]:28} {s['fault'][:16]:16} {s['sessions']:5} {s['affected']:4} {s['recovered']:4} "
-              f"{s['unrecovered']:5} {s['collateral']:4} {fmt(r['p50']):>8} {fmt(r['p99']):>8} {fmt(r['max']):>8} "
-              f"{s['messages']['lost']:4}")
+def print_table(analysis) -> None:
+    from caslab.columns import terminal_table
+
+    print(terminal_table(analysis.rows))
+    for s in analysis.scenarios:
+        if not s.trustworthy:
+            print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")
 
 
 def cmd_report(args) -> int:
@@ -76,8 +72,8 @@ def cmd_report(args) -> int:
     if not (run_dir / "events.jsonl").exists() or not (run_dir / "manifest.json").exists():
         print(f"caslab: {run_dir} is not a result folder (needs events.jsonl and manifest.json)", file=sys.stderr)
         return 2
-    summary = report.write_report(run_dir)
-    print_table(summary)
+    analysis = report.write_report(run_dir)
+    print_table(analysis)
     return 0
 
 
@@ -109,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec setting, e.g. --set nlb.fast_fail=false (repeatable)")
     run.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and stop")
+    run.add_argument("--force", action="store_true", help="empty an existing --out folder first")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="regenerate summary, CSV, plots and reports from a run's events")
     rep.add_argument("dir")

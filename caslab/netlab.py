@@ -9,6 +9,8 @@ Mininet's global clean-up, never a kill by process name.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import socket
@@ -26,6 +28,43 @@ from topologies.plan import SWITCH_PREFIX, LabPlan
 
 class LabError(Exception):
     """The lab cannot run (missing tool, leftover bridge, network not converging)."""
+
+
+LOCK_PATH = Path(os.environ.get("CASLAB_RUN_DIR", "/run/caslab")) / "lab.lock"
+
+
+class LabLock:
+    """One lab network at a time on a machine: its bridge names are fixed (``clab<k>``).
+
+    A second run waits for the first up to ``CASLAB_LOCK_WAIT_S`` seconds (default 0: it
+    fails at once with a clear error) instead of tearing into the first one's bridges.
+    """
+
+    def __init__(self, wait_s: float | None = None):
+        self.wait_s = float(os.environ.get("CASLAB_LOCK_WAIT_S", "0")) if wait_s is None else wait_s
+        self.handle = None
+
+    def acquire(self) -> None:
+        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(LOCK_PATH, "a+")
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.handle.close()
+                    self.handle = None
+                    raise LabError("another caslab network is running on this machine (lock "
+                                   f"{LOCK_PATH}); wait for it, or set CASLAB_LOCK_WAIT_S to queue") from None
+                time.sleep(0.2)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def free_tcp_port() -> int:
@@ -47,6 +86,7 @@ class LabProcess:
     host: str | None
     popen: subprocess.Popen
     log: IO | None = None
+    ended_on_purpose: bool = False  # the lab (a fault, teardown) stopped or killed it
 
     @property
     def pid(self) -> int:
@@ -57,6 +97,8 @@ class LabProcess:
 
     def signal(self, signum: int) -> None:
         """Signal the process group (mnexec -d and start_new_session give each its own)."""
+        if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            self.ended_on_purpose = True
         if self.alive():
             try:
                 os.killpg(self.popen.pid, signum)
@@ -86,6 +128,7 @@ class LabNetwork:
     topo_options: dict = field(default_factory=dict)
     net: object = None
     processes: list[LabProcess] = field(default_factory=list)
+    lock: LabLock = field(default_factory=LabLock)
 
     # ---- build -----------------------------------------------------------------------
 
@@ -98,6 +141,7 @@ class LabNetwork:
         from topologies.cas_array import CasArrayTopo
 
         setLogLevel("error")
+        self.lock.acquire()
         clash = set(existing_bridges()) & set(self.plan.switch_names())
         if clash:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
@@ -114,7 +158,7 @@ class LabNetwork:
         self.net.start()
         self._fix_offload()
         if self.plan.routed:
-            self.node("r1").cmd("sysctl -q -w net.ipv4.ip_forward=1")
+            self.run_in("r1", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
 
     def switch_port_name(self, host: str) -> str:
         """Name of the switch-side interface of a host's (first) link."""
@@ -128,10 +172,45 @@ class LabNetwork:
             for intf in node.intfList():
                 if intf.name == "lo" or not intf.link:
                     continue
-                node.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+                self.run_at(None if node in self.net.switches else node.name, ["ethtool", "-K", intf.name, "tx", "off"])
 
     def node(self, name: str):
         return self.net.get(name)
+
+    def host_interface(self, host: str) -> str:
+        """The name of a host's (first) interface, inside its namespace."""
+        return self.node(host).intf().name
+
+    def link_ends(self, host: str) -> list[tuple[str | None, str]]:
+        """(where, interface) of both ends of a host's link: the host's side and the switch's
+        (None: the root namespace)."""
+        return [(host, self.host_interface(host)), (None, self.switch_port_name(host))]
+
+    def set_link(self, host: str, up: bool) -> None:
+        """A host's link up or down (both ends, as pulling the cable would)."""
+        intf = self.node(host).intf()
+        other = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+        self.net.configLinkStatus(host, other.node.name, "up" if up else "down")
+
+    def run_in(self, host: str, argv: list[str], timeout_s: float = 10) -> tuple[int, str]:
+        """Run a command inside a host's namespace: an argument list, never a shell.
+        Returns (exit status, stdout + stderr)."""
+        popen = self.node(host).popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        try:
+            out, _ = popen.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            out, _ = popen.communicate()
+            return -9, out.decode(errors="replace")
+        return popen.returncode, out.decode(errors="replace")
+
+    def run_at(self, where: str | None, argv: list[str], timeout_s: float = 10) -> tuple[int, str]:
+        """``run_in`` a host, or in the root namespace when ``where`` is None."""
+        if where is not None:
+            return self.run_in(where, argv, timeout_s)
+        res = system.run(argv, timeout=timeout_s)
+        return res.returncode, res.stdout + res.stderr
 
     def wait_connected(self, timeout_s: float = 20) -> None:
         """Poll until every switch has a live OpenFlow session to the controller."""
@@ -187,7 +266,7 @@ class LabNetwork:
         pids = {p.name: p.pid for p in self.processes if p.alive()}
         shells = {h.name: h.pid for h in self.net.hosts} if self.net else {}
         (self.run_dir / "pids.json").write_text(
-            __import__("json").dumps({"processes": pids, "hosts": shells,
+            json.dumps({"processes": pids, "hosts": shells,
                                       "bridges": self.plan.switch_names()}, indent=1))
 
     # ---- teardown ----------------------------------------------------------------------
@@ -216,6 +295,7 @@ class LabNetwork:
         pids = self.run_dir / "pids.json"
         if pids.exists():
             pids.unlink()
+        self.lock.release()
         if errors:
             raise LabError("teardown: " + "; ".join(errors))
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import shutil
+
 from caslab import report, scenario as scenario_mod, spec as spec_mod, system
 from caslab.netlab import LabError
 
@@ -44,11 +46,30 @@ class Progress:
         print(f"{elapsed:7.1f}s {self.current}: {step}", file=self.stream, flush=True)
 
 
-def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None) -> Path:
+def prepare_folder(out: Path, force: bool) -> None:
+    """A result folder starts empty: reusing a run's folder would mix its events and
+    mailbox stores with the new run's (message ids repeat, a lost message looks stored)."""
+    if out.exists() and not out.is_dir():
+        raise LabError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise LabError(f"{out} is not empty: choose a new folder, or --force to empty it first")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False) -> Path:
+    """Run every scenario and write the report; returns the result folder."""
+    analysis = run(spec, spec_path, out, force)
+    return analysis.run_dir
+
+
+def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False):
+    """Run every scenario and write the report; returns the analysis the report shows."""
     name = spec["experiment"]["name"]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) if out else RESULTS_DIR / f"{name}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_folder(run_dir, force)
     scenarios = spec_mod.scenarios(spec)
     metas = [{"id": scenario_id(i, s["label"]), "label": s["label"], "mode": s["mode"], "params": s["params"]}
              for i, s in enumerate(scenarios)]
@@ -61,6 +82,7 @@ def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = Non
     events_path = run_dir / "events.jsonl"
     events_path.write_text("")
     count = 0
+    analysis = None
     try:
         with open(events_path, "a", encoding="utf-8") as events_out:
             for scenario, meta in zip(scenarios, metas):
@@ -81,8 +103,8 @@ def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = Non
         write_manifest(run_dir, manifest)
         if events_path.stat().st_size:
             progress("writing report")
-            report.write_report(run_dir)
-    return run_dir
+            analysis = report.write_report(run_dir)
+    return analysis
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

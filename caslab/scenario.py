@@ -12,7 +12,6 @@ event logs written so far stay on disk.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import sqlite3
 import sys
@@ -21,22 +20,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caslab import faults, modes, services, system
-from caslab.events import EventLog, read_events
-from caslab.netlab import LabError, LabNetwork, free_tcp_port
-from caslab.services import Context
-from topologies.plan import LabPlan
+from caslab import faults, services, system
+from caslab.context import RunContext
+from caslab.modes import Mode, mode_for
+from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
+from labcommon.catalogue import (
+    CAPABILITY_MISSING, CLIENTS_READY, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
+    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
+)
+from labcommon.events import EventLog, read_events
+from labcommon.ports import CAS_PORT
+from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
-
-
-def plan_for(spec: dict[str, Any]) -> LabPlan:
-    topo = spec["topology"]
-    sites = [{"name": "HQ", "cas": topo["cas"], "mailboxes": topo["mailboxes"], "clients": topo["client_hosts"]}]
-    if topo["branch"]:
-        sites.append({"name": "Branch", "cas": topo["branch_cas"], "mailboxes": 0,
-                      "clients": topo["branch_client_hosts"]})
-    return LabPlan.build(sites)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
@@ -48,22 +44,42 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, inter
     raise LabError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def count_events(raw_dir: Path, sources: list[str], ev: str) -> int:
-    total = 0
-    for source in sources:
-        path = raw_dir / f"{source}.jsonl"
-        if path.exists():
-            total += sum(1 for e in read_events(path) if e.get("ev") == ev)
-    return total
+class LogTail:
+    """Reads processes' event logs as they grow (each byte once), for start-up waits."""
+
+    def __init__(self, raw_dir: Path, sources: list[str]):
+        self.paths = {source: raw_dir / f"{source}.jsonl" for source in sources}
+        self.offsets = dict.fromkeys(sources, 0)
+
+    def new_events(self):
+        for source, path in self.paths.items():
+            if not path.exists():
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(self.offsets[source])
+                data = handle.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self.offsets[source] += len(complete)
+            for line in complete.splitlines():
+                try:
+                    yield source, json.loads(line)
+                except ValueError:
+                    continue
 
 
-def sessions_logged_on(raw_dir: Path, clients: list[str]) -> int:
-    sessions = set()
-    for client in clients:
-        path = raw_dir / f"{client}.jsonl"
-        if path.exists():
-            sessions.update(e["session"] for e in read_events(path) if e.get("ev") == "op" and e.get("ok"))
-    return len(sessions)
+def wait_for_events(tail: LogTail, want: int, key: Callable[[str, dict], str | None], timeout_s: float,
+                    what: str) -> None:
+    """Poll the logs until ``want`` distinct keys were seen (key returns None to skip)."""
+    seen: set[str] = set()
+
+    def enough() -> bool:
+        for source, ev in tail.new_events():
+            k = key(source, ev)
+            if k is not None:
+                seen.add(k)
+        return len(seen) >= want
+
+    wait_until(enough, timeout_s, what, interval_s=0.1)
 
 
 def port_listening(port: int) -> bool:
@@ -91,8 +107,27 @@ class CpuSampler(threading.Thread):
         while not self.halt.wait(1.0):
             idle1, total1 = self._times()
             if total1 > total0:
-                self.log.emit("cpu", idle_pct=round(100.0 * (idle1 - idle0) / (total1 - total0), 1))
+                self.log.emit(CPU, idle_pct=round(100.0 * (idle1 - idle0) / (total1 - total0), 1))
             idle0, total0 = idle1, total1
+
+
+class ExitWatcher(threading.Thread):
+    """Logs a lab process that ends on its own mid-run (a client that crashed, say), so
+    metrics can tell its silent sessions from healthy ones."""
+
+    def __init__(self, ctx: RunContext):
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.halt = threading.Event()
+        self.seen: set[int] = set()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.2):
+            for proc in list(self.ctx.lab.processes):
+                if proc.pid in self.seen or proc.alive() or proc.ended_on_purpose:
+                    continue
+                self.seen.add(proc.pid)
+                self.ctx.log.emit(PROCESS_EXIT, name=proc.name, host=proc.host, returncode=proc.popen.returncode)
 
 
 def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> dict[str, float]:
@@ -103,12 +138,12 @@ def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> 
         options["wan_delay_ms"] = 0
         message = (f"WAN delay of {topo['wan_delay_ms']:g} ms skipped: this kernel has no sch_netem "
                    "(link bandwidth limits still apply)")
-        log.emit("capability_missing", capability="netem", detail=message)
+        log.emit(CAPABILITY_MISSING, capability="netem", detail=message)
         progress(message)
     return options
 
 
-def start_controller(ctx: Context, mode: modes.Mode, port: int) -> None:
+def start_controller(ctx: RunContext, mode: Mode, port: int) -> None:
     config = mode.controller_config(ctx)
     env = {}
     if config is not None:
@@ -117,37 +152,45 @@ def start_controller(ctx: Context, mode: modes.Mode, port: int) -> None:
     def launch():
         ctx.controller = ctx.lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher",
                                                           "--port", str(port), mode.controller_app], env=env)
-        ctx.log.emit("controller_start", app=mode.controller_app, pid=ctx.controller.pid)
+        ctx.log.emit(CONTROLLER_START, app=mode.controller_app, pid=ctx.controller.pid)
 
     launch()
-    ctx.extra["restart_controller"] = launch
+    ctx.restart_controller = launch
     wait_until(lambda: port_listening(port), 30, f"the controller to listen on 127.0.0.1:{port}")
 
 
-def start_captures(ctx: Context) -> None:
+def start_captures(ctx: RunContext) -> None:
     """tcpdump on each client host's link (headers only), for cross-checking client events."""
     for host in ctx.plan.by_role("client"):
-        node = ctx.lab.node(host.name)
         pcap = ctx.raw_dir / f"{host.name}.pcap"
         ctx.lab.popen_in(host.name, f"tcpdump-{host.name}",
-                         ["tcpdump", "-i", node.intf().name, "-n", "-s", "128", "-U", "-w", str(pcap),
-                          "tcp", "port", str(services.CAS_PORT)])
+                         ["tcpdump", "-i", ctx.lab.host_interface(host.name), "-n", "-s", "128", "-U", "-w", str(pcap),
+                          "tcp", "port", str(CAS_PORT)])
 
 
-def start_prober(ctx: Context, mode: modes.Mode) -> None:
-    """scapy SYN probes from the first client host to the array's first address."""
+def start_probers(ctx: RunContext, mode: Mode) -> None:
+    """From the first client host: scapy SYN probes to the array's first address, and
+    application probes through the array name (resolve, connect, logon, one operation)."""
     client = ctx.plan.by_role("client")[0]
-    addresses = mode.array_addresses(ctx).get(client.site) or [ctx.plan.by_role("cas", client.site)[0].ip]
-    config = {"name": f"probe-{client.name}", "target_ip": addresses[0], "port": services.CAS_PORT,
-              "rate_hz": ctx.spec["probe"]["rate_hz"], "timeout_ms": 200,
-              "events": ctx.events_path(f"probe-{client.name}")}
-    ctx.start_module(client.name, f"probe-{client.name}", "traffic.prober", config)
+    probe = ctx.spec["probe"]
+    if probe["rate_hz"] > 0:
+        addresses = mode.array_addresses(ctx).get(client.site) or [ctx.plan.by_role("cas", client.site)[0].ip]
+        config = {"name": f"probe-{client.name}", "target_ip": addresses[0], "port": CAS_PORT,
+                  "rate_hz": probe["rate_hz"], "timeout_ms": 200, "events": ctx.events_path(f"probe-{client.name}")}
+        ctx.start_module(client.name, f"probe-{client.name}", "traffic.prober", config)
+    if probe["app_rate_hz"] > 0:
+        user = services.probe_user(client)
+        config = {"name": f"appprobe-{client.name}", "rate_hz": probe["app_rate_hz"], "port": CAS_PORT,
+                  "target": mode.target(ctx, client), "user": user["user"], "db": user["db"],
+                  "timeout_ms": min(1000, ctx.spec["clients"]["op_timeout_ms"]),
+                  "events": ctx.events_path(f"appprobe-{client.name}")}
+        ctx.start_module(client.name, f"appprobe-{client.name}", "traffic.app_prober", config)
 
 
-def record_mailboxes(ctx: Context) -> None:
+def record_mailboxes(ctx: RunContext) -> None:
     """Log what each database copy holds at the end, so metrics need only the events."""
-    for db, entry in ctx.extra.get("databases", {}).items():
-        for server in entry["copies"]:
+    for db, entry in ctx.databases.items():
+        for server in entry.copies:
             path = ctx.raw_dir / "store" / server / f"{db}.sqlite"
             if not path.exists():
                 continue
@@ -156,23 +199,22 @@ def record_mailboxes(ctx: Context) -> None:
                 ids = sorted(row[0] for row in conn.execute("SELECT msg_id FROM messages"))
             finally:
                 conn.close()
-            ctx.log.emit("mailbox_contents", db=db, server=server, active=server == entry["active"], msg_ids=ids)
+            ctx.log.emit(MAILBOX_CONTENTS, db=db, server=server, active=server == entry.active, msg_ids=ids)
 
 
 def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: Progress) -> None:
     """Run one scenario repetition; raw logs land in raw_dir (kept whatever happens)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_for(scenario)
-    mode = modes.get(scenario["mode"])
+    plan = plan_from_topology(scenario["topology"])
+    mode = mode_for(scenario["mode"])
     of_port = free_tcp_port()
     log = EventLog(raw_dir / "runner.jsonl", "runner")
     lab = LabNetwork(plan, raw_dir, of_port, topo_options=wan_options(scenario, log, progress))
-    ctx = Context(scenario, plan, lab, raw_dir, log, extra={"repetition": repetition, "nlb_api_port": free_tcp_port()})
-    sampler = CpuSampler(log)
+    ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition, nlb_api_port=free_tcp_port())
+    sampler, watcher = CpuSampler(log), ExitWatcher(ctx)
     timing = scenario["timing"]
     clients = [h.name for h in plan.by_role("client")]
-    client_procs = []
-    log.emit("scenario_start", mode=scenario["mode"], label=scenario["label"], repetition=repetition,
+    log.emit(SCENARIO_START, mode=scenario["mode"], label=scenario["label"], repetition=repetition,
              datapath=lab.datapath, plan={h.name: {"role": h.role, "ip": h.ip, "site": h.site} for h in plan.hosts})
     try:
         sampler.start()
@@ -183,60 +225,67 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         lab.wait_connected()
         progress("starting Exchange roles")
         services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
-        mailboxes = services.start_mailboxes(ctx)
-        cas = services.start_cas(ctx)
-        autodiscover = services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)))
-        role_names = [p.name for p in mailboxes + cas + autodiscover]
-        wait_until(lambda: count_events(raw_dir, role_names, "service_up") >= len(role_names),
-                   timing["ready_timeout_s"], "mailbox, CAS and autodiscover services to start")
+        roles = services.start_mailboxes(ctx) + services.start_cas(ctx)
+        roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)))
+        wait_for_events(LogTail(raw_dir, [p.name for p in roles]), len(roles),
+                        lambda source, ev: source if ev.get("ev") == SERVICE_UP else None, timing["ready_timeout_s"],
+                        "mailbox, CAS and autodiscover services to start")
         mode.start(ctx)  # load balancers and health checks start on services that answer
         if scenario["probe"]["capture"]:
             start_captures(ctx)
-        if scenario["probe"]["rate_hz"] > 0:
-            start_prober(ctx, mode)
+        start_probers(ctx, mode)
         progress("starting clients")
         client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
         lab.record_pids()
+        watcher.start()
         expected = len(clients) * scenario["clients"]["sessions_per_host"]
-        wait_until(lambda: sessions_logged_on(raw_dir, clients) >= expected, timing["ready_timeout_s"],
-                   f"all {expected} client sessions to complete an operation")
+        wait_for_events(LogTail(raw_dir, clients), expected,
+                        lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
+                        timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation")
+        log.emit(CLIENTS_READY, sessions=expected)
         progress("warming up")
         time.sleep(timing["warmup_s"])
         run_timeline(ctx, scenario["faults"], timing["observe_s"], progress)
-        for proc in client_procs:
-            proc.stop()
+        watcher.halt.set()
+        stop_all(client_procs)
         record_mailboxes(ctx)
-        log.emit("scenario_end", ok=True)
+        log.emit(SCENARIO_END, ok=True)
     except BaseException as exc:
-        log.emit("scenario_end", ok=False, error=f"{type(exc).__name__}: {exc}")
+        log.emit(SCENARIO_END, ok=False, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         sampler.halt.set()
-        for timer in ctx.extra.get("timers", []):
-            timer.cancel()
+        watcher.halt.set()
+        ctx.close()
         try:
             lab.stop()
         finally:
-            if "socket_dir" in ctx.extra:
-                shutil.rmtree(ctx.extra["socket_dir"], ignore_errors=True)
             log.close()
 
 
-def run_timeline(ctx: Context, fault_list: list[dict[str, Any]], observe_s: float, progress: Progress) -> None:
-    """Measurement window: faults fire at their at_s offsets from its start."""
+def stop_all(procs: list[LabProcess]) -> None:
+    for proc in procs:
+        proc.stop()
+
+
+def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: float, progress: Progress) -> None:
+    """Measurement window: faults fire at their at_s offsets from its start (and are
+    undone after their duration_s, where they have one)."""
     start = time.monotonic()
-    ctx.log.emit("measure_start", observe_s=observe_s)
-    for fault in sorted(fault_list, key=lambda f: f["at_s"]):
-        delay = start + fault["at_s"] - time.monotonic()
+    ctx.log.emit(MEASURE_START, observe_s=observe_s)
+    for spec in sorted(fault_list, key=lambda f: (f["at_s"], f["index"])):
+        delay = start + spec["at_s"] - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        progress(f"fault {fault['kind']} {','.join(fault['target'])}")
-        faults.inject(ctx, fault)
+        progress(f"fault {spec['kind']} {','.join(spec['target'])}".strip())
+        fault = faults.inject(ctx, spec)
+        if spec.get("duration_s"):
+            ctx.later(spec["duration_s"], lambda fault=fault: faults.undo(ctx, fault))
     progress("observing")
     remaining = start + observe_s - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
-    ctx.log.emit("measure_end")
+    ctx.log.emit(MEASURE_END)
 
 
 def merge_raw(raw_dir: Path, out, scenario_id: str, repetition: int) -> int:

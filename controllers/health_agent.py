@@ -21,7 +21,8 @@ import json
 import socket
 from typing import Any
 
-from roles.protocol import read_frame, write_frame
+from labcommon.catalogue import PROBE_STATE, SERVICE_UP
+from labcommon.protocol import read_frame, write_frame
 from roles.service import load_config, open_log, run_forever
 
 
@@ -68,7 +69,7 @@ async def probe_loop(config: dict[str, Any], member: dict[str, str], sock: socke
         except OSError:
             pass
         if ok != last:
-            log.emit("probe_state", member=member["name"], ok=ok, detail=detail)
+            log.emit(PROBE_STATE, member=member["name"], ok=ok, detail=detail)
             last = ok
         next_at = max(next_at + interval, loop.time())
         await asyncio.sleep(next_at - loop.time())
@@ -78,7 +79,7 @@ async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, "health")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    log.emit("service_up", role="health", members=[m["name"] for m in config["members"]])
+    log.emit(SERVICE_UP, role="health", members=[m["name"] for m in config["members"]])
     await asyncio.gather(*(probe_loop(config, m, sock, log) for m in config["members"]))
 
 

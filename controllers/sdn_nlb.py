@@ -26,7 +26,10 @@ import os
 import random
 import threading
 
-from caslab.events import EventLog, NullLog, now_ns
+from labcommon.catalogue import (
+    LB_MEMBER, NLB_CONN, NLB_CONVERGING, NLB_EVICT, NLB_HEALTH_SOCKET_ERROR, NLB_RELEARN, NLB_SWITCH, NLB_UP,
+)
+from labcommon.events import EventLog, NullLog, now_ns
 from controllers.compat import (
     CONFIG_DISPATCHER, MAIN_DISPATCHER, BaseApp, arp, ethernet, hub, icmp, ipv4, ofp_event,
     ofproto_v1_3, packet, set_ev_cls, tcp,
@@ -122,7 +125,7 @@ class SdnNlb(BaseApp):
         self.datapaths: dict[int, object] = {}
         self.lock = threading.RLock()
         self.stats = {"packet_in": 0, "conns": 0, "resets": 0, "challenges": 0, "arp": 0, "icmp": 0}
-        self.event_log.emit("nlb_up", vips=[v.ip for v in self.vips], fast_fail=self.fast_fail)
+        self.event_log.emit(NLB_UP, vips=[v.ip for v in self.vips], fast_fail=self.fast_fail)
         self._threads = []
         health_socket = self.config.get("health", {}).get("socket")
         if health_socket:
@@ -147,7 +150,7 @@ class SdnNlb(BaseApp):
             self.add_flow(dp, PRIO_VIP_TCP, parser.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip), to_ctrl)
         dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
         dp.send_msg(parser.OFPFlowStatsRequest(dp, cookie=COOKIE_TAG, cookie_mask=0xFFFF << 48))
-        self.event_log.emit("nlb_switch", dpid=dp.id)
+        self.event_log.emit(NLB_SWITCH, dpid=dp.id)
 
     def vips_on(self, dpid: int) -> list[Vip]:
         return [vip for vip in self.vips if vip.dpid == dpid]
@@ -190,7 +193,7 @@ class SdnNlb(BaseApp):
             was_alive = member.alive and member.port_up
             vip.pool.set_state(name, **changes)
             alive = member.alive and member.port_up
-            self.event_log.emit("nlb_member", vip=vip.ip, member=name, reason=reason, alive=alive,
+            self.event_log.emit(LB_MEMBER, vip=vip.ip, member=name, reason=reason, alive=alive,
                              draining=member.draining, accepts_new=member.accepts_new)
             if was_alive and not alive:
                 self.evict(vip, name, reason)
@@ -218,7 +221,7 @@ class SdnNlb(BaseApp):
                     hub.spawn_after(delay, self._challenge_pending, dp, vip, keys, last)
         for conn in conns:
             vip.conns.remove(conn.key)
-        self.event_log.emit("nlb_evict", vip=vip.ip, member=name, reason=reason, conns=len(conns),
+        self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns),
                          fast_fail=self.fast_fail)
         return len(conns)
 
@@ -246,7 +249,7 @@ class SdnNlb(BaseApp):
         try:
             sock.bind(path)
         except OSError as exc:  # e.g. a path over 107 bytes: say so instead of dying silently
-            self.event_log.emit("nlb_health_socket_error", path=path, reason=str(exc))
+            self.event_log.emit(NLB_HEALTH_SOCKET_ERROR, path=path, reason=str(exc))
             return
         while True:
             data = sock.recv(4096)
@@ -266,7 +269,7 @@ class SdnNlb(BaseApp):
                 return
             reason = "probe_up" if flipped else f"probe_down:{detail}"
             if self.convergence_s > 0:
-                self.event_log.emit("nlb_converging", vip=vip.ip, member=name, alive=flipped)
+                self.event_log.emit(NLB_CONVERGING, vip=vip.ip, member=name, alive=flipped)
                 hub.spawn_after(self.convergence_s, self.set_member, vip, name, reason, alive=flipped)
             else:
                 self.set_member(vip, name, reason, alive=flipped)
@@ -358,7 +361,7 @@ class SdnNlb(BaseApp):
         if vip.conns.get(key) is None:
             vip.conns.add(Connection(key, member.name, eth.src, in_port, now_ns(), client_isn))
             self.stats["conns"] += 1
-            self.event_log.emit("nlb_conn", vip=vip.ip, client=f"{client_ip}:{client_port}", member=member.name)
+            self.event_log.emit(NLB_CONN, vip=vip.ip, client=f"{client_ip}:{client_port}", member=member.name)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev):
@@ -399,7 +402,7 @@ class SdnNlb(BaseApp):
                 if vip.conns.get(key) is None:
                     vip.conns.add(Connection(key, name, fields.get("eth_dst", ""), out_port or 0, now_ns()))
                     learned += 1
-        self.event_log.emit("nlb_relearn", dpid=dp.id, conns=learned)
+        self.event_log.emit(NLB_RELEARN, dpid=dp.id, conns=learned)
 
     # ---- crafted replies -----------------------------------------------------------
 

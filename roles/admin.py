@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 
-from roles.protocol import FramedLink
+from labcommon.protocol import FramedLink
 
 
 async def call(address: str, message: dict) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from roles.protocol import error
+from labcommon.catalogue import RCAS_CHANGED
+from labcommon.protocol import error
 from roles.service import listen, open_log, run_role
 
 
@@ -37,7 +38,7 @@ class Autodiscover:
             if db not in self.rcas or not isinstance(server, str) or not server:
                 return error("bad_request")
             old, self.rcas[db] = self.rcas[db], server
-            self.log.emit("rcas_changed", db=db, server=server, previous=old)
+            self.log.emit(RCAS_CHANGED, db=db, server=server, previous=old)
             return {"ok": True, "db": db, "server": server}
         return error("unknown_op", op=op if isinstance(op, str) else None)
 

@@ -19,16 +19,13 @@ import asyncio
 import time
 from typing import Any
 
-from roles.protocol import FramedLink, error
+from labcommon.auth import password_for
+from labcommon.catalogue import AUTH_FAILED, REAUTH
+from labcommon.protocol import FramedLink, error
 from roles.service import listen, open_log, run_role
 
 PROXIED_OPS = {"read", "send", "sync"}
 SUSPECT_S = 5.0  # a mailbox copy that timed out is tried last for this long
-
-
-def password_for(user: str) -> str:
-    """The lab's directory: every user's password is derived from its name."""
-    return f"pw-{user}"
 
 
 class ActiveCopyLocator:
@@ -106,14 +103,14 @@ class CasServer:
             if not (isinstance(sid, str) and isinstance(user, str) and isinstance(db, str)):
                 return error("bad_request")
             if request.get("password") != password_for(user):
-                self.log.emit("auth_failed", session=sid, user=user)
+                self.log.emit(AUTH_FAILED, session=sid, user=user)
                 return error("auth_failed", close=True)
             if db not in self.locator.databases:
                 return error("unknown_db", db=db)
             self.sessions[sid] = {"user": user, "db": db}
             state["session"] = sid
             if request.get("reauth"):
-                self.log.emit("reauth", session=sid, user=user)
+                self.log.emit(REAUTH, session=sid, user=user)
             return {"ok": True}
         if op == "resume":
             if isinstance(sid, str) and sid in self.sessions:

@@ -18,7 +18,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from roles.protocol import FramedLink, error
+from labcommon.catalogue import DB_ROLE, REPLICATION_FAILED, REPLICATION_RESUMED
+from labcommon.protocol import FramedLink, error
 from roles.service import listen, open_log, run_role
 
 REPLICATION_TIMEOUT_S = 0.1   # well inside the CAS's per-call mailbox timeout
@@ -113,11 +114,11 @@ class MailboxServer:
                         raise ConnectionError(reply.get("error", "refused"))
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 self.failed_until[key] = now + REPLICA_RETRY_S
-                self.log.emit("replication_failed", db=db, peer=address, reason=type(exc).__name__)
+                self.log.emit(REPLICATION_FAILED, db=db, peer=address, reason=type(exc).__name__)
                 continue
             if resync:
                 del self.failed_until[key]
-                self.log.emit("replication_resumed", db=db, peer=address, rows=len(payload))
+                self.log.emit(REPLICATION_RESUMED, db=db, peer=address, rows=len(payload))
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -142,7 +143,7 @@ class MailboxServer:
             return {"ok": True}
         if op in ("activate", "deactivate"):
             copy.active = op == "activate"
-            self.log.emit("db_role", db=db, server=self.name, active=copy.active)
+            self.log.emit(DB_ROLE, db=db, server=self.name, active=copy.active)
             return {"ok": True, "active": copy.active}
         if not copy.active:
             return error("not_active", db=db, server=self.name)

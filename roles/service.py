@@ -13,8 +13,9 @@ import signal
 import sys
 from typing import Any, Awaitable, Callable
 
-from caslab.events import EventLog, NullLog
-from roles.protocol import ProtocolError, error, read_frame, write_frame
+from labcommon.catalogue import INTERNAL_ERROR, PROTOCOL_ERROR, SERVICE_UP
+from labcommon.events import EventLog, NullLog
+from labcommon.protocol import ProtocolError, error, read_frame, write_frame
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -41,7 +42,7 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
             try:
                 request = await asyncio.wait_for(read_frame(reader), idle_timeout)
             except ProtocolError as exc:
-                log.emit("protocol_error", peer=str(state["peer"]), reason=str(exc))
+                log.emit(PROTOCOL_ERROR, peer=str(state["peer"]), reason=str(exc))
                 await write_frame(writer, error("protocol", detail=str(exc)))
                 return
             if request is None:
@@ -51,7 +52,7 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
             except (ConnectionError, OSError, asyncio.TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug must cost one connection, not the service
-                log.emit("internal_error", peer=str(state["peer"]), reason=f"{type(exc).__name__}: {exc}"[:200])
+                log.emit(INTERNAL_ERROR, peer=str(state["peer"]), reason=f"{type(exc).__name__}: {exc}"[:200])
                 await write_frame(writer, error("internal", close=True))
                 return
             await write_frame(writer, reply)
@@ -73,7 +74,7 @@ async def listen(config: dict[str, Any], role: str, log, handler: Handler,
         await serve_frames(reader, writer, handler, log, on_close=on_close)
 
     listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True)
-    log.emit("service_up", role=role, port=config["listen_port"])
+    log.emit(SERVICE_UP, role=role, port=config["listen_port"])
     async with listener:
         await listener.serve_forever()
 

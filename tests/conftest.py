@@ -19,6 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from topologies.plan import SWITCH_PREFIX  # noqa: E402
+
+# Every process the tests start checks its events against labcommon/catalogue.py, and a
+# test's network waits for one that another process (a second test run) holds.
+os.environ["CASLAB_STRICT_EVENTS"] = "1"
+os.environ.setdefault("CASLAB_LOCK_WAIT_S", "900")
+
 
 @functools.cache
 def lab_prerequisites() -> str | None:
@@ -43,14 +50,14 @@ def pytest_runtest_setup(item):
 
 
 def lab_residue(marker: str | None = None) -> list[str]:
-    """The lab's own leftovers: clab* bridges and veths, mininet shells, lab processes."""
+    """The lab's own leftovers: its bridges and veths, mininet shells, lab processes."""
     found = []
     bridges = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True).stdout.split()
-    found += [f"bridge {b}" for b in bridges if b.startswith("clab")]
+    found += [f"bridge {b}" for b in bridges if b.startswith(SWITCH_PREFIX)]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith("clab"):
+        if name.startswith(SWITCH_PREFIX):
             found.append(f"link {name}")
     me = os.getpid()
     for proc in Path("/proc").iterdir():

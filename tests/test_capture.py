@@ -14,6 +14,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from caslab import capture
+from caslab.metrics import RunParams, analyze_run
 
 VIP, CLIENT = "10.1.0.100", "10.1.0.51"
 OFFSET = 1_795_577_630_578_826_000  # wall - mono as in a real run (whole us: pcap keeps us)
@@ -190,9 +191,16 @@ def test_reconnect_from_capture_with_known_offset(tmp_path):
     assert 0 < (recovered["ts"] - T_FAULT) / MS - s0["reconnect_ms"] < 0.3
 
 
+def metrics_reference(events: list[dict]) -> dict[str, float | None]:
+    run = analyze_run(events, RunParams())
+    return {s.session: s.reconnect_ms for s in run.faults[0].sessions if s.affected}
+
+
 def test_cross_check_agrees_with_metrics(tmp_path):
     events, pcap, _ = failover_run(tmp_path)
-    result = capture.cross_check(events, [pcap])
+    reference = metrics_reference(events)
+    assert reference and reference["cl1-s0"] is not None
+    result = capture.cross_check(events, [pcap], reference, T_FAULT)
     assert result["reconnect"]["n"] == 1 and result["reconnect"]["max_abs_diff_ms"] < 0.3
     assert result["synack"]["median_diff_ms"] < -2  # the handshake came before logon and op
     assert result["only_events"] == result["only_wire"] == []
@@ -245,5 +253,5 @@ def test_probe_connections_do_not_disturb_sessions(tmp_path):
         link._add(t, 20000 + i, True, "S")
         link._add(t + 400_000, 20000 + i, False, "SA")
         link.close(t + 420_000, 20000 + i, "client")
-    result = capture.cross_check(events, [link.write(tmp_path / "cl1.pcap")])
+    result = capture.cross_check(events, [link.write(tmp_path / "cl1.pcap")], metrics_reference(events), T_FAULT)
     assert set(result["sessions"]) == {"cl1-s0"} and result["reconnect"]["n"] == 1

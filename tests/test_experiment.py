@@ -51,7 +51,7 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     spec, path = spec_mod.load(str(write_spec(tmp_path)))
     run_dir = runner.run_experiment(spec, path, tmp_path / "out")
     summary = json.loads((run_dir / "summary.json").read_text())
-    scenario = summary["scenarios"][0]
+    scenario = {**summary["scenarios"][0], **summary["scenarios"][0]["faults"][0]}
     assert scenario["mode"] == "sdn-nlb" and scenario["fault"] == "poweroff cas1"
     assert scenario["sessions"] == 12
     assert scenario["affected"] > 0
@@ -68,7 +68,7 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     assert manifest["spec"]["experiment"]["seed"] == 1 and manifest["versions"]["os-ken"]
     assert not lab_residue(str(tmp_path))
     # `caslab report DIR` rebuilds everything from the events, byte for byte.
-    generated = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".json", ".csv", ".png", ".md", ".html")
+    generated = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".json", ".csv", ".png", ".svg", ".md", ".html")
                        and p.name != "manifest.json")
     before = {name: (run_dir / name).read_bytes() for name in generated}
     for name in generated:

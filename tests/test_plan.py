@@ -19,9 +19,9 @@ TWO_SITES = [
     {"name": "Branch", "cas": 2, "mailboxes": 1, "clients": 1},
 ]
 
-# the counts the documented plan has room for: CAS .11-.20, mailboxes .21-.50, clients .51-.99
+# the counts the documented plan has room for: CAS 10.k.1.1-64, mailboxes 10.k.2.1-16, clients 10.k.3.1-32
 site_counts = st.fixed_dictionaries({
-    "cas": st.integers(0, 10), "mailboxes": st.integers(0, 30), "clients": st.integers(0, 49),
+    "cas": st.integers(0, 64), "mailboxes": st.integers(0, 16), "clients": st.integers(0, 32),
 })
 site_lists = st.lists(site_counts, min_size=1, max_size=4).map(
     lambda sites: [dict(s, name=f"Site{i}") for i, s in enumerate(sites)])
@@ -35,9 +35,9 @@ def test_one_site_plan_addresses_and_names():
     by_name = {h.name: h for h in plan.hosts}
     assert set(by_name) == {"dns1", "ad1", "lb1", "cas1", "cas2", "cas3", "mbx1", "mbx2", "cl1", "cl2"}
     expected = {"dns1": ("dns", "10.1.0.2"), "ad1": ("autodiscover", "10.1.0.3"), "lb1": ("lb", "10.1.0.4"),
-                "cas1": ("cas", "10.1.0.11"), "cas2": ("cas", "10.1.0.12"), "cas3": ("cas", "10.1.0.13"),
-                "mbx1": ("mailbox", "10.1.0.21"), "mbx2": ("mailbox", "10.1.0.22"),
-                "cl1": ("client", "10.1.0.51"), "cl2": ("client", "10.1.0.52")}
+                "cas1": ("cas", "10.1.1.1"), "cas2": ("cas", "10.1.1.2"), "cas3": ("cas", "10.1.1.3"),
+                "mbx1": ("mailbox", "10.1.2.1"), "mbx2": ("mailbox", "10.1.2.2"),
+                "cl1": ("client", "10.1.3.1"), "cl2": ("client", "10.1.3.2")}
     for name, (role, ip) in expected.items():
         assert (by_name[name].role, by_name[name].ip, by_name[name].site) == (role, ip, "HQ")
         assert by_name[name].cidr == f"{ip}/16"
@@ -55,8 +55,8 @@ def test_two_site_plan_is_routed_and_numbers_hosts_across_sites():
     assert [s.name for s in plan.sites] == ["HQ", "Branch"]
     assert plan.switch_names() == [f"{SWITCH_PREFIX}1", f"{SWITCH_PREFIX}2"]
     assert [h.name for h in plan.by_role("cas", "HQ")] == ["cas1", "cas2", "cas3"]
-    assert [(h.name, h.ip) for h in plan.by_role("cas", "Branch")] == [("cas4", "10.2.0.11"), ("cas5", "10.2.0.12")]
-    assert [(h.name, h.ip) for h in plan.by_role("client", "Branch")] == [("cl3", "10.2.0.51")]
+    assert [(h.name, h.ip) for h in plan.by_role("cas", "Branch")] == [("cas4", "10.2.1.1"), ("cas5", "10.2.1.2")]
+    assert [(h.name, h.ip) for h in plan.by_role("client", "Branch")] == [("cl3", "10.2.3.1")]
     assert [(h.name, h.ip) for h in plan.by_role("autodiscover")] == [("ad1", "10.1.0.3"), ("ad2", "10.2.0.3")]
     assert [(h.name, h.ip) for h in plan.by_role("lb")] == [("lb1", "10.1.0.4"), ("lb2", "10.2.0.4")]
     assert [h.name for h in plan.by_role("dns")] == ["dns1"]  # DNS only in site 1
@@ -75,7 +75,7 @@ def test_unknown_site_and_host_raise_key_error():
         plan.site("Nowhere")
     with pytest.raises(KeyError):
         plan.host("cas99")
-    assert plan.host("cas2").ip == "10.1.0.12"
+    assert plan.host("cas2").ip == "10.1.1.2"
 
 
 @settings(max_examples=40, deadline=None)
@@ -95,7 +95,8 @@ def test_plan_invariants_for_any_counts_within_the_plan(sites):
         site = plan.site(host.site)
         addr = ipaddress.IPv4Address(host.ip)
         assert addr in site.subnet
-        assert host.ip.startswith(f"10.{site.index}.0.")
+        block = {"cas": 1, "mailbox": 2, "client": 3}.get(host.role, 0)
+        assert host.ip.startswith(f"10.{site.index}.{block}.")
         assert host.ip not in vips and host.ip not in gateways
         assert re.fullmatch(r"(cas|mbx|cl|ad|lb|dns)\d+", host.name)
         assert re.fullmatch(r"02:00(:[0-9a-f]{2}){4}", host.mac)
@@ -126,17 +127,18 @@ def test_mac_for_is_locally_administered_and_stable():
 
 
 @pytest.mark.parametrize("site", [
-    {"name": "HQ", "cas": 11, "mailboxes": 1, "clients": 1},
-    {"name": "HQ", "cas": 1, "mailboxes": 31, "clients": 1},
-    {"name": "HQ", "cas": 1, "mailboxes": 1, "clients": 50},
+    {"name": "HQ", "cas": 65, "mailboxes": 1, "clients": 1},
+    {"name": "HQ", "cas": 1, "mailboxes": 17, "clients": 1},
+    {"name": "HQ", "cas": 1, "mailboxes": 1, "clients": 33},
 ])
 def test_counts_beyond_the_plan_are_rejected_not_silently_duplicated(site):
-    try:
-        plan = LabPlan.build([site])
-    except ValueError:
-        return  # rejecting is fine
-    ips = [h.ip for h in plan.hosts] + [plan.sites[0].vip, plan.sites[0].gateway()]
-    assert len(set(ips)) == len(ips), "duplicate addresses"
+    with pytest.raises(ValueError, match="addressing plan"):
+        LabPlan.build([site])
+
+
+def test_sixteen_cas_per_site_fit_the_plan():
+    plan = LabPlan.build([{"name": "HQ", "cas": 16, "mailboxes": 2, "clients": 4}])
+    assert [h.ip for h in plan.by_role("cas")][-1] == "10.1.1.16"
 
 
 # ---- source_ips ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from caslab.events import read_events
+from labcommon.events import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.require_root

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roles.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, read_frame, write_frame
+from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, read_frame, write_frame
 
 
 def read_all(data: bytes, eof: bool = True, timeout: float = 5.0):

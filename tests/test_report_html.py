@@ -91,7 +91,7 @@ def chromium(tmp_path, monkeypatch):
 def synthetic_spec() -> dict:
     return spec_mod.validate({
         "experiment": {"name": "synthetic-report", "repetitions": 2, "seed": 7, "modes": ["sdn-nlb", "haproxy"],
-                       "description": "Synthetic events: cas1 of three is powered off under two HA designs."},
+                       "description": "Synthetic events: cas1 of three is <b>powered off</b> under two HA designs."},
         "topology": {"cas": 3, "mailboxes": 2, "client_hosts": 2, "databases": 2},
         "clients": {"sessions_per_host": 6, "interval_ms": 100},
         "faults": [{"kind": "poweroff", "target": "cas1", "at_s": 1.0}],
@@ -110,13 +110,16 @@ def run_events(mode: str, scenario_id: str, rep: int, rng: random.Random) -> lis
     def emit(ts, src, ev, **fields):
         events.append({"ts": int(ts), "src": src, "ev": ev, "scenario": scenario_id, "rep": rep, **fields})
 
-    emit(t_fault, "runner", "fault", kind="poweroff", targets=["cas1"], elements=["cas1"])
+    emit(start - 500 * MS, "runner", "clients_ready", sessions=12)
+    emit(start - 400 * MS, "runner", "measure_start", observe_s=7.0)
+    emit(t_fault, "runner", "fault", kind="poweroff", targets=["cas1"], elements=["cas1"], label="poweroff cas1",
+         index=0, affects="on_elements")
     if mode == "sdn-nlb":
-        emit(t_fault + detect_ms * MS, "nlb", "nlb_member", vip="10.1.0.100", member="cas1", reason="port_down",
+        emit(t_fault + detect_ms * MS, "nlb", "lb_member", vip="10.1.0.100", member="cas1", reason="port_down",
              alive=False, draining=False, accepts_new=False)
     else:
-        emit(t_fault + detect_ms * MS, "lb1", "lb_member_down", member="cas1", accepts_new=False,
-             detail="Server cas/cas1 is DOWN, reason: Layer4 timeout")
+        emit(t_fault + detect_ms * MS, "runner", "lb_member", member="cas1", reason="check_down", alive=False,
+             accepts_new=False, detail="Server cas/cas1 is DOWN, reason: Layer4 timeout")
     stored = {"DB1": [], "DB2": []}
     for host in (1, 2):
         for k in range(6):
@@ -125,7 +128,7 @@ def run_events(mode: str, scenario_id: str, rep: int, rng: random.Random) -> lis
             cas = cas_names[(host + k) % 3]
             db = f"DB{k % 2 + 1}"
             t = start + rng.randrange(0, interval)
-            emit(t - 3 * MS, src, "connect_ok", session=sid, addr="10.1.0.100")
+            emit(t - 3 * MS, src, "connect_ok", session=sid, addr="10.1.0.100", lport=40000 + k, laddr="10.1.3.1")
             emit(t - 2 * MS, src, "logon", session=sid, cas=cas, db=db, reauth=False, resumed=False)
             sent = 0
             on_failed = cas == "cas1"
@@ -140,7 +143,8 @@ def run_events(mode: str, scenario_id: str, rep: int, rng: random.Random) -> lis
                     emit(down_at, src, "down", session=sid, reason="reset" if mode == "sdn-nlb" else "timeout")
                     back = max(down_at + rng.uniform(5, 40) * MS, t_fault + (detect_ms + rng.uniform(30, 120)) * MS)
                     cas = cas_names[1 + (k % 2)]
-                    emit(back - 4 * MS, src, "connect_ok", session=sid, addr="10.1.0.100")
+                    emit(back - 4 * MS, src, "connect_ok", session=sid, addr="10.1.0.100", lport=41000 + k,
+                         laddr="10.1.3.1")
                     emit(back - 2 * MS, src, "logon", session=sid, cas=cas, db=db, reauth=False, resumed=True)
                     t, on_failed = back, False
                     continue
@@ -162,6 +166,7 @@ def run_events(mode: str, scenario_id: str, rep: int, rng: random.Random) -> lis
     for ts in range(start, end, 1000 * MS):
         emit(ts, "runner", "cpu", idle_pct=round(rng.uniform(55, 75), 1))
     emit(end, "runner", "measure_end")
+    emit(end + 20 * MS, "runner", "scenario_end", ok=True)
     for db, ids in stored.items():
         emit(end + 10 * MS, "runner", "mailbox_contents", db=db, server="mbx2" if db == "DB1" else "mbx1",
              active=True, msg_ids=sorted(ids))
@@ -227,19 +232,21 @@ return out;
 def test_report_html_opens_in_headless_chromium_with_plots_visible(tmp_path, chromium):
     run_dir = tmp_path / "synthetic-report-20240101-000000"
     manifest = build_run(run_dir)
-    summary = report.write_report(run_dir)
+    analysis = report.write_report(run_dir)
     labels = [m["label"] for m in manifest["scenarios"]]
-    assert [s["label"] for s in summary["scenarios"]] == labels == ["sdn-nlb", "haproxy"]
-    assert all(s["repetitions"] == 2 and s["reconnect_ms"]["n"] > 0 for s in summary["scenarios"])
+    assert [s.label for s in analysis.scenarios] == labels == ["sdn-nlb", "haproxy"]
+    assert all(s.repetitions == 2 and s.faults[0].reconnect_ms.n > 0 for s in analysis.scenarios)
 
-    # The plots: one timeline per scenario, the CDF and the bars, listed by report.md and on disk.
-    expected = {f"timeline-{m['id']}.png" for m in manifest["scenarios"]} | {"reconnect-cdf.png",
-                                                                           "reconnect-bars.png",
-                                                                           "probe-availability.png"}
+    # The figures: the verdict first, one timeline per scenario, CDF, means, phases, goodput,
+    # probes; listed by report.md, on disk as PNG with an SVG beside each.
+    expected = {f"timeline-{m['id']}.png" for m in manifest["scenarios"]} | {
+        "verdict.png", "reconnect-cdf.png", "reconnect-means.png", "phases.png", "goodput.png", "probes.png"}
     md = (run_dir / "report.md").read_text()
     md_pngs = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
     assert set(md_pngs) == expected and len(md_pngs) == len(expected), md_pngs
+    assert md_pngs[0] == "verdict.png" and md.index("## Verdict") < md.index("## Results")
     assert {p.name for p in run_dir.glob("*.png")} == expected
+    assert {p.stem for p in run_dir.glob("*.svg")} == {Path(n).stem for n in expected}
     for name in md_pngs:
         assert (run_dir / name).is_file() and png_size(run_dir / name)[0] > 100
 
@@ -248,16 +255,21 @@ def test_report_html_opens_in_headless_chromium_with_plots_visible(tmp_path, chr
     assert chromium.execute_script("return document.readyState") == "complete"
     assert "caslab report" in chromium.title and manifest["spec"]["experiment"]["name"] in chromium.title
 
-    # Summary table: a header row, then one row per scenario, in order, labelled.
+    # The spec's words are text, never markup.
+    assert "<b>powered off</b>" in chromium.find_element("tag name", "body").text
+    assert not chromium.find_elements("css selector", "p > b")
+
+    # Summary table: a header row, then one row per scenario and fault, in order, labelled.
     rows = chromium.execute_script("""
         return [...document.querySelectorAll('table tr')].filter(tr => tr.querySelector('td'))
                .map(tr => [...tr.cells].map(td => td.innerText.trim()));""")
     assert [r[0] for r in rows] == labels, rows
     header = chromium.execute_script("return [...document.querySelectorAll('table th')].map(th => th.innerText)")
     assert all(len(r) == len(header) for r in rows), (header, rows)
-    by_label = {s["label"]: s for s in summary["scenarios"]}
+    by_label = {s.label: s.faults[0] for s in analysis.scenarios}
     for r in rows:
-        assert r[2] == str(by_label[r[0]]["sessions"]) and r[3] == str(by_label[r[0]]["affected"])
+        cells = dict(zip(header, r))
+        assert cells["sessions"] == str(by_label[r[0]].sessions) and cells["affected"] == str(by_label[r[0]].affected)
 
     # Every image: loaded, decoded to the very PNG the report lists, laid out, not hidden, with pixels.
     images = chromium.execute_script(IMAGE_STATE)

@@ -941,7 +941,7 @@ def test_events_are_logged(make_app, tmp_path):
     app.event_log.close()
     events = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [e["ev"] for e in events]
-    for kind in ("nlb_up", "nlb_switch", "nlb_conn", "nlb_member", "nlb_evict"):
+    for kind in ("nlb_up", "nlb_switch", "nlb_conn", "lb_member", "nlb_evict"):
         assert kind in kinds
     [evict] = [e for e in events if e["ev"] == "nlb_evict"]
     assert evict["member"] == member and evict["conns"] == 1 and evict["reason"] == "port_down"

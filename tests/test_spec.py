@@ -31,8 +31,8 @@ def test_defaults_are_filled_in():
 
 
 BAD = [
-    ({"experimnt": {}}, "experimnt", "one of the sections"),
-    ({"nlb": {"affinty": "none"}}, "nlb.affinty", "one of the keys"),
+    ({"experimnt": {}}, "experimnt", "did you mean 'experiment'"),
+    ({"nlb": {"affinty": "none"}}, "nlb.affinty", "did you mean 'affinity'"),
     ({"nlb": {"affinity": "sticky"}}, "nlb.affinity", "one of ['none', 'single', 'network']"),
     ({"nlb": {"fast_fail": "yes"}}, "nlb.fast_fail", "true or false"),
     ({"clients": {"interval_ms": "50"}}, "clients.interval_ms", "an integer from 5 to 60000"),
@@ -41,26 +41,57 @@ BAD = [
     ({"clients": {"ops": {"read": -1}}}, "clients.ops", "weights"),
     ({"clients": {"ops": {"write": 1}}}, "clients.ops", "weights"),
     ({"clients": {"backoff_ms": []}}, "clients.backoff_ms", "non-empty list"),
-    ({"experiment": {"modes": ["wlbs"]}}, "experiment.modes", "list of modes"),
+    ({"experiment": {"modes": ["wlbs"]}}, "experiment.modes", "distinct modes"),
+    ({"experiment": {"modes": ["wnlb", "wnlb"]}}, "experiment.modes", "distinct modes"),
     ({"experiment": {"modes": []}}, "experiment.modes", "non-empty"),
     ({"experiment": {"repetitions": 0}}, "experiment.repetitions", "from 1 to 50"),
     ({"experiment": {"name": "a b"}}, "experiment.name", "letters"),
-    ({"topology": {"cas": 0}}, "topology.cas", "from 1 to 8"),
-    ({"timing": {"observe_s": "long"}}, "timing.observe_s", "seconds"),
+    ({"topology": {"cas": 0}}, "topology.cas", "from 1 to 64"),
+    ({"topology": {"cas": 65}}, "topology.cas", "from 1 to 64"),
+    ({"timing": {"observe_s": "long"}}, "timing.observe_s", "a number from 1"),
+    ({"timing": {"observe_s": float("inf")}}, "timing.observe_s", "finite"),
+    ({"timing": {"warmup_s": float("nan")}}, "timing.warmup_s", "finite"),
     ({"dns": {"ttl_s": -5}}, "dns.ttl_s", "TTL"),
     ({"faults": {"kind": "poweroff"}}, "faults", "array of tables"),
     ({"faults": [{"target": "cas1"}]}, "faults[0].kind", "missing"),
     ({"faults": [{"kind": "meteor", "target": "cas1"}]}, "faults[0].kind", "one of"),
     ({"faults": [{"kind": "poweroff"}]}, "faults[0].target", "missing"),
-    ({"faults": [{"kind": "poweroff", "target": "cas9"}]}, "faults[0].target", "exists in this topology"),
-    ({"faults": [{"kind": "poweroff", "target": "router"}]}, "faults[0].target", "host names"),
+    ({"faults": [{"kind": "poweroff", "target": "cas9"}]}, "faults[0].target", "a host of this topology"),
+    ({"faults": [{"kind": "poweroff", "target": "router"}]}, "faults[0].target", "a host of this topology"),
+    ({"faults": [{"kind": "poweroff", "target": "cas01"}]}, "faults[0].target", "a host of this topology"),
+    ({"faults": [{"kind": "poweroff", "target": "cas1\n"}]}, "faults[0].target", "a host of this topology"),
+    ({"faults": [{"kind": "poweroff", "target": "cl3"}]}, "faults[0].target", "a host of this topology"),
+    ({"faults": [{"kind": "link-cut", "target": "mbx1"}]}, "faults[0].target", "role is one of ['cas']"),
+    ({"faults": [{"kind": "poweroff", "target": ["cas1", "cas1"]}]}, "faults[0].target", "distinct"),
+    ({"faults": [{"kind": "controller-crash", "target": "cas1"}]}, "faults[0].target", "no target"),
+    ({"experiment": {"modes": ["direct"]}, "faults": [{"kind": "drain", "target": "cas1"}]}, "faults[0].kind",
+     "load_balancer"),
+    ({"experiment": {"modes": ["haproxy"]}, "faults": [{"kind": "controller-crash"}]}, "faults[0].kind",
+     "controller"),
+    ({"topology": {"mailboxes": 1}, "faults": [{"kind": "dag-switchover"}]}, "faults[0].kind",
+     "at least two mailbox servers"),
+    ({"faults": [{"kind": "dag-switchover", "to": "cas2"}]}, "faults[0].to", "a mailbox server"),
+    ({"faults": [{"kind": "rebind", "to": "x'; touch /tmp/pwned; echo '"}]}, "faults[0].to", "one of"),
+    ({"faults": [{"kind": "flap", "target": "cas1", "period_s": 1, "down_s": 2}]}, "faults[0].down_s", "less than"),
+    ({"faults": [{"kind": "impair", "target": "cas1"}]}, "faults[0].rate_mbit", "at least one"),
+    ({"sweep": {"topology.cas": [3, 1]}, "faults": [{"kind": "poweroff", "target": "cas2"}]}, "faults[0].target",
+     "a host of this topology"),
+    ({"sweep": {"timing.observe_s": [8, 2]}, "faults": [{"kind": "poweroff", "target": "cas1", "at_s": 3}]},
+     "faults[0].at_s", "observation window"),
+    ({"sweep": {"clients.interval_ms": list(range(5, 105)), "nlb.probe_interval_ms": list(range(10, 110))}},
+     "sweep", "combinations"),
+    ({"clients": {"op_timeout_ms": 20000}}, "clients.op_timeout_ms", "observation window"),
+    ({"arrays": [{"name": "A", "fqdn": "cas1.lab.test", "site": "HQ"}]}, "arrays[0].fqdn", "not a lab host"),
+    ({"exchange": {"rpc_client_access_server": {"DB7": "cas1"}}}, "exchange.rpc_client_access_server.DB7",
+     "a database of this topology"),
+    ({"exchange": {"rpc_client_access_server": {"DB1": "cas9"}}}, "exchange.rpc_client_access_server.DB1", "one of"),
     ({"faults": [{"kind": "poweroff", "target": "cas1", "at_s": -1}]}, "faults[0].at_s", "non-negative"),
     ({"faults": [{"kind": "poweroff", "target": "cas1", "at_s": 100}]}, "faults[0].at_s", "observation window"),
     ({"faults": [{"kind": "poweroff", "target": "cas1", "when": 1}]}, "faults[0].when", "one of the keys"),
     ({"sweep": {"nlb.fast_fail": "both"}}, "sweep.nlb.fast_fail", "non-empty list"),
     ({"sweep": {"nlb.speed": [1]}}, "sweep.nlb.speed", "naming a spec setting"),
     ({"sweep": {"nlb.affinity": ["none", "bogus"]}}, "sweep.nlb.affinity", "one of"),
-    ({"faults": [{"kind": "dag-switchover", "database": "database1"}]}, "faults[0].database", "like 'DB1'"),
+    ({"faults": [{"kind": "dag-switchover", "database": "database1"}]}, "faults[0].database", "a database of this"),
     ({"arrays": {"name": "a"}}, "arrays", "array of tables"),
     ({"arrays": [{"name": "A", "fqdn": "outlook.hq.lab.test"}]}, "arrays[0].site", "(missing)"),
     ({"arrays": [{"name": "A", "fqdn": "Outlook HQ", "site": "HQ"}]}, "arrays[0].fqdn", "DNS name"),
@@ -69,9 +100,9 @@ BAD = [
      "arrays[1].site", "one array per site"),
     ({"arrays": [{"name": "A", "fqdn": "a.lab.test", "site": "Branch"}]}, "arrays[0].site", "a site of this topology"),
     ({"arrays": [], "exchange": {"rpc_client_access_server": {"DB1": "array:HQ"}}},
-     "exchange.rpc_client_access_server.DB1", "an array that exists"),
+     "exchange.rpc_client_access_server.DB1", "one of"),
     ({"arrays": [], "faults": [{"kind": "rebind", "database": "DB1", "to": "array:HQ"}]}, "faults[0].to",
-     "an array that exists"),
+     "one of"),
 ]
 
 
@@ -80,7 +111,7 @@ def test_bad_spec_names_file_key_and_expectation(raw, key, expected):
     with pytest.raises(SpecError) as info:
         spec_mod.validate(raw, "experiments/bad.toml")
     message = str(info.value)
-    assert message.startswith("experiments/bad.toml: ")
+    assert message.startswith("experiments/bad.toml"), message
     assert info.value.key == key, message
     assert expected in message, message
 
@@ -106,7 +137,7 @@ def test_overrides_are_validated_like_the_file():
         spec_mod.load("default", ["nlb.fast_fail=maybe"])
     with pytest.raises(SpecError, match="section.key=value"):
         spec_mod.load("default", ["fast_fail"])
-    with pytest.raises(SpecError, match="a section from"):
+    with pytest.raises(SpecError, match="one of the keys"):
         spec_mod.load("default", ["bogus.key=1"])
 
 

@@ -1,25 +1,32 @@
 """The addressing plan: which host plays which role, with which address, in which site.
 
-Pure data, computed from a few counts, so the topology, the runner and the services all
-read the same plan and it can be unit-tested without root.
+Pure data, computed from a few counts, so the topology, the runner, spec validation and
+the services all read the same plan and it can be unit-tested without root.
 
-Site k (1-based) is the subnet 10.k.0.0/16 on switch ``clab<k>``:
+Site k (1-based) is the subnet 10.k.0.0/16 on switch ``clab<k>``; the third octet names
+the role:
 
     10.k.0.1     router (only with more than one site)
     10.k.0.2     DNS server (site 1 only: authoritative for the lab zone)
     10.k.0.3     autodiscover
     10.k.0.4     load-balancer host (HAProxy holds the VIP there; the SDN NLB's prober)
-    10.k.0.11+   CAS          10.k.0.21+  mailbox      10.k.0.51+  client hosts
-    10.k.0.100   array VIP    10.k.(10+c).1+  extra source addresses of client host c
+    10.k.0.100   array VIP
+    10.k.1.n     CAS n of the site          (up to 64)
+    10.k.2.n     mailbox server n            (up to 16)
+    10.k.3.n     client host n               (up to 32)
+    10.k.(10+c).1-250   extra source addresses of the site's client host c (0-based)
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 SWITCH_PREFIX = "clab"
-MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 10, 30, 49  # .11-.20, .21-.50, .51-.99 (.100 is the VIP)
+MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 64, 16, 32
+MAX_SITES = 4
+ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3}
 LAB_DOMAIN = "lab.test"
 
 
@@ -38,6 +45,10 @@ class HostPlan:
     @property
     def cidr(self) -> str:
         return f"{self.ip}/{self.prefix}"
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.name}.{LAB_DOMAIN}"
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,8 @@ class SitePlan:
     def array_fqdn(self) -> str:
         return f"outlook.{self.name.lower()}.{LAB_DOMAIN}"
 
-    def address(self, host_octet: int) -> str:
-        return f"10.{self.index}.0.{host_octet}"
+    def address(self, host_octet: int, block: int = 0) -> str:
+        return f"10.{self.index}.{block}.{host_octet}"
 
     def gateway(self) -> str:
         return self.address(1)
@@ -89,6 +100,8 @@ class LabPlan:
     @classmethod
     def build(cls, sites: list[dict]) -> "LabPlan":
         """sites: [{name, cas, mailboxes, clients}], in order; the first one is HQ."""
+        if not 1 <= len(sites) <= MAX_SITES:
+            raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
         site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0))
                       for i, s in enumerate(sites)]
         for site in site_plans:
@@ -99,9 +112,9 @@ class LabPlan:
         plan = cls(site_plans)
         counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0}
 
-        def add(prefix: str, role: str, site: SitePlan, octet: int) -> None:
+        def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0) -> None:
             counters[prefix] += 1
-            plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet)))
+            plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet, block)))
 
         for site in site_plans:
             if site.index == 1:
@@ -109,11 +122,11 @@ class LabPlan:
             add("ad", "autodiscover", site, 3)
             add("lb", "lb", site, 4)
             for i in range(site.cas):
-                add("cas", "cas", site, 11 + i)
+                add("cas", "cas", site, 1 + i, ROLE_OCTET["cas"])
             for i in range(site.mailboxes):
-                add("mbx", "mailbox", site, 21 + i)
+                add("mbx", "mailbox", site, 1 + i, ROLE_OCTET["mailbox"])
             for i in range(site.clients):
-                add("cl", "client", site, 51 + i)
+                add("cl", "client", site, 1 + i, ROLE_OCTET["client"])
         return plan
 
     @property
@@ -145,3 +158,13 @@ class LabPlan:
 
     def switch_names(self) -> list[str]:
         return [site.switch for site in self.sites]
+
+
+def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
+    """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set."""
+    sites = [{"name": "HQ", "cas": topology["cas"], "mailboxes": topology["mailboxes"],
+              "clients": topology["client_hosts"]}]
+    if topology["branch"]:
+        sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": 0,
+                      "clients": topology["branch_client_hosts"]})
+    return LabPlan.build(sites)

@@ -20,9 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from caslab.events import now_ns
-from roles.protocol import FramedLink, ProtocolError, read_frame, write_frame
-from roles.cas import password_for
+from labcommon.auth import password_for
+from labcommon.catalogue import (
+    AUTODISCOVER, CLIENT_DOWN, CLIENT_UP, CONNECT_FAIL, CONNECT_OK, DOWN, LOGON, OP, RESOLVED, EventType,
+)
+from labcommon.events import now_ns
+from labcommon.protocol import FramedLink, ProtocolError, read_frame, write_frame
 from roles.service import load_config, open_log, run_forever
 from traffic.resolver import ResolveError, target_from_config
 
@@ -49,6 +52,7 @@ class ClientConfig:
     source_ips: list[str] = field(default_factory=list)
     seed: int = 1
     events: str | None = None
+    auth: str = "ntlm"  # ntlm: a re-authentication is a credential prompt; kerberos: silent
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClientConfig":
@@ -71,11 +75,12 @@ class Session:
         self.logged_on = False
         self.profile: str | None = None
         self.profile_at = 0.0
+        self.resolved: list[str] = []
         self.address_index = 0
         self.sent = 0
         self.ops, self.weights = zip(*sorted(cfg.ops.items()))
 
-    def emit(self, ev: str, **fields: Any) -> None:
+    def emit(self, ev: EventType, **fields: Any) -> None:
         self.client.log.emit(ev, session=self.sid, **fields)
 
     async def profile_server(self) -> str | None:
@@ -97,7 +102,7 @@ class Session:
             reply = {"ok": False}
         if reply.get("ok"):
             if reply["server"] != self.profile:
-                self.emit("autodiscover", server=reply["server"], db=reply.get("db"))
+                self.emit(AUTODISCOVER, server=reply["server"], db=reply.get("db"))
             self.profile, self.profile_at = reply["server"], now
         elif self.profile is None:
             raise SessionDown("autodiscover")
@@ -109,6 +114,7 @@ class Session:
         try:
             addresses = await self.client.target_for(server).resolve()
         except ResolveError as exc:
+            self.emit(CONNECT_FAIL, addr=str(server), reason="resolve")
             raise SessionDown(f"resolve: {exc}") from None
         start = 0
         if cfg.target.get("rotate"):
@@ -116,6 +122,9 @@ class Session:
             # answer order can vary between queries), shifted by one per session.
             addresses = sorted(addresses, key=lambda a: tuple(int(o) for o in a.split(".")))
             start = self.index
+        if addresses != self.resolved:
+            self.resolved = list(addresses)
+            self.emit(RESOLVED, name=str(server or ""), addresses=list(addresses))
         address = addresses[(start + self.address_index) % len(addresses)]
         local = (self.source_ip, 0) if self.source_ip else None
         try:
@@ -125,12 +134,12 @@ class Session:
         except (OSError, asyncio.TimeoutError) as exc:
             if cfg.select == "next_on_fail":
                 self.address_index += 1
-            self.emit("connect_fail", addr=address, reason=type(exc).__name__)
+            self.emit(CONNECT_FAIL, addr=address, reason=type(exc).__name__)
             raise SessionDown("connect") from None
         sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.emit("connect_ok", addr=address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        laddr, lport = sock.getsockname()[:2]
+        self.emit(CONNECT_OK, addr=address, lport=lport, laddr=laddr)
         return reader, writer, address
 
     async def call(self, reader, writer, message: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +159,7 @@ class Session:
         if self.logged_on:
             reply = await self.call(reader, writer, {"op": "resume", "session": self.sid})
             if reply.get("ok"):
-                self.emit("logon", cas=reply.get("cas"), db=self.db, reauth=False, resumed=True)
+                self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=False, resumed=True, prompt=False)
                 return
         reauth = self.logged_on
         reply = await self.call(reader, writer, {
@@ -160,7 +169,8 @@ class Session:
         if not reply.get("ok"):
             raise SessionDown(f"logon: {reply.get('error')}")
         self.logged_on = True
-        self.emit("logon", cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False)
+        self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False,
+                  prompt=reauth and self.client.config.auth == "ntlm")
 
     def next_request(self) -> dict[str, Any]:
         op = self.rng.choices(self.ops, self.weights)[0]
@@ -185,7 +195,7 @@ class Session:
                 fields["msg_id"] = request["msg_id"]
             if not reply.get("ok"):
                 fields["error"] = reply.get("error")
-            self.emit("op", **fields)
+            self.emit(OP, **fields)
             if reply.get("error") == "auth_required":
                 raise SessionDown("auth_required")
             next_at = max(next_at + interval, loop.time())
@@ -204,7 +214,7 @@ class Session:
                 await self.operate(reader, writer)
             except SessionDown as exc:
                 if writer is not None:
-                    self.emit("down", reason=str(exc))
+                    self.emit(DOWN, reason=str(exc))
             finally:
                 if writer is not None:
                     writer.close()
@@ -230,9 +240,12 @@ class Client:
         return self.targets[server]
 
     async def run(self) -> None:
-        self.log.emit("client_up", sessions=self.config.sessions, target=self.config.target)
         sessions = [Session(self, i) for i in range(self.config.sessions)]
-        await asyncio.gather(*(s.run() for s in sessions))
+        self.log.emit(CLIENT_UP, sessions=[s.sid for s in sessions], target=self.config.target)
+        try:
+            await asyncio.gather(*(s.run() for s in sessions))
+        finally:
+            self.log.emit(CLIENT_DOWN, sessions=len(sessions))
 
 
 def main() -> None:

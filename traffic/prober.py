@@ -53,7 +53,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.packet import raw
 from scapy.sendrecv import AsyncSniffer
 
-from caslab.events import EventLog, NullLog, now_ns
+from labcommon.catalogue import PROBE, PROBE_DOWN, PROBE_UP
+from labcommon.events import EventLog, NullLog, now_ns
 
 SYN, RST, ACK = 0x02, 0x04, 0x10
 SEQ_MOD = 1 << 32
@@ -183,7 +184,7 @@ class Prober:
             fields["rtt_us"] = max(0, round((reply_wall - probe.sent_wall) * 1e6))
         with self.lock:
             self.counts["ok" if result == "synack" else result] += 1
-        self.log.emit("probe", ts=probe.sent_ns, **fields)
+        self.log.emit(PROBE, ts=probe.sent_ns, **fields)
 
     def expire(self, now: int) -> None:
         """Main thread: probes older than timeout_ms without a reply have failed."""
@@ -207,7 +208,7 @@ class Prober:
         cfg = self.config
         try:
             self.start_sniffer()
-            self.log.emit("probe_up", target=cfg.target_ip, port=cfg.port, rate_hz=cfg.rate_hz, iface=self.iface,
+            self.log.emit(PROBE_UP, target=cfg.target_ip, port=cfg.port, rate_hz=cfg.rate_hz, iface=self.iface,
                           src=self.src, filter=self.bpf_filter(), timeout_ms=cfg.timeout_ms,
                           sport_range=list(cfg.sport_range), send_rst=cfg.send_rst)
             self._loop(stop)
@@ -216,7 +217,7 @@ class Prober:
             if self.sniffer is not None and self.sniffer.running:
                 self.sniffer.stop(join=True)
             self.sock.close()
-        self.log.emit("probe_down", **self.counts)
+        self.log.emit(PROBE_DOWN, **self.counts)
         return dict(self.counts)
 
     def _loop(self, stop: threading.Event) -> None:

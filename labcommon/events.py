@@ -2,7 +2,9 @@
 
 All Mininet hosts share one kernel, so CLOCK_MONOTONIC agrees across hosts: every event
 carries ``ts`` in monotonic nanoseconds and that is what makes cross-host timing exact.
-The event log is the single source of truth for metrics and reports.
+The event log is the single source of truth for metrics and reports. Events are the
+constants of ``labcommon.catalogue``; with ``CASLAB_STRICT_EVENTS=1`` (the test suite
+sets it) a record that does not match its declaration raises at once.
 """
 
 from __future__ import annotations
@@ -12,12 +14,33 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
+
+from labcommon.catalogue import EventType
+
+
+class EventSchemaError(ValueError):
+    """A producer emitted a record its catalogue entry does not describe."""
 
 
 def now_ns() -> int:
     """CLOCK_MONOTONIC in nanoseconds (the lab's one clock)."""
     return time.monotonic_ns()
+
+
+def _strict() -> bool:
+    return os.environ.get("CASLAB_STRICT_EVENTS") == "1"
+
+
+def make_record(source: str, event: EventType, ts: int | None, fields: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(event, EventType):
+        raise TypeError(f"emit() takes an event from labcommon.catalogue, not {event!r}")
+    record = {"ts": now_ns() if ts is None else ts, "src": source, "ev": str(event), **fields}
+    if _strict():
+        wrong = event.problems(record)
+        if wrong:
+            raise EventSchemaError("; ".join(wrong))
+    return record
 
 
 class EventLog:
@@ -30,11 +53,12 @@ class EventLog:
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
         self._lock = threading.Lock()
 
-    def emit(self, ev: str, ts: int | None = None, **fields: Any) -> dict:
-        record = {"ts": now_ns() if ts is None else ts, "src": self.source, "ev": ev, **fields}
+    def emit(self, event: EventType, ts: int | None = None, **fields: Any) -> dict:
+        record = make_record(self.source, event, ts, fields)
         line = json.dumps(record, separators=(",", ":"), sort_keys=True)
         with self._lock:
-            self._file.write(line + "\n")
+            if not self._file.closed:
+                self._file.write(line + "\n")
         return record
 
     def close(self) -> None:
@@ -54,8 +78,8 @@ class NullLog:
 
     source = "null"
 
-    def emit(self, ev: str, ts: int | None = None, **fields: Any) -> dict:
-        return {"ts": now_ns() if ts is None else ts, "ev": ev, **fields}
+    def emit(self, event: EventType, ts: int | None = None, **fields: Any) -> dict:
+        return make_record(self.source, event, ts, fields)
 
     def close(self) -> None:
         pass
@@ -72,13 +96,3 @@ def read_events(path: str | os.PathLike) -> Iterator[dict]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-
-
-def merge_event_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> int:
-    """Merge per-process logs into one file ordered by (ts, src); returns the event count."""
-    events = [ev for path in paths for ev in read_events(path)]
-    events.sort(key=lambda ev: (ev["ts"], ev.get("src", ""), json.dumps(ev, sort_keys=True)))
-    with open(out, "w", encoding="utf-8") as handle:
-        for ev in events:
-            handle.write(json.dumps(ev, separators=(",", ":"), sort_keys=True) + "\n")
-    return len(events)

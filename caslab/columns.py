@@ -1,0 +1,120 @@
+"""The results table, declared once: every column's key, header, unit and format.
+
+``summary.csv``, the report's tables (Markdown and HTML) and the terminal table all
+iterate ``COLUMNS`` over the same rows (``FaultSummary``: one row per scenario and fault);
+none of them picks fields of its own. ``terminal`` marks the columns the terminal shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def path(dotted: str) -> Callable[[Any], Any]:
+    """Getter for a dotted path through objects or dicts ('reconnect_ms.p50')."""
+    parts = dotted.split(".")
+
+    def get(row: Any) -> Any:
+        value = row
+        for part in parts:
+            if value is None:
+                return None
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        return value
+    return get
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str                    # the CSV header and the name in docs/RESULTS.md
+    header: str                 # what people read
+    unit: str = ""
+    fmt: str = ""               # format spec for numbers ('.1f'); '' = as is
+    terminal: int = 0           # width in the terminal table (0: not shown there)
+    source: str = ""            # dotted path into a row (default: key)
+    doc: str = ""
+
+    def value(self, row: Any) -> Any:
+        return path(self.source or self.key)(row)
+
+    def text(self, row: Any, missing: str = "-") -> str:
+        value = self.value(row)
+        if value is None:
+            return missing
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return "[" + ", ".join(f"{v:{self.fmt}}" if self.fmt and isinstance(v, (int, float)) else str(v)
+                                   for v in value) + "]"
+        if self.fmt and isinstance(value, (int, float)):
+            return f"{value:{self.fmt}}"
+        return str(value)
+
+    @property
+    def title(self) -> str:
+        return f"{self.header} ({self.unit})" if self.unit else self.header
+
+
+COLUMNS: list[Column] = [
+    Column("label", "scenario", terminal=30, doc="mode and sweep point"),
+    Column("fault", "fault", terminal=22, doc="the fault this row is about"),
+    Column("mode", "mode", doc="HA mode"),
+    Column("repetitions", "reps"),
+    Column("sessions", "sessions", terminal=6, doc="client sessions, all repetitions"),
+    Column("affected", "affected", terminal=5, doc="on the failed element at the fault"),
+    Column("recovered", "recovered", terminal=5, doc="affected, and a success observed after the fault and the drop"),
+    Column("unrecovered", "unrecovered", terminal=6, doc="affected, no success before the window closed"),
+    Column("collateral", "collateral", terminal=5, doc="not affected, yet dropped, stalled or late"),
+    Column("stalled", "stalled", terminal=5, doc="no success for longer than the stall threshold"),
+    Column("reauth", "re-auth", doc="affected sessions' logons that needed credentials"),
+    Column("prompts", "prompts", doc="of them, user-visible credential prompts (NTLM)"),
+    Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50"),
+    Column("reconnect_p95_ms", "p95", "ms", ".1f", 0, "reconnect_ms.p95"),
+    Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99"),
+    Column("reconnect_max_ms", "max", "ms", ".1f", 9, "reconnect_ms.max"),
+    Column("reconnect_n", "n", "", "d", 0, "reconnect_ms.n", "affected sessions with a reconnect time"),
+    Column("ci95_mean_ms", "mean 95 % CI", "ms", ".1f", 0, "reconnect_ms.ci95_mean",
+           "of the per-repetition means"),
+    Column("detection_p50_ms", "LB noticed", "ms", ".1f", 0, "detection_ms.p50",
+           "first load-balancer reaction after the fault (median over repetitions)"),
+    Column("messages_acked", "msgs acked", source="messages.acked"),
+    Column("messages_lost", "lost", terminal=4, source="messages.lost", doc="acked but missing from the active copy"),
+    Column("probe_gap_ms", "SYN probe gap", "ms", ".1f", doc="longest run of failed SYN probes"),
+    Column("app_probe_gap_ms", "app probe gap", "ms", ".1f", doc="longest run of failed application probes"),
+    Column("capture_max_diff_ms", "capture vs events", "ms", ".3f", 0, "capture_check.max_abs_diff_ms",
+           "largest difference of wire and event reconnect times"),
+    Column("goodput_dip_unaffected", "goodput dip", "", ".2f", 0, "goodput_dip_unaffected",
+           "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
+    Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
+    Column("fidelity_ok", "fidelity", doc="CPU idle stayed above the fidelity threshold"),
+    Column("trustworthy", "trusted", terminal=7, doc="fidelity passed, the run completed, no lab process died"),
+]
+
+
+def terminal_table(rows: list[Any]) -> str:
+    shown = [c for c in COLUMNS if c.terminal]
+    widths = {c.key: max(c.terminal, len(c.header)) for c in shown}
+    for row in rows:
+        for c in shown[:2]:
+            widths[c.key] = max(widths[c.key], len(c.text(row)))
+    lines = [" ".join(c.header.ljust(widths[c.key]) if i < 2 else c.header.rjust(widths[c.key])
+                      for i, c in enumerate(shown))]
+    for row in rows:
+        lines.append(" ".join(c.text(row).ljust(widths[c.key]) if i < 2 else c.text(row).rjust(widths[c.key])
+                              for i, c in enumerate(shown)))
+    return "\n".join(lines)
+
+
+SESSION_COLUMNS: list[Column] = [
+    Column("scenario", "scenario id"), Column("label", "scenario"), Column("mode", "mode"),
+    Column("repetition", "repetition", doc="0-based"), Column("fault_index", "fault index"),
+    Column("fault", "fault"), Column("session", "session"), Column("host", "client host"),
+    Column("address", "client address"), Column("db", "database"),
+    Column("cas_at_fault", "CAS before", doc="the CAS of its last success before the fault"),
+    Column("cas_after", "CAS after", doc="the CAS of its first success after the drop"),
+    Column("affected", "affected"), Column("dropped_ms", "drop", "ms", ".3f", doc="first drop after the fault"),
+    Column("reconnect_ms", "reconnect", "ms", ".3f"), Column("recovered", "recovered"),
+    Column("stalled", "stalled"), Column("longest_gap_ms", "longest gap", "ms", ".3f"),
+    Column("collateral", "collateral"), Column("reauth", "re-auth"), Column("prompts", "prompts"),
+]

@@ -1,0 +1,107 @@
+"""The typed context of one scenario run: what the runner, the modes and the faults share.
+
+It replaces a bag of string keys with named fields whose writer and readers are stated:
+
+    field               written by                       read by
+    spec, plan, lab     scenario.run_scenario            everyone
+    databases           services.start_mailboxes         faults (Active Manager), metrics records
+    rcas                services.start_autodiscover      faults.rebind
+    dns_server          services.start_dns               modes (client targets)
+    nlb_socket          modes.sdn_nlb (config)           modes.sdn_nlb (health agents)
+    nlb_api_port        scenario.run_scenario            modes.sdn_nlb, bench, `caslab nlb`
+    controller          scenario.start_controller        faults.controller_crash
+    restart_controller  scenario.start_controller        faults.controller_crash
+    timers              faults (delayed actions)         scenario (cancelled at teardown)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from caslab.netlab import LabNetwork, LabProcess
+from topologies.plan import LabPlan
+
+PYTHON = sys.executable
+
+
+@dataclass
+class DatabaseLayout:
+    """One mailbox database of the DAG: its copies (servers) and which one is active."""
+
+    active: str
+    copies: list[str]
+
+
+@dataclass
+class RunContext:
+    """Everything one scenario run shares (see the module docstring for who writes what)."""
+
+    spec: dict[str, Any]
+    plan: LabPlan
+    lab: LabNetwork
+    raw_dir: Path
+    log: Any
+    repetition: int = 0
+    nlb_api_port: int | None = None
+    controller: LabProcess | None = None
+    restart_controller: Callable[[], None] | None = None
+    dns_server: str | None = None
+    nlb_socket: str | None = None
+    databases: dict[str, DatabaseLayout] = field(default_factory=dict)
+    rcas: dict[str, str] = field(default_factory=dict)
+    timers: list[threading.Timer] = field(default_factory=list)
+    _socket_dir: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.spec["mode"]
+
+    def socket_dir(self) -> Path:
+        """A short private folder for Unix sockets (their paths must stay under 108 bytes,
+        which a deep result folder would not); removed by ``close``."""
+        if self._socket_dir is None:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="caslab-"))
+        return self._socket_dir
+
+    def arrays(self) -> dict[str, dict[str, str]]:
+        """Site name -> {name, fqdn} of its CAS array (New-ClientAccessArray)."""
+        configured = self.spec.get("arrays")
+        if configured is None:
+            return {s.name: {"name": f"{s.name}-Array", "fqdn": s.array_fqdn} for s in self.plan.sites
+                    if self.plan.by_role("cas", s.name)}
+        return {a["site"]: {"name": a["name"], "fqdn": a["fqdn"]} for a in configured}
+
+    def events_path(self, source: str) -> str:
+        return str(self.raw_dir / f"{source}.jsonl")
+
+    def write_config(self, name: str, config: dict[str, Any]) -> Path:
+        path = self.raw_dir / "config" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1, sort_keys=True))
+        return path
+
+    def start_module(self, host: str, name: str, module: str, config: dict[str, Any]) -> LabProcess:
+        """Run ``python -m module CONFIG`` inside a host (argument list, never a shell)."""
+        path = self.write_config(name, config)
+        return self.lab.popen_in(host, name, [PYTHON, "-m", module, str(path)])
+
+    def later(self, delay_s: float, action: Callable[[], None]) -> threading.Timer:
+        """Run an action after a delay (cancelled at teardown if the run ends first)."""
+        timer = threading.Timer(delay_s, action)
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+        return timer
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)

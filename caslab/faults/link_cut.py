@@ -1,0 +1,26 @@
+"""link-cut: a CAS loses its path to the mailbox servers (blackhole routes in the CAS)."""
+
+from __future__ import annotations
+
+from caslab.faults import Fault
+from caslab.schema import Field, non_negative
+
+
+class LinkCut(Fault):
+    kind = "link-cut"
+    summary = "a CAS loses its path to every mailbox server (blackhole routes); clients still reach it"
+    target_roles = ("cas",)
+    example = {"target": "cas1", "duration_s": 1.0}
+    fields = {"duration_s": Field((int, float), 0.0, non_negative,
+                                  "seconds until the routes are restored (0: cut to the end)")}
+
+    def _routes(self, ctx, action: str) -> None:
+        for host in self.targets:
+            for mailbox in ctx.plan.by_role("mailbox"):
+                ctx.lab.run_in(host, ["ip", "route", action, "blackhole", f"{mailbox.ip}/32"])
+
+    def inject(self, ctx):
+        self._routes(ctx, "add")
+
+    def undo(self, ctx):
+        self._routes(ctx, "del")

@@ -1,0 +1,165 @@
+"""The typed results of the metrics: what report, CSV and terminal table read.
+
+One ``SessionFault`` per session and fault, one ``FaultRun`` per fault and run, one
+``RunOutcome`` per run (scenario repetition); ``FaultSummary`` aggregates a fault over a
+scenario's repetitions (one row of every table) and ``ScenarioSummary`` holds a scenario's
+rows plus what belongs to the whole run (goodput, CPU, probes, messages). Definitions:
+docs/ARCHITECTURE.md, "Metrics".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from caslab.metrics.stats import Distribution
+
+PHASES = ("lb_noticed", "client_saw", "connected", "logged_on", "first_op")
+PHASE_LABELS = {"lb_noticed": "load balancer noticed", "client_saw": "client saw reset / timeout",
+                "connected": "connected", "logged_on": "logged on", "first_op": "first successful operation"}
+
+
+@dataclass
+class SessionFault:
+    """One client session under one fault (times in ms after the fault instant)."""
+
+    session: str
+    host: str
+    address: str | None           # the client address the session used
+    cas_at_fault: str | None
+    db: str | None
+    affected: bool
+    dropped_ms: float | None      # first drop (reset, timeout, failed operation) in the fault's window
+    stalled: bool                 # no successful operation for longer than the stall threshold
+    longest_gap_ms: float
+    late: bool                    # an operation slower than the late threshold in the window
+    disrupted: bool               # dropped or stalled
+    recovered: bool
+    reconnect_ms: float | None    # first success after the drop (or the stall), affected sessions only
+    cas_after: str | None         # the CAS of that success
+    reauth: int                   # logons that needed credentials again, in the window
+    prompts: int                  # of them, user-visible credential prompts (NTLM)
+    phases: dict[str, float | None] | None = None
+
+    @property
+    def unrecovered(self) -> bool:
+        return self.affected and not self.recovered
+
+    @property
+    def collateral(self) -> bool:
+        return not self.affected and (self.disrupted or self.late)
+
+
+@dataclass
+class FaultRun:
+    """One fault of one run."""
+
+    index: int
+    kind: str
+    label: str
+    t_ns: int
+    elements: list[str]
+    affects: str
+    window_end_ns: int
+    detection_ms: float | None
+    sessions: list[SessionFault]
+
+    def count(self, attr: str) -> int:
+        return sum(1 for s in self.sessions if getattr(s, attr))
+
+    @property
+    def reconnect_ms(self) -> list[float]:
+        return [s.reconnect_ms for s in self.sessions if s.affected and s.reconnect_ms is not None]
+
+
+@dataclass
+class Goodput:
+    """Successful operations per second around the first fault (bins of 1 s, k=0 starts at it)."""
+
+    first_bin: int = 0                          # index of bins[0] relative to the fault
+    all_sessions: list[int] = field(default_factory=list)
+    unaffected: list[int] = field(default_factory=list)
+    pre_fault: float | None = None              # mean ops/s of all sessions before the fault
+    pre_fault_unaffected: float | None = None
+    dip: float | None = None                    # lowest post-fault second / pre-fault level (all sessions)
+    dip_unaffected: float | None = None
+
+
+@dataclass
+class RunOutcome:
+    scenario: str
+    rep: int
+    complete: bool
+    t0_ns: int                                 # first fault (or window start): the plots' zero
+    sessions: list[str]
+    faults: list[FaultRun]
+    goodput: Goodput
+    cpu_idle: dict[str, float | None]          # mean, min, pre_fault over the window
+    cpu_series: list[float]
+    probe_gap_ms: float | None
+    app_probe_gap_ms: float | None
+    messages: dict[str, int]
+    process_exits: list[dict[str, Any]]
+    probe_availability: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (s, % answered)
+    capture_check: dict[str, Any] | None = None
+
+
+@dataclass
+class FaultSummary:
+    """One fault of one scenario over all its repetitions: one row of every results table."""
+
+    scenario: str
+    label: str
+    mode: str
+    fault_index: int
+    fault: str
+    kind: str
+    repetitions: int
+    sessions: int
+    affected: int
+    recovered: int
+    unrecovered: int
+    collateral: int
+    disrupted: int
+    stalled: int
+    reauth: int
+    prompts: int
+    reconnect_ms: Distribution
+    detection_ms: Distribution
+    phases_ms: dict[str, float | None]
+    messages: dict[str, int]
+    probe_gap_ms: float | None
+    app_probe_gap_ms: float | None
+    capture_check: dict[str, Any] | None
+    cpu_idle_pct: float | None
+    fidelity_ok: bool
+    trustworthy: bool
+    goodput_dip_unaffected: float | None
+    client_deaths: int
+
+
+@dataclass
+class ScenarioSummary:
+    id: str
+    label: str
+    mode: str
+    params: dict[str, Any]
+    repetitions: int
+    sessions: int
+    faults: list[FaultSummary]
+    goodput: dict[str, Any]
+    cpu_idle_pct: float | None
+    cpu_idle_min_pct: float | None
+    fidelity_ok: bool
+    trustworthy: bool
+    untrustworthy_reasons: list[str]
+    notices: list[str]
+    messages: dict[str, int]
+    probe_gap_ms: float | None
+    app_probe_gap_ms: float | None
+    capture_check: dict[str, Any] | None
+    process_exits: list[dict[str, Any]]
+
+
+def to_dict(obj: Any) -> Any:
+    return asdict(obj)

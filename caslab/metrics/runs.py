@@ -1,0 +1,144 @@
+"""One run's outcome from its events: every fault's sessions, goodput, CPU, probes, mail.
+
+Inputs are the events of one scenario repetition (as merged in ``events.jsonl``) and the
+thresholds of ``RunParams``; nothing else. The same events give the same outcome.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+from labcommon.catalogue import (
+    APP_PROBE, CLIENTS_READY, CPU, FAULT, LB_MEMBER, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP,
+    PROBE, PROCESS_EXIT, SCENARIO_END,
+)
+
+from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
+from caslab.metrics.sessions import member_down_times, session_fault, tracks
+
+NS = 1_000_000_000
+PRE_FAULT_S = 5  # goodput's pre-fault level: at most this many whole seconds before the fault
+
+
+@dataclass(frozen=True)
+class RunParams:
+    late_ms: float = 500
+    stall_ms: float = 1500
+    min_cpu_idle_pct: float = 35
+
+
+def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: int = 0) -> RunOutcome:
+    events = sorted(events, key=lambda e: e["ts"])
+    start = next((e["ts"] for e in events if e["ev"] == MEASURE_START), events[0]["ts"] if events else 0)
+    end_event = next((e for e in events if e["ev"] == MEASURE_END), None)
+    end = end_event["ts"] if end_event else max((e["ts"] for e in events), default=start)
+    complete = end_event is not None and any(e["ev"] == SCENARIO_END and e.get("ok") for e in events)
+    session_tracks = tracks(events, params.late_ms)
+    fault_events = [e for e in events if e["ev"] == FAULT]
+    downs = member_down_times(events)
+    faults = []
+    for i, fe in enumerate(fault_events):
+        window_end = max(fe["ts"], min(fault_events[i + 1]["ts"], end)) if i + 1 < len(fault_events) else end
+        elements = set(fe.get("elements", []))
+        affects = fe.get("affects", "on_elements")
+        sessions = [session_fault(track, fe["ts"], window_end, end, elements, affects, int(params.stall_ms * 1e6),
+                                  downs) for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
+        faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
+                               sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
+                               sessions))
+    t0 = fault_events[0]["ts"] if fault_events else start
+    ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
+    return RunOutcome(
+        scenario=scenario, rep=rep, complete=complete, t0_ns=t0, sessions=sorted(session_tracks), faults=faults,
+        goodput=goodput(events, t0, end, ever_affected), cpu_idle=cpu_idle(events, start, end, t0),
+        cpu_series=[e["idle_pct"] for e in events if e["ev"] == CPU and start <= e["ts"] <= end],
+        probe_gap_ms=failed_run_ms(events, PROBE, start, end), app_probe_gap_ms=failed_run_ms(events, APP_PROBE, start, end),
+        messages=message_integrity(events),
+        process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
+                       for e in events if e["ev"] == PROCESS_EXIT],
+        probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)})
+
+
+def detection_ms(events: list[dict], t_fault: int, elements: set[str]) -> float | None:
+    """First load-balancer reaction after the fault: a failed member stops taking new connections."""
+    for e in events:
+        if e["ts"] >= t_fault and e["ev"] == LB_MEMBER and not e.get("accepts_new", True) \
+                and e.get("member") in elements:
+            return round((e["ts"] - t_fault) / 1e6, 1)
+    return None
+
+
+def goodput(events: list[dict], t0: int, end: int, affected: set[str]) -> Goodput:
+    """Successful operations per whole second around t0, for all and for unaffected sessions."""
+    ready = next((e["ts"] for e in events if e["ev"] == CLIENTS_READY), None)
+    earliest = max(t0 - PRE_FAULT_S * NS, ready if ready is not None else t0)
+    first_bin = -((t0 - earliest) // NS)
+    last_bin = (end - t0) // NS  # bins [first_bin, last_bin) are whole seconds
+    size = max(0, last_bin - first_bin)
+    all_counts, unaffected = [0] * size, [0] * size
+    for e in events:
+        if e["ev"] != OP or not e.get("ok"):
+            continue
+        k = (e["ts"] - t0) // NS - first_bin
+        if 0 <= k < size:
+            all_counts[k] += 1
+            if e["session"] not in affected:
+                unaffected[k] += 1
+    pre = -first_bin
+    out = Goodput(first_bin=first_bin, all_sessions=all_counts, unaffected=unaffected)
+    if pre > 0 and size > pre:
+        out.pre_fault = round(statistics.fmean(all_counts[:pre]), 1)
+        out.pre_fault_unaffected = round(statistics.fmean(unaffected[:pre]), 1)
+        if out.pre_fault:
+            out.dip = round(min(all_counts[pre:]) / out.pre_fault, 3)
+        if out.pre_fault_unaffected:
+            out.dip_unaffected = round(min(unaffected[pre:]) / out.pre_fault_unaffected, 3)
+    return out
+
+
+def cpu_idle(events: list[dict], start: int, end: int, t0: int) -> dict[str, float | None]:
+    window = [e for e in events if e["ev"] == CPU and start <= e["ts"] <= end]
+    values = [e["idle_pct"] for e in window]
+    pre = [e["idle_pct"] for e in window if e["ts"] < t0]
+    return {"mean": round(statistics.fmean(values), 1) if values else None,
+            "min": min(values) if values else None,
+            "pre_fault": round(statistics.fmean(pre), 1) if pre else None}
+
+
+def failed_run_ms(events: list[dict], kind: str, start: int, end: int) -> float | None:
+    """Longest run of failed probes of one kind: first failure to the next success (ms)."""
+    probes = [(e["ts"], bool(e.get("ok"))) for e in events if e["ev"] == kind and start <= e["ts"] <= end]
+    if not probes:
+        return None
+    longest, gap_start = 0, None
+    for ts, ok in probes:
+        if not ok and gap_start is None:
+            gap_start = ts
+        elif ok and gap_start is not None:
+            longest = max(longest, ts - gap_start)
+            gap_start = None
+    if gap_start is not None:
+        longest = max(longest, probes[-1][0] - gap_start)
+    return round(longest / 1e6, 1)
+
+
+def availability(events: list[dict], kind: str, t0: int, bin_s: float = 0.25) -> list[tuple[float, float]]:
+    """Share of probes of one kind answered, per time bin relative to t0: (start s, %)."""
+    bins: dict[int, list[bool]] = defaultdict(list)
+    for e in events:
+        if e["ev"] == kind:
+            bins[int((e["ts"] - t0) / 1e9 // bin_s)].append(bool(e.get("ok")))
+    return [(round(k * bin_s, 3), round(100 * sum(v) / len(v), 1)) for k, v in sorted(bins.items())]
+
+
+def message_integrity(events: list[dict]) -> dict[str, int]:
+    """Acknowledged sends against what the copy that is active at the end holds."""
+    acked = {e["msg_id"] for e in events if e["ev"] == OP and e.get("op") == "send" and e.get("ok")}
+    stored_by_db: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if e["ev"] == MAILBOX_CONTENTS and e.get("active", True):
+            stored_by_db[e["db"]].update(e["msg_ids"])
+    stored = set().union(*stored_by_db.values()) if stored_by_db else set()
+    return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored)}

@@ -1,0 +1,98 @@
+"""HA modes: how clients find a CAS, and what stands between them. One class per mode,
+one file per class, collected in ``MODES``.
+
+A mode class declares:
+
+* ``name``, ``description``    its spec name and one line for tables and docs;
+* ``section``, ``settings``    the spec section it owns and that section's keys (``Field``s);
+* ``capabilities``             what faults may ask of it: ``load_balancer`` (drain, rejoin),
+                               ``controller`` (an SDN controller that can crash);
+* ``controller_app``           the controller app run on the switches (plain L2 by default);
+
+and implements ``controller_config``, ``array_addresses``, ``start``, ``target`` and,
+with a load balancer, ``drain`` / ``rejoin``. ``caslab.spec`` reads the declarations;
+adding a mode is one new file in this folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from caslab.schema import Field
+from labcommon.ports import AUTODISCOVER_PORT
+from topologies.plan import LAB_DOMAIN, HostPlan
+
+if TYPE_CHECKING:
+    from caslab.context import RunContext
+
+MODES: dict[str, "Mode"] = {}
+
+
+class Mode:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    section: ClassVar[str | None] = None
+    settings: ClassVar[dict[str, Field]] = {}
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    controller_app: ClassVar[str] = "controllers.l2_switch"
+    rotate_answers: ClassVar[bool] = False  # dns-rr: sessions start at different A records
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in MODES:
+                raise TypeError(f"mode {cls.name!r} is defined twice")
+            MODES[cls.name] = cls()
+
+    def controller_config(self, ctx: "RunContext") -> dict[str, Any] | None:
+        return None
+
+    def array_addresses(self, ctx: "RunContext") -> dict[str, list[str]]:
+        """Site name -> the addresses the array FQDN resolves to in this mode."""
+        raise NotImplementedError
+
+    def start(self, ctx: "RunContext") -> None:
+        """Start this mode's own processes, after the roles are up."""
+
+    def default_rcas(self, ctx: "RunContext") -> str:
+        """The RpcClientAccessServer databases get: the HQ array's FQDN where there is one,
+        else (no array in HQ) the name of HQ's first CAS."""
+        hq = ctx.plan.sites[0].name
+        arrays = ctx.arrays()
+        return arrays[hq]["fqdn"] if hq in arrays else f"{ctx.plan.by_role('cas', hq)[0].name}.{LAB_DOMAIN}"
+
+    def target(self, ctx: "RunContext", client: HostPlan) -> dict[str, Any]:
+        """Every mode: autodiscover of the client's site -> profile server name -> DNS."""
+        ad = ctx.plan.by_role("autodiscover", client.site)[0]
+        return {"kind": "autodiscover", "address": f"{ad.ip}:{AUTODISCOVER_PORT}", "dns": ctx.dns_server,
+                "refresh_s": ctx.spec["exchange"]["autodiscover_refresh_s"], "rotate": self.rotate_answers}
+
+    def drain(self, ctx: "RunContext", host: str, deadline_s: float) -> None:
+        raise NotImplementedError(f"mode {self.name} has no load balancer to drain")
+
+    def rejoin(self, ctx: "RunContext", host: str) -> None:
+        raise NotImplementedError(f"mode {self.name} has no load balancer to rejoin")
+
+
+class VipMode(Mode):
+    """Modes where the array name resolves to a virtual IP (one per site with CAS)."""
+
+    def array_addresses(self, ctx):
+        return {site.name: [site.vip] for site in ctx.plan.sites if ctx.plan.by_role("cas", site.name)}
+
+
+def mode_for(name: str) -> Mode:
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ValueError(f"mode {name!r} is not implemented; available: {sorted(MODES)}") from None
+
+
+def _load_all() -> None:
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_load_all()

@@ -1,0 +1,84 @@
+"""haproxy: a hardware-style load balancer; real HAProxy in the lb host holds the VIP."""
+
+from __future__ import annotations
+
+import socket
+
+from caslab.modes import VipMode
+from caslab.schema import Field, int_range
+from labcommon.catalogue import LB_ADMIN, LB_MEMBER
+from labcommon.ports import CAS_PORT
+
+
+class Haproxy(VipMode):
+    name = "haproxy"
+    description = "real HAProxy (TCP mode) holding the VIP; health checks inter/fall/rise"
+    capabilities = frozenset({"load_balancer"})
+    section = "haproxy"
+    settings = {
+        "inter_ms": int_range(2000, 10, 600000),
+        "fall": int_range(3, 1, 100),
+        "rise": int_range(2, 1, 100),
+        "shutdown_sessions": Field(bool, False, doc="on-marked-down shutdown-sessions"),
+    }
+
+    def config_text(self, ctx, site) -> str:
+        h = ctx.spec["haproxy"]
+        marked_down = " on-marked-down shutdown-sessions" if h["shutdown_sessions"] else ""
+        servers = "\n".join(f"    server {c.name} {c.ip}:{CAS_PORT} check"
+                            for c in ctx.plan.by_role("cas", site.name))
+        return (
+            "global\n    log stdout format raw local0 info\n    maxconn 4096\n"
+            f"    stats socket {self.admin_socket(ctx, site)} mode 600 level admin\n"
+            "defaults\n    mode tcp\n    log global\n    timeout connect 1s\n    timeout client 1h\n"
+            "    timeout server 1h\n    retries 2\n    option redispatch\n"
+            f"frontend cas_array\n    bind {site.vip}:{CAS_PORT}\n    default_backend cas\n"
+            "backend cas\n    balance roundrobin\n"
+            f"    default-server inter {h['inter_ms']} fall {h['fall']} rise {h['rise']}{marked_down}\n"
+            f"{servers}\n")
+
+    def start(self, ctx):
+        for site in ctx.plan.sites:
+            if not ctx.plan.by_role("cas", site.name):
+                continue
+            lb = ctx.plan.by_role("lb", site.name)[0]
+            ctx.lab.run_in(lb.name, ["ip", "addr", "add", f"{site.vip}/16", "dev", ctx.lab.host_interface(lb.name)])
+            path = ctx.raw_dir / "config" / f"haproxy-{lb.name}.cfg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.config_text(ctx, site))
+            ctx.lab.popen_in(lb.name, f"haproxy-{lb.name}", ["haproxy", "-db", "-f", str(path)],
+                             on_line=lambda ts, line: self.on_log(ctx, ts, line))
+
+    @staticmethod
+    def admin_socket(ctx, site) -> str:
+        """HAProxy's runtime API: a Unix socket, reachable from the root namespace."""
+        return str(ctx.socket_dir() / f"haproxy-{site.name.lower()}.sock")
+
+    def runtime(self, ctx, host: str, command: str) -> str:
+        site = ctx.plan.site(ctx.plan.host(host).site)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(self.admin_socket(ctx, site))
+            sock.sendall(command.encode() + b"\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        ctx.log.emit(LB_ADMIN, command=command, answer=answer.decode(errors="replace").strip()[:200])
+        return answer.decode(errors="replace")
+
+    def drain(self, ctx, host, deadline_s):
+        """As an admin would: no new sessions to the server, existing ones stay."""
+        self.runtime(ctx, host, f"set server cas/{host} state drain")
+
+    def rejoin(self, ctx, host):
+        self.runtime(ctx, host, f"set server cas/{host} state ready")
+
+    @staticmethod
+    def on_log(ctx, ts: int, line: str) -> None:
+        """Turn HAProxy's 'Server cas/cas1 is DOWN' log lines into timed events."""
+        if not line.startswith("Server cas/") or (" is DOWN" not in line and " is UP" not in line):
+            return
+        member = line[len("Server cas/"):].split()[0]
+        up = " is UP" in line
+        ctx.log.emit(LB_MEMBER, ts=ts, member=member, reason="check_up" if up else "check_down", alive=up,
+                     accepts_new=up, detail=line[:200])

@@ -1,0 +1,132 @@
+"""Results of a run folder: summary.json, summary.csv, sessions.csv, figures, report.md and
+report.html, all rendered from the analysis (caslab/analysis.py).
+
+``caslab report DIR`` calls ``write_report`` on a finished run's folder and regenerates
+everything byte-identically from ``events.jsonl`` and ``manifest.json`` (and the
+captures): the event log is the only input, so a report can always be rebuilt and
+checked. Nothing here computes a metric; tables iterate ``caslab.columns``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader
+
+from caslab import metrics
+from caslab.analysis import Analysis, analyze
+from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.report import plots
+
+TEMPLATES = Path(__file__).parent / "templates"
+CAPTIONS = {
+    "verdict.png": "The answer: per design, the share of affected sessions served again over time since the fault "
+                   "(log axis). A curve that stops below 100 % at the window's end left users cut off.",
+    "reconnect-cdf.png": "Distribution of reconnect times of the affected sessions, all repetitions; it levels off "
+                         "at the recovered fraction, and a marker at the window's end shows the never-recovered.",
+    "reconnect-means.png": "Mean of the repetitions' mean reconnect times with its 95 % confidence interval "
+                           "(Student's t); triangles at the window's end count sessions that never recovered.",
+    "phases.png": "Median milestones of a reconnect, from the fault: load balancer noticed, client saw its reset "
+                  "or timeout, connected, logged on, first successful operation.",
+    "goodput.png": "Successful operations per second around the fault (mean over repetitions; thin: unaffected "
+                   "sessions only), and CPU idle with the fidelity threshold.",
+    "probes.png": "Share of SYN probes (a new connection's handshake) and application probes (resolve, connect, "
+                  "logon, one operation through the array name) answered, per 0.25 s.",
+    "timeline": "Each client session around the fault (first repetition): successful operations, failures and "
+                "drops, the fault and the load balancer's detection; the inset zooms into the first second.",
+}
+
+
+def caption(name: str) -> str:
+    return CAPTIONS["timeline"] if name.startswith("timeline-") else CAPTIONS.get(name, name)
+
+
+def csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def write_csv(path: Path, columns: list[Column], rows: list[Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.key for c in columns])
+    for row in rows:
+        writer.writerow([csv_value(c.value(row)) for c in columns])
+    path.write_text(buffer.getvalue())
+
+
+def session_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """One row per session, fault and repetition (sessions.csv)."""
+    meta = {s.id: s for s in analysis.scenarios}
+    rows = []
+    for (sid, rep), run in sorted(analysis.runs.items()):
+        for fault in run.faults:
+            for s in fault.sessions:
+                rows.append({"scenario": sid, "label": meta[sid].label, "mode": meta[sid].mode, "repetition": rep,
+                             "fault_index": fault.index, "fault": fault.label, **metrics.to_dict(s),
+                             "collateral": s.collateral})
+    return rows
+
+
+def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
+    """One sentence per scenario, from its headline fault's numbers."""
+    out = []
+    window = analysis.manifest["spec"]["timing"]["observe_s"]
+    for s in analysis.scenarios:
+        index = plots.headline_fault(s)
+        row = next((r for r in s.faults if r.fault_index == index), None)
+        if row is None:
+            out.append({"label": s.label, "text": "no fault was injected.", "trustworthy": s.trustworthy})
+            continue
+        r = row.reconnect_ms
+        if not row.affected:
+            text = f"{row.fault} affected no session; {row.collateral} saw collateral damage."
+        elif row.recovered == 0:
+            text = (f"{row.fault}: none of the {row.affected} affected sessions was served again within the "
+                    f"{window:g} s window.")
+        else:
+            timing = f", median reconnect {r.p50:g} ms" if r.p50 is not None else ""
+            worst = f", slowest {r.max:g} ms" if r.max is not None else ""
+            never = f"; {row.unrecovered} never recovered" if row.unrecovered else ""
+            text = f"{row.fault}: {row.recovered} of {row.affected} affected sessions served again{timing}{worst}{never}."
+        if row.prompts:
+            text += f" {row.prompts} credential prompt(s)."
+        if row.collateral:
+            text += f" {row.collateral} unaffected session(s) hurt."
+        out.append({"label": s.label, "text": text, "trustworthy": s.trustworthy})
+    return out
+
+
+def _md(value: Any) -> str:
+    """A table cell for Markdown: no pipe or newline can break the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(run_dir: Path) -> Analysis:
+    run_dir = Path(run_dir)
+    analysis = analyze(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
+    write_csv(run_dir / "summary.csv", COLUMNS, analysis.rows)
+    write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
+    figures = plots.make_all(analysis, run_dir)
+    context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
+               "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
+               "complete": analysis.complete}
+    md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    md.filters.update(caption=caption, md=_md)
+    (run_dir / "report.md").write_text(md.get_template("report.md.j2").render(**context))
+    html = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    html.filters.update(caption=caption)
+    embedded = {name: base64.b64encode((run_dir / name).read_bytes()).decode() for name in figures}
+    (run_dir / "report.html").write_text(html.get_template("report.html.j2").render(embedded=embedded, **context))
+    return analysis

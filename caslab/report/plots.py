@@ -1,0 +1,328 @@
+"""The report's figures, drawn from the analysis (caslab/analysis.py): no metric is
+computed here, every number comes from the typed outcomes.
+
+    verdict.png            share of affected sessions served again over time (log axis),
+                           never-recovered visible: the answer, first
+    timeline-<id>.png      each session around the fault (a heat map above 100 sessions),
+                           with a zoomed inset and the load balancer's detection
+    reconnect-cdf.png      reconnect times incl. the never-recovered, at the window's edge
+    reconnect-means.png    mean of the repetitions' means with its 95 % CI
+    goodput.png            successful operations per second, and CPU idle, around the fault
+    phases.png             where a reconnect's time goes (median milestones per scenario)
+    probes.png             SYN and application probes answered around the fault
+
+Every figure is written as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from caslab.analysis import Analysis
+from caslab.metrics import PHASE_LABELS, PHASES
+from caslab.report.style import STATUS_COLOURS, plt, save, scenario_styles
+
+HEATMAP_ABOVE = 100  # sessions: above this a timeline is a heat map, not one row each
+
+
+def headline_fault(scenario) -> int:
+    """The fault a scenario's figures show: the first that affected anyone (else the first)."""
+    for row in scenario.faults:
+        if row.affected:
+            return row.fault_index
+    return scenario.faults[0].fault_index if scenario.faults else 0
+
+
+def window_ms(analysis: Analysis) -> float:
+    return analysis.manifest["spec"]["timing"]["observe_s"] * 1000
+
+
+def make_all(analysis: Analysis, out: Path) -> list[str]:
+    """Draw every figure that has data; returns the PNG names in report order."""
+    styles = scenario_styles(analysis.scenarios)
+    names: list[str] = []
+    for draw in (plot_verdict, plot_cdf, plot_means, plot_phases, plot_goodput, plot_probes):
+        name = draw(analysis, styles, out)
+        if name:
+            names.append(name)
+    for scenario in analysis.scenarios:
+        if scenario.id in analysis.traces:
+            names.append(plot_timeline(analysis, scenario, out))
+    return names
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kwargs)
+
+
+def plot_verdict(analysis: Analysis, styles, out: Path) -> str | None:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    edge = window_ms(analysis)
+    drawn = False
+    for s in analysis.scenarios:
+        times, affected = analysis.recovery_curve(s.id, headline_fault(s))
+        if not affected:
+            continue
+        drawn = True
+        xs = [1.0] + [max(t, 1.0) for t in times] + [edge]
+        ys = [0.0] + [100 * (i + 1) / affected for i in range(len(times))] + [100 * len(times) / affected]
+        never = affected - len(times)
+        label = f"{s.label}: {len(times)}/{affected} served again" + (f", {never} never" if never else "")
+        st = styles[s.id]
+        ax.step(xs, ys, where="post", color=st["color"], linestyle=st["linestyle"], linewidth=2, label=label)
+        if never:
+            ax.plot([edge], [100 * len(times) / affected], marker=st["marker"], color=st["color"], markersize=7)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlim(1, edge * 1.05)
+    ax.set_ylim(-3, 103)
+    ax.axvline(edge, color="grey", linewidth=0.8)
+    ax.annotate("end of window", (edge, 2), rotation=90, fontsize=7, ha="right", va="bottom", color="grey")
+    ax.set_xlabel("time since the fault (ms, log scale)")
+    ax.set_ylabel("affected sessions served again (%)")
+    ax.set_title("How fast each design served its affected users again")
+    ax.grid(True, which="both", alpha=0.25)
+    _legend(ax, loc="upper left")
+    fig.tight_layout()
+    return save(fig, out / "verdict.png")[0]
+
+
+def plot_cdf(analysis: Analysis, styles, out: Path) -> str | None:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    edge = window_ms(analysis)
+    drawn = False
+    for s in analysis.scenarios:
+        values, never = analysis.reconnects(s.id, headline_fault(s))
+        total = len(values) + never
+        if not total:
+            continue
+        drawn = True
+        st = styles[s.id]
+        n_text = f"n={total}"
+        if values:
+            ys = [0.0] + [(i + 1) / total for i in range(len(values))]
+            ax.step([values[0]] + values + [edge], ys + [ys[-1]], where="post", color=st["color"],
+                    linestyle=st["linestyle"], linewidth=1.8,
+                    label=f"{s.label} ({n_text}{', never recovered: ' + str(never) if never else ''})")
+        else:
+            ax.plot([], [], color=st["color"], linestyle=st["linestyle"],
+                    label=f"{s.label} ({n_text}, never recovered: {never})")
+        if never:
+            ax.plot([edge], [len(values) / total], marker=st["marker"], color=st["color"], markersize=7)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.axvline(edge, color="grey", linewidth=0.8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("reconnect time of affected sessions (ms, log scale); markers at the window's end: never recovered")
+    ax.set_ylabel("fraction of affected sessions")
+    ax.set_title("Reconnect time CDF (levels off at the recovered fraction)")
+    ax.grid(True, which="both", alpha=0.25)
+    _legend(ax, loc="upper left")
+    fig.tight_layout()
+    return save(fig, out / "reconnect-cdf.png")[0]
+
+
+def plot_means(analysis: Analysis, styles, out: Path) -> str | None:
+    """The point is the mean of the repetitions' means, the bar that mean's 95 % CI."""
+    rows = [(s, next((r for r in s.faults if r.fault_index == headline_fault(s)), None)) for s in analysis.scenarios]
+    rows = [(s, r) for s, r in rows if r is not None and (r.reconnect_ms.n or r.unrecovered)]
+    if not rows:
+        return None
+    edge = window_ms(analysis)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for x, (s, r) in enumerate(rows):
+        st = styles[s.id]
+        d = r.reconnect_ms
+        point = d.mean_of_repetitions if d.mean_of_repetitions is not None else d.mean
+        if point is not None:
+            ci = d.ci95_mean
+            low, high = (max(point - max(ci[0], 0.1), 0), max(ci[1] - point, 0)) if ci else (0, 0)
+            ax.errorbar([x], [point], yerr=[[low], [high]], fmt=st["marker"], capsize=6, color=st["color"])
+            ax.annotate(f"{point:.0f} ms (n={d.n}{'' if ci else ', no CI'})", (x, point), textcoords="offset points",
+                        xytext=(8, 4), fontsize=7)
+        if r.unrecovered:
+            ax.plot([x], [edge], marker="^", color=st["color"], markersize=8)
+            ax.annotate(f"{r.unrecovered} never recovered", (x, edge), textcoords="offset points", xytext=(8, -10),
+                        fontsize=7)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([s.label for s, _ in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_yscale("log")
+    ax.axhline(edge, color="grey", linewidth=0.8)
+    ax.set_ylabel("reconnect time (ms, log): mean of repetition means, 95 % CI")
+    ax.set_title("Mean reconnect time per scenario (triangles: never recovered, at the window's end)")
+    ax.grid(True, axis="y", which="both", alpha=0.25)
+    fig.tight_layout()
+    return save(fig, out / "reconnect-means.png")[0]
+
+
+def plot_phases(analysis: Analysis, styles, out: Path) -> str | None:
+    rows = []
+    for s in analysis.scenarios:
+        row = next((r for r in s.faults if r.fault_index == headline_fault(s)), None)
+        if row and any(row.phases_ms.get(p) is not None for p in PHASES):
+            rows.append((s, row))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.8))
+    shades = ["#999999", "#D55E00", "#E69F00", "#56B4E9", "#009E73"]
+    for y, (s, row) in enumerate(rows):
+        milestones = sorted((row.phases_ms[p], p) for p in PHASES if row.phases_ms.get(p) is not None)
+        start = 0.0
+        for value, phase in milestones:
+            width = max(value - start, 0.0)
+            ax.barh(y, width, left=start, color=shades[PHASES.index(phase)], edgecolor="white",
+                    label=PHASE_LABELS[phase] if y == 0 else None)
+            start = max(start, value)
+        ax.annotate(f"{start:.0f} ms", (start, y), xytext=(4, -3), textcoords="offset points", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=shades[i]) for i in range(len(PHASES))]
+    ax.legend(handles, [f"until {PHASE_LABELS[p]}" for p in PHASES], fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([s.label for s, _ in rows], fontsize=8)
+    ax.set_xlabel("ms after the fault (median over the affected sessions that dropped)")
+    ax.set_title("Where a reconnect's time goes")
+    ax.grid(True, axis="x", alpha=0.25)
+    fig.tight_layout()
+    return save(fig, out / "phases.png")[0]
+
+
+def plot_goodput(analysis: Analysis, styles, out: Path) -> str | None:
+    series = [(s, s.goodput) for s in analysis.scenarios if s.goodput.get("ops_per_s")]
+    if not series:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    for s, g in series:
+        st = styles[s.id]
+        xs = [g["first_second"] + i for i in range(len(g["ops_per_s"]))]
+        top.step(xs, g["ops_per_s"], where="post", color=st["color"], linestyle=st["linestyle"], label=s.label)
+        top.step(xs, g["unaffected_ops_per_s"], where="post", color=st["color"], linestyle=st["linestyle"],
+                 alpha=0.45, linewidth=0.9)
+        run = analysis.runs_of(s.id)[0]
+        cpu = run.cpu_series
+        if cpu:
+            bottom.plot(np.linspace(xs[0], xs[-1] + 1, len(cpu)), cpu, color=st["color"], linestyle=st["linestyle"],
+                        linewidth=0.9)
+    threshold = analysis.manifest["spec"]["metrics"]["min_cpu_idle_pct"]
+    bottom.axhline(threshold, color="#D55E00", linewidth=0.8)
+    bottom.annotate(f"fidelity threshold {threshold:g} %", (0, threshold), fontsize=7, color="#D55E00",
+                    xytext=(2, 2), textcoords="offset points")
+    for ax in (top, bottom):
+        ax.axvline(0, color="grey", linestyle="--", linewidth=0.8)
+        ax.grid(True, alpha=0.25)
+    top.set_ylabel("successful operations / s")
+    top.set_title("Goodput around the fault (thin: unaffected sessions only; mean over repetitions)")
+    bottom.set_ylabel("CPU idle %")
+    bottom.set_ylim(0, 100)
+    bottom.set_xlabel("seconds relative to the fault")
+    _legend(top, loc="lower left")
+    fig.tight_layout()
+    return save(fig, out / "goodput.png")[0]
+
+
+def plot_probes(analysis: Analysis, styles, out: Path, bin_s: float = 0.25) -> str | None:
+    """bin_s must match the metrics' bins (caslab.metrics.runs.availability)."""
+    from labcommon.catalogue import APP_PROBE, PROBE
+
+    panels = [(PROBE, "SYN probes to the array address"), (APP_PROBE, "application probes through the array name")]
+    found = {kind: [] for kind, _ in panels}
+    for s in analysis.scenarios:
+        for kind, _ in panels:
+            bins = analysis.probe_bins(s.id, kind, bin_s)
+            if bins:
+                found[kind].append((s, bins))
+    panels = [(k, t) for k, t in panels if found[k]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, (kind, title) in zip(axes[:, 0], panels):
+        for s, bins in found[kind]:
+            st = styles[s.id]
+            ax.step([b[0] for b in bins], [b[1] for b in bins], where="post", color=st["color"],
+                    linestyle=st["linestyle"], label=s.label)
+        ax.axvline(0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(-5, 105)
+        ax.set_ylabel(f"answered (% per {bin_s:g} s)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.25)
+        _legend(ax, loc="lower left")
+    axes[-1, 0].set_xlabel("seconds relative to the fault (first repetition)")
+    fig.tight_layout()
+    return save(fig, out / "probes.png")[0]
+
+
+def plot_timeline(analysis: Analysis, scenario, out: Path) -> str:
+    trace = analysis.traces[scenario.id]
+    sessions = sorted(trace.sessions)
+    name = f"timeline-{scenario.id}.png"
+    if len(sessions) > HEATMAP_ABOVE:
+        return _timeline_heatmap(trace, sessions, scenario, out / name)
+    fig, ax = plt.subplots(figsize=(10, min(0.12 * len(sessions) + 2.2, 14)))
+    _timeline_rows(ax, trace, sessions, small=len(sessions) > 40)
+    inset = ax.inset_axes([0.62, 0.06, 0.36, 0.4])
+    _timeline_rows(inset, trace, sessions, small=True, zoom=True)
+    inset.set_xlim(-0.2, 1.0)
+    inset.set_yticks([])
+    inset.set_title("zoom: -0.2 .. 1 s", fontsize=7)
+    inset.tick_params(labelsize=6)
+    ax.set_title(f"Client sessions around the fault: {scenario.label} (first repetition)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
+    return save(fig, out / name)[0]
+
+
+def _timeline_rows(ax, trace, sessions, small: bool, zoom: bool = False) -> None:
+    row = {sid: i for i, sid in enumerate(sessions)}
+    for status, colour in STATUS_COLOURS.items():
+        points = [(t / 1000, row[sid]) for sid in sessions for t, st in trace.sessions[sid] if st == status]
+        if points:
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=6 if status == "ok" else 16, c=colour, marker="|" if status == "ok" else "x",
+                       label=None if zoom else status, linewidths=0.8)
+    ax.axvline(0, color="#E69F00", linestyle="--", label=None if zoom else f"fault: {trace.fault_label}")
+    for noticed in trace.lb_noticed_ms:
+        ax.axvline(noticed / 1000, color="#0072B2", linestyle=":",
+                   label=None if zoom else f"load balancer noticed (+{noticed:.0f} ms)")
+    ax.set_xlim(-trace.before_ms / 1000, trace.after_ms / 1000)
+    if not zoom:
+        ax.set_xlabel("seconds relative to the fault")
+        ax.set_ylabel("client session")
+        if small:
+            ax.set_yticks([])
+        else:
+            ax.set_yticks(range(len(sessions)))
+            ax.set_yticklabels(sessions, fontsize=6)
+
+
+def _timeline_heatmap(trace, sessions, scenario, path: Path, bin_ms: float = 100) -> str:
+    """Sessions x time bins: green where every operation succeeded, orange where some
+    failed, vermillion where all failed or the session dropped, white where nothing happened."""
+    edges = np.arange(-trace.before_ms, trace.after_ms + bin_ms, bin_ms)
+    grid = np.zeros((len(sessions), len(edges) - 1))
+    for i, sid in enumerate(sessions):
+        ok = np.histogram([t for t, st in trace.sessions[sid] if st == "ok"], edges)[0]
+        bad = np.histogram([t for t, st in trace.sessions[sid] if st != "ok"], edges)[0]
+        grid[i] = np.where(bad == 0, np.where(ok > 0, 1, 0), np.where(ok > 0, 2, 3))
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(["#FFFFFF", "#009E73", "#E69F00", "#D55E00"])
+    fig, ax = plt.subplots(figsize=(10, 6))
+    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=3,
+              extent=(edges[0] / 1000, edges[-1] / 1000, len(sessions), 0))
+    ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
+    for noticed in trace.lb_noticed_ms:
+        ax.axvline(noticed / 1000, color="#0072B2", linestyle=":", linewidth=0.8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("#009E73", "#E69F00", "#D55E00", "#FFFFFF")]
+    ax.legend(handles, ["all ok", "some failed", "failed / dropped", "no operation"], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel(f"seconds relative to the fault ({bin_ms:.0f} ms bins)")
+    ax.set_ylabel(f"client sessions ({len(sessions)})")
+    ax.set_title(f"Client sessions around the fault: {scenario.label} (first repetition); fault: {trace.fault_label}")
+    fig.tight_layout()
+    return save(fig, path)[0]

@@ -1,0 +1,266 @@
+"""Every event the lab writes, declared once: name, producer, meaning, fields and units.
+
+Producers emit these constants (``log.emit(OP, session=..., ...)``) and consumers
+compare against them (``e["ev"] == OP``): an ``EventType`` is a ``str`` with its schema
+attached, so the JSON lines stay plain strings while the code can only name events that
+are documented here. ``docs/EVENTS.md`` is generated from this module
+(``python -m labcommon.catalogue``) and a test keeps the two equal; another test fails
+when an event is consumed but never produced.
+
+Every record also carries ``ts`` (CLOCK_MONOTONIC ns: all hosts share one kernel, so it
+is one clock across hosts), ``src`` (the writing process: a host name like ``cl1``, or
+``runner``, ``nlb``, ``probe-cl1``) and ``ev``; the runner adds ``scenario`` and ``rep``
+when it merges a run's logs into ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict,
+         "str|null": (str, type(None)), "int|null": (int, type(None)), "float|null": (int, float, type(None)),
+         "any": object}
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    type: str
+    doc: str
+    unit: str = ""
+    optional: bool = False
+
+
+def f(type_: str, doc: str, unit: str = "") -> FieldDoc:
+    return FieldDoc(type_, doc, unit)
+
+
+def opt(type_: str, doc: str, unit: str = "") -> FieldDoc:
+    return FieldDoc(type_, doc, unit, optional=True)
+
+
+class EventType(str):
+    """An event name that knows its schema; compares and serialises as the plain name."""
+
+    producer: str
+    doc: str
+    fields: dict[str, FieldDoc]
+
+    def __new__(cls, name: str, producer: str, doc: str, fields: dict[str, FieldDoc]):
+        self = super().__new__(cls, name)
+        self.producer, self.doc, self.fields = producer, doc, fields
+        return self
+
+    def problems(self, record: dict[str, Any]) -> list[str]:
+        """What is wrong with one record of this event (empty when it conforms)."""
+        out = []
+        for name, spec in self.fields.items():
+            if name not in record:
+                if not spec.optional:
+                    out.append(f"{self}: missing field {name!r}")
+                continue
+            value = record[name]
+            kinds = TYPES[spec.type]
+            if isinstance(value, bool) and spec.type in ("int", "float", "int|null", "float|null"):
+                out.append(f"{self}.{name}: expected {spec.type}, got a bool")
+            elif not isinstance(value, kinds):
+                out.append(f"{self}.{name}: expected {spec.type}, got {type(value).__name__}")
+        for name in record:
+            if name not in self.fields and name not in ENVELOPE:
+                out.append(f"{self}: undocumented field {name!r}")
+        return out
+
+
+ENVELOPE = {"ts": f("int", "CLOCK_MONOTONIC time of the event", "ns"),
+            "src": f("str", "the process that wrote it (host name, runner, nlb, probe-<host> ...)"),
+            "ev": f("str", "the event name"),
+            "scenario": opt("str", "scenario id, added when the runner merges a run's logs"),
+            "rep": opt("int", "repetition (0-based), added when the runner merges a run's logs")}
+
+CATALOGUE: dict[str, EventType] = {}
+GROUPS: dict[str, list[str]] = {}
+
+
+def event(name: str, producer: str, doc: str, /, **fields: FieldDoc) -> EventType:
+    if name in CATALOGUE:
+        raise ValueError(f"event {name!r} declared twice")
+    CATALOGUE[name] = EventType(name, producer, doc, fields)
+    GROUPS.setdefault(producer, []).append(name)
+    return CATALOGUE[name]
+
+
+def problems(record: dict[str, Any]) -> list[str]:
+    """Schema problems of one event record, whatever its kind."""
+    name = record.get("ev")
+    if name not in CATALOGUE:
+        return [f"undocumented event {name!r}"]
+    missing = [k for k in ("ts", "src") if k not in record]
+    return [f"{name}: missing {k!r}" for k in missing] + CATALOGUE[name].problems(record)
+
+
+SESSION = f("str", "client session id, '<client host>-s<index>'")
+
+# ---------------------------------------------------------------- client emulator (traffic.client)
+CLIENT_UP = event("client_up", "client", "the client process started its sessions",
+                  sessions=f("list", "ids of every session this process runs"), target=f("dict", "how sessions find a CAS"))
+CLIENT_DOWN = event("client_down", "client", "the client process is exiting (SIGTERM)",
+                    sessions=f("int", "number of sessions it ran"))
+AUTODISCOVER = event("autodiscover", "client", "autodiscover gave the session a (new) RpcClientAccessServer",
+                     session=SESSION, server=f("str", "the profile's server name"), db=f("str|null", "mailbox database"))
+RESOLVED = event("resolved", "client", "the session resolved its server name to addresses (DNS, TTL cached)",
+                 session=SESSION, name=f("str", "the name asked"), addresses=f("list", "the answer, in the order used"))
+CONNECT_FAIL = event("connect_fail", "client", "a connection attempt failed",
+                     session=SESSION, addr=f("str", "address tried"), reason=f("str", "exception name or 'resolve'"))
+CONNECT_OK = event("connect_ok", "client", "a TCP connection to a CAS (or the VIP) is established",
+                   session=SESSION, addr=f("str", "address connected to"), lport=f("int", "local TCP port"),
+                   laddr=f("str", "local (client) address"))
+LOGON = event("logon", "client", "the session is authenticated on a CAS",
+              session=SESSION, cas=f("str|null", "the CAS that answered"), db=f("str", "the user's database"),
+              reauth=f("bool", "credentials had to be given again (a CAS that did not know the session)"),
+              resumed=f("bool", "the CAS still knew the session (no credentials needed)"),
+              prompt=opt("bool", "with NTLM a re-authentication is a user-visible credential prompt"))
+OP = event("op", "client", "one operation finished; ts is when its reply arrived (or it failed)",
+           session=SESSION, op=f("str", "read / send / sync / ping"), ok=f("bool", "the reply said ok"),
+           lat_us=f("int", "request to reply (or failure)", "us"), cas=f("str|null", "the CAS that answered"),
+           msg_id=opt("str", "id of the message sent (op = send)"), error=opt("str|null", "error of a failed reply"))
+DOWN = event("down", "client", "the session's connection became unusable and was closed",
+             session=SESSION, reason=f("str", "reset / timeout / eof / auth_required / ..."))
+
+# ---------------------------------------------------------------- SYN prober (traffic.prober)
+PROBE_UP = event("probe_up", "prober", "the SYN prober's sniffer is ready; probes follow",
+                 target=f("str", "address probed"), port=f("int", "port probed"), rate_hz=f("float", "probe rate", "1/s"),
+                 iface=f("str", "interface sniffed"), src=f("str", "probe source address"), filter=f("str", "BPF filter"),
+                 timeout_ms=f("int", "a probe without reply fails after this", "ms"),
+                 sport_range=f("list", "source ports used"), send_rst=f("bool", "explicit RST after a SYN-ACK"))
+PROBE = event("probe", "prober", "one SYN probe; ts is when it was sent",
+              seq=f("int", "probe counter"), sport=f("int", "source port"), isn=f("int", "initial sequence number"),
+              ok=f("bool", "a SYN-ACK came back"), result=f("str", "synack / rst / timeout / error"),
+              rtt_us=opt("int", "send to reply", "us"), error=opt("str", "why the send failed"))
+PROBE_DOWN = event("probe_down", "prober", "the SYN prober stopped",
+                   sent=f("int", "probes sent"), ok=f("int", "answered"), rst=f("int", "refused"),
+                   timeout=f("int", "unanswered"), error=f("int", "could not be sent"))
+
+# ---------------------------------------------------------------- application prober (traffic.app_prober)
+APP_PROBE = event("app_probe", "prober", "one application probe through the array name: resolve, connect, "
+                                         "logon, one operation; ts is when it started",
+                  seq=f("int", "probe counter"), ok=f("bool", "every stage succeeded"),
+                  stage=f("str", "the stage reached: resolve / connect / logon / op / done"),
+                  lat_us=f("int", "start to end (success or failure)", "us"), cas=f("str|null", "the CAS that served it"),
+                  error=opt("str", "why it failed"))
+
+# ---------------------------------------------------------------- Exchange roles (roles.*)
+SERVICE_UP = event("service_up", "role", "a service listens (or the health agent runs)",
+                   role=f("str", "cas / mailbox / autodiscover / health"), port=opt("int", "TCP port"),
+                   members=opt("list", "members probed (health agent)"))
+PROTOCOL_ERROR = event("protocol_error", "role", "a peer sent a bad frame; it got an error and the connection closed",
+                       peer=f("str", "the peer"), reason=f("str", "what was wrong"))
+INTERNAL_ERROR = event("internal_error", "role", "a request raised inside a service (a bug); one connection closed",
+                       peer=f("str", "the peer"), reason=f("str", "exception"))
+AUTH_FAILED = event("auth_failed", "role", "a logon with wrong credentials was refused",
+                    session=SESSION, user=f("str", "user name"))
+REAUTH = event("reauth", "role", "a session logged on again at this CAS (it did not know the session)",
+               session=SESSION, user=f("str", "user name"))
+RCAS_CHANGED = event("rcas_changed", "role", "autodiscover's RpcClientAccessServer for a database changed",
+                     db=f("str", "database"), server=f("str", "new server name"), previous=f("str", "old server name"))
+REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take a replicated message in time",
+                           db=f("str", "database"), peer=f("str", "address of the copy"), reason=f("str", "exception"))
+REPLICATION_RESUMED = event("replication_resumed", "role", "a copy that had failed was resynced",
+                            db=f("str", "database"), peer=f("str", "address of the copy"), rows=f("int", "rows sent"))
+DB_ROLE = event("db_role", "role", "a database copy became active or passive on this server",
+                db=f("str", "database"), server=f("str", "mailbox server"), active=f("bool", "now active"),
+                missing=opt("int", "acknowledged messages this copy lacks at activation"))
+
+# ---------------------------------------------------------------- load balancers (controllers.*, HAProxy log)
+NLB_UP = event("nlb_up", "nlb", "the SDN NLB app started", vips=f("list", "VIP addresses"),
+               fast_fail=f("bool", "reset clients of a dead member"), dataplane=opt("str", "controller or switch"))
+NLB_SWITCH = event("nlb_switch", "nlb", "a switch connected to the NLB", dpid=f("int", "datapath id"))
+LB_MEMBER = event("lb_member", "nlb", "a load balancer changed a member's state (SDN NLB, HAProxy, Windows NLB)",
+                  member=f("str", "CAS name"), reason=f("str", "port_down / probe_down:<detail> / drain / admin_down / ..."),
+                  alive=f("bool", "member is healthy"), accepts_new=f("bool", "member takes new connections"),
+                  vip=opt("str", "the VIP"), draining=opt("bool", "member is draining"),
+                  detail=opt("str", "the load balancer's own words (HAProxy log line)"))
+NLB_EVICT = event("nlb_evict", "nlb", "the NLB dropped every connection pinned to a member",
+                  vip=f("str", "the VIP"), member=f("str", "CAS name"), reason=f("str", "why"),
+                  conns=f("int", "connections dropped"), fast_fail=f("bool", "clients are being reset"))
+NLB_HEALTH_SOCKET_ERROR = event("nlb_health_socket_error", "nlb", "the health socket could not be opened",
+                                path=f("str", "socket path"), reason=f("str", "error"))
+NLB_CONVERGING = event("nlb_converging", "nlb", "a probe verdict waits for the convergence delay",
+                      vip=f("str", "the VIP"), member=f("str", "CAS name"), alive=f("bool", "the verdict"))
+NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (controller dataplane)",
+                 vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
+NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",
+                    dpid=f("int", "datapath id"), conns=f("int", "connections re-learned"))
+PROBE_STATE = event("probe_state", "nlb", "a health agent's probe verdict for a member changed",
+                    member=f("str", "CAS name"), ok=f("bool", "probe succeeded"), detail=f("str", "why it failed"))
+LB_ADMIN = event("lb_admin", "runner", "an admin command to HAProxy's runtime API",
+                 command=f("str", "the command"), answer=f("str", "HAProxy's answer"))
+
+# ---------------------------------------------------------------- runner (caslab.scenario, caslab.faults)
+SCENARIO_START = event("scenario_start", "runner", "a scenario repetition starts",
+                       mode=f("str", "HA mode"), label=f("str", "scenario label"), repetition=f("int", "0-based"),
+                       datapath=f("str", "OVS datapath"), plan=f("dict", "host -> role, ip, site"))
+SCENARIO_END = event("scenario_end", "runner", "a scenario repetition ended", ok=f("bool", "it completed"),
+                     error=opt("str", "why it did not"))
+MEASURE_START = event("measure_start", "runner", "the measurement window opens (faults count from here)",
+                      observe_s=f("float", "window length", "s"))
+CLIENTS_READY = event("clients_ready", "runner", "every client session completed an operation (warm-up starts)",
+                      sessions=f("int", "sessions expected and seen"))
+MEASURE_END = event("measure_end", "runner", "the measurement window closes")
+FAULT = event("fault", "runner", "a fault is injected; ts is its instant t_fault",
+              kind=f("str", "fault kind"), targets=f("list", "hosts targeted"),
+              elements=f("list", "what it fails: host names, db:<name>, controller"), label=f("str", "readable label"),
+              index=opt("int", "position in the spec's [[faults]]"),
+              affects=opt("str", "'on_elements' or 'disrupted' (sessions count as affected only if disrupted)"))
+FAULT_DONE = event("fault_done", "runner", "a fault's injection finished",
+                   kind=f("str", "fault kind"), targets=f("list", "hosts targeted"), index=opt("int", "fault position"))
+FAULT_UNDONE = event("fault_undone", "runner", "a fault was reverted (link up again, process continued, ...)",
+                     kind=f("str", "fault kind"), targets=f("list", "hosts"), index=opt("int", "fault position"))
+LINK_STATE = event("link_state", "runner", "a fault set a link up or down", host=f("str", "host"),
+                   up=f("bool", "link is up"))
+DB_ACTIVE = event("db_active", "runner", "Active Manager made a copy of a database active",
+                  db=f("str", "database"), server=f("str", "new active server"), previous=f("str", "old one"),
+                  ok=f("bool", "the server confirmed"), missing=opt("int", "acknowledged messages the copy lacked"))
+RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServer reached an autodiscover service",
+                 db=f("str", "database"), server=f("str", "new server name"), autodiscover=f("str", "host"),
+                 ok=f("bool", "it confirmed"))
+RCAS = event("rcas", "runner", "each database's RpcClientAccessServer at start",
+             servers=f("dict", "database -> server name"), arrays=f("dict", "site -> {name, fqdn}"))
+CPU = event("cpu", "runner", "CPU idle over the last second (Mininet-HiFi fidelity check)",
+            idle_pct=f("float", "idle share of all cores", "%"))
+CAPABILITY_MISSING = event("capability_missing", "runner", "something the spec asked for is unavailable here",
+                           capability=f("str", "e.g. netem"), detail=f("str", "what was skipped"))
+CONTROLLER_START = event("controller_start", "runner", "the controller process started",
+                         app=f("str", "app module"), pid=f("int", "process id"))
+PROCESS_EXIT = event("process_exit", "runner", "a lab process ended on its own during the run (not by a fault)",
+                     name=f("str", "process name"), host=f("str|null", "host it ran in"),
+                     returncode=f("int|null", "exit status"))
+MAILBOX_CONTENTS = event("mailbox_contents", "runner", "what a database copy holds at the end",
+                         db=f("str", "database"), server=f("str", "mailbox server"),
+                         active=f("bool", "this copy is the active one at the end"), msg_ids=f("list", "message ids"))
+
+
+def markdown() -> str:
+    """docs/EVENTS.md: the schema of events.jsonl, generated from this module."""
+    lines = ["# Events (`events.jsonl`)", "",
+             "Generated by `python -m labcommon.catalogue > docs/EVENTS.md` from `labcommon/catalogue.py`;",
+             "a test keeps it in step. One JSON object per line, sorted by `ts`. Load it with",
+             "`pandas.read_json('events.jsonl', lines=True)`.", "",
+             "Every event carries:", "", "| field | type | unit | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {v.type}{' (optional)' if v.optional else ''} | {v.unit} | {v.doc} |"
+              for k, v in ENVELOPE.items()]
+    for producer, names in GROUPS.items():
+        lines += ["", f"## {producer}", ""]
+        for name in names:
+            ev = CATALOGUE[name]
+            lines += [f"### `{name}`", "", ev.doc + ".", ""]
+            if ev.fields:
+                lines += ["| field | type | unit | meaning |", "|---|---|---|---|"]
+                lines += [f"| `{k}` | {v.type}{' (optional)' if v.optional else ''} | {v.unit} | {v.doc} |"
+                          for k, v in ev.fields.items()]
+                lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -1,0 +1,6 @@
+"""The service ports of the lab's emulated Exchange roles (one place; capture, roles,
+load balancers and clients all read them here)."""
+
+CAS_PORT = 6001           # RPC Client Access (the lab's MAPI stand-in), what the arrays balance
+MAILBOX_PORT = 7001       # mailbox store and DAG replication
+AUTODISCOVER_PORT = 7002  # per-site autodiscover
