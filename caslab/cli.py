@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     nlb.add_argument("vip", nargs="?")
     nlb.add_argument("member_or_value", nargs="?")
     nlb.add_argument("--deadline", type=float, default=None)
+    nlb.add_argument("--token", default=None, help="the run's API token (in its raw/<run>/config/controller.json)")
     nlb.set_defaults(func=cmd_nlb)
     return parser
 

@@ -17,6 +17,7 @@ It replaces a bag of string keys with named fields whose writer and readers are 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class RunContext:
     log: Any
     repetition: int = 0
     nlb_api_port: int | None = None
+    nlb_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     controller: LabProcess | None = None
     restart_controller: Callable[[], None] | None = None
     dns_server: str | None = None

@@ -146,7 +146,7 @@ class LabNetwork:
         if clash:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
                            f"or a killed run left them (remove with: caslab cleanup)")
-        switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13",
+        switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
                          reconnectms=1000)
         controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
@@ -186,11 +186,26 @@ class LabNetwork:
         (None: the root namespace)."""
         return [(host, self.host_interface(host)), (None, self.switch_port_name(host))]
 
-    def set_link(self, host: str, up: bool) -> None:
-        """A host's link up or down (both ends, as pulling the cable would)."""
-        intf = self.node(host).intf()
+    @property
+    def datapath_name(self) -> str:
+        """The OVS datapath the lab's bridges live in (for dpctl commands)."""
+        return "netdev@ovs-netdev" if self.datapath == "user" else "system@ovs-system"
+
+    def router_port(self, site_index: int) -> tuple[str, str]:
+        """(switch port name, router MAC) of the router's link into a site's switch."""
+        intf = self.node("r1").intf(f"r1-eth{site_index}")
         other = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-        self.net.configLinkStatus(host, other.node.name, "up" if up else "down")
+        return other.name, intf.MAC()
+
+    def set_link(self, host: str, up: bool) -> None:
+        """A host's link up or down, both ends, as pulling the cable would: the switch's end
+        first (that is what the switch notices), straight through netlink commands."""
+        state = "up" if up else "down"
+        for where, intf in reversed(self.link_ends(host)):
+            if where is None:
+                system.set_link_state(intf, up)
+            else:
+                self.run_in(where, ["ip", "link", "set", "dev", intf, state])
 
     def run_in(self, host: str, argv: list[str], timeout_s: float = 10) -> tuple[int, str]:
         """Run a command inside a host's namespace: an argument list, never a shell.
@@ -292,6 +307,7 @@ class LabNetwork:
                     os.killpg(shell.pid, signal.SIGKILL)
                     shell.wait(5)
         sweep_lab_names(self.plan.switch_names())
+        flush_lab_conntrack(self.datapath_name, len(self.plan.sites))
         pids = self.run_dir / "pids.json"
         if pids.exists():
             pids.unlink()
@@ -309,6 +325,17 @@ def _pump_lines(stream, log: IO, on_line: Callable[[int, str], None]) -> None:
         except ValueError:  # log closed during teardown
             pass
         on_line(ts, raw.decode(errors="replace").rstrip())
+
+
+def flush_lab_conntrack(datapath_name: str, sites: int) -> None:
+    """The switch dataplane's connections live in the datapath, not the bridges: flush the
+    lab's own conntrack zones (one per VIP) so a run leaves none behind."""
+    from controllers.nlb_flows import zone_of
+
+    if not system.ovs_running():
+        return
+    for index in range(1, sites + 1):
+        system.run(["ovs-appctl", "dpctl/flush-conntrack", datapath_name, f"zone={zone_of(index)}"])
 
 
 def sweep_lab_names(bridges: list[str]) -> list[str]:

@@ -63,6 +63,24 @@ def netem_available() -> bool:
     return bool(found.stdout.strip())
 
 
+def set_link_state(ifname: str, up: bool) -> None:
+    """Set an interface of this namespace up or down with one rtnetlink message (no
+    process to start: a poweroff's switch-side link goes down in microseconds)."""
+    import socket
+    import struct
+
+    index = socket.if_nametoindex(ifname)
+    iff_up = 0x1
+    ifinfo = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, iff_up if up else 0, iff_up)
+    header = struct.pack("=IHHII", 16 + len(ifinfo), 16, 0x1 | 0x4, 1, 0)  # RTM_NEWLINK, REQUEST|ACK
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:  # NETLINK_ROUTE
+        sock.sendto(header + ifinfo, (0, 0))
+        reply = sock.recv(4096)
+    error = struct.unpack_from("=i", reply, 16)[0] if struct.unpack_from("=H", reply, 4)[0] == 2 else 0
+    if error:
+        raise OSError(-error, f"setting {ifname} {'up' if up else 'down'}: {os.strerror(-error)}")
+
+
 def framework_version() -> str | None:
     try:
         from importlib.metadata import version

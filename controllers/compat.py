@@ -16,7 +16,7 @@ if _WANT == "ryu":
     from ryu.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls  # type: ignore[no-redef]
     from ryu.lib import hub  # type: ignore[no-redef]
     from ryu.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp  # type: ignore[no-redef]
-    from ryu.ofproto import ofproto_v1_3  # type: ignore[no-redef]
+    from ryu.ofproto import ofproto_v1_3, ofproto_v1_5  # type: ignore[no-redef]
 
     BaseApp = app_manager.RyuApp
     FRAMEWORK = "ryu"
@@ -26,12 +26,12 @@ else:
     from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
     from os_ken.lib import hub
     from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp
-    from os_ken.ofproto import ofproto_v1_3
+    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_5
 
     BaseApp = app_manager.OSKenApp
     FRAMEWORK = "os_ken"
 
 __all__ = [
     "BaseApp", "CONFIG_DISPATCHER", "FRAMEWORK", "MAIN_DISPATCHER", "app_manager", "arp", "ethernet",
-    "hub", "icmp", "ipv4", "ofp_event", "ofproto_v1_3", "packet", "set_ev_cls", "tcp",
+    "hub", "icmp", "ipv4", "ofp_event", "ofproto_v1_3", "ofproto_v1_5", "packet", "set_ev_cls", "tcp",
 ]

@@ -1,23 +1,49 @@
 """Admin API of the SDN NLB: HTTP + JSON on loopback, served from the controller process.
 
-os-ken ships no WSGI stack, so this is the standard library's threaded HTTP server (it
-runs as a native thread under os-ken and as a green thread under Ryu's eventlet).
-
-    GET  /nlb                         arrays (VIPs), members, health, counters
+    GET  /nlb                               arrays (VIPs), members, state, counters
     POST /nlb/<vip>/members/<name>/drain    {"deadline_s": 30}   no new sessions
     POST /nlb/<vip>/members/<name>/rejoin                        take new sessions again
-    POST /nlb/<vip>/members/<name>/down | /up                    administrative health
-    POST /nlb/<vip>/affinity          {"affinity": "single"}
+    POST /nlb/<vip>/members/<name>/down | /up                    administrative state
+    POST /nlb/<vip>/affinity                {"affinity": "single"}
+
+Only this machine's own tools may drive it: it listens on loopback, every request must
+carry the run's token (``Authorization: Bearer <token>``), the Host header must name
+loopback (no DNS rebinding) and any request a browser marks with an Origin is refused, so
+a web page open in the user's browser cannot drive the lab's load balancer. Bodies are
+bounded, must be UTF-8 JSON objects, and every value is checked: a bad request gets a
+clear 4xx answer, never a hung thread or a dropped connection.
+
+os-ken ships no WSGI stack, so this is the standard library's threaded HTTP server (a
+native thread under os-ken, a green thread under Ryu's eventlet).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from labcommon.protocol import MAX_DEPTH, nesting_depth
+
+MAX_BODY = 64 * 1024
+MAX_DEADLINE_S = 86400
+AFFINITIES = ("none", "single", "network")
 
 
-def make_handler(app):
+class ApiError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def make_handler(app, port: int, token: str | None):
+    allowed_hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # a client that stops sending costs one thread for 5 s at most
+
         def log_message(self, *args):  # keep the controller's stderr quiet
             pass
 
@@ -26,63 +52,105 @@ def make_handler(app):
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+            self.close_connection = True
 
-        def do_GET(self):
-            if self.path.rstrip("/") in ("/nlb", ""):
-                self.reply(200, app.snapshot())
-            else:
-                self.reply(404, {"error": f"no such resource {self.path}"})
+        def check_caller(self) -> None:
+            if self.headers.get("Host") not in allowed_hosts:
+                raise ApiError(403, "the Host header must name this loopback address")
+            if self.headers.get("Origin") is not None:
+                raise ApiError(403, "requests from web pages are refused")
+            if token is not None:
+                given = self.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    raise ApiError(401, "missing or wrong token (Authorization: Bearer <token>)")
 
-        def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
+        def body(self) -> dict[str, Any]:
+            raw_length = self.headers.get("Content-Length", "0")
+            if not raw_length.isdigit():
+                raise ApiError(400, "Content-Length must be a non-negative integer")
+            length = int(raw_length)
+            if length > MAX_BODY:
+                raise ApiError(413, f"body over {MAX_BODY} bytes")
+            data = self.rfile.read(length) if length else b"{}"
+            if len(data) != length and length:
+                raise ApiError(400, "body shorter than Content-Length")
             try:
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-            except json.JSONDecodeError:
-                self.reply(400, {"error": "body is not JSON"})
-                return
+                text = data.decode("utf-8")
+                if nesting_depth(text) > MAX_DEPTH:
+                    raise ApiError(400, "body nests too deep")
+                body = json.loads(text, parse_constant=_refuse_constant)
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise ApiError(400, "body is not UTF-8 JSON") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "body must be a JSON object")
+            return body
+
+        def handle_request(self, method: str) -> None:
+            try:
+                self.check_caller()
+                if method == "GET":
+                    if self.path.rstrip("/") not in ("/nlb", ""):
+                        raise ApiError(404, f"no such resource {self.path}")
+                    self.reply(200, app.snapshot())
+                    return
+                self.reply(200, self.post(self.body()))
+            except ApiError as exc:
+                self.reply(exc.code, {"error": str(exc)})
+
+        def post(self, body: dict[str, Any]) -> dict:
             parts = [p for p in self.path.split("/") if p]
             if len(parts) < 3 or parts[0] != "nlb":
-                self.reply(404, {"error": f"no such resource {self.path}"})
-                return
+                raise ApiError(404, f"no such resource {self.path}")
             vip = app.find_vip(parts[1])
             if vip is None:
-                self.reply(404, {"error": f"no VIP {parts[1]}"})
-                return
-            if parts[2] == "affinity" and len(parts) == 3:
-                self.set_affinity(vip, body)
-                return
+                raise ApiError(404, f"no VIP {parts[1]}")
+            if parts[2:] == ["affinity"]:
+                affinity = body.get("affinity")
+                if affinity not in AFFINITIES:
+                    raise ApiError(400, f"affinity must be one of {list(AFFINITIES)}")
+                app.set_affinity(vip, affinity)
+                return app.snapshot()
             if len(parts) != 5 or parts[2] != "members" or parts[3] not in vip.pool.members:
-                self.reply(404, {"error": f"no such member or action in {self.path}"})
-                return
+                raise ApiError(404, f"no such member or action in {self.path}")
             name, action = parts[3], parts[4]
             if action == "drain":
-                app.drain(vip, name, body.get("deadline_s"))
+                app.drain(vip, name, deadline(body))
             elif action == "rejoin":
                 app.rejoin(vip, name)
             elif action in ("down", "up"):
-                app.set_member(vip, name, f"admin_{action}", alive=action == "up")
+                app.admin_set(vip, name, up=action == "up")
             else:
-                self.reply(404, {"error": f"unknown action {action}"})
-                return
-            self.reply(200, app.snapshot())
+                raise ApiError(404, f"unknown action {action}")
+            return app.snapshot()
 
-        def set_affinity(self, vip, body):
-            from controllers.nlb_logic import AFFINITIES
+        def do_GET(self):
+            self.handle_request("GET")
 
-            affinity = body.get("affinity")
-            if affinity not in AFFINITIES:
-                self.reply(400, {"error": f"affinity must be one of {list(AFFINITIES)}"})
-                return
-            with app.lock:
-                vip.pool.affinity = affinity
-            self.reply(200, app.snapshot())
+        def do_POST(self):
+            self.handle_request("POST")
 
     return Handler
 
 
-def serve_api(app, host: str, port: int) -> None:
-    server = ThreadingHTTPServer((host, port), make_handler(app))
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def deadline(body: dict[str, Any]) -> float | None:
+    value = body.get("deadline_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_DEADLINE_S:
+        raise ApiError(400, f"deadline_s must be a number of seconds from 0 to {MAX_DEADLINE_S}")
+    return float(value)
+
+
+def serve_api(app, api: dict[str, Any]) -> None:
+    port = int(api["port"])
+    server = ThreadingHTTPServer((api.get("host", "127.0.0.1"), port), make_handler(app, port, api.get("token")))
     server.daemon_threads = True
     server.serve_forever()

@@ -4,8 +4,11 @@
   backends moves only the keys that were on it, adding one moves about 1/(N+1) of them.
 * ``affinity_key``: Windows NLB's affinity modes: none (per connection), single (client
   IP), network (client /24, "class C").
-* ``Pool``: the members of one VIP with health and drain state, and the table built over
-  the members that may take new connections.
+* ``Pool``: the members of one VIP with their state, and the table built over the members
+  that may take new connections. A member's state has four parts that never mix: link
+  (``port_up``, from port status), health (``healthy``, from probes), admin
+  (``admin_up``, from the admin API) and ``draining``; a probe can never undo an admin
+  "down", nor an admin "up" put a dead CAS back in rotation.
 * ``ConnectionTable``: established connections pinned to their backend, so a membership
   change never moves a live session on a surviving backend.
 """
@@ -105,13 +108,19 @@ class Member:
     ip: str
     mac: str
     port_name: str
-    alive: bool = True
+    healthy: bool = True
     draining: bool = False
     port_up: bool = True
+    admin_up: bool = True
+
+    @property
+    def in_service(self) -> bool:
+        """Carries traffic at all: link up, healthy, not taken down by an admin."""
+        return self.healthy and self.port_up and self.admin_up
 
     @property
     def accepts_new(self) -> bool:
-        return self.alive and self.port_up and not self.draining
+        return self.in_service and not self.draining
 
 
 @dataclass
@@ -138,7 +147,7 @@ class Pool:
         return self.members[name] if name else None
 
     def set_state(self, name: str, **changes) -> bool:
-        """Change a member's alive/draining/port_up; True if its eligibility changed."""
+        """Change a member's healthy/draining/port_up/admin_up; True if its eligibility changed."""
         member = self.members[name]
         before = member.accepts_new
         for key, value in changes.items():

@@ -1,102 +1,59 @@
-"""The SDN network load balancer: a Ryu/os-ken app (OpenFlow 1.3) that owns the array VIPs.
+"""The SDN network load balancer: a Ryu/os-ken app that owns the array VIPs.
 
-What it does, per VIP (one per array or site):
+Two dataplanes, chosen by the config's ``dataplane``:
 
-* answers ARP and ICMP echo for the VIP with the VIP's own MAC;
-* on a connection's first packet (the SYN) picks a live CAS with the consistent-hashing
-  table (affinity none/single/network, as Windows NLB), and installs two exact-match flows
-  that rewrite VIP <-> CAS: every later packet stays in the switch;
-* notices a CAS going away by port status (link down) and by active probes reported by
-  the health agent (``controllers.health_agent``), deletes that CAS's flows and, with
-  ``fast_fail``, makes the switch reset its clients' connections (see ``_challenge``);
-* answers packets of unknown connections to the VIP with a TCP RST whose sequence number
-  the client accepts, so clients reconnect at once instead of waiting for a timeout;
-* drains and rejoins members without touching any other session;
-* after a restart, re-learns the connection table from the flows left in the switch
-  (OVS fail mode ``secure`` keeps them forwarding meanwhile).
+* ``switch`` (the default): Open vSwitch balances by itself. New connections to the VIP
+  hit a select group that hashes the fields the affinity needs (5-tuple, client IP or
+  client /24) over one bucket per CAS; each bucket follows its CAS port's liveness and
+  commits the connection to conntrack with ``nat(dst=CAS)`` and the member in
+  ``ct_mark``, so established connections stay on their CAS whatever the group does
+  later. No packet reaches the controller in steady state (OVN's load balancer works so).
+* ``controller``: the first packet of each connection is a packet-in; the app picks a CAS
+  by consistent hashing (controllers/nlb_logic.py) and pins two exact rewrite flows.
 
-Everything else on the switch goes through the NORMAL (L2 learning) pipeline.
-Config comes from the JSON file named by ``CASLAB_NLB_CONFIG``; see ``caslab/modes.py``.
+Either way the app answers ARP and ping for the VIP, learns that a CAS is gone from port
+status (link down) and from the health agents' probes, takes it out of rotation, and with
+``fast_fail`` gets its clients reset within milliseconds: every client packet of a dead
+member's connection reaches the controller, which answers it with an exact RST, and idle
+clients are made to send one by a challenge segment. Admin down / up, drain (with a
+deadline) and rejoin come from the admin API (controllers/nlb_api.py) and survive a
+restart; a restarted controller re-learns the switch's connections. Only sources listed
+per switch port may send to the VIP, and a meter bounds what reaches the controller.
+
+Messages are built by controllers/nlb_flows.py, frames by controllers/nlb_frames.py
+(no framework packet parser ever sees an untrusted frame). Config: ``CASLAB_NLB_CONFIG``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
+import queue
 import threading
 
+from controllers import nlb_frames as frames
+from controllers.nlb_challenger import Challenger
+from controllers.nlb_failover import FailoverMixin
+from controllers.nlb_probes import HealthMixin
+from controllers.compat import (
+    CONFIG_DISPATCHER, MAIN_DISPATCHER, BaseApp, hub, ofp_event, ofproto_v1_3, ofproto_v1_5, set_ev_cls,
+)
+from controllers.nlb_flows import FORWARD, REVERSE, Cookie, FlowBuilder
+from controllers.nlb_logic import Connection
+from controllers.nlb_state import (
+    AdminState, TokenBucket, Vip,
+)
 from labcommon.catalogue import (
-    LB_MEMBER, NLB_CONN, NLB_CONVERGING, NLB_EVICT, NLB_HEALTH_SOCKET_ERROR, NLB_RELEARN, NLB_SWITCH, NLB_UP,
+    LB_MEMBER, NLB_CONN, NLB_EVICT, NLB_RELEARN, NLB_RESET,
+    NLB_SWITCH, NLB_SWITCH_ERROR, NLB_UP,
 )
 from labcommon.events import EventLog, NullLog, now_ns
-from controllers.compat import (
-    CONFIG_DISPATCHER, MAIN_DISPATCHER, BaseApp, arp, ethernet, hub, icmp, ipv4, ofp_event,
-    ofproto_v1_3, packet, set_ev_cls, tcp,
-)
-from controllers.nlb_logic import Connection, ConnectionTable, HealthTracker, Member, Pool
 
-ETH_ARP, ETH_IP = 0x0806, 0x0800
-PROTO_ICMP, PROTO_TCP = 1, 6
-COOKIE_TAG = 0xCA5 << 48
-COOKIE_MASK_MEMBER = 0xFFFF_FFFF_FFFF_0000
-FORWARD, REVERSE = 1, 2
-PRIO_CONN, PRIO_VIP_CTRL, PRIO_VIP_TCP, PRIO_MISS = 300, 200, 100, 0
+CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
 
 
-def tcp_options_sane(data: bytes) -> bool:
-    """False for an IPv4/TCP frame whose options os-ken's parser would loop on forever.
-
-    An option other than EOL/NOP with a length below 2 makes os-ken's TCP option parser
-    spin, so any client could hang the controller with one crafted SYN.
-    """
-    if len(data) < 34 or data[12:14] != b"\x08\x00" or data[23] != PROTO_TCP:
-        return True
-    tcp_at = 14 + (data[14] & 0x0F) * 4
-    if len(data) < tcp_at + 20:
-        return True
-    end = min(len(data), tcp_at + (data[tcp_at + 12] >> 4) * 4)
-    i = tcp_at + 20
-    while i < end:
-        kind = data[i]
-        if kind == 0:
-            return True
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= end or data[i + 1] < 2:
-            return False
-        i += data[i + 1]
-    return True
-
-
-def member_cookie(vip_index: int, member_index: int, direction: int = 0) -> int:
-    return COOKIE_TAG | (vip_index << 32) | (member_index << 16) | direction
-
-
-class Vip:
-    """One VIP: its address, the switch it lives on, its pool and its connections."""
-
-    def __init__(self, index: int, spec: dict):
-        self.index = index
-        self.name = spec["name"]
-        self.ip = spec["ip"]
-        self.mac = spec["mac"]
-        self.dpid = int(spec["dpid"])
-        self.ports = set(int(p) for p in spec["ports"])
-        members = [Member(m["name"], m["ip"], m["mac"], m["port_name"]) for m in spec["members"]]
-        self.member_index = {m.name: i + 1 for i, m in enumerate(members)}
-        self.pool = Pool({m.name: m for m in members}, affinity=spec.get("affinity", "none"))
-        self.conns = ConnectionTable()
-        self.port_numbers: dict[str, int] = {}
-        self.health = {m.name: HealthTracker() for m in members}
-
-    def member_by_ip(self, ip: str) -> Member | None:
-        return next((m for m in self.pool.members.values() if m.ip == ip), None)
-
-
-class SdnNlb(BaseApp):
-    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION, ofproto_v1_5.OFP_VERSION]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,61 +62,80 @@ class SdnNlb(BaseApp):
         if path:
             with open(path, encoding="utf-8") as handle:
                 self.config = json.load(handle)
-        self.event_log = EventLog(self.config["events"], "nlb") if self.config.get("events") else NullLog()
-        self.fast_fail = bool(self.config.get("fast_fail", True))
-        self.conn_idle_s = int(self.config.get("conn_idle_s", 120))
-        delays = self.config.get("challenge_delays_ms", [5, 25, 60, 120, 250])
-        if "challenge_delay_ms" in self.config:
-            delays = [self.config["challenge_delay_ms"]]
-        self.challenge_delays_s = [float(d) / 1000 for d in delays]
-        self.pending_resets: dict[tuple, Connection] = {}
-        # Windows NLB emulation (caslab/modes.py) turns these off/on: it only learns of a
-        # dead host from missed heartbeats and then needs a convergence round.
-        self.port_detection = bool(self.config.get("port_detection", True))
-        self.convergence_s = float(self.config.get("convergence_ms", 0)) / 1000
-        self.vips = [Vip(i + 1, spec) for i, spec in enumerate(self.config["vips"])]
-        for vip in self.vips:
-            for name, tracker in vip.health.items():
-                tracker.fall = int(self.config.get("health", {}).get("fall", 2))
-                tracker.rise = int(self.config.get("health", {}).get("rise", 2))
+        c = self.config
+        self.event_log = EventLog(c["events"], "nlb") if c.get("events") else NullLog()
+        self.dataplane = c.get("dataplane", "controller")
+        self.fast_fail = bool(c.get("fast_fail", True))
+        self.conn_idle_s = int(c.get("conn_idle_s", 120))
+        # Until the switch has re-evaluated its cached datapath flows (a few ms, tens under
+        # load) a client's answer to a challenge may still take the dead CAS's path; hence a
+        # dense schedule of retries early, and a sparse one later.
+        self.challenge_delays_s = [float(d) / 1000 for d in c.get(
+            "challenge_delays_ms", [1, 2, 3, 5, 7, 10, 14, 20, 30, 45, 70, 120, 250])]
+        self.port_detection = bool(c.get("port_detection", True))  # Windows NLB emulation turns these off/on
+        self.convergence_s = float(c.get("convergence_ms", 0)) / 1000
+        self.datapath_name = c.get("datapath_name")
+        health = c.get("health", {})
+        self.vips = [Vip(i + 1, spec, int(health.get("fall", 2)), int(health.get("rise", 2)))
+                     for i, spec in enumerate(c["vips"])]
+        self.admin = AdminState.load(c.get("state_file"))
+        self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
         self.datapaths: dict[int, object] = {}
+        self.challenger = Challenger(self._send_challenge, self.challenge_delays_s)
+        self.barriers: dict[tuple[int, int], threading.Event] = {}
+        self.failovers: queue.SimpleQueue = queue.SimpleQueue()  # served by one waiting thread
+        self.ct_cache: dict[int, list] = {}  # switch dataplane: vip index -> last conntrack read
+        self.ct_refresh_s = float(c.get("ct_refresh_ms", 250)) / 1000
         self.lock = threading.RLock()
-        self.stats = {"packet_in": 0, "conns": 0, "resets": 0, "challenges": 0, "arp": 0, "icmp": 0}
-        self.event_log.emit(NLB_UP, vips=[v.ip for v in self.vips], fast_fail=self.fast_fail)
-        self._threads = []
-        health_socket = self.config.get("health", {}).get("socket")
-        if health_socket:
-            self._threads.append(hub.spawn(self._health_loop, health_socket))
-        api = self.config.get("api")
-        if api:
+        self.stats = {"packet_in": 0, "conns": 0, "resets": 0, "challenges": 0, "arp": 0, "icmp": 0,
+                      "dropped": 0, "malformed": 0}
+        for vip in self.vips:
+            self._restore_admin(vip)
+        self.event_log.emit(NLB_UP, vips=[v.ip for v in self.vips], fast_fail=self.fast_fail, dataplane=self.dataplane)
+        self._threads = [hub.spawn(self._guard_report), hub.spawn(self.challenger.run),
+                         hub.spawn(self._failover_worker)]
+        if self.dataplane == "switch" and self.fast_fail:
+            self._threads.append(hub.spawn(self._conntrack_loop))
+        if health.get("socket"):
+            self._threads.append(hub.spawn(self._health_loop, health["socket"]))
+        if c.get("api"):
             from controllers.nlb_api import serve_api
-            self._threads.append(hub.spawn(serve_api, self, api.get("host", "127.0.0.1"), int(api["port"])))
+            self._threads.append(hub.spawn(serve_api, self, c["api"]))
 
-    # ---- switch set-up -------------------------------------------------------------
+    def _restore_admin(self, vip: Vip) -> None:
+        """A restarted controller keeps what an admin set (admin down, drains)."""
+        for name in vip.pool.members:
+            saved = self.admin.get(vip.ip, name)
+            vip.pool.set_state(name, admin_up=bool(saved.get("admin_up", True)),
+                               draining=bool(saved.get("draining", False)))
+
+    # ---- switch set-up -------------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def switch_features_handler(self, ev):
         dp = ev.msg.datapath
-        parser = dp.ofproto_parser
-        self.datapaths[dp.id] = dp
-        self.add_flow(dp, PRIO_MISS, parser.OFPMatch(), [parser.OFPActionOutput(dp.ofproto.OFPP_NORMAL)])
-        to_ctrl = [parser.OFPActionOutput(dp.ofproto.OFPP_CONTROLLER, dp.ofproto.OFPCML_NO_BUFFER)]
-        for vip in self.vips_on(dp.id):
-            self.add_flow(dp, PRIO_VIP_CTRL, parser.OFPMatch(eth_type=ETH_ARP, arp_tpa=vip.ip), to_ctrl)
-            self.add_flow(dp, PRIO_VIP_CTRL, parser.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_ICMP, ipv4_dst=vip.ip), to_ctrl)
-            self.add_flow(dp, PRIO_VIP_TCP, parser.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip), to_ctrl)
-        dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
-        dp.send_msg(parser.OFPFlowStatsRequest(dp, cookie=COOKIE_TAG, cookie_mask=0xFFFF << 48))
+        build = FlowBuilder(dp)
+        msgs = build.table_miss()
+        mine = self.vips_on(dp.id)
+        if mine:
+            meter = self.config.get("meter", {})
+            msgs += build.meter(int(meter.get("rate_pps", 2000)), int(meter.get("burst", 500)))
+        for vip in mine:
+            msgs += build.vip_base(vip)
+        msgs += [build.port_desc_request()]
+        if mine and self.dataplane == "controller":
+            msgs.append(build.our_flows_request())
+        with self.lock:
+            self.datapaths[dp.id] = dp
+            self._send(dp, msgs)
         self.event_log.emit(NLB_SWITCH, dpid=dp.id)
 
     def vips_on(self, dpid: int) -> list[Vip]:
         return [vip for vip in self.vips if vip.dpid == dpid]
 
-    def add_flow(self, dp, priority, match, actions, cookie=0, idle_timeout=0, flags=0):
-        parser = dp.ofproto_parser
-        inst = [parser.OFPInstructionActions(dp.ofproto.OFPIT_APPLY_ACTIONS, actions)]
-        dp.send_msg(parser.OFPFlowMod(datapath=dp, priority=priority, match=match, instructions=inst,
-                                      cookie=cookie, idle_timeout=idle_timeout, flags=flags))
+    def _send(self, dp, msgs) -> None:
+        for msg in msgs:
+            dp.send_msg(msg)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def port_desc_handler(self, ev):
@@ -167,331 +143,262 @@ class SdnNlb(BaseApp):
         with self.lock:
             for port in ev.msg.body:
                 self._note_port(dp, port)
+            for vip in self.vips_on(dp.id):
+                self._install_vip(dp, vip)
+
+    def _install_vip(self, dp, vip: Vip) -> None:
+        """The VIP's guard and service flows (they need the port numbers the switch reported)."""
+        build = FlowBuilder(dp)
+        msgs = build.guard(vip, vip.allowed_sources())
+        if self.dataplane == "switch":
+            members = [(vip.member_index[m.name], m) for m in vip.pool.members.values()]
+            msgs.append(self._group(build, vip))  # before the flows that point at it
+            msgs += build.switch_service(vip, members)
+            for index, member in members:
+                port = vip.port_numbers.get(member.port_name)
+                if port is not None:
+                    msgs += build.deliver_to(vip, index, member, port)
+                msgs += build.dead_member(vip, index) if not member.in_service else build.forget_dead_member(vip, index)
+        else:
+            msgs += build.service_to_controller(vip)
+        self._send(dp, msgs)
+
+    def _group(self, build: FlowBuilder, vip: Vip):
+        buckets = [(vip.member_index[m.name], m, vip.port_numbers[m.port_name]) for m in vip.pool.members.values()
+                   if m.accepts_new and m.port_name in vip.port_numbers]
+        return build.group(vip, buckets, vip.pool.affinity)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def error_handler(self, ev):
+        """A message the switch refused: logged, so a broken pipeline is never silent."""
+        msg = ev.msg
+        self.event_log.emit(NLB_SWITCH_ERROR, dpid=msg.datapath.id, type=int(msg.type), code=int(msg.code),
+                            data=bytes(msg.data or b"")[:64].hex())
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status_handler(self, ev):
         dp, msg = ev.msg.datapath, ev.msg
         with self.lock:
-            gone = msg.reason == dp.ofproto.OFPPR_DELETE
-            self._note_port(dp, msg.desc, gone=gone)
+            self._note_port(dp, msg.desc, gone=msg.reason == dp.ofproto.OFPPR_DELETE)
 
     def _note_port(self, dp, port, gone: bool = False) -> None:
         name = port.name.decode() if isinstance(port.name, bytes) else port.name
-        up = not gone and not (port.state & dp.ofproto.OFPPS_LINK_DOWN) and not (port.config & dp.ofproto.OFPPC_PORT_DOWN)
+        ofp = dp.ofproto
+        up = not gone and not (port.state & ofp.OFPPS_LINK_DOWN) and not (port.config & ofp.OFPPC_PORT_DOWN)
         for vip in self.vips_on(dp.id):
             vip.port_numbers[name] = port.port_no
             for member in vip.pool.members.values():
                 if self.port_detection and member.port_name == name and member.port_up != up:
                     self.set_member(vip, member.name, "port_down" if not up else "port_up", port_up=up)
 
-    # ---- membership ----------------------------------------------------------------
+    # ---- membership ----------------------------------------------------------------------
 
     def set_member(self, vip: Vip, name: str, reason: str, **changes) -> None:
-        """Apply a health/drain change; a member that stops taking traffic loses its flows."""
+        """Apply a link / health / admin / drain change and act on what it changed."""
+        decided = now_ns()
         with self.lock:
             member = vip.pool.members[name]
-            was_alive = member.alive and member.port_up
+            was_serving, was_accepting = member.in_service, member.accepts_new
             vip.pool.set_state(name, **changes)
-            alive = member.alive and member.port_up
-            self.event_log.emit(LB_MEMBER, vip=vip.ip, member=name, reason=reason, alive=alive,
-                             draining=member.draining, accepts_new=member.accepts_new)
-            if was_alive and not alive:
-                self.evict(vip, name, reason)
+            dp = self.datapaths.get(vip.dpid)
+            if was_serving and not member.in_service:
+                self.evict(vip, name, reason)  # first: its clients are waiting
+            elif not was_serving and member.in_service and self.dataplane == "switch" and dp is not None:
+                self._send(dp, FlowBuilder(dp).forget_dead_member(vip, vip.member_index[name]))
+            if self.dataplane == "switch" and dp is not None and was_accepting != member.accepts_new:
+                self._send(dp, [self._group(FlowBuilder(dp), vip)])
+            self.event_log.emit(LB_MEMBER, ts=decided, vip=vip.ip, member=name, reason=reason,
+                                alive=member.in_service, draining=member.draining, accepts_new=member.accepts_new)
 
-    def evict(self, vip: Vip, name: str, reason: str) -> int:
-        """Drop every connection pinned to ``name``: delete its flows, reset its clients."""
+    def evict(self, vip: Vip, name: str, reason: str) -> None:
+        """Every connection on ``name`` is over: stop forwarding it and reset its clients."""
         dp = self.datapaths.get(vip.dpid)
+        index = vip.member_index[name]
+        if self.dataplane == "switch":
+            if dp is None:
+                return
+            applied = self._send_with_barrier(dp, FlowBuilder(dp).dead_member(vip, index))
+            if self.fast_fail:
+                self.failovers.put((dp, vip, index, name, reason, now_ns(), applied))
+            else:
+                self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=0, fast_fail=False)
+            return
         conns = vip.conns.on_backend(name)
         if dp is not None:
-            parser = dp.ofproto_parser
-            dp.send_msg(parser.OFPFlowMod(
-                datapath=dp, command=dp.ofproto.OFPFC_DELETE, table_id=dp.ofproto.OFPTT_ALL,
-                out_port=dp.ofproto.OFPP_ANY, out_group=dp.ofproto.OFPG_ANY,
-                cookie=member_cookie(vip.index, vip.member_index[name]), cookie_mask=COOKIE_MASK_MEMBER,
-                match=parser.OFPMatch()))
+            self._send(dp, FlowBuilder(dp).unpin_member(vip, index))
             if self.fast_fail and conns:
-                # OVS applies a flow delete to its datapath cache asynchronously (usually a
-                # few ms, sometimes tens): a client's answer that arrives before then still
-                # follows the dead CAS's flow and is lost. So challenge again on a schedule
-                # until the client has answered and been reset.
-                keys = [conn.key for conn in conns]
-                self.pending_resets.update({conn.key: conn for conn in conns})
-                for i, delay in enumerate(self.challenge_delays_s):
-                    last = i == len(self.challenge_delays_s) - 1
-                    hub.spawn_after(delay, self._challenge_pending, dp, vip, keys, last)
+                self.challenger.add(dp, vip, conns, now=False)  # after the flow delete, not before
         for conn in conns:
             vip.conns.remove(conn.key)
         self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns),
-                         fast_fail=self.fast_fail)
-        return len(conns)
+                            fast_fail=self.fast_fail)
+
+    def admin_set(self, vip: Vip, name: str, up: bool) -> None:
+        self.admin.set(vip.ip, name, admin_up=up)
+        self.set_member(vip, name, "admin_up" if up else "admin_down", admin_up=up)
 
     def drain(self, vip: Vip, name: str, deadline_s: float | None = None) -> None:
-        self.set_member(vip, name, "drain", draining=True)
-        if deadline_s is not None:
-            hub.spawn_after(deadline_s, self._drain_deadline, vip, name)
-
-    def _drain_deadline(self, vip: Vip, name: str) -> None:
         with self.lock:
-            if vip.pool.members[name].draining:
+            vip.drain_generation[name] += 1
+            generation = vip.drain_generation[name]
+            self.admin.set(vip.ip, name, draining=True)
+            self.set_member(vip, name, "drain", draining=True)
+        if deadline_s is not None:
+            hub.spawn_after(deadline_s, self._drain_deadline, vip, name, generation)
+
+    def _drain_deadline(self, vip: Vip, name: str, generation: int) -> None:
+        with self.lock:  # a rejoin (or a newer drain) since then makes this timer stale
+            if vip.pool.members[name].draining and vip.drain_generation[name] == generation:
                 self.evict(vip, name, "drain_deadline")
 
-    def rejoin(self, vip: Vip, name: str) -> None:
-        self.set_member(vip, name, "rejoin", draining=False)
-
-    # ---- health agent --------------------------------------------------------------
-
-    def _health_loop(self, path: str) -> None:
-        import socket
-
-        if os.path.exists(path):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.bind(path)
-        except OSError as exc:  # e.g. a path over 107 bytes: say so instead of dying silently
-            self.event_log.emit(NLB_HEALTH_SOCKET_ERROR, path=path, reason=str(exc))
-            return
-        while True:
-            data = sock.recv(4096)
-            try:
-                report = json.loads(data)
-                self.on_probe(report["vip"], report["member"], bool(report["ok"]), report.get("detail", ""))
-            except (ValueError, KeyError, TypeError):
-                continue
-
-    def on_probe(self, vip_ip: str, name: str, ok: bool, detail: str = "") -> None:
+    def set_affinity(self, vip: Vip, affinity: str) -> None:
         with self.lock:
-            vip = next((v for v in self.vips if v.ip == vip_ip), None)
-            if vip is None or name not in vip.health:
-                return
-            flipped = vip.health[name].record(ok)
-            if flipped is None:
-                return
-            reason = "probe_up" if flipped else f"probe_down:{detail}"
-            if self.convergence_s > 0:
-                self.event_log.emit(NLB_CONVERGING, vip=vip.ip, member=name, alive=flipped)
-                hub.spawn_after(self.convergence_s, self.set_member, vip, name, reason, alive=flipped)
-            else:
-                self.set_member(vip, name, reason, alive=flipped)
+            vip.pool.affinity = affinity
+            dp = self.datapaths.get(vip.dpid)
+            if self.dataplane == "switch" and dp is not None:
+                self._send(dp, [self._group(FlowBuilder(dp), vip)])
 
-    # ---- packets -------------------------------------------------------------------
+    def rejoin(self, vip: Vip, name: str) -> None:
+        with self.lock:
+            vip.drain_generation[name] += 1
+            self.admin.set(vip.ip, name, draining=False)
+            self.set_member(vip, name, "rejoin", draining=False)
+
+    # ---- packets -------------------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev):
         msg = ev.msg
         dp = msg.datapath
-        in_port = msg.match["in_port"]
-        if not tcp_options_sane(msg.data):
+        if not self.limiter.allow():
             return
-        try:
-            pkt = packet.Packet(msg.data)
-        except Exception:  # noqa: BLE001 - os-ken's parsers raise many kinds on garbage
+        frame = frames.parse(msg.data)
+        if frame is None:
+            self.stats["malformed"] += 1
             return
-        eth = pkt.get_protocol(ethernet.ethernet)
-        if eth is None:
+        self.stats["packet_in"] += 1
+        vips = {v.ip: v for v in self.vips_on(dp.id)}
+        if frame.arp_op is not None:
+            vip = vips.get(frame.arp_tpa)
+            if vip is not None and frame.arp_op == frames.ARP_REQUEST:
+                self.stats["arp"] += 1
+                self._out(dp, msg.match["in_port"], frames.arp_reply(vip.mac, vip.ip, frame.arp_sha,
+                                                                     frame.arp_spa, frame.vlans))
             return
-        with self.lock:
-            self.stats["packet_in"] += 1
-            vips = {v.ip: v for v in self.vips_on(dp.id)}
-            arp_pkt = pkt.get_protocol(arp.arp)
-            if arp_pkt is not None:
-                vip = vips.get(arp_pkt.dst_ip)
-                if vip is not None and arp_pkt.opcode == arp.ARP_REQUEST:
-                    self._reply_arp(dp, in_port, eth, arp_pkt, vip)
-                return
-            ip = pkt.get_protocol(ipv4.ipv4)
-            vip = vips.get(ip.dst) if ip is not None else None
-            if vip is None:
-                return
-            icmp_pkt = pkt.get_protocol(icmp.icmp)
-            if icmp_pkt is not None and icmp_pkt.type == icmp.ICMP_ECHO_REQUEST:
-                self._reply_icmp(dp, in_port, eth, ip, icmp_pkt, vip)
-                return
-            tcp_pkt = pkt.get_protocol(tcp.tcp)
-            if tcp_pkt is not None:
-                self._handle_tcp(dp, in_port, msg.data, eth, ip, tcp_pkt, vip)
+        vip = vips.get(frame.ip_dst) or self._vip_of_member(vips, frame)
+        if vip is None:
+            return
+        if frame.icmp_type == frames.ICMP_ECHO_REQUEST and frame.ip_dst == vip.ip:
+            self.stats["icmp"] += 1
+            self._out(dp, msg.match["in_port"], frames.icmp_echo_reply(frame, vip.mac, vip.ip))
+        elif frame.is_tcp and self.dataplane == "controller":
+            with self.lock:  # the connection table is shared with membership changes
+                self._handle_tcp(dp, msg.match["in_port"], msg.data, frame, vip)
+        elif frame.is_tcp:  # switch dataplane: nothing shared to change, no lock on this path
+            self._handle_tcp(dp, msg.match["in_port"], msg.data, frame, vip)
 
-    def _handle_tcp(self, dp, in_port, data, eth, ip, seg, vip: Vip) -> None:
-        key = (ip.src, seg.src_port, vip.ip, seg.dst_port)
-        is_syn = seg.has_flags(tcp.TCP_SYN) and not seg.has_flags(tcp.TCP_ACK)
-        if is_syn and seg.dst_port in vip.ports:
-            conn = vip.conns.get(key)
-            member = vip.pool.members.get(conn.backend) if conn else vip.pool.choose(ip.src, seg.src_port)
-            if member is None or not member.accepts_new and conn is None:
-                self._reset(dp, in_port, eth, ip, seg, vip)
-                return
-            self._pin(dp, in_port, data, eth, key, member, vip, client_isn=seg.seq)
-            return
-        known = vip.conns.get(key)
-        if known is not None:
-            member = vip.pool.members[known.backend]
-            if member.alive and member.port_up:  # raced its own flow install: forward it the same way
-                self._pin(dp, in_port, data, eth, key, member, vip)
-                return
-            vip.conns.remove(key)  # pinned to a member that is gone: fall through to the reset
-        if seg.has_flags(tcp.TCP_RST):
-            return
-        # A packet of a connection the switch has no flow for: a dead CAS's client, a
-        # closed port, or a stray. Reset it so the client learns at once.
-        if self.fast_fail or seg.dst_port not in vip.ports:
-            self._reset(dp, in_port, eth, ip, seg, vip)
-            self.pending_resets.pop(key, None)
+    def _vip_of_member(self, vips: dict[str, Vip], frame: frames.Frame) -> Vip | None:
+        """Switch dataplane: a client packet after NAT names the CAS, not the VIP."""
+        return next((v for v in vips.values() if v.member_by_ip(frame.ip_dst or "") and frame.tcp_dst in v.ports),
+                    None)
 
-    def _pin(self, dp, in_port, data, eth, key, member: Member, vip: Vip, client_isn: int | None = None) -> None:
-        parser = dp.ofproto_parser
+    def _handle_tcp(self, dp, in_port, data, seg: frames.Frame, vip: Vip) -> None:
+        key = (seg.ip_src, seg.tcp_src, vip.ip, seg.tcp_dst)
+        if self.dataplane == "controller":
+            is_syn = seg.has(frames.SYN) and not seg.has(frames.ACK)
+            if is_syn and seg.tcp_dst in vip.ports:
+                conn = vip.conns.get(key)
+                member = vip.pool.members.get(conn.backend) if conn else vip.pool.choose(seg.ip_src, seg.tcp_src)
+                if member is not None and (member.accepts_new or conn is not None):
+                    self._pin(dp, in_port, data, seg, key, member, vip)
+                    return
+            else:
+                known = vip.conns.get(key)
+                if known is not None:
+                    member = vip.pool.members[known.backend]
+                    if member.in_service:  # raced its own flow install: forward it the same way
+                        self._pin(dp, in_port, data, seg, key, member, vip)
+                        return
+                    vip.conns.remove(key)  # pinned to a member that is gone: reset it below
+                if not self.fast_fail and seg.tcp_dst in vip.ports:
+                    return
+        # A segment the switch had no way to forward: a dead CAS's client, a closed port or
+        # a stray. Reset it so the client learns at once.
+        reset = frames.reset_for(seg, vip.mac, vip.ip, seg.tcp_dst)
+        if reset is not None:
+            self.stats["resets"] += 1
+            self._out(dp, in_port, reset)
+            self.challenger.done(key)
+            if self.dataplane == "switch":
+                dead = vip.member_by_ip(seg.ip_dst or "")
+                self.event_log.emit(NLB_RESET, vip=vip.ip, client=f"{seg.ip_src}:{seg.tcp_src}",
+                                    member=dead.name if dead else None)
+
+    def _pin(self, dp, in_port, data, seg: frames.Frame, key, member, vip: Vip) -> None:
         out_port = vip.port_numbers.get(member.port_name)
         if out_port is None:
             return
-        client_ip, client_port, _, service_port = key
-        flags = dp.ofproto.OFPFF_SEND_FLOW_REM
-        index = vip.member_index[member.name]
-        forward = [parser.OFPActionSetField(eth_dst=member.mac), parser.OFPActionSetField(ipv4_dst=member.ip),
-                   parser.OFPActionOutput(out_port)]
-        self.add_flow(dp, PRIO_CONN, parser.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=client_ip,
-                                                     tcp_src=client_port, ipv4_dst=vip.ip, tcp_dst=service_port),
-                      forward, cookie=member_cookie(vip.index, index, FORWARD), idle_timeout=self.conn_idle_s,
-                      flags=flags)
-        reverse = [parser.OFPActionSetField(eth_src=vip.mac), parser.OFPActionSetField(ipv4_src=vip.ip),
-                   parser.OFPActionSetField(eth_dst=eth.src), parser.OFPActionOutput(in_port)]
-        self.add_flow(dp, PRIO_CONN, parser.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip,
-                                                     tcp_src=service_port, ipv4_dst=client_ip, tcp_dst=client_port),
-                      reverse, cookie=member_cookie(vip.index, index, REVERSE), idle_timeout=self.conn_idle_s)
-        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=dp.ofproto.OFP_NO_BUFFER, in_port=in_port,
-                                        actions=forward, data=data))
+        build = FlowBuilder(dp)
+        flows, forward = build.pin(vip, vip.member_index[member.name], member, out_port, key, seg.eth_src, in_port,
+                                   self.conn_idle_s)
+        self._send(dp, flows + [build.packet_out(out_port, data, forward)])
         if vip.conns.get(key) is None:
-            vip.conns.add(Connection(key, member.name, eth.src, in_port, now_ns(), client_isn))
+            vip.conns.add(Connection(key, member.name, seg.eth_src, in_port, now_ns(), seg.tcp_seq))
             self.stats["conns"] += 1
-            self.event_log.emit(NLB_CONN, vip=vip.ip, client=f"{client_ip}:{client_port}", member=member.name)
+            self.event_log.emit(NLB_CONN, vip=vip.ip, client=f"{seg.ip_src}:{seg.tcp_src}", member=member.name)
+
+    def _out(self, dp, port: int, data: bytes) -> None:
+        dp.send_msg(FlowBuilder(dp).packet_out(port, data))
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev):
         msg = ev.msg
-        if msg.cookie & (0xFFFF << 48) != COOKIE_TAG or msg.cookie & 0xFFFF != FORWARD \
-                or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
+        cookie = Cookie.decode(msg.cookie)
+        if cookie is None or cookie.kind != FORWARD or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
             return
-        match = msg.match
+        m = msg.match
         with self.lock:
             for vip in self.vips_on(msg.datapath.id):
-                vip.conns.remove((match["ipv4_src"], match["tcp_src"], match["ipv4_dst"], match["tcp_dst"]))
+                vip.conns.remove((m["ipv4_src"], m["tcp_src"], m["ipv4_dst"], m["tcp_dst"]))
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_handler(self, ev):
-        """Re-learn pinned connections from the flows a previous controller left behind."""
+        """Controller dataplane: re-learn the connections a previous controller pinned."""
         dp = ev.msg.datapath
         learned = 0
         with self.lock:
             for stat in ev.msg.body:
-                if stat.cookie & (0xFFFF << 48) != COOKIE_TAG or stat.cookie & 0xFFFF != REVERSE:
+                cookie = Cookie.decode(stat.cookie)
+                if cookie is None or cookie.kind != REVERSE:
                     continue
-                vip_index, member_index = (stat.cookie >> 32) & 0xFFFF, (stat.cookie >> 16) & 0xFFFF
-                vip = next((v for v in self.vips if v.index == vip_index and v.dpid == dp.id), None)
-                if vip is None:
-                    continue
-                name = next((n for n, i in vip.member_index.items() if i == member_index), None)
-                fields = {}
-                out_port = None
+                vip = next((v for v in self.vips if v.index == cookie.vip and v.dpid == dp.id), None)
+                member = vip.member_by_index(cookie.member) if vip else None
+                if member is None or not member.in_service:
+                    continue  # its flows were (or will be) evicted with the member
+                fields, out_port = {}, 0
                 for action in stat.instructions[0].actions:
                     if hasattr(action, "key"):
                         fields[action.key] = action.value
                     elif hasattr(action, "port"):
                         out_port = action.port
                 key = (stat.match["ipv4_dst"], stat.match["tcp_dst"], vip.ip, stat.match["tcp_src"])
-                member = vip.pool.members.get(name) if name else None
-                if member is None or not (member.alive and member.port_up):
-                    continue  # its flows were (or will be) evicted with the member
                 if vip.conns.get(key) is None:
-                    vip.conns.add(Connection(key, name, fields.get("eth_dst", ""), out_port or 0, now_ns()))
+                    vip.conns.add(Connection(key, member.name, fields.get("eth_dst", ""), out_port, now_ns()))
                     learned += 1
         self.event_log.emit(NLB_RELEARN, dpid=dp.id, conns=learned)
 
-    # ---- crafted replies -----------------------------------------------------------
-
-    def _send(self, dp, port, pkt) -> None:
-        pkt.serialize()
-        parser = dp.ofproto_parser
-        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=dp.ofproto.OFP_NO_BUFFER,
-                                        in_port=dp.ofproto.OFPP_CONTROLLER,
-                                        actions=[parser.OFPActionOutput(port)], data=pkt.data))
-
-    def _reply_arp(self, dp, in_port, eth, req, vip: Vip) -> None:
-        self.stats["arp"] += 1
-        pkt = packet.Packet()
-        pkt.add_protocol(ethernet.ethernet(ethertype=ETH_ARP, dst=eth.src, src=vip.mac))
-        pkt.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=vip.mac, src_ip=vip.ip,
-                                 dst_mac=req.src_mac, dst_ip=req.src_ip))
-        self._send(dp, in_port, pkt)
-
-    def _reply_icmp(self, dp, in_port, eth, ip, echo, vip: Vip) -> None:
-        self.stats["icmp"] += 1
-        pkt = packet.Packet()
-        pkt.add_protocol(ethernet.ethernet(ethertype=ETH_IP, dst=eth.src, src=vip.mac))
-        pkt.add_protocol(ipv4.ipv4(dst=ip.src, src=vip.ip, proto=PROTO_ICMP))
-        pkt.add_protocol(icmp.icmp(type_=icmp.ICMP_ECHO_REPLY, code=0, csum=0, data=echo.data))
-        self._send(dp, in_port, pkt)
-
-    def _tcp_to_client(self, dp, port, client_mac, client_ip, client_port, vip: Vip, service_port,
-                       seq, ack, bits, payload: bytes = b"") -> None:
-        pkt = packet.Packet()
-        pkt.add_protocol(ethernet.ethernet(ethertype=ETH_IP, dst=client_mac, src=vip.mac))
-        pkt.add_protocol(ipv4.ipv4(dst=client_ip, src=vip.ip, proto=PROTO_TCP))
-        pkt.add_protocol(tcp.tcp(src_port=service_port, dst_port=client_port, seq=seq & 0xFFFFFFFF,
-                                 ack=ack & 0xFFFFFFFF, bits=bits, window_size=0))
-        if payload:
-            pkt.add_protocol(payload)
-        self._send(dp, port, pkt)
-
-    def _reset(self, dp, in_port, eth, ip, seg, vip: Vip) -> None:
-        """RST that the client's TCP accepts: for a SYN, RST|ACK of it; else seq = its ack."""
-        self.stats["resets"] += 1
-        if seg.has_flags(tcp.TCP_SYN) and seg.has_flags(tcp.TCP_ACK):
-            seq, ack, bits = seg.ack, 0, tcp.TCP_RST
-        elif seg.has_flags(tcp.TCP_SYN):
-            seq, ack, bits = 0, seg.seq + 1, tcp.TCP_RST | tcp.TCP_ACK
-        elif seg.has_flags(tcp.TCP_ACK):
-            seq, ack, bits = seg.ack, 0, tcp.TCP_RST
-        else:
-            return
-        self._tcp_to_client(dp, in_port, eth.src, ip.src, seg.src_port, vip, seg.dst_port, seq, ack, bits)
-
-    def _challenge_pending(self, dp, vip: Vip, keys: list, last: bool) -> None:
-        with self.lock:
-            for key in keys:
-                conn = self.pending_resets.pop(key, None) if last else self.pending_resets.get(key)
-                if conn is not None:
-                    self._challenge(dp, vip, conn)
-
-    def _challenge(self, dp, vip: Vip, conn: Connection) -> None:
-        """Make a dead CAS's client reveal its sequence state so it can be reset now.
-
-        We never saw the server's sequence numbers (the switch forwarded them), so we send
-        two one-byte segments whose sequence numbers are 2^31 apart: at least one lies
-        outside the client's receive window, and the client answers it with a duplicate
-        ACK (RFC 793). That ACK has no flow any more, reaches ``_handle_tcp`` and gets an
-        exact RST. The byte matters: Linux rate-limits answers to out-of-window segments
-        to one per 500 ms, but not for segments that carry data, so a retry is answered.
-        The ack field lies 2^31 behind the client's first sequence number, so even the
-        segment that falls inside the window is refused and its byte never delivered.
-        """
-        client_ip, client_port, _, service_port = conn.key
-        self.stats["challenges"] += 1
-        base = random.getrandbits(32)
-        ack = (conn.client_isn - (1 << 31)) if conn.client_isn is not None else random.getrandbits(32)
-        for seq in (base, base + (1 << 31)):
-            self._tcp_to_client(dp, conn.in_port, conn.client_mac, client_ip, client_port, vip, service_port,
-                                seq, ack, tcp.TCP_ACK, payload=b"\x00")
-
-    # ---- views for the admin API ---------------------------------------------------
+    # ---- views for the admin API ---------------------------------------------------------
 
     def snapshot(self) -> dict:
         with self.lock:
             return {
-                "stats": dict(self.stats),
-                "fast_fail": self.fast_fail,
+                "stats": dict(self.stats), "fast_fail": self.fast_fail, "dataplane": self.dataplane,
                 "vips": [{
                     "name": vip.name, "ip": vip.ip, "dpid": vip.dpid, "affinity": vip.pool.affinity,
                     "connections": len(vip.conns),
-                    "members": [{"name": m.name, "ip": m.ip, "alive": m.alive, "port_up": m.port_up,
-                                 "draining": m.draining, "accepts_new": m.accepts_new,
+                    "members": [{"name": m.name, "ip": m.ip, "healthy": m.healthy, "port_up": m.port_up,
+                                 "admin_up": m.admin_up, "draining": m.draining, "in_service": m.in_service,
+                                 "accepts_new": m.accepts_new,
                                  "connections": vip.conns.count_by_backend().get(m.name, 0)}
                                 for m in vip.pool.members.values()],
                 } for vip in self.vips],

@@ -182,15 +182,27 @@ LB_MEMBER = event("lb_member", "nlb", "a load balancer changed a member's state 
                   detail=opt("str", "the load balancer's own words (HAProxy log line)"))
 NLB_EVICT = event("nlb_evict", "nlb", "the NLB dropped every connection pinned to a member",
                   vip=f("str", "the VIP"), member=f("str", "CAS name"), reason=f("str", "why"),
-                  conns=f("int", "connections dropped"), fast_fail=f("bool", "clients are being reset"))
+                  conns=f("int", "connections dropped"), fast_fail=f("bool", "clients are being reset"),
+                  lookup_ms=opt("float", "switch dataplane: reading the member's connections from conntrack", "ms"),
+                  since_ms=opt("float", "from the member's change to the first challenges sent", "ms"),
+                  cached=opt("int", "switch dataplane: connections challenged at once from the last conntrack read"),
+                  flushed=opt("int", "switch dataplane: cached datapath flows of the member dropped"))
 NLB_HEALTH_SOCKET_ERROR = event("nlb_health_socket_error", "nlb", "the health socket could not be opened",
                                 path=f("str", "socket path"), reason=f("str", "error"))
 NLB_CONVERGING = event("nlb_converging", "nlb", "a probe verdict waits for the convergence delay",
                       vip=f("str", "the VIP"), member=f("str", "CAS name"), alive=f("bool", "the verdict"))
+NLB_SWITCH_ERROR = event("nlb_switch_error", "nlb", "the switch refused a message of the NLB (OpenFlow error)",
+                         dpid=f("int", "datapath id"), type=f("int", "OpenFlow error type"),
+                         code=f("int", "OpenFlow error code"), data=f("str", "start of the refused message, hex"))
 NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (controller dataplane)",
                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
 NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",
                     dpid=f("int", "datapath id"), conns=f("int", "connections re-learned"))
+NLB_RESET = event("nlb_reset", "nlb", "the NLB sent a client an exact RST for a dead member's connection "
+                                     "(switch dataplane)",
+                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str|null", "the dead member"))
+NLB_GUARD = event("nlb_guard", "nlb", "the NLB refused packets it was sent (over its packet-in rate)",
+                  reason=f("str", "rate_limited"), count=f("int", "packets refused in the last second"))
 PROBE_STATE = event("probe_state", "nlb", "a health agent's probe verdict for a member changed",
                     member=f("str", "CAS name"), ok=f("bool", "probe succeeded"), detail=f("str", "why it failed"))
 LB_ADMIN = event("lb_admin", "runner", "an admin command to HAProxy's runtime API",

@@ -299,7 +299,8 @@ def test_affinity_none_spreads_one_client_over_members():
 
 # ---- Pool ----------------------------------------------------------------------------------
 
-member_state = st.fixed_dictionaries({"alive": st.booleans(), "draining": st.booleans(), "port_up": st.booleans()})
+member_state = st.fixed_dictionaries({"healthy": st.booleans(), "draining": st.booleans(), "port_up": st.booleans(),
+                                      "admin_up": st.booleans()})
 
 
 @FAST
@@ -316,10 +317,10 @@ def test_choose_only_returns_members_that_accept_new(states, affinity, clients):
             assert member is None
         else:
             assert member is not None and member.name in eligible
-            assert member.alive and member.port_up and not member.draining
+            assert member.healthy and member.port_up and member.admin_up and not member.draining
 
 
-@pytest.mark.parametrize("change", [{"alive": False}, {"draining": True}, {"port_up": False}])
+@pytest.mark.parametrize("change", [{"healthy": False}, {"draining": True}, {"port_up": False}, {"admin_up": False}])
 def test_each_kind_of_ineligibility_removes_a_member_from_choice(change):
     pool = make_pool()
     assert pool.set_state("cas2", **change) is True
@@ -330,7 +331,7 @@ def test_each_kind_of_ineligibility_removes_a_member_from_choice(change):
 
 def test_no_eligible_member_means_none():
     pool = make_pool(n=2)
-    pool.set_state("cas1", alive=False)
+    pool.set_state("cas1", healthy=False)
     pool.set_state("cas2", draining=True)
     assert pool.choose("10.1.0.51", 1) is None
     assert make_pool(n=0).choose("10.1.0.51", 1) is None
@@ -338,11 +339,11 @@ def test_no_eligible_member_means_none():
 
 def test_set_state_reports_only_eligibility_changes():
     pool = make_pool(n=3)
-    assert pool.set_state("cas1", alive=False) is True
+    assert pool.set_state("cas1", healthy=False) is True
     assert pool.set_state("cas1", draining=True) is False  # already ineligible
-    assert pool.set_state("cas1", alive=True) is False  # still draining
+    assert pool.set_state("cas1", healthy=True) is False  # still draining
     assert pool.set_state("cas1", draining=False) is True
-    assert pool.set_state("cas1", alive=True) is False  # no change at all
+    assert pool.set_state("cas1", healthy=True) is False  # no change at all
     assert pool.members["cas1"].accepts_new
     assert "cas1" in {pool.choose("10.1.0.51", p).name for p in range(1, 500)}
 
@@ -353,14 +354,14 @@ def test_a_member_going_away_never_moves_clients_of_the_survivors(clients, victi
     pool = make_pool(n=4, affinity="none")
     victim = f"cas{victim_no}"
     before = {c: pool.choose(*c).name for c in clients}
-    pool.set_state(victim, alive=False)
+    pool.set_state(victim, healthy=False)
     after = {c: pool.choose(*c).name for c in clients}
     for c in clients:
         if before[c] != victim:
             assert after[c] == before[c]
         else:
             assert after[c] != victim
-    pool.set_state(victim, alive=True)
+    pool.set_state(victim, healthy=True)
     assert {c: pool.choose(*c).name for c in clients} == before
 
 

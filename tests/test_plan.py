@@ -204,7 +204,7 @@ def test_default_topology_graph():
         assert info["role"] == host.role and info["site"] == "HQ"
         assert info.get("defaultRoute") is None  # not routed
     sw = topo.nodeInfo("clab1")
-    assert sw["dpid"] == "0000000000000001" and sw["protocols"] == "OpenFlow13"
+    assert sw["dpid"] == "0000000000000001" and sw["protocols"] == "OpenFlow13,OpenFlow15"
 
 
 def test_two_site_topology_has_a_router_joining_the_site_switches():

@@ -34,7 +34,7 @@ class CasArrayTopo(Topo):
               wan_delay_ms: float | None = None, **_params):
         self.plan = plan or LabPlan.build(sites or DEFAULT_SITES)
         for site in self.plan.sites:
-            self.addSwitch(site.switch, dpid="%016x" % site.index, protocols="OpenFlow13")
+            self.addSwitch(site.switch, dpid="%016x" % site.index, protocols="OpenFlow13,OpenFlow15")
         for host in self.plan.hosts:
             default_route = f"via {self.plan.site(host.site).gateway()}" if self.plan.routed else None
             self.addHost(host.name, ip=host.cidr, mac=host.mac, role=host.role, site=host.site,

@@ -199,7 +199,21 @@ class Session:
             if reply.get("error") == "auth_required":
                 raise SessionDown("auth_required")
             next_at = max(next_at + interval, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+            await self.idle(reader, next_at - loop.time())
+
+    async def idle(self, reader: asyncio.StreamReader, seconds: float) -> None:
+        """Wait for the next operation with a receive pending, as Outlook's RPC runtime
+        keeps one: a reset or close is noticed when it arrives, not at the next call.
+        The server never speaks unasked, so any byte here is a protocol violation."""
+        if seconds <= 0:
+            return
+        try:
+            data = await asyncio.wait_for(reader.read(1), seconds)
+        except asyncio.TimeoutError:
+            return
+        except OSError as exc:
+            raise SessionDown(type(exc).__name__) from None
+        raise SessionDown("eof" if not data else "unsolicited data")
 
     async def run(self) -> None:
         cfg = self.client.config

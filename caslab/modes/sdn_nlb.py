@@ -1,5 +1,9 @@
 """sdn-nlb: the lab's own network load balancer, a Ryu/os-ken app that owns the array VIP
-(``controllers/sdn_nlb.py``), with health agents probing the CAS from the lb host."""
+(``controllers/sdn_nlb.py``), with health agents probing the CAS from the lb host.
+
+``nlb.dataplane`` chooses where new connections are balanced: ``switch`` (Open vSwitch's
+select group and conntrack, no packet-in in steady state) or ``controller`` (a packet-in
+per connection, pinned by two flows). Both are kept so the lab can compare them."""
 
 from __future__ import annotations
 
@@ -27,10 +31,30 @@ class SdnNlb(VipMode):
         "fall": int_range(2, 1, 20),
         "rise": int_range(2, 1, 20),
         "probes": Field(bool, True, doc="active application probes from the lb host"),
+        "dataplane": choice("switch", ("switch", "controller"),
+                            "switch: OVS select group + conntrack; controller: a packet-in per connection"),
+        "packet_in_rate": int_range(5000, 10, 1_000_000, "packet-ins per second the switch lets through (meter)"),
     }
 
     def controller_config(self, ctx):
-        return self.nlb_config(ctx, ctx.spec["nlb"]["affinity"], fast_fail=ctx.spec["nlb"]["fast_fail"])
+        nlb = ctx.spec["nlb"]
+        return self.nlb_config(ctx, nlb["affinity"], fast_fail=nlb["fast_fail"], dataplane=nlb["dataplane"],
+                               meter={"rate_pps": nlb["packet_in_rate"], "burst": max(10, nlb["packet_in_rate"] // 4)})
+
+    @staticmethod
+    def sources(ctx, site) -> list[dict[str, Any]]:
+        """Who may send to a site's VIP: its client hosts (their own address and their
+        sessions' source block), and through the router, the other sites' clients."""
+        out = []
+        for index, client in enumerate(ctx.plan.by_role("client", site.name)):
+            block = f"10.{site.index}.{10 + index}.0/24"
+            out.append({"port_name": ctx.lab.switch_port_name(client.name), "mac": client.mac,
+                        "prefixes": [f"{client.ip}/32", block]})
+        if ctx.plan.routed:
+            others = [str(s.subnet) for s in ctx.plan.sites if s is not site]
+            port, mac = ctx.lab.router_port(site.index)
+            out.append({"port_name": port, "mac": mac, "prefixes": others})
+        return out
 
     def nlb_config(self, ctx, affinity: str, **settings) -> dict[str, Any]:
         vips = []
@@ -40,14 +64,15 @@ class SdnNlb(VipMode):
             if not members:
                 continue
             vips.append({"name": site.name, "fqdn": ctx.arrays().get(site.name, {}).get("fqdn", ""),
-                         "ip": site.vip, "mac": site.vip_mac,
-                         "dpid": site.index, "ports": [CAS_PORT], "affinity": affinity, "members": members})
+                         "ip": site.vip, "mac": site.vip_mac, "dpid": site.index, "ports": [CAS_PORT],
+                         "affinity": affinity, "members": members, "sources": self.sources(ctx, site)})
         ctx.nlb_socket = str(ctx.socket_dir() / "nlb-health.sock")
         nlb = ctx.spec["nlb"]
         return {
-            "events": ctx.events_path("nlb"), "vips": vips,
+            "events": ctx.events_path("nlb"), "vips": vips, "datapath_name": ctx.lab.datapath_name,
+            "state_file": str(ctx.raw_dir / "nlb-admin-state.json"),
             "health": {"socket": ctx.nlb_socket, "fall": nlb["fall"], "rise": nlb["rise"]},
-            "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port}, **settings,
+            "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port, "token": ctx.nlb_api_token}, **settings,
         }
 
     def start(self, ctx):
@@ -68,8 +93,9 @@ class SdnNlb(VipMode):
 
     def drain(self, ctx, host, deadline_s):
         site = ctx.plan.site(ctx.plan.host(host).site)
-        nlb_client.call(ctx.nlb_api_port, f"/nlb/{site.vip}/members/{host}/drain", {"deadline_s": deadline_s})
+        nlb_client.call(ctx.nlb_api_port, f"/nlb/{site.vip}/members/{host}/drain", {"deadline_s": deadline_s},
+                        ctx.nlb_api_token)
 
     def rejoin(self, ctx, host):
         site = ctx.plan.site(ctx.plan.host(host).site)
-        nlb_client.call(ctx.nlb_api_port, f"/nlb/{site.vip}/members/{host}/rejoin", {})
+        nlb_client.call(ctx.nlb_api_port, f"/nlb/{site.vip}/members/{host}/rejoin", {}, ctx.nlb_api_token)

@@ -32,7 +32,7 @@ class WindowsNlb(SdnNlb):
     def controller_config(self, ctx):
         w = ctx.spec["wnlb"]
         config = self.nlb_config(ctx, w["affinity"], fast_fail=False, port_detection=False,
-                                 convergence_ms=w["convergence_ms"])
+                                 convergence_ms=w["convergence_ms"], dataplane="controller")
         config["health"].update({"fall": w["missed"], "rise": 2})
         return config
 

@@ -1,0 +1,109 @@
+"""How the SDN NLB gets a dead CAS's clients reset fast (mixed into the app, SdnNlb).
+
+A client whose CAS died learns it only when it next sends, or when it times out. The NLB
+makes it learn at once: every client packet of a dead member's connection reaches the
+controller, which answers with an exact RST, and clients that send nothing are made to
+send by a challenge segment (``challenge``). In the switch dataplane the NLB reads the
+dead member's connections from the switch's conntrack (a copy refreshed every
+``ct_refresh_ms``, and a fresh read at failover) and drops the datapath's cached flows
+of those connections, so their next packet is translated by the tables as they are now
+instead of waiting for the switch to revalidate its cache (tens of ms under load).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from controllers import nlb_frames as frames
+from controllers.compat import MAIN_DISPATCHER, hub, ofp_event, set_ev_cls
+from controllers.nlb_flows import zone_of
+from controllers.nlb_logic import Connection
+from controllers.nlb_state import Vip, delete_datapath_flows, dump_conntrack, stale_datapath_flows
+from labcommon.catalogue import NLB_EVICT
+from labcommon.events import now_ns
+
+CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
+
+
+class FailoverMixin:
+    def _send_challenge(self, dp, vip: Vip, conn: Connection) -> None:
+        self.challenge(dp, vip, conn.key, conn.client_mac, conn.in_port)
+
+    def _ct_connections(self, vip: Vip, index: int, name: str, entries) -> list[Connection]:
+        """The live connections of member ``index`` among conntrack entries, as Connections."""
+        out = []
+        for entry in entries:
+            if entry.mark != index or entry.state in CLOSED_STATES:
+                continue
+            port, mac = vip.client_port(entry.client_ip)
+            if port is not None:
+                out.append(Connection((entry.client_ip, entry.client_port, vip.ip, entry.service_port), name, mac,
+                                      port, now_ns()))
+        return out
+
+    def _send_with_barrier(self, dp, msgs: list) -> threading.Event:
+        """Send messages and a barrier; the event is set once the switch has applied them."""
+        applied = threading.Event()
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.set_xid(barrier)
+        self.barriers[(dp.id, barrier.xid)] = applied
+        self._send(dp, msgs + [barrier])
+        return applied
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def barrier_reply_handler(self, ev):
+        applied = self.barriers.pop((ev.msg.datapath.id, ev.msg.xid), None)
+        if applied is not None:
+            applied.set()
+
+    def _failover_worker(self) -> None:
+        while True:
+            self._failover(*self.failovers.get())
+
+    def _failover(self, dp, vip: Vip, index: int, name: str, reason: str, since: int,
+                  applied: threading.Event) -> None:
+        """Switch dataplane, a member just died: once the switch applied its dead-member flow
+        (a dead port's fast-failover group needs no wait), drop the datapath's cached flows
+        of its connections, so the next packet of each reaches the controller instead of
+        waiting for the switch to revalidate them; then challenge its clients: those known
+        from the last periodic conntrack read at once, then any a fresh read adds."""
+        if reason != "port_down":
+            applied.wait(0.05)
+        zone = zone_of(vip.index)
+        try:
+            flushed = delete_datapath_flows(self.datapath_name, stale_datapath_flows(self.datapath_name, zone, index))
+        except (OSError, ValueError):
+            flushed = 0
+        known = self._ct_connections(vip, index, name, self.ct_cache.get(vip.index, []))
+        self.challenger.add(dp, vip, known)
+        started = now_ns()
+        conns = self._ct_connections(vip, index, name, dump_conntrack(zone, self.datapath_name))
+        looked_up = now_ns()
+        challenged = {c.key for c in known}
+        self.challenger.add(dp, vip, [c for c in conns if c.key not in challenged])
+        self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns), fast_fail=True,
+                            lookup_ms=round((looked_up - started) / 1e6, 2), since_ms=round((now_ns() - since) / 1e6, 2),
+                            cached=len(known), flushed=flushed)
+
+    def _conntrack_loop(self) -> None:
+        """Keep a recent copy of each VIP's conntrack entries, so that a failover can
+        challenge the dead member's clients without waiting for a read."""
+        while True:
+            for vip in self.vips:
+                if vip.dpid in self.datapaths:
+                    self.ct_cache[vip.index] = dump_conntrack(zone_of(vip.index), self.datapath_name)
+            hub.sleep(self.ct_refresh_s)
+
+    def challenge(self, dp, vip: Vip, key: tuple, client_mac: str, in_port: int) -> None:
+        """One data segment the client must answer, without ever accepting its byte: its
+        sequence number is random, so it is almost surely outside the client's window
+        (answered with a duplicate ACK; segments carrying data are exempt from Linux's
+        rate limit on such answers) and, if inside, its acknowledgement is random too and
+        (RFC 5961) the client answers with a challenge ACK instead. Either answer reaches
+        the controller (the connection's flows are gone, or its ct_mark is dead) and is
+        reset exactly."""
+        client_ip, client_port, _, service_port = key
+        self.stats["challenges"] += 1
+        self._out(dp, in_port, frames.challenge(vip.mac, vip.ip, service_port, client_mac, client_ip, client_port,
+                                                random.getrandbits(32), random.getrandbits(32)))

@@ -1,0 +1,337 @@
+"""The SDN NLB's OpenFlow messages, built by pure functions (Faucet's way): a builder is
+given the switch's protocol modules and the NLB's state and *returns* messages; the app
+only sends them, and the tests check them against a fake datapath.
+
+Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch dataplane)::
+
+    table 0  classify   ARP/ICMP for the VIP -> meter -> controller
+                        pinned connections (controller dataplane)
+                        source guard: (client port, its prefixes) -> table 1; other VIP traffic dropped
+                        replies from a CAS (switch dataplane) -> ct(nat) -> table 2
+                        everything else -> NORMAL
+    table 1  service    controller dataplane: TCP -> meter -> controller
+                        switch dataplane: service ports -> ct(nat) -> table 2; other ports -> controller (RST)
+    table 2  conntrack  +est with a dead member's ct_mark -> controller (exact RST)
+                        +new SYN to the VIP -> select group (hash by affinity; buckets watch each
+                        CAS port; each commits the connection with nat(dst=CAS), ct_mark=member)
+                        +new non-SYN to the VIP -> controller (RST); +est -> table 3
+                        other VIP traffic dropped; anything else (a CAS answering a client that
+                        talks to it directly, a health probe) -> NORMAL
+    table 3  deliver    ct_mark=m to CAS m's address -> CAS m's fast-failover group: its MAC and port
+                        while the port is up, else (the moment the switch sees it down, before any
+                        controller reacts) -> controller (exact RST); replies -> VIP MAC, NORMAL
+
+Cookies name what a flow belongs to: ``Cookie(vip, member, kind)``, encoded once here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+OFP13, OFP15 = 0x04, 0x06
+T_CLASSIFY, T_SERVICE, T_CONNTRACK, T_DELIVER = 0, 1, 2, 3
+PRIO_CONN, PRIO_VIP_CTRL, PRIO_GUARD_ALLOW, PRIO_GUARD_DROP, PRIO_REPLY, PRIO_MISS = 400, 300, 250, 240, 200, 0
+PRIO_DEAD, PRIO_NEW_SYN, PRIO_NEW_OTHER, PRIO_EST = 300, 200, 190, 180
+ETH_IP, ETH_ARP, PROTO_ICMP, PROTO_TCP = 0x0800, 0x0806, 1, 6
+CT_NEW, CT_EST, CT_TRK = 0x01, 0x02, 0x20
+ZONE_BASE = 0xCA50
+METER_ID = 1
+OFPGC_ADD_OR_MOD = 0x8000  # Open vSwitch extension: add the group, or modify it if it exists
+NTR_VENDOR_ID, NTRT_SELECTION_METHOD = 0x0000154D, 1
+COOKIE_TAG = 0xCA5
+FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass(frozen=True)
+class Cookie:
+    """What a flow belongs to: a VIP (1-based), a member (1-based, 0 = none) and a kind."""
+
+    vip: int
+    member: int
+    kind: int
+
+    def encode(self) -> int:
+        return (COOKIE_TAG << 48) | (self.vip << 32) | (self.member << 16) | self.kind
+
+    @staticmethod
+    def decode(value: int) -> "Cookie | None":
+        if value >> 48 != COOKIE_TAG:
+            return None
+        return Cookie((value >> 32) & 0xFFFF, (value >> 16) & 0xFFFF, value & 0xFFFF)
+
+    @staticmethod
+    def tag_mask() -> tuple[int, int]:
+        """(cookie, mask) of every flow the NLB made."""
+        return COOKIE_TAG << 48, 0xFFFF << 48
+
+    def member_mask(self) -> tuple[int, int]:
+        """(cookie, mask) of every flow of this VIP's member, whatever its kind."""
+        return self.encode() & ~0xFFFF, 0xFFFF_FFFF_FFFF_0000
+
+
+def zone_of(vip_index: int) -> int:
+    return ZONE_BASE + vip_index
+
+
+CONTROLLER_GROUP = 255  # an indirect group to the controller, always live: what a fast-failover bucket falls to
+
+
+def member_group_id(vip_index: int, member_index: int) -> int:
+    """The fast-failover group delivering to one member (the VIP's select group is its index)."""
+    return vip_index * 256 + member_index
+
+
+class NtrSelectionMethod:
+    """The group property Open vSwitch reads to hash only some fields (a Netronome
+    extension, OpenFlow 1.5): ``selection_method=hash,fields(...)`` with optional masks,
+    serialised exactly as ovs-ofctl does (OXM headers followed by the masks as values)."""
+
+    OXM = {"ip_src": (0x8000, 11, 4), "ip_dst": (0x8000, 12, 4), "tcp_src": (0x8000, 13, 2),
+           "tcp_dst": (0x8000, 14, 2)}
+
+    def __init__(self, fields: Iterable[tuple[str, bytes]]):
+        self.fields = list(fields)
+
+    def serialize(self) -> bytes:
+        oxms = b""
+        for name, mask in self.fields:
+            oxm_class, field, size = self.OXM[name]
+            oxms += struct.pack("!I", (oxm_class << 16) | (field << 9) | size) + mask
+        prop = struct.pack("!HHII4x16sQ", 0xFFFF, 40 + len(oxms), NTR_VENDOR_ID, NTRT_SELECTION_METHOD, b"hash",
+                           0) + oxms
+        return prop + b"\0" * (-len(prop) % 8)
+
+
+HASH_FIELDS = {  # what a client's connection is hashed on, per affinity (as Windows NLB)
+    "none": [("ip_src", b"\xff" * 4), ("ip_dst", b"\xff" * 4), ("tcp_src", b"\xff" * 2), ("tcp_dst", b"\xff" * 2)],
+    "single": [("ip_src", b"\xff" * 4)],
+    "network": [("ip_src", b"\xff\xff\xff\x00")],
+}
+
+
+class FlowBuilder:
+    """Messages for one switch, in the OpenFlow version it speaks."""
+
+    def __init__(self, dp: Any):
+        self.dp = dp
+        self.ofp = dp.ofproto
+        self.parser = dp.ofproto_parser
+        self.version = self.ofp.OFP_VERSION
+
+    # ---- primitives ---------------------------------------------------------------------
+
+    def flow(self, table: int, priority: int, match, actions: list | None = None, goto: int | None = None,
+             cookie: Cookie | None = None, idle_timeout: int = 0, flags: int = 0, meter: bool = False):
+        p = self.parser
+        inst = []
+        actions = list(actions or [])
+        if meter and self.version == OFP15:
+            actions.insert(0, p.OFPActionMeter(METER_ID))
+        elif meter:
+            inst.append(p.OFPInstructionMeter(METER_ID))
+        if actions:
+            inst.append(p.OFPInstructionActions(self.ofp.OFPIT_APPLY_ACTIONS, actions))
+        if goto is not None:
+            inst.append(p.OFPInstructionGotoTable(goto))
+        return p.OFPFlowMod(datapath=self.dp, table_id=table, priority=priority, match=match, instructions=inst,
+                            cookie=cookie.encode() if cookie else 0, idle_timeout=idle_timeout, flags=flags)
+
+    def delete(self, cookie: int, mask: int, table: int | None = None, match=None):
+        ofp = self.ofp
+        return self.parser.OFPFlowMod(
+            datapath=self.dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL if table is None else table,
+            out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, cookie=cookie, cookie_mask=mask,
+            match=match or self.parser.OFPMatch())
+
+    def to_controller(self) -> list:
+        return [self.parser.OFPActionOutput(self.ofp.OFPP_CONTROLLER, self.ofp.OFPCML_NO_BUFFER)]
+
+    def packet_out(self, port: int, data: bytes, actions: list | None = None):
+        """A frame out of ``port`` (or through ``actions``), as if from the controller."""
+        p, ofp = self.parser, self.ofp
+        actions = actions or [p.OFPActionOutput(port)]
+        if self.version >= OFP15:
+            return p.OFPPacketOut(datapath=self.dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                  match=p.OFPMatch(in_port=ofp.OFPP_CONTROLLER), actions=actions, data=data)
+        return p.OFPPacketOut(datapath=self.dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                              actions=actions, data=data)
+
+    def port_desc_request(self):
+        return self.parser.OFPPortDescStatsRequest(self.dp, 0)
+
+    def our_flows_request(self):
+        cookie, mask = Cookie.tag_mask()
+        return self.parser.OFPFlowStatsRequest(self.dp, cookie=cookie, cookie_mask=mask)
+
+    def meter(self, rate_pps: int, burst: int) -> list:
+        """The meter every controller-bound flow passes (a flood costs the switch, not us)."""
+        p, ofp = self.parser, self.ofp
+        band = p.OFPMeterBandDrop(rate=rate_pps, burst_size=burst)
+        return [p.OFPMeterMod(self.dp, command=ofp.OFPMC_DELETE, meter_id=METER_ID),
+                p.OFPMeterMod(self.dp, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+                              meter_id=METER_ID, bands=[band])]
+
+    # ---- the pipeline -------------------------------------------------------------------
+
+    def table_miss(self) -> list:
+        p = self.parser
+        return [self.flow(T_CLASSIFY, PRIO_MISS, p.OFPMatch(), [p.OFPActionOutput(self.ofp.OFPP_NORMAL)])]
+
+    def vip_base(self, vip) -> list:
+        """ARP and ping for the VIP go to the controller, through the meter."""
+        p = self.parser
+        cookie = Cookie(vip.index, 0, BASE)
+        return [self.flow(T_CLASSIFY, PRIO_VIP_CTRL, p.OFPMatch(eth_type=ETH_ARP, arp_tpa=vip.ip), self.to_controller(),
+                          cookie=cookie, meter=True),
+                self.flow(T_CLASSIFY, PRIO_VIP_CTRL, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_ICMP, ipv4_dst=vip.ip),
+                          self.to_controller(), cookie=cookie, meter=True)]
+
+    def guard(self, vip, allowed: list[tuple[int, str]]) -> list:
+        """Only the listed (port, source prefix) pairs may send to the VIP; without a list,
+        every source may (the guard is off)."""
+        p = self.parser
+        cookie = Cookie(vip.index, 0, GUARD)
+        if not allowed:
+            return [self.flow(T_CLASSIFY, PRIO_GUARD_ALLOW, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip),
+                              goto=T_SERVICE, cookie=cookie)]
+        out = []
+        for port, prefix in allowed:
+            net = ipaddress.IPv4Network(prefix)
+            source = str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
+            out.append(self.flow(T_CLASSIFY, PRIO_GUARD_ALLOW,
+                                 p.OFPMatch(in_port=port, eth_type=ETH_IP, ipv4_src=source, ipv4_dst=vip.ip),
+                                 goto=T_SERVICE, cookie=cookie))
+        out.append(self.flow(T_CLASSIFY, PRIO_GUARD_DROP, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip), [],
+                             cookie=cookie))
+        return out
+
+    def service_to_controller(self, vip) -> list:
+        """Controller dataplane: every TCP segment to the VIP that no pinned flow carries."""
+        p = self.parser
+        return [self.flow(T_SERVICE, 100, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip),
+                          self.to_controller(), cookie=Cookie(vip.index, 0, SERVICE), meter=True),
+                self.flow(T_SERVICE, 0, p.OFPMatch(), [], cookie=Cookie(vip.index, 0, SERVICE))]
+
+    # ---- controller dataplane: one pair of flows per connection --------------------------
+
+    def pin(self, vip, member_index: int, member, out_port: int, key: tuple, client_mac: str, in_port: int,
+            idle_timeout: int) -> tuple[list, list]:
+        """The two flows of one connection, and the forward actions (for its first packet)."""
+        p, ofp = self.parser, self.ofp
+        client_ip, client_port, _, service_port = key
+        forward = [p.OFPActionSetField(eth_dst=member.mac), p.OFPActionSetField(ipv4_dst=member.ip),
+                   p.OFPActionOutput(out_port)]
+        reverse = [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionSetField(ipv4_src=vip.ip),
+                   p.OFPActionSetField(eth_dst=client_mac), p.OFPActionOutput(in_port)]
+        return [
+            self.flow(T_CLASSIFY, PRIO_CONN, p.OFPMatch(in_port=in_port, eth_type=ETH_IP, ip_proto=PROTO_TCP,
+                                                        ipv4_src=client_ip, tcp_src=client_port, ipv4_dst=vip.ip,
+                                                        tcp_dst=service_port),
+                      forward, cookie=Cookie(vip.index, member_index, FORWARD), idle_timeout=idle_timeout,
+                      flags=ofp.OFPFF_SEND_FLOW_REM),
+            self.flow(T_CLASSIFY, PRIO_CONN, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip,
+                                                        tcp_src=service_port, ipv4_dst=client_ip, tcp_dst=client_port),
+                      reverse, cookie=Cookie(vip.index, member_index, REVERSE), idle_timeout=idle_timeout),
+        ], forward
+
+    def unpin_member(self, vip, member_index: int) -> list:
+        """Delete every pinned flow of one member (its connections are gone)."""
+        return [self.delete(Cookie(vip.index, member_index, kind).encode(), 0xFFFF_FFFF_FFFF_FFFF, table=T_CLASSIFY)
+                for kind in (FORWARD, REVERSE)]
+
+    # ---- switch dataplane: conntrack, NAT and a select group ------------------------------
+
+    def ct(self, vip, table: int, commit: bool = False, nat_to: str | None = None, mark: int | None = None):
+        p = self.parser
+        inner = []
+        if nat_to is not None:
+            inner.append(p.NXActionNAT(flags=2, range_ipv4_min=nat_to, range_ipv4_max=nat_to))  # NX_NAT_F_DST
+        elif not commit:
+            inner.append(p.NXActionNAT(flags=0))  # apply the connection's existing NAT
+        if mark is not None:
+            inner.append(p.OFPActionSetField(ct_mark=mark))
+        return p.NXActionCT(flags=1 if commit else 0, zone_src=None, zone_ofs_nbits=zone_of(vip.index),
+                            recirc_table=table, alg=0, actions=inner)
+
+    def switch_service(self, vip, members: list[tuple[int, Any]]) -> list:
+        """Tables 1-3 for one VIP (everything but the group)."""
+        p = self.parser
+        svc, conn, deliver = (Cookie(vip.index, 0, k) for k in (SERVICE, BASE, DELIVER))
+        out = []
+        for port in sorted(vip.ports):
+            out.append(self.flow(T_SERVICE, 100, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip,
+                                                            tcp_dst=port), [self.ct(vip, T_CONNTRACK)], cookie=svc))
+            for index, member in members:
+                out.append(self.flow(T_CLASSIFY, PRIO_REPLY,
+                                     p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip, tcp_src=port),
+                                     [self.ct(vip, T_CONNTRACK)], cookie=Cookie(vip.index, index, BASE)))
+        out += [
+            self.flow(T_SERVICE, 90, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip),
+                      self.to_controller(), cookie=svc, meter=True),
+            self.flow(T_SERVICE, 0, p.OFPMatch(), [], cookie=svc),
+            self.flow(T_CONNTRACK, PRIO_NEW_SYN, p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip,
+                                                            ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW),
+                                                            tcp_flags=(0x002, 0x016)),
+                      [p.OFPActionGroup(vip.index)], cookie=conn),
+            self.flow(T_CONNTRACK, PRIO_NEW_OTHER, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip,
+                                                              ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
+                      self.to_controller(), cookie=conn, meter=True),
+            self.flow(T_CONNTRACK, PRIO_EST, p.OFPMatch(eth_type=ETH_IP, ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)),
+                      goto=T_DELIVER, cookie=conn),
+            self.flow(T_CONNTRACK, 20, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip), [], cookie=conn),
+            self.flow(T_CONNTRACK, 10, p.OFPMatch(), [p.OFPActionOutput(self.ofp.OFPP_NORMAL)], cookie=conn),
+            self.flow(T_DELIVER, 100, p.OFPMatch(eth_type=ETH_IP, ipv4_src=vip.ip),
+                      [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionOutput(self.ofp.OFPP_NORMAL)], cookie=deliver),
+            self.flow(T_DELIVER, 0, p.OFPMatch(), [], cookie=deliver),
+        ]
+        return out
+
+    def deliver_to(self, vip, index: int, member, port: int) -> list:
+        """Member ``index``'s established connections: to its port while the port is live,
+        to the controller (through the meter) as soon as the switch sees the port down."""
+        p, ofp = self.parser, self.ofp
+        gid = member_group_id(vip.index, index)
+        live = p.OFPBucket(bucket_id=1, actions=[p.OFPActionSetField(eth_dst=member.mac), p.OFPActionOutput(port)],
+                           properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=port)])
+        fallback = p.OFPBucket(bucket_id=2, actions=[p.OFPActionGroup(CONTROLLER_GROUP)],
+                               properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_GROUP,
+                                                                     watch=CONTROLLER_GROUP)])
+        to_controller = p.OFPBucket(bucket_id=1, actions=[p.OFPActionMeter(METER_ID)] + self.to_controller())
+        return [p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_INDIRECT, group_id=CONTROLLER_GROUP,
+                              buckets=[to_controller]),
+                p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_FF, group_id=gid,
+                              buckets=[live, fallback]),
+                self.flow(T_DELIVER, 110, p.OFPMatch(eth_type=ETH_IP, ct_mark=index, ipv4_dst=member.ip),
+                          [p.OFPActionGroup(gid)], cookie=Cookie(vip.index, index, DELIVER))]
+
+    def group(self, vip, buckets: list[tuple[int, Any, int]], affinity: str, command: int = OFPGC_ADD_OR_MOD):
+        """The VIP's select group: one bucket per member taking new connections (index,
+        member, port), each following its port's liveness."""
+        p, ofp = self.parser, self.ofp
+        out = []
+        for index, member, port in buckets:
+            actions = [self.ct(vip, T_DELIVER, commit=True, nat_to=member.ip, mark=index)]
+            props = [p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=port),
+                     p.OFPGroupBucketPropWeight(type_=ofp.OFPGBPT_WEIGHT, weight=100)]
+            out.append(p.OFPBucket(bucket_id=index, actions=actions, properties=props))
+        return p.OFPGroupMod(self.dp, command=command, type_=ofp.OFPGT_SELECT, group_id=vip.index, buckets=out,
+                             properties=[NtrSelectionMethod(HASH_FIELDS[affinity])])
+
+    def delete_group(self, vip):
+        return self.parser.OFPGroupMod(self.dp, command=self.ofp.OFPGC_DELETE, group_id=vip.index)
+
+    def dead_member(self, vip, index: int) -> list:
+        """Packets of a dead member's connections go to the controller, which resets them."""
+        p = self.parser
+        return [self.flow(T_CONNTRACK, PRIO_DEAD, p.OFPMatch(eth_type=ETH_IP, ct_state=(CT_TRK | CT_EST,
+                                                                                        CT_TRK | CT_EST),
+                                                              ct_mark=index),
+                          self.to_controller(), cookie=Cookie(vip.index, index, DEAD), meter=True)]
+
+    def forget_dead_member(self, vip, index: int) -> list:
+        p = self.parser
+        return [self.delete(Cookie(vip.index, index, DEAD).encode(), 0xFFFF_FFFF_FFFF_FFFF, table=T_CONNTRACK,
+                            match=p.OFPMatch())]
