@@ -49,7 +49,7 @@ from scapy.layers.l2 import Ether  # noqa: F401  (registers the Ethernet link ty
 from scapy.utils import PcapReader
 
 from caslab.metrics import percentile
-from labcommon.catalogue import CONNECT_OK, LOGON, MEASURE_END, OP
+from labcommon.catalogue import CLOCKS, CONNECT_OK, LOGON, MEASURE_END, OP
 from labcommon.ports import CAS_PORT
 from labcommon.protocol import peek
 
@@ -249,6 +249,17 @@ def reply_times(conns: list[dict[str, Any]]) -> list[int]:
     return [x["reply_end_ns"] for c in conns for x in c["exchanges"]]
 
 
+def offset_from_clocks(events: list[dict]) -> dict[str, Any] | None:
+    """The run's wall - monotonic offset as the runner read it (``clocks`` events): exact
+    to the read's spread, where a statistical match of replies to events is biased by how
+    late a busy client handles a reply. None for runs that logged no clocks."""
+    reads = [e for e in events if e["ev"] == CLOCKS]
+    if not reads:
+        return None
+    best = min(reads, key=lambda e: e["spread_ns"])
+    return {"offset_ns": best["wall_ns"] - best["ts"], "from": "clocks", "spread_ns": best["spread_ns"]}
+
+
 def offset_from_run(events: list[dict], captures: dict[str, list[dict]] | Iterable[str | Path]) -> dict[str, Any]:
     """One offset for a run: all hosts share one kernel, so every capture's pairs pool.
     captures: pcap paths, or load_captures()' result."""
@@ -392,7 +403,10 @@ def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference:
     show how much earlier the new connection was up (negative diffs). ``only_events`` /
     ``only_wire``: sessions one side saw reconnect and the other did not."""
     captures = load_captures(pcap_paths)
-    clock = offset_from_run(events, captures) if offset_ns is None else {"offset_ns": offset_ns}
+    if offset_ns is not None:
+        clock = {"offset_ns": offset_ns}
+    else:
+        clock = offset_from_clocks(events) or offset_from_run(events, captures)
     end = next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
     wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end)
     with_ref = {s for s, v in reference.items() if v is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -90,6 +91,10 @@ def cmd_nlb(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "failover":
+        from caslab import bench_failover
+
+        return bench_failover.main_cli(args.sizes, args.reps, args.out)
     from caslab import bench
 
     return bench.main_cli(args.seconds, args.rounds)
@@ -113,9 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove what a hard-killed run left (its own pids and bridge names)")
     clean.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"))
     clean.set_defaults(func=cmd_cleanup)
-    bench = sub.add_parser("bench", help="throughput through the SDN NLB's VIP vs straight to a CAS (iperf3)")
-    bench.add_argument("--seconds", type=int, default=5)
-    bench.add_argument("--rounds", type=int, default=3)
+    bench = sub.add_parser("bench", help="throughput: the SDN NLB's VIP vs straight to a CAS (iperf3); "
+                                          "failover: both NLB dataplanes at 48 and 1,000 sessions")
+    bench.add_argument("what", nargs="?", choices=("throughput", "failover"), default="throughput")
+    bench.add_argument("--seconds", type=int, default=5, help="throughput: seconds per iperf3 round")
+    bench.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
+    bench.add_argument("--sizes", nargs="+", choices=("48", "1000"), default=["48", "1000"],
+                       help="failover: which sizes to run")
+    bench.add_argument("--reps", type=int, default=None, help="failover: repetitions (default: the specs')")
+    bench.add_argument("--out", default=None, help="failover: result folder")
     bench.set_defaults(func=cmd_bench)
     nlb = sub.add_parser("nlb", help="talk to a running SDN NLB's admin API")
     nlb.add_argument("--port", type=int, required=True, help="admin API port on 127.0.0.1")
@@ -130,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`caslab run x --check | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

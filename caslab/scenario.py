@@ -25,7 +25,7 @@ from caslab.context import RunContext
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
-    CAPABILITY_MISSING, CLIENTS_READY, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
+    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
     OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
 )
 from labcommon.events import EventLog, read_events
@@ -272,6 +272,7 @@ def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: f
     """Measurement window: faults fire at their at_s offsets from its start (and are
     undone after their duration_s, where they have one)."""
     start = time.monotonic()
+    log_clocks(ctx.log)
     ctx.log.emit(MEASURE_START, observe_s=observe_s)
     for spec in sorted(fault_list, key=lambda f: (f["at_s"], f["index"])):
         delay = start + spec["at_s"] - time.monotonic()
@@ -286,6 +287,19 @@ def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: f
     if remaining > 0:
         time.sleep(remaining)
     ctx.log.emit(MEASURE_END)
+
+
+def log_clocks(log: EventLog, samples: int = 9) -> None:
+    """The wall clock beside the monotonic one, from the tightest of a few paired reads:
+    captures are stamped in wall time, events in monotonic time."""
+    best = None
+    for _ in range(samples):
+        mono = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - mono < best[2]:
+            best = (mono, wall, after - mono)
+    log.emit(CLOCKS, ts=best[0], wall_ns=best[1], spread_ns=best[2])
 
 
 def merge_raw(raw_dir: Path, out, scenario_id: str, repetition: int) -> int:

@@ -381,12 +381,20 @@ def load(name: str | None, overrides: list[str] | None = None) -> tuple[dict[str
     return validate(raw, str(path)), path
 
 
+def mode_sections() -> set[str]:
+    return {m.section for m in MODES.values() if m.section}
+
+
 def scenarios(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Expand modes x sweep points into scenarios, each a resolved spec of its own."""
-    sweep_keys = sorted(spec["sweep"])
-    points = list(itertools.product(*(spec["sweep"][k] for k in sweep_keys))) or [()]
+    """Expand modes x sweep points into scenarios, each a resolved spec of its own. A
+    sweep over a mode's own section (``nlb.dataplane``) multiplies only that mode's
+    scenarios: the other modes have nothing to vary there."""
+    owned = mode_sections()
     out = []
     for mode in spec["experiment"]["modes"]:
+        own = MODES[mode].section
+        sweep_keys = sorted(k for k in spec["sweep"] if k.split(".")[0] not in owned or k.split(".")[0] == own)
+        points = list(itertools.product(*(spec["sweep"][k] for k in sweep_keys))) or [()]
         for point in points:
             scenario = copy.deepcopy(spec)
             scenario["mode"] = mode

@@ -1,10 +1,11 @@
 """Active health probes for the SDN NLB, run in the load-balancer host (``lb1``).
 
 The controller lives in the root namespace and cannot open TCP connections into the lab,
-so this agent does it from inside: every ``interval_ms`` it connects to each member's
-service port and sends an application-level hello (an RPC ping frame). A frozen CAS
-(SIGSTOP) still completes TCP handshakes in the kernel but never answers the hello, so
-it is caught too. Each result goes to the controller as one JSON datagram on a Unix
+so this agent does it from inside: every ``interval_ms`` it sends each member an
+application-level hello (an RPC ping frame) on a connection it keeps open (a new one after
+any failure), so probing 16 CAS ten times a second costs frames, not handshakes. A frozen
+CAS (SIGSTOP) never answers the hello, and a crashed one resets the connection or refuses
+the next, so both are caught. Each result goes to the controller as one JSON datagram on a Unix
 socket (path sockets cross network namespaces); the controller counts fall/rise.
 
 Checks (config ``check``): ``app`` (connect + hello, the default), ``tcp`` (connect only,
@@ -22,7 +23,7 @@ import socket
 from typing import Any
 
 from labcommon.catalogue import PROBE_STATE, SERVICE_UP
-from labcommon.protocol import read_frame, write_frame
+from labcommon.protocol import FramedLink, read_frame, write_frame
 from roles.service import load_config, open_log, run_forever
 
 
@@ -33,9 +34,19 @@ async def probe_icmp(ip: str, timeout_s: float) -> tuple[bool, str]:
     return (await proc.wait() == 0), "no_echo"
 
 
-async def probe(ip: str, port: int, timeout_s: float, check: str = "app") -> tuple[bool, str]:
+async def probe(ip: str, port: int, timeout_s: float, check: str = "app",
+                link: FramedLink | None = None) -> tuple[bool, str]:
+    """One probe. ``app`` checks go over ``link`` (kept open between probes) when given."""
     if check == "icmp":
         return await probe_icmp(ip, timeout_s)
+    if check == "app" and link is not None:
+        try:
+            reply = await link.call({"op": "ping"}, timeout_s)
+        except asyncio.TimeoutError:
+            return False, "timeout"
+        except Exception as exc:  # noqa: BLE001 - refused, reset, a malformed reply: a failed probe
+            return False, type(exc).__name__
+        return (True, "") if reply.get("ok") else (False, "bad_reply")
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout_s)
@@ -61,8 +72,9 @@ async def probe_loop(config: dict[str, Any], member: dict[str, str], sock: socke
     last = None
     loop = asyncio.get_running_loop()
     next_at = loop.time()
+    link = FramedLink(f"{member['ip']}:{config['port']}", timeout)
     while True:
-        ok, detail = await probe(member["ip"], config["port"], timeout, config.get("check", "app"))
+        ok, detail = await probe(member["ip"], config["port"], timeout, config.get("check", "app"), link)
         report = {"vip": config["vip"], "member": member["name"], "ok": ok, "detail": detail}
         try:
             sock.sendto(json.dumps(report).encode(), config["socket"])

@@ -13,14 +13,13 @@ instead of waiting for the switch to revalidate its cache (tens of ms under load
 from __future__ import annotations
 
 import random
-import threading
 
 from controllers import nlb_frames as frames
 from controllers.compat import MAIN_DISPATCHER, hub, ofp_event, set_ev_cls
 from controllers.nlb_flows import zone_of
 from controllers.nlb_logic import Connection
 from controllers.nlb_state import Vip, delete_datapath_flows, dump_conntrack, stale_datapath_flows
-from labcommon.catalogue import NLB_EVICT
+from labcommon.catalogue import NLB_EVICT, NLB_RELEARN
 from labcommon.events import now_ns
 
 CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
@@ -42,9 +41,9 @@ class FailoverMixin:
                                       port, now_ns()))
         return out
 
-    def _send_with_barrier(self, dp, msgs: list) -> threading.Event:
+    def _send_with_barrier(self, dp, msgs: list):
         """Send messages and a barrier; the event is set once the switch has applied them."""
-        applied = threading.Event()
+        applied = hub.Event()
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         dp.set_xid(barrier)
         self.barriers[(dp.id, barrier.xid)] = applied
@@ -62,7 +61,7 @@ class FailoverMixin:
             self._failover(*self.failovers.get())
 
     def _failover(self, dp, vip: Vip, index: int, name: str, reason: str, since: int,
-                  applied: threading.Event) -> None:
+                  applied) -> None:
         """Switch dataplane, a member just died: once the switch applied its dead-member flow
         (a dead port's fast-failover group needs no wait), drop the datapath's cached flows
         of its connections, so the next packet of each reaches the controller instead of
@@ -70,6 +69,7 @@ class FailoverMixin:
         from the last periodic conntrack read at once, then any a fresh read adds."""
         if reason != "port_down":
             applied.wait(0.05)
+        self.barriers.pop(next((k for k, v in list(self.barriers.items()) if v is applied), None), None)
         zone = zone_of(vip.index)
         try:
             flushed = delete_datapath_flows(self.datapath_name, stale_datapath_flows(self.datapath_name, zone, index))
@@ -85,6 +85,14 @@ class FailoverMixin:
         self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns), fast_fail=True,
                             lookup_ms=round((looked_up - started) / 1e6, 2), since_ms=round((now_ns() - since) / 1e6, 2),
                             cached=len(known), flushed=flushed)
+
+    def _count_connections(self, vip: Vip) -> None:
+        """Switch dataplane: the connections the datapath carries for a VIP when the
+        controller (re)connects; they never depended on it (a restart re-learns nothing)."""
+        entries = dump_conntrack(zone_of(vip.index), self.datapath_name)
+        self.ct_cache[vip.index] = entries
+        live = sum(1 for e in entries if e.state not in CLOSED_STATES)
+        self.event_log.emit(NLB_RELEARN, dpid=vip.dpid, conns=live)
 
     def _conntrack_loop(self) -> None:
         """Keep a recent copy of each VIP's conntrack entries, so that a failover can

@@ -164,6 +164,8 @@ class FlowBuilder:
 
     def our_flows_request(self):
         cookie, mask = Cookie.tag_mask()
+        if self.version >= OFP15:  # 1.5's flow *stats* carry no cookie nor instructions: ask for flow descs
+            return self.parser.OFPFlowDescStatsRequest(self.dp, cookie=cookie, cookie_mask=mask)
         return self.parser.OFPFlowStatsRequest(self.dp, cookie=cookie, cookie_mask=mask)
 
     def meter(self, rate_pps: int, burst: int) -> list:

@@ -28,7 +28,7 @@ MAX_TAGS = 2
 class Frame:
     eth_dst: str
     eth_src: str
-    vlans: tuple[int, ...]          # raw TCI words of the tags, outermost first
+    vlans: tuple[tuple[int, int], ...]  # (TPID, TCI) of each tag, outermost first
     ethertype: int
     arp_op: int | None = None
     arp_sha: str | None = None
@@ -79,8 +79,9 @@ def parse(data: bytes) -> Frame | None:
     while ethertype in VLAN_TAGS:
         if len(vlans) == MAX_TAGS or len(data) < offset + 6:
             return None
-        (tci, ethertype) = struct.unpack_from("!HH", data, offset + 2)
-        vlans.append(tci)
+        (tci, inner) = struct.unpack_from("!HH", data, offset + 2)
+        vlans.append((ethertype, tci))
+        ethertype = inner
         offset += 4
     offset += 2
     base = Frame(dst, src, tuple(vlans), ethertype)
@@ -137,10 +138,10 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def ethernet(dst: str, src: str, ethertype: int, vlans: tuple[int, ...] = ()) -> bytes:
+def ethernet(dst: str, src: str, ethertype: int, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
     header = mac_bytes(dst) + mac_bytes(src)
-    for tci in vlans:
-        header += struct.pack("!HH", 0x8100, tci)
+    for tpid, tci in vlans:
+        header += struct.pack("!HH", tpid, tci)
     return header + struct.pack("!H", ethertype)
 
 
@@ -151,7 +152,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes
     return header + payload
 
 
-def arp_reply(mac: str, ip: str, to_mac: str, to_ip: str, vlans: tuple[int, ...] = ()) -> bytes:
+def arp_reply(mac: str, ip: str, to_mac: str, to_ip: str, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
     body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, ARP_REPLY, mac_bytes(mac), ipaddress.IPv4Address(ip).packed,
                        mac_bytes(to_mac), ipaddress.IPv4Address(to_ip).packed)
     return ethernet(to_mac, mac, ETH_ARP, vlans) + body
@@ -164,7 +165,7 @@ def icmp_echo_reply(request: Frame, mac: str, ip: str) -> bytes:
 
 
 def tcp_segment(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int, seq: int, ack: int,
-                flags: int, payload: bytes = b"", vlans: tuple[int, ...] = ()) -> bytes:
+                flags: int, payload: bytes = b"", vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
     header = struct.pack("!HHIIHHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (5 << 12) | flags, 0, 0, 0)
     pseudo = ipaddress.IPv4Address(src_ip).packed + ipaddress.IPv4Address(dst_ip).packed + \
         struct.pack("!BBH", 0, PROTO_TCP, len(header) + len(payload))

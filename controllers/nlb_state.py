@@ -96,9 +96,13 @@ class AdminState:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".nlb-state-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.members, handle, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.members, handle, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 # ---------------------------------------------------------------- the switch's conntrack

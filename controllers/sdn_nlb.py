@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
+import time
 
 from controllers import nlb_frames as frames
 from controllers.nlb_challenger import Challenger
@@ -45,11 +45,10 @@ from controllers.nlb_state import (
 )
 from labcommon.catalogue import (
     LB_MEMBER, NLB_CONN, NLB_EVICT, NLB_RELEARN, NLB_RESET,
-    NLB_SWITCH, NLB_SWITCH_ERROR, NLB_UP,
+    NLB_SWITCH, NLB_SWITCH_ERROR, NLB_SWITCH_UNUSABLE, NLB_UP,
 )
 from labcommon.events import EventLog, NullLog, now_ns
 
-CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
 
 
 class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
@@ -81,9 +80,9 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
         self.admin = AdminState.load(c.get("state_file"))
         self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
         self.datapaths: dict[int, object] = {}
-        self.challenger = Challenger(self._send_challenge, self.challenge_delays_s)
-        self.barriers: dict[tuple[int, int], threading.Event] = {}
-        self.failovers: queue.SimpleQueue = queue.SimpleQueue()  # served by one waiting thread
+        self.challenger = Challenger(self._send_challenge, self.challenge_delays_s, event_factory=hub.Event)
+        self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event
+        self.failovers = hub.Queue()  # served by one waiting thread (green or native, as the hub is)
         self.ct_cache: dict[int, list] = {}  # switch dataplane: vip index -> last conntrack read
         self.ct_refresh_s = float(c.get("ct_refresh_ms", 250)) / 1000
         self.lock = threading.RLock()
@@ -103,11 +102,17 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
             self._threads.append(hub.spawn(serve_api, self, c["api"]))
 
     def _restore_admin(self, vip: Vip) -> None:
-        """A restarted controller keeps what an admin set (admin down, drains)."""
+        """A restarted controller keeps what an admin set: admin down, drains, and what is
+        left of a drain's deadline."""
         for name in vip.pool.members:
             saved = self.admin.get(vip.ip, name)
-            vip.pool.set_state(name, admin_up=bool(saved.get("admin_up", True)),
-                               draining=bool(saved.get("draining", False)))
+            vip.pool.set_state(name, admin_up=saved.get("admin_up", True) is True,
+                               draining=saved.get("draining", False) is True)
+            deadline = saved.get("drain_deadline_wall")
+            if vip.pool.members[name].draining and isinstance(deadline, (int, float)):
+                vip.drain_generation[name] += 1
+                hub.spawn_after(max(0.0, deadline - time.time()), self._drain_deadline, vip, name,
+                                vip.drain_generation[name])
 
     # ---- switch set-up -------------------------------------------------------------------
 
@@ -117,6 +122,11 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
         build = FlowBuilder(dp)
         msgs = build.table_miss()
         mine = self.vips_on(dp.id)
+        if mine and self.dataplane == "switch" and dp.ofproto.OFP_VERSION < ofproto_v1_5.OFP_VERSION:
+            # its select group's hash fields and bucket properties exist from OpenFlow 1.5 on
+            self.event_log.emit(NLB_SWITCH_UNUSABLE, dpid=dp.id, reason="the switch dataplane needs OpenFlow 1.5; "
+                                                                         "this switch speaks an older version")
+            mine = []
         if mine:
             meter = self.config.get("meter", {})
             msgs += build.meter(int(meter.get("rate_pps", 2000)), int(meter.get("burst", 500)))
@@ -126,7 +136,8 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
         if mine and self.dataplane == "controller":
             msgs.append(build.our_flows_request())
         with self.lock:
-            self.datapaths[dp.id] = dp
+            if mine or not self.vips_on(dp.id):
+                self.datapaths[dp.id] = dp
             self._send(dp, msgs)
         self.event_log.emit(NLB_SWITCH, dpid=dp.id)
 
@@ -140,9 +151,11 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def port_desc_handler(self, ev):
         dp = ev.msg.datapath
+        if dp.id not in self.datapaths:
+            return  # a switch the NLB could not use (see switch_features_handler)
         with self.lock:
             for port in ev.msg.body:
-                self._note_port(dp, port)
+                self._note_port(dp, port, install=False)
             for vip in self.vips_on(dp.id):
                 self._install_vip(dp, vip)
 
@@ -152,6 +165,7 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
         msgs = build.guard(vip, vip.allowed_sources())
         if self.dataplane == "switch":
             members = [(vip.member_index[m.name], m) for m in vip.pool.members.values()]
+            hub.spawn(self._count_connections, vip)
             msgs.append(self._group(build, vip))  # before the flows that point at it
             msgs += build.switch_service(vip, members)
             for index, member in members:
@@ -172,21 +186,32 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
     def error_handler(self, ev):
         """A message the switch refused: logged, so a broken pipeline is never silent."""
         msg = ev.msg
-        self.event_log.emit(NLB_SWITCH_ERROR, dpid=msg.datapath.id, type=int(msg.type), code=int(msg.code),
+        # an experimenter error (Open vSwitch's NX errors) has no code, its exp_type instead
+        code = msg.code if msg.code is not None else getattr(msg, "exp_type", None) or 0
+        self.event_log.emit(NLB_SWITCH_ERROR, dpid=msg.datapath.id, type=int(msg.type), code=int(code),
                             data=bytes(msg.data or b"")[:64].hex())
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status_handler(self, ev):
         dp, msg = ev.msg.datapath, ev.msg
+        if dp.id not in self.datapaths:
+            return
         with self.lock:
             self._note_port(dp, msg.desc, gone=msg.reason == dp.ofproto.OFPPR_DELETE)
 
-    def _note_port(self, dp, port, gone: bool = False) -> None:
+    def _note_port(self, dp, port, gone: bool = False, install: bool = True) -> None:
+        """A port's number and state; a member or client port that is new (or renumbered)
+        gets the VIP's flows and groups again, a member's link state drives its state."""
         name = port.name.decode() if isinstance(port.name, bytes) else port.name
         ofp = dp.ofproto
         up = not gone and not (port.state & ofp.OFPPS_LINK_DOWN) and not (port.config & ofp.OFPPC_PORT_DOWN)
         for vip in self.vips_on(dp.id):
+            known = vip.port_numbers.get(name)
             vip.port_numbers[name] = port.port_no
+            relevant = name in {m.port_name for m in vip.pool.members.values()} | \
+                {s["port_name"] for s in vip.sources}
+            if install and relevant and known != port.port_no and not gone:
+                self._install_vip(dp, vip)
             for member in vip.pool.members.values():
                 if self.port_detection and member.port_name == name and member.port_up != up:
                     self.set_member(vip, member.name, "port_down" if not up else "port_up", port_up=up)
@@ -203,7 +228,8 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
             dp = self.datapaths.get(vip.dpid)
             if was_serving and not member.in_service:
                 self.evict(vip, name, reason)  # first: its clients are waiting
-            elif not was_serving and member.in_service and self.dataplane == "switch" and dp is not None:
+            elif member.in_service and (not was_serving or (member.accepts_new and not was_accepting)) \
+                    and self.dataplane == "switch" and dp is not None:  # back, or rejoined after a drain deadline
                 self._send(dp, FlowBuilder(dp).forget_dead_member(vip, vip.member_index[name]))
             if self.dataplane == "switch" and dp is not None and was_accepting != member.accepts_new:
                 self._send(dp, [self._group(FlowBuilder(dp), vip)])
@@ -241,7 +267,8 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
         with self.lock:
             vip.drain_generation[name] += 1
             generation = vip.drain_generation[name]
-            self.admin.set(vip.ip, name, draining=True)
+            self.admin.set(vip.ip, name, draining=True,
+                           drain_deadline_wall=None if deadline_s is None else time.time() + deadline_s)
             self.set_member(vip, name, "drain", draining=True)
         if deadline_s is not None:
             hub.spawn_after(deadline_s, self._drain_deadline, vip, name, generation)
@@ -261,7 +288,7 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
     def rejoin(self, vip: Vip, name: str) -> None:
         with self.lock:
             vip.drain_generation[name] += 1
-            self.admin.set(vip.ip, name, draining=False)
+            self.admin.set(vip.ip, name, draining=False, drain_deadline_wall=None)
             self.set_member(vip, name, "rejoin", draining=False)
 
     # ---- packets -------------------------------------------------------------------------
@@ -361,7 +388,7 @@ class SdnNlb(FailoverMixin, HealthMixin, BaseApp):
             for vip in self.vips_on(msg.datapath.id):
                 vip.conns.remove((m["ipv4_src"], m["tcp_src"], m["ipv4_dst"], m["tcp_dst"]))
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPFlowDescStatsReply], MAIN_DISPATCHER)
     def flow_stats_handler(self, ev):
         """Controller dataplane: re-learn the connections a previous controller pinned."""
         dp = ev.msg.datapath

@@ -194,6 +194,8 @@ NLB_CONVERGING = event("nlb_converging", "nlb", "a probe verdict waits for the c
 NLB_SWITCH_ERROR = event("nlb_switch_error", "nlb", "the switch refused a message of the NLB (OpenFlow error)",
                          dpid=f("int", "datapath id"), type=f("int", "OpenFlow error type"),
                          code=f("int", "OpenFlow error code"), data=f("str", "start of the refused message, hex"))
+NLB_SWITCH_UNUSABLE = event("nlb_switch_unusable", "nlb", "the NLB cannot serve its VIP on this switch",
+                            dpid=f("int", "datapath id"), reason=f("str", "why"))
 NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (controller dataplane)",
                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
 NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",
@@ -218,6 +220,10 @@ MEASURE_START = event("measure_start", "runner", "the measurement window opens (
                       observe_s=f("float", "window length", "s"))
 CLIENTS_READY = event("clients_ready", "runner", "every client session completed an operation (warm-up starts)",
                       sessions=f("int", "sessions expected and seen"))
+CLOCKS = event("clocks", "runner", "CLOCK_REALTIME read beside CLOCK_MONOTONIC (ts): how packet captures, "
+                                   "stamped in wall time, are put on the events' clock",
+               wall_ns=f("int", "CLOCK_REALTIME read right after ts", "ns"),
+               spread_ns=f("int", "the two reads' distance: the uncertainty of wall_ns - ts", "ns"))
 MEASURE_END = event("measure_end", "runner", "the measurement window closes")
 FAULT = event("fault", "runner", "a fault is injected; ts is its instant t_fault",
               kind=f("str", "fault kind"), targets=f("list", "hosts targeted"),

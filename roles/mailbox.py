@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS messages (
     user TEXT NOT NULL,
     folder TEXT NOT NULL,
     subject TEXT NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS by_user_folder ON messages (user, folder);
 """
 
 
@@ -47,7 +48,7 @@ class DatabaseCopy:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute(SCHEMA)
+        self.conn.executescript(SCHEMA)
 
     def store(self, rows: list[dict[str, str]]) -> None:
         """Store valid rows (see ``valid_row``) in one transaction; replays are no-ops."""

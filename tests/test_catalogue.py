@@ -5,7 +5,6 @@ produced somewhere, and docs/EVENTS.md says the same as the code."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ way a run ends (pass, failure, Ctrl-C) nothing of the lab is left behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,18 +1,17 @@
 """Live network: real Mininet hosts on a real Open vSwitch carry TCP; the SDN NLB's VIP
-answers ARP, ICMP and TCP through per-connection flows."""
+answers ARP, ICMP and TCP, through the switch's own select group and conntrack (switch
+dataplane) or through per-connection flows (controller dataplane)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from caslab.netlab import LabNetwork, free_tcp_port
 from caslab.scenario import port_listening, wait_until
-from tests.conftest import lab_residue
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
@@ -65,19 +64,25 @@ def test_live_network_carries_tcp(tmp_path, no_residue):
         lab.stop()
 
 
-def nlb_cli(port: int, *args: str) -> dict:
+def nlb_cli(port: int, token: str, *args: str) -> dict:
     from tests.conftest import ROOT
 
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), "--token", token, *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def test_vip_answers_arp_icmp_and_tcp_with_flows(tmp_path, no_residue):
-    api_port = free_tcp_port()
+def dump(kind: str) -> str:
+    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", kind, "clab1"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("dataplane", ["switch", "controller"])
+def test_vip_answers_arp_icmp_and_tcp(tmp_path, no_residue, dataplane):
+    api_port, token = free_tcp_port(), "t0ken"
     lab, plan = start_network(tmp_path, "controllers.sdn_nlb",
-                              config={"fast_fail": True, "api": {"host": "127.0.0.1", "port": api_port}})
+                              config={"fast_fail": True, "dataplane": dataplane,
+                                      "api": {"host": "127.0.0.1", "port": api_port, "token": token}})
     try:
         for cas in plan.by_role("cas"):
             start_echo(lab, cas.name)
@@ -90,25 +95,30 @@ def test_vip_answers_arp_icmp_and_tcp_with_flows(tmp_path, no_residue):
         answers = {echo_from(lab, "cl1", vip) for _ in range(12)}
         served_by = {a.split(":")[0] for a in answers if a.endswith(":hello")}
         assert served_by <= {"cas1", "cas2"} and served_by, answers
-        flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "clab1"],
-                               capture_output=True, text=True).stdout
-        pinned = [line for line in flows.splitlines() if "priority=300" in line]
-        assert pinned, flows
-        forwarded = [line for line in pinned if "n_packets=" in line and "set_field:10.1.0.1" in line]
-        assert any(int(line.split("n_packets=")[1].split(",")[0]) >= 3 for line in forwarded), \
-            "connection packets should be switched by flows, not the controller"
         events = [json.loads(line) for line in (tmp_path / "nlb.jsonl").read_text().splitlines()]
         controller_conns = sum(1 for e in events if e["ev"] == "nlb_conn")
-        assert controller_conns >= 12
-        # the admin API and `caslab nlb` on top of it
-        shown = nlb_cli(api_port, "show")
-        assert shown["vips"][0]["ip"] == vip and shown["stats"]["conns"] == controller_conns
-        drained = nlb_cli(api_port, "drain", vip, "cas1")
+        shown = nlb_cli(api_port, token, "show")  # the admin API and `caslab nlb` on top of it
+        assert shown["vips"][0]["ip"] == vip and shown["dataplane"] == dataplane
+        if dataplane == "controller":
+            pinned = [line for line in dump("dump-flows").splitlines() if "priority=400" in line]
+            forwarded = [line for line in pinned if "n_packets=" in line and "set_field:10.1.1." in line]
+            assert any(int(line.split("n_packets=")[1].split(",")[0]) >= 3 for line in forwarded), \
+                "connection packets should be switched by flows, not the controller"
+            assert controller_conns >= 12 and shown["stats"]["conns"] == controller_conns
+        else:
+            [select] = [line for line in dump("dump-groups").splitlines() if "group_id=1," in line]
+            assert "type=select,selection_method=hash" in select and select.count("bucket=") == 2, select
+            assert controller_conns == 0 and shown["stats"]["packet_in"] <= 4, \
+                "new connections are balanced by the switch: no packet-in but ARP and ping"
+            conntrack = subprocess.run(["ovs-appctl", "dpctl/dump-conntrack", lab.datapath_name, "zone=51793"],
+                                       capture_output=True, text=True).stdout
+            assert conntrack.count("dst=10.1.0.100,sport=") >= 12, conntrack
+        drained = nlb_cli(api_port, token, "drain", vip, "cas1")
         cas1 = next(m for m in drained["vips"][0]["members"] if m["name"] == "cas1")
         assert cas1["draining"] and not cas1["accepts_new"]
         served_while_drained = {echo_from(lab, "cl1", vip).split(":")[0] for _ in range(8)}
         assert served_while_drained == {"cas2"}
-        rejoined = nlb_cli(api_port, "rejoin", vip, "cas1")
+        rejoined = nlb_cli(api_port, token, "rejoin", vip, "cas1")
         assert next(m for m in rejoined["vips"][0]["members"] if m["name"] == "cas1")["accepts_new"]
     finally:
         lab.stop()
@@ -136,8 +146,9 @@ print("closed-port-reply", reply[TCP].flags if reply is not None and TCP in repl
 '''
 
 
-def test_controller_survives_garbage_and_resets_closed_ports(tmp_path, no_residue):
-    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", config={"fast_fail": True})
+@pytest.mark.parametrize("dataplane", ["switch", "controller"])
+def test_controller_survives_garbage_and_resets_closed_ports(tmp_path, no_residue, dataplane):
+    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", config={"fast_fail": True, "dataplane": dataplane})
     try:
         for cas in plan.by_role("cas"):
             start_echo(lab, cas.name)

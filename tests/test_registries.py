@@ -48,7 +48,7 @@ def test_every_fault_declares_itself_and_validates(kind):
 
 @pytest.mark.parametrize("kind", sorted(FAULTS))
 def test_every_fault_refuses_an_unknown_key(kind):
-    with pytest.raises(SpecError, match=rf"faults\[0\]\.colour"):
+    with pytest.raises(SpecError, match=r"faults\[0\]\.colour"):
         spec_mod.validate(small_spec(mode_for_fault(kind), [{"kind": kind, "colour": "red", **FAULTS[kind].example}]),
                           "t")
 

@@ -66,8 +66,9 @@ def vsctl(*args: str) -> subprocess.CompletedProcess:
 
 
 def dump_flows() -> str:
-    res = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", BRIDGE], capture_output=True, text=True)
-    return res.stdout if res.returncode == 0 else ""
+    res = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", BRIDGE], capture_output=True, text=True)
+    groups = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-groups", BRIDGE], capture_output=True, text=True)
+    return (res.stdout if res.returncode == 0 else "") + (groups.stdout if groups.returncode == 0 else "")
 
 
 def events(path: Path) -> list[dict]:
@@ -82,16 +83,25 @@ def events(path: Path) -> list[dict]:
     return out
 
 
-EXPECTED_FLOWS = {
+VIP_IP = re.escape(VIP["ip"])
+COMMON_FLOWS = {
     "table-miss NORMAL": re.compile(r"priority=0 actions=NORMAL"),
-    "VIP ARP to controller": re.compile(rf"priority=200,arp,arp_tpa={re.escape(VIP['ip'])} actions=CONTROLLER:65535"),
-    "VIP ICMP to controller": re.compile(rf"priority=200,icmp,nw_dst={re.escape(VIP['ip'])} actions=CONTROLLER:65535"),
-    "VIP TCP to controller": re.compile(rf"priority=100,tcp,nw_dst={re.escape(VIP['ip'])} actions=CONTROLLER:65535"),
+    "VIP ARP to controller": re.compile(rf"priority=300,arp,arp_tpa={VIP_IP} actions=meter:1,CONTROLLER:65535"),
+    "VIP ICMP to controller": re.compile(rf"priority=300,icmp,nw_dst={VIP_IP} actions=meter:1,CONTROLLER:65535"),
+    "VIP guard": re.compile(rf"priority=250,ip,nw_dst={VIP_IP} actions=goto_table:1"),
+}
+EXPECTED_FLOWS = {
+    "controller": {**COMMON_FLOWS, "VIP TCP to controller": re.compile(
+        rf"table=1,.*priority=100,tcp,nw_dst={VIP_IP} actions=meter:1,CONTROLLER:65535")},
+    "switch": {**COMMON_FLOWS,
+               "VIP TCP to conntrack": re.compile(rf"table=1,.*priority=100,tcp,nw_dst={VIP_IP},tp_dst=6001 "
+                                                  rf"actions=ct\(table=2,zone=51793,nat\)"),
+               "select group": re.compile(r"group_id=1,type=select,selection_method=hash,fields[=(]ip_src")},
 }
 
 
-def missing_flows(flows: str) -> list[str]:
-    return [name for name, pattern in EXPECTED_FLOWS.items() if not pattern.search(flows)]
+def missing_flows(flows: str, dataplane: str) -> list[str]:
+    return [name for name, pattern in EXPECTED_FLOWS[dataplane].items() if not pattern.search(flows)]
 
 
 def output_of(tmp_path: Path) -> str:
@@ -103,12 +113,13 @@ def output_of(tmp_path: Path) -> str:
     return text
 
 
+@pytest.mark.parametrize("dataplane", ["switch", "controller"])
 @pytest.mark.parametrize("framework", ["os_ken", "ryu"])
-def test_nlb_app_programs_a_switch(tmp_path, framework, no_residue):
+def test_nlb_app_programs_a_switch(tmp_path, framework, dataplane, no_residue):
     python = interpreter(framework)
     port = free_port()
     event_path = tmp_path / "nlb.jsonl"
-    config = {"events": str(event_path), "fast_fail": True, "vips": [{
+    config = {"events": str(event_path), "fast_fail": True, "dataplane": dataplane, "vips": [{
         **VIP, "dpid": DPID, "ports": [6001], "affinity": "single", "members": [
             {"name": "cas1", "ip": "10.99.0.11", "mac": "02:00:0a:63:00:0b", "port_name": f"{BRIDGE}-p1"},
             {"name": "cas2", "ip": "10.99.0.12", "mac": "02:00:0a:63:00:0c", "port_name": f"{BRIDGE}-p2"}]}]}
@@ -131,7 +142,7 @@ def test_nlb_app_programs_a_switch(tmp_path, framework, no_residue):
             time.sleep(0.05)
 
         res = vsctl("add-br", BRIDGE,
-                    "--", "set", "bridge", BRIDGE, "datapath_type=netdev", "protocols=OpenFlow13", "fail_mode=secure",
+                    "--", "set", "bridge", BRIDGE, "datapath_type=netdev", "protocols=OpenFlow13,OpenFlow15", "fail_mode=secure",
                     f"other-config:datapath-id={DPID:016x}",
                     "--", "set-controller", BRIDGE, f"tcp:127.0.0.1:{port}")
         assert res.returncode == 0, res.stderr
@@ -145,11 +156,12 @@ def test_nlb_app_programs_a_switch(tmp_path, framework, no_residue):
             seen = {e["ev"] for e in events(event_path)}
             # ovs-vswitchd writes the controller's status to its database a little later
             connected = vsctl("get", "controller", BRIDGE, "is_connected").stdout.strip()
-            if not missing_flows(flows) and {"nlb_up", "nlb_switch", "nlb_relearn"} <= seen and connected == "true":
+            if not missing_flows(flows, dataplane) and {"nlb_up", "nlb_switch", "nlb_relearn"} <= seen \
+                    and connected == "true":
                 break
             assert controller.poll() is None, f"{framework} controller died\n{output_of(tmp_path)}"
             assert time.monotonic() < deadline, (
-                f"{framework}: missing flows {missing_flows(flows)}, events seen {sorted(seen)}, "
+                f"{framework}: missing flows {missing_flows(flows, dataplane)}, events seen {sorted(seen)}, "
                 f"is_connected={connected}\nflows:\n{flows}\n{output_of(tmp_path)}")
             time.sleep(0.1)
 

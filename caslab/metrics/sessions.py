@@ -79,8 +79,8 @@ def tracks(events: list[dict], late_ms: float) -> dict[str, SessionTrack]:
     """Every session of the run: declared by its client, or seen in its own events."""
     out: dict[str, SessionTrack] = {}
     for e in events:
-        if e["ev"] == CLIENT_UP:
-            for sid in e.get("sessions", []):
+        if e["ev"] == CLIENT_UP and isinstance(e.get("sessions"), list):  # (runs before 0.2 logged a count)
+            for sid in e["sessions"]:
                 out.setdefault(sid, SessionTrack(sid, e["src"]))
     late_us = late_ms * 1000
     for e in events:

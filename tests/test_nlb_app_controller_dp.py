@@ -1,0 +1,408 @@
+"""The SDN NLB app's controller dataplane (``dataplane = "controller"``): a packet-in per
+new connection, pinned by two exact flows. Against a fake datapath speaking OpenFlow 1.3
+or 1.5 (every test runs for both), with a fake hub (no thread runs) and frames built and
+read with scapy. Membership changes (port down, drain, admin) are in
+test_nlb_app_membership.py, probes in test_nlb_app_probes.py, the switch dataplane in
+test_nlb_app_switch_dp.py."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import ARP, Ether
+
+from controllers.nlb_flows import (
+    BASE, FORWARD, GUARD, PRIO_CONN, PRIO_GUARD_ALLOW, PRIO_GUARD_DROP, PRIO_MISS, PRIO_VIP_CTRL, REVERSE, SERVICE,
+    T_CLASSIFY, T_SERVICE, Cookie,
+)
+from labcommon.catalogue import NLB_CONN, NLB_RELEARN, NLB_SWITCH
+from tests.fakes import (
+    BRANCH_VIP, CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_SERVICE_PORT, SERVICE_PORT, VERSION_IDS, VIP_IP, VIP_MAC,
+    AppFactory, FakeDatapath, all_ports, apply_actions, arp_frame, checksums_ok, conns_of, drive, events, features,
+    flow_mods, flow_removed, flow_stats_reply, icmp_echo, install_fake_hub, kind_of, match_dict, of_class, ofport,
+    outputs, packet_in, packet_outs, po_in_port, port_desc, port_status, ready, set_fields, syn, tcp_frame, vlan_ids,
+)
+
+
+@pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)
+def version(request) -> int:
+    return request.param
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    return install_fake_hub(monkeypatch)
+
+
+@pytest.fixture
+def make_app(tmp_path, monkeypatch, hub):
+    return AppFactory(tmp_path, monkeypatch, hub)
+
+
+def metered(flow) -> bool:
+    """The flow passes meter 1: an instruction in OpenFlow 1.3, an action in 1.5."""
+    if flow.datapath.ofproto.OFP_VERSION == OF13:
+        return any(type(i).__name__ == "OFPInstructionMeter" and i.meter_id == 1 for i in flow.instructions)
+    return any(type(a).__name__ == "OFPActionMeter" and a.meter_id == 1 for a in apply_actions(flow))
+
+
+def to_controller(flow) -> bool:
+    """Outputs to the controller, the whole packet (no buffer on the switch)."""
+    ofp = flow.datapath.ofproto
+    outs = [a for a in apply_actions(flow) if type(a).__name__ == "OFPActionOutput"]
+    return [(a.port, a.max_len) for a in outs] == [(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+
+
+def of_kind(msgs, kind: int) -> list:
+    return [m for m in flow_mods(msgs) if kind_of(m) == kind]
+
+
+def pin(app, dp, sport: int, **kw) -> tuple[str, list]:
+    """Send a SYN; the member its forward flow points at, and the messages."""
+    msgs = packet_in(app, dp, syn(sport, **kw), in_port=kw.get("src", CLIENT).port_no)
+    [fwd] = of_kind(msgs, FORWARD)
+    ip = set_fields(apply_actions(fwd))["ipv4_dst"]
+    return next(m.name for m in MEMBERS if m.ip == ip), msgs
+
+
+def frame(po) -> Ether:
+    return Ether(po.data)
+
+
+# ---- switch set-up ----------------------------------------------------------------------------
+
+
+def test_app_reads_its_config_and_starts_no_thread_itself(make_app, hub):
+    app = make_app(fast_fail=False, affinity="single")
+    assert [v.ip for v in app.vips] == [VIP_IP, BRANCH_VIP] and app.dataplane == "controller"
+    assert app.fast_fail is False and app.conn_idle_s == 60
+    hq = app.vips[0]
+    assert hq.index == 1 and hq.dpid == 1 and hq.ports == {SERVICE_PORT, OTHER_SERVICE_PORT}
+    assert hq.pool.affinity == "single" and hq.member_index == {"cas1": 1, "cas2": 2, "cas3": 3}
+    assert app.find_vip("HQ") is hq and app.find_vip(VIP_IP) is hq and app.find_vip("nope") is None
+    # recorded, not run: the guard report, the challenger and the failover worker
+    assert hub.spawned_names() == ["_guard_report", "run", "_failover_worker"] and hub.sleeps == []
+
+
+def test_app_without_config_has_no_vips(monkeypatch, hub):
+    from controllers.sdn_nlb import SdnNlb
+
+    monkeypatch.delenv("CASLAB_NLB_CONFIG", raising=False)
+    app = SdnNlb()
+    assert app.vips == [] and app.snapshot()["vips"] == []
+
+
+def test_switch_features_installs_table_miss_meter_vip_base_and_asks_for_ports_and_flows(make_app, version):
+    app = make_app()
+    dp = FakeDatapath(1, version)
+    msgs = features(app, dp)
+    miss, arp, icmp = flow_mods(msgs)
+    assert (miss.table_id, miss.priority, match_dict(miss.match)) == (T_CLASSIFY, PRIO_MISS, {})
+    assert outputs(apply_actions(miss)) == [dp.ofproto.OFPP_NORMAL]
+    assert match_dict(arp.match) == {"eth_type": 0x0806, "arp_tpa": VIP_IP}
+    assert match_dict(icmp.match) == {"eth_type": 0x0800, "ip_proto": 1, "ipv4_dst": VIP_IP}
+    for flow in (arp, icmp):
+        assert flow.priority == PRIO_VIP_CTRL and flow.cookie == Cookie(1, 0, BASE).encode()
+        assert to_controller(flow) and metered(flow)
+    delete, add = of_class(msgs, "OFPMeterMod")
+    assert (delete.command, add.command) == (dp.ofproto.OFPMC_DELETE, dp.ofproto.OFPMC_ADD)
+    [band] = add.bands
+    assert add.meter_id == 1 and add.flags == dp.ofproto.OFPMF_PKTPS | dp.ofproto.OFPMF_BURST
+    assert (band.rate, band.burst_size) == (2000, 500)
+    assert len(of_class(msgs, "OFPPortDescStatsRequest")) == 1
+    wanted = "OFPFlowStatsRequest" if version == OF13 else "OFPFlowDescStatsRequest"  # 1.5 stats lack cookies
+    [request] = of_class(msgs, wanted)
+    assert (request.cookie, request.cookie_mask) == Cookie.tag_mask()
+    assert app.datapaths[1] is dp and events(app, NLB_SWITCH)[-1]["dpid"] == 1
+
+
+def test_switch_without_a_vip_gets_only_the_table_miss_flow(make_app, version):
+    app = make_app()
+    msgs = features(app, FakeDatapath(7, version))
+    assert [(m.priority, match_dict(m.match)) for m in flow_mods(msgs)] == [(PRIO_MISS, {})]
+    assert of_class(msgs, "OFPMeterMod") == [] and len(msgs) == 2  # and the port desc request
+
+
+def test_branch_switch_gets_only_its_own_vip(make_app, version):
+    msgs = features(make_app(), FakeDatapath(2, version))
+    dsts = {match_dict(m.match).get("ipv4_dst") or match_dict(m.match).get("arp_tpa") for m in flow_mods(msgs)}
+    assert dsts == {None, BRANCH_VIP}
+
+
+def test_port_desc_learns_ports_and_installs_the_source_guard_and_service(make_app, version):
+    app = make_app()
+    dp = FakeDatapath(1, version)
+    features(app, dp)
+    msgs = port_desc(app, dp, all_ports(dp))
+    assert {m.name: app.vips[0].port_numbers[m.port_name] for m in MEMBERS} == {"cas1": 1, "cas2": 2, "cas3": 3}
+    assert app.vips[1].port_numbers == {}  # dpid 2's VIP learns nothing from dpid 1
+    guard = of_kind(msgs, GUARD)
+    allowed = [(match_dict(g.match), g.instructions[0].table_id) for g in guard if g.priority == PRIO_GUARD_ALLOW]
+    base = {"eth_type": 0x0800, "ipv4_dst": VIP_IP}
+    assert allowed == [({"in_port": 10, **base, "ipv4_src": "10.1.3.1"}, T_SERVICE),
+                       ({"in_port": 10, **base, "ipv4_src": ("10.1.10.0", "255.255.255.0")}, T_SERVICE),
+                       ({"in_port": 11, **base, "ipv4_src": "10.1.3.2"}, T_SERVICE),
+                       ({"in_port": 11, **base, "ipv4_src": ("10.1.11.0", "255.255.255.0")}, T_SERVICE)]
+    [drop] = [g for g in guard if g.priority == PRIO_GUARD_DROP]
+    assert match_dict(drop.match) == base and drop.instructions == []
+    tcp, rest = of_kind(msgs, SERVICE)
+    assert (tcp.table_id, tcp.priority) == (T_SERVICE, 100) and to_controller(tcp) and metered(tcp)
+    assert match_dict(tcp.match) == {"eth_type": 0x0800, "ip_proto": 6, "ipv4_dst": VIP_IP}
+    assert (rest.table_id, rest.priority, match_dict(rest.match), rest.instructions) == (T_SERVICE, 0, {}, [])
+
+
+# ---- a new connection -------------------------------------------------------------------------
+
+
+def test_syn_installs_forward_and_reverse_flows_then_a_packet_out(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    data = syn(40001, seq=777)
+    msgs = packet_in(app, dp, data)
+    assert [type(m).__name__ for m in msgs] == ["OFPFlowMod", "OFPFlowMod", "OFPPacketOut"]
+    [fwd], [rev] = of_kind(msgs, FORWARD), of_kind(msgs, REVERSE)
+    member = MEMBER[app.vips[0].pool.choose(CLIENT.ip, 40001).name]
+    idx = app.vips[0].member_index[member.name]
+    assert fwd.table_id == rev.table_id == T_CLASSIFY and fwd.priority == rev.priority == PRIO_CONN
+    assert match_dict(fwd.match) == {"in_port": CLIENT.port_no, "eth_type": 0x0800, "ip_proto": 6,
+                                     "ipv4_src": CLIENT.ip, "tcp_src": 40001, "ipv4_dst": VIP_IP,
+                                     "tcp_dst": SERVICE_PORT}
+    assert set_fields(apply_actions(fwd)) == {"eth_dst": member.mac, "ipv4_dst": member.ip}
+    assert outputs(apply_actions(fwd)) == [member.port_no]
+    assert fwd.cookie == Cookie(1, idx, FORWARD).encode()
+    assert fwd.flags & dp.ofproto.OFPFF_SEND_FLOW_REM and fwd.idle_timeout == 60
+    assert match_dict(rev.match) == {"eth_type": 0x0800, "ip_proto": 6, "ipv4_src": member.ip,
+                                     "tcp_src": SERVICE_PORT, "ipv4_dst": CLIENT.ip, "tcp_dst": 40001}
+    assert set_fields(apply_actions(rev)) == {"ipv4_src": VIP_IP, "eth_src": VIP_MAC, "eth_dst": CLIENT.mac}
+    assert outputs(apply_actions(rev)) == [CLIENT.port_no]
+    assert rev.cookie == Cookie(1, idx, REVERSE).encode() and rev.idle_timeout == 60 and rev.flags == 0
+    [po] = packet_outs(msgs)
+    assert po.data == data and po_in_port(po) == dp.ofproto.OFPP_CONTROLLER
+    assert po.buffer_id == dp.ofproto.OFP_NO_BUFFER
+    assert set_fields(po.actions)["ipv4_dst"] == member.ip and outputs(po.actions) == [member.port_no]
+    assert conns_of(app) == {(CLIENT.ip, 40001, VIP_IP, SERVICE_PORT): member.name}
+    conn = app.vips[0].conns.get((CLIENT.ip, 40001, VIP_IP, SERVICE_PORT))
+    assert (conn.client_mac, conn.in_port, conn.client_isn) == (CLIENT.mac, CLIENT.port_no, 777)
+    assert app.stats["conns"] == 1
+    [logged] = events(app, NLB_CONN)
+    assert (logged["client"], logged["member"], logged["vip"]) == (f"{CLIENT.ip}:40001", member.name, VIP_IP)
+
+
+def test_retransmitted_syn_reuses_the_pinned_member_and_counts_once(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    assert pin(app, dp, 40002)[0] == pin(app, dp, 40002)[0]
+    assert len(app.vips[0].conns) == 1 and app.stats["conns"] == 1 and len(events(app, NLB_CONN)) == 1
+
+
+def test_many_clients_spread_over_all_members(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    assert {pin(app, dp, 41000 + i)[0] for i in range(60)} == {"cas1", "cas2", "cas3"}
+    assert sum(app.vips[0].conns.count_by_backend().values()) == 60
+
+
+@pytest.mark.parametrize("affinity, clients, spread", [
+    ("single", [(CLIENT.ip, 42000 + i) for i in range(30)], 1),           # every port of one client
+    ("network", [(f"10.1.10.{1 + i}", 42100 + i) for i in range(30)], 1),  # a whole /24
+    ("none", [(CLIENT.ip, 42000 + i) for i in range(30)], 3),
+])
+def test_affinity(make_app, version, affinity, clients, spread):
+    app = make_app(affinity=affinity)
+    dp = ready(app, version)
+    assert len({pin(app, dp, port, src_ip=ip)[0] for ip, port in clients}) == spread
+
+
+def test_every_configured_service_port_is_balanced(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    _, msgs = pin(app, dp, 42200, dport=OTHER_SERVICE_PORT)
+    assert match_dict(of_kind(msgs, FORWARD)[0].match)["tcp_dst"] == OTHER_SERVICE_PORT
+    assert (CLIENT.ip, 42200, VIP_IP, OTHER_SERVICE_PORT) in app.vips[0].conns.by_key
+
+
+def test_syn_before_the_ports_are_known_installs_nothing(make_app, version):
+    app = make_app()
+    dp = FakeDatapath(1, version)
+    features(app, dp)
+    assert packet_in(app, dp, syn(40003)) == [] and len(app.vips[0].conns) == 0
+
+
+@pytest.mark.parametrize("fast_fail", [True, False])
+def test_syn_to_a_port_that_is_not_a_service_port_is_reset(make_app, version, fast_fail):
+    app = make_app(fast_fail=fast_fail)
+    dp = ready(app, version)
+    msgs = packet_in(app, dp, syn(40004, seq=5000, dport=8080))
+    [po] = msgs
+    seg = frame(po)[TCP]
+    assert str(seg.flags) == "RA" and seg.seq == 0 and seg.ack == 5001 and (seg.sport, seg.dport) == (8080, 40004)
+    assert outputs(po.actions) == [CLIENT.port_no] and checksums_ok(po.data)
+
+
+def test_syn_with_no_eligible_member_is_reset(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    for name in ("cas1", "cas2", "cas3"):
+        app.set_member(app.vips[0], name, "test", healthy=False)
+    dp.take()
+    [po] = packet_in(app, dp, syn(40005, seq=99))
+    seg = frame(po)[TCP]
+    assert str(seg.flags) == "RA" and seg.ack == 100 and len(app.vips[0].conns) == 0
+
+
+def test_packets_for_another_switch_or_address_are_ignored(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    assert packet_in(app, dp, syn(40006, dst_ip="10.1.3.9")) == []
+    other = FakeDatapath(9, version)
+    features(app, other)
+    assert packet_in(app, other, syn(40006)) == [] and len(app.vips[0].conns) == 0
+
+
+# ---- ARP and ICMP --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vlans", [(), (42,), (7, 42)])
+def test_arp_request_for_the_vip_gets_a_reply_with_the_vip_mac(make_app, version, vlans):
+    app = make_app()
+    dp = ready(app, version)
+    [po] = packet_in(app, dp, arp_frame(1, VIP_IP, vlans=vlans))
+    assert outputs(po.actions) == [CLIENT.port_no] and po_in_port(po) == dp.ofproto.OFPP_CONTROLLER
+    reply = frame(po)
+    assert (reply.src, reply.dst) == (VIP_MAC, CLIENT.mac)
+    assert vlan_ids(reply) == list(vlans)
+    arp = reply[ARP]
+    assert (arp.op, arp.hwsrc, arp.psrc, arp.hwdst, arp.pdst) == (2, VIP_MAC, VIP_IP, CLIENT.mac, CLIENT.ip)
+    assert app.stats["arp"] == 1
+
+
+def test_arp_for_other_addresses_and_arp_replies_are_ignored(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    assert packet_in(app, dp, arp_frame(1, "10.1.1.1")) == []
+    assert packet_in(app, dp, arp_frame(2, VIP_IP)) == []
+    assert packet_in(app, dp, arp_frame(1, BRANCH_VIP)) == []  # not this switch's VIP
+
+
+@pytest.mark.parametrize("vlans", [(), (42,)])
+def test_icmp_echo_to_the_vip_is_answered(make_app, version, vlans):
+    app = make_app()
+    dp = ready(app, version)
+    [po] = packet_in(app, dp, icmp_echo(vlans=vlans))
+    reply = frame(po)
+    assert (reply.src, reply.dst) == (VIP_MAC, CLIENT.mac) and vlan_ids(reply) == list(vlans)
+    assert (reply[IP].src, reply[IP].dst) == (VIP_IP, CLIENT.ip)
+    echo = reply[ICMP]
+    assert (echo.type, echo.code, echo.id, echo.seq, bytes(echo.payload)) == (0, 0, 0x1234, 7, b"caslab-ping")
+    assert outputs(po.actions) == [CLIENT.port_no] and checksums_ok(po.data) and app.stats["icmp"] == 1
+
+
+# ---- segments without a pinned connection ----------------------------------------------------------
+
+
+def test_non_syn_for_an_unknown_connection_gets_an_exact_rst(make_app, version):
+    app = make_app(fast_fail=True)
+    dp = ready(app, version)
+    [po] = packet_in(app, dp, tcp_frame(40010, "PA", seq=123456, ack=0xDEADBEEF, payload=b"hello"))
+    assert outputs(po.actions) == [CLIENT.port_no]
+    reply = frame(po)
+    assert str(reply[TCP].flags) == "R" and reply[TCP].seq == 0xDEADBEEF  # the client's ack: in its window
+    assert (reply[TCP].sport, reply[TCP].dport) == (SERVICE_PORT, 40010)
+    assert (reply[IP].src, reply[IP].dst, reply.src, reply.dst) == (VIP_IP, CLIENT.ip, VIP_MAC, CLIENT.mac)
+    assert checksums_ok(po.data) and app.stats["resets"] == 1 and len(app.vips[0].conns) == 0
+
+
+def test_without_fast_fail_an_unknown_connection_on_a_service_port_is_left_alone(make_app, version):
+    app = make_app(fast_fail=False)
+    dp = ready(app, version)
+    assert packet_in(app, dp, tcp_frame(40011, "A", ack=5)) == []
+    [po] = packet_in(app, dp, tcp_frame(40011, "A", ack=5, dport=8080))  # a closed port is still reset
+    assert frame(po)[TCP].seq == 5
+
+
+def test_rst_and_ackless_segments_are_never_answered(make_app, version):
+    app = make_app(fast_fail=True)
+    dp = ready(app, version)
+    for flags in ("RA", "R", "F", "", "U"):
+        assert packet_in(app, dp, tcp_frame(40012, flags, ack=9)) == [], flags
+
+
+def test_non_syn_of_a_pinned_connection_is_forwarded_to_its_member(make_app, version):
+    """A segment that raced its connection's flow install goes the same way, no RST."""
+    app = make_app()
+    dp = ready(app, version)
+    member, _ = pin(app, dp, 40013)
+    data = tcp_frame(40013, "A", seq=1001, ack=1)
+    msgs = packet_in(app, dp, data)
+    [po] = packet_outs(msgs)
+    assert po.data == data and outputs(po.actions) == [MEMBER[member].port_no]
+    assert set_fields(apply_actions(of_kind(msgs, FORWARD)[0]))["ipv4_dst"] == MEMBER[member].ip
+
+
+# ---- flow expiry and a restarted controller ----------------------------------------------------------
+
+
+def test_idle_timeout_of_the_forward_flow_forgets_the_connection(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    _, msgs = pin(app, dp, 40020)
+    [fwd], [rev] = of_kind(msgs, FORWARD), of_kind(msgs, REVERSE)
+    flow_removed(app, dp, rev, dp.ofproto.OFPRR_IDLE_TIMEOUT)  # only the forward flow's expiry counts
+    flow_removed(app, dp, fwd, dp.ofproto.OFPRR_DELETE)  # deleted on purpose: evict's business
+    assert len(app.vips[0].conns) == 1
+    flow_removed(app, dp, fwd, dp.ofproto.OFPRR_IDLE_TIMEOUT)
+    assert len(app.vips[0].conns) == 0
+
+
+def restart(make_app, version, old_flows, ports=None, **kw):
+    """A new app on a switch that reports ``ports`` and then the flows a previous app made."""
+    new = make_app(**kw)
+    dp = FakeDatapath(1, version)
+    msgs = features(new, dp)
+    [request] = of_class(msgs, "OFPFlowStatsRequest") + of_class(msgs, "OFPFlowDescStatsRequest")
+    port_desc(new, dp, ports(dp) if ports else all_ports(dp))
+    flow_stats_reply(new, dp, request, old_flows)
+    return new, dp
+
+
+def test_restarted_controller_relearns_connections_from_the_switch(make_app, version):
+    old = make_app()
+    old_dp = ready(old, version)
+    flows = []
+    for i in range(30):
+        flows += flow_mods(pin(old, old_dp, 43000 + i)[1])
+    parser = old_dp.ofproto_parser
+    unrelated = parser.OFPFlowMod(old_dp, table_id=0, priority=5, cookie=0x1234, match=parser.OFPMatch(),
+                                  instructions=[])
+    new, dp = restart(make_app, version, flows + [unrelated])
+    assert conns_of(new) == conns_of(old)
+    for conn in new.vips[0].conns.by_key.values():
+        assert (conn.client_mac, conn.in_port) == (CLIENT.mac, CLIENT.port_no)
+    [relearned] = events(new, NLB_RELEARN)
+    assert (relearned["dpid"], relearned["conns"]) == (1, 30)
+    # re-learned connections are evicted like any other: the dead member's clients are challenged
+    on_cas1 = sum(1 for v in conns_of(new).values() if v == "cas1")
+    port_status(new, dp, ofport(dp, "clab1-eth1", 1, link_down=True))
+    assert drive(new.challenger, make_app.clock, 0.001) == on_cas1 > 0
+    outs = packet_outs(dp.take())
+    assert all(outputs(po.actions) == [CLIENT.port_no] and frame(po).dst == CLIENT.mac for po in outs)
+
+
+def test_relearning_skips_members_not_in_service_and_their_clients_get_a_reset(make_app, version):
+    old = make_app()
+    old_dp = ready(old, version)
+    flows, keys = [], {}
+    for i in range(30):
+        member, msgs = pin(old, old_dp, 43100 + i)
+        flows += flow_mods(msgs)
+        keys[43100 + i] = member
+    # cas1's link is down while the controller restarts: the port desc says so, then the
+    # flow reply (taken before the app deleted cas1's flows) still lists them
+    new, dp = restart(make_app, version, flows, ports=lambda d: [ofport(d, "clab1-eth1", 1, link_down=True)]
+                      + all_ports(d)[1:])
+    assert conns_of(new) == {k: v for k, v in conns_of(old).items() if v != "cas1"}
+    sport = next(p for p, m in keys.items() if m == "cas1")
+    msgs = packet_in(new, dp, tcp_frame(sport, "PA", seq=2000, ack=0x4000))
+    assert flow_mods(msgs) == [], "a connection of a dead member was forwarded into its dead port"
+    [po] = msgs
+    assert str(frame(po)[TCP].flags) == "R" and frame(po)[TCP].seq == 0x4000

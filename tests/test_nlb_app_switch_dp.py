@@ -1,0 +1,333 @@
+"""The SDN NLB app's switch dataplane (``dataplane = "switch"``): Open vSwitch balances with
+a select group and conntrack NAT; the app programs it and resets a dead member's clients.
+Against a fake OpenFlow 1.5 datapath (group bucket properties exist only in 1.5), with the
+conntrack and datapath-flow helpers of controllers.nlb_failover replaced by fakes."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controllers import nlb_failover
+from controllers.nlb_flows import (
+    BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, SERVICE, T_CONNTRACK,
+    T_DELIVER, Cookie, member_group_id, zone_of,
+)
+from controllers.nlb_state import CtEntry
+from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
+from tests.fakes import (
+    CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, AppFactory, FakeDatapath,
+    all_ports, apply_actions, barrier_reply, checksums_ok, drive, events, features, flow_mods, group_mods,
+    install_fake_hub, kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_outs, port_desc, port_status,
+    ready, syn, tcp_frame,
+)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    return install_fake_hub(monkeypatch)
+
+
+@pytest.fixture
+def make_app(tmp_path, monkeypatch, hub):
+    return AppFactory(tmp_path, monkeypatch, hub)
+
+
+class FakeConntrack:
+    """The switch's conntrack and datapath flows, as controllers.nlb_failover reads them."""
+
+    def __init__(self, monkeypatch):
+        self.entries: list[CtEntry] = []
+        self.ufids = ["u1", "u2"]
+        self.calls: list[tuple] = []
+        monkeypatch.setattr(nlb_failover, "dump_conntrack", self.dump)
+        monkeypatch.setattr(nlb_failover, "stale_datapath_flows", self.stale)
+        monkeypatch.setattr(nlb_failover, "delete_datapath_flows", self.delete)
+
+    def dump(self, zone, datapath=None):
+        self.calls.append(("dump", zone, datapath))
+        return list(self.entries)
+
+    def stale(self, datapath, zone, mark):
+        self.calls.append(("stale", datapath, zone, mark))
+        return list(self.ufids)
+
+    def delete(self, datapath, ufids):
+        self.calls.append(("delete", datapath, tuple(ufids)))
+        return len(ufids)
+
+
+@pytest.fixture
+def conntrack(monkeypatch) -> FakeConntrack:
+    return FakeConntrack(monkeypatch)
+
+
+def ct(client_ip: str, client_port: int, mark: int, state: str = "ESTABLISHED") -> CtEntry:
+    return CtEntry(client_ip, client_port, VIP_IP, SERVICE_PORT, zone_of(1), mark, state)
+
+
+def buckets(group) -> list[tuple]:
+    """(bucket id, watched port, NAT address, ct_mark) of each bucket of the select group."""
+    out = []
+    for b in group.buckets:
+        [action] = b.actions
+        [nat, mark] = action.actions
+        [watch] = [p.watch for p in b.properties if type(p).__name__ == "OFPGroupBucketPropWatch"]
+        assert action.flags == 1 and action.zone_ofs_nbits == zone_of(1) and action.recirc_table == T_DELIVER
+        assert nat.range_ipv4_min == nat.range_ipv4_max
+        out.append((b.bucket_id, watch, nat.range_ipv4_min, mark.value))
+    return out
+
+
+def all_buckets(names) -> list[tuple]:
+    return [(MEMBER[n].port_no, MEMBER[n].port_no, MEMBER[n].ip, MEMBER[n].port_no) for n in names]
+
+
+def select_group(msgs):
+    [group] = [g for g in group_mods(msgs) if g.group_id == 1]
+    return group
+
+
+def dead_flows(msgs, command: str = "ADD") -> list:
+    return [m for m in flow_mods(msgs, command) if kind_of(m) == DEAD]
+
+
+def switch_app(make_app, **kw):
+    app = make_app(dataplane="switch", **kw)
+    return app, ready(app, OF15)
+
+
+# ---- set-up -------------------------------------------------------------------------------------------
+
+
+def test_switch_dataplane_spawns_the_conntrack_reader_only_with_fast_fail(make_app, hub):
+    make_app(dataplane="switch")
+    assert hub.spawned_names() == ["_guard_report", "run", "_failover_worker", "_conntrack_loop"]
+    hub.spawned.clear()
+    make_app(dataplane="switch", fast_fail=False)
+    assert "_conntrack_loop" not in hub.spawned_names()
+
+
+def test_port_desc_installs_guard_group_service_and_delivery(make_app):
+    app = make_app(dataplane="switch")
+    dp = FakeDatapath(1, OF15)
+    assert not of_class(features(app, dp), "OFPFlowDescStatsRequest")  # nothing to re-learn: conntrack keeps it
+    msgs = port_desc(app, dp, all_ports(dp))
+    position = {id(m): i for i, m in enumerate(msgs)}
+    group = select_group(msgs)
+    assert (group.command, group.type, group.group_id) == (OFPGC_ADD_OR_MOD, dp.ofproto.OFPGT_SELECT, 1)
+    assert buckets(group) == all_buckets(["cas1", "cas2", "cas3"])
+    assert [p.fields for p in group.properties] == [HASH_FIELDS["none"]]
+    for b in group.buckets:
+        assert [p.weight for p in b.properties if type(p).__name__ == "OFPGroupBucketPropWeight"] == [100]
+    guard = [m for m in flow_mods(msgs) if kind_of(m) == GUARD]
+    assert len(guard) == 5 and all(position[id(g)] < position[id(group)] for g in guard)
+    # every flow that points at a group comes after it
+    [new_syn] = [m for m in flow_mods(msgs) if m.table_id == T_CONNTRACK and m.priority == 200]
+    assert [a.group_id for a in apply_actions(new_syn)] == [1] and position[id(new_syn)] > position[id(group)]
+    assert match_dict(new_syn.match)["tcp_flags"] == (0x002, 0x016)
+    service = [m for m in flow_mods(msgs) if kind_of(m) == SERVICE and m.priority == 100]
+    assert sorted(match_dict(m.match)["tcp_dst"] for m in service) == [135, SERVICE_PORT]
+    replies = [m for m in flow_mods(msgs) if kind_of(m) == BASE and m.table_id == 0 and m.priority == 200]
+    assert {(match_dict(m.match)["ipv4_src"], match_dict(m.match)["tcp_src"]) for m in replies} == {
+        (m.ip, p) for m in MEMBERS for p in (135, SERVICE_PORT)}
+    for member in MEMBERS:
+        gid = member_group_id(1, member.port_no)
+        [ff] = [g for g in group_mods(msgs) if g.group_id == gid]
+        live, fallback = ff.buckets
+        assert ff.type == dp.ofproto.OFPGT_FF and [p.watch for p in live.properties] == [member.port_no]
+        assert outputs(live.actions) == [member.port_no] and live.actions[0].value == member.mac
+        assert [a.group_id for a in fallback.actions] == [CONTROLLER_GROUP]
+        [deliver] = [m for m in flow_mods(msgs) if kind_of(m) == DELIVER and Cookie.decode(m.cookie).member
+                     == member.port_no]
+        assert match_dict(deliver.match) == {"eth_type": 0x0800, "ct_mark": member.port_no, "ipv4_dst": member.ip}
+        assert position[id(deliver)] > position[id(ff)] and deliver.priority == 110
+    [controller_group] = {g.group_id for g in group_mods(msgs) if g.type == dp.ofproto.OFPGT_INDIRECT}
+    assert controller_group == CONTROLLER_GROUP
+    # members in service: any dead-member flow a previous controller left is removed
+    assert sorted(Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")) == [1, 2, 3]
+    assert dead_flows(msgs) == []
+
+
+def test_a_member_down_at_start_gets_a_dead_member_flow_and_no_bucket(make_app, conntrack):
+    app = make_app(dataplane="switch")
+    dp = FakeDatapath(1, OF15)
+    features(app, dp)
+    msgs = port_desc(app, dp, [ofport(dp, "clab1-eth2", 2, link_down=True)] + all_ports(dp)[0:1]
+                     + all_ports(dp)[2:])
+    groups = [g for g in group_mods(msgs) if g.group_id == 1]
+    assert buckets(groups[-1]) == all_buckets(["cas1", "cas3"])
+    assert {Cookie.decode(m.cookie).member for m in dead_flows(msgs)} == {2}
+
+
+def test_switch_dataplane_refuses_an_openflow_13_switch(make_app):
+    """Its select group's hash fields and bucket properties exist from OpenFlow 1.5 on: on
+    an older switch the NLB says so and installs nothing for the VIP (plain L2 only)."""
+    app = make_app(dataplane="switch")
+    dp = FakeDatapath(1, OF13)
+    sent = features(app, dp) + port_desc(app, dp, all_ports(dp))
+    assert [(f.priority, f.match.to_jsondict()["OFPMatch"]["oxm_fields"]) for f in flow_mods(sent)] == [(0, [])]
+    assert 1 not in app.datapaths
+    refused = events(app, NLB_SWITCH_UNUSABLE)
+    assert [e["dpid"] for e in refused] == [1] and "OpenFlow 1.5" in refused[0]["reason"]
+
+
+# ---- membership moves the group ---------------------------------------------------------------------
+
+
+def test_group_buckets_follow_accepts_new(make_app, conntrack):
+    app, dp = switch_app(make_app)
+    vip = app.vips[0]
+    app.drain(vip, "cas2")
+    msgs = dp.take()
+    assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas3"]) and dead_flows(msgs) == []
+    assert app.failovers.empty()
+    app.rejoin(vip, "cas2")
+    assert buckets(select_group(dp.take())) == all_buckets(["cas1", "cas2", "cas3"])
+    app.admin_set(vip, "cas1", up=False)
+    msgs = dp.take()
+    [dead] = dead_flows(msgs)
+    assert (dead.table_id, dead.priority, Cookie.decode(dead.cookie).member) == (T_CONNTRACK, PRIO_DEAD, 1)
+    assert match_dict(dead.match) == {"eth_type": 0x0800, "ct_state": (0x22, 0x22), "ct_mark": 1}
+    assert outputs(apply_actions(dead)) == [dp.ofproto.OFPP_CONTROLLER]
+    assert [type(m).__name__ for m in msgs][:2] == ["OFPFlowMod", "OFPBarrierRequest"]
+    assert buckets(select_group(msgs)) == all_buckets(["cas2", "cas3"])
+    app.admin_set(vip, "cas1", up=True)
+    msgs = dp.take()
+    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")] == [1]
+    assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas2", "cas3"])
+    app.set_affinity(vip, "network")
+    assert [p.fields for p in select_group(dp.take()).properties] == [HASH_FIELDS["network"]]
+
+
+def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make_app):
+    app = make_app(dataplane="switch", health={"fall": 1})
+    app.on_probe(VIP_IP, "cas1", False)
+    assert not app.vips[0].pool.members["cas1"].in_service and app.failovers.empty()
+    dp = FakeDatapath(1, OF15)
+    features(app, dp)
+    msgs = port_desc(app, dp, all_ports(dp))
+    assert buckets(select_group(msgs)) == all_buckets(["cas2", "cas3"])
+    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs)] == [1]
+    assert sorted(Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")) == [2, 3]
+
+
+def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow(make_app, hub, conntrack):
+    app, dp = switch_app(make_app)
+    app.drain(app.vips[0], "cas3", deadline_s=5)
+    dp.take()
+    hub.fire_next()
+    assert [Cookie.decode(m.cookie).member for m in dead_flows(dp.take())] == [3]
+    app.rejoin(app.vips[0], "cas3")
+    msgs = dp.take()
+    assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas2", "cas3"])
+    # otherwise every new connection to cas3 (ct_mark 3, +est) would be sent to the controller and reset
+    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")] == [3]
+
+
+# ---- failover -------------------------------------------------------------------------------------------
+
+
+def test_port_down_queues_the_failover_which_challenges_the_members_clients(make_app, conntrack):
+    app, dp = switch_app(make_app, datapath_name="netdev@ovs-netdev")
+    known = [ct(CLIENT.ip, 40001, 2), ct("10.1.10.7", 40002, 2)]
+    app.ct_cache[1] = known + [ct(CLIENT.ip, 40003, 1), ct(CLIENT.ip, 40004, 2, "TIME_WAIT")]
+    conntrack.entries = app.ct_cache[1] + [ct(OTHER_CLIENT.ip, 40005, 2), ct("192.0.2.9", 40006, 2)]
+    msgs = port_status(app, dp, ofport(dp, "clab1-eth2", 2, link_down=True))
+    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs)] == [2]
+    assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas3"])
+    assert events(app, NLB_EVICT) == [] and events(app, LB_MEMBER)[-1]["reason"] == "port_down"
+    item = app.failovers.get_nowait()
+    assert item[:5] == (dp, app.vips[0], 2, "cas2", "port_down")
+    app._failover(*item)
+    assert conntrack.calls == [("stale", "netdev@ovs-netdev", zone_of(1), 2),
+                               ("delete", "netdev@ovs-netdev", ("u1", "u2")),
+                               ("dump", zone_of(1), "netdev@ovs-netdev")]
+    wanted = {(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)}  # live, on cas2, from a source
+    assert {k[:2] for k in app.challenger.pending} == wanted
+    [evict] = events(app, NLB_EVICT)
+    assert (evict["member"], evict["conns"], evict["cached"], evict["flushed"], evict["fast_fail"]) == (
+        "cas2", 2 + 1, 2, 2, True)
+    assert drive(app.challenger, make_app.clock, 0) == 3  # at once, then on the schedule
+    for po in packet_outs(dp.take()):
+        frame = Ether(po.data)
+        client = OTHER_CLIENT if frame[IP].dst == OTHER_CLIENT.ip else CLIENT
+        assert outputs(po.actions) == [client.port_no] and frame.dst == client.mac
+        assert (frame.src, frame[IP].src, frame[TCP].sport) == (VIP_MAC, VIP_IP, SERVICE_PORT) and checksums_ok(po.data)
+
+
+def test_other_reasons_wait_for_the_switch_to_apply_the_dead_member_flow(make_app, conntrack):
+    app, dp = switch_app(make_app)
+    app.admin_set(app.vips[0], "cas1", up=False)
+    [barrier] = of_class(dp.take(), "OFPBarrierRequest")
+    item = app.failovers.get_nowait()
+    applied = item[-1]
+    assert not applied.is_set()
+    barrier_reply(app, dp, barrier.xid + 1000)  # somebody else's barrier
+    assert not applied.is_set()
+    barrier_reply(app, dp, barrier.xid)
+    assert applied.is_set() and app.barriers == {}
+    app._failover(*item)
+    assert events(app, NLB_EVICT)[-1]["reason"] == "admin_down"
+
+
+def test_a_failing_flow_flush_does_not_stop_the_failover(make_app, conntrack, monkeypatch):
+    def broken(*_):
+        raise OSError("no ovs-vswitchd")
+
+    monkeypatch.setattr(nlb_failover, "stale_datapath_flows", broken)
+    app, dp = switch_app(make_app)
+    conntrack.entries = [ct(CLIENT.ip, 40001, 3)]
+    port_status(app, dp, ofport(dp, "clab1-eth3", 3, link_down=True))
+    app._failover(*app.failovers.get_nowait())
+    assert events(app, NLB_EVICT)[-1]["flushed"] == 0 and len(app.challenger.pending) == 1
+
+
+def test_without_fast_fail_a_dead_member_is_only_cut_off(make_app, conntrack):
+    app, dp = switch_app(make_app, fast_fail=False)
+    msgs = port_status(app, dp, ofport(dp, "clab1-eth1", 1, link_down=True))
+    assert dead_flows(msgs) and app.failovers.empty()
+    [evict] = events(app, NLB_EVICT)
+    assert (evict["conns"], evict["fast_fail"]) == (0, False)
+
+
+def test_the_conntrack_reader_keeps_a_copy_per_connected_vip(make_app, hub, conntrack):
+    app, _ = switch_app(make_app)
+    conntrack.entries = [ct(CLIENT.ip, 40001, 1)]
+    hub.run_loop("_conntrack_loop", sleeps=0)
+    assert app.ct_cache == {1: conntrack.entries} and hub.sleeps == [0.25]
+    assert conntrack.calls == [("dump", zone_of(1), None)]  # the Branch VIP's switch is not connected
+
+
+# ---- packets reaching the controller -------------------------------------------------------------------
+
+
+def test_a_client_segment_after_nat_gets_an_exact_rst_from_the_vip(make_app, monkeypatch):
+    app, dp = switch_app(make_app)
+    done = []
+    real_done = app.challenger.done
+    monkeypatch.setattr(app.challenger, "done", lambda key: done.append(key) or real_done(key))
+    cas2 = MEMBER["cas2"]
+    [po] = packet_in(app, dp, tcp_frame(40010, "A", seq=777, ack=0xCAFEF00D, dst_ip=cas2.ip))
+    frame = Ether(po.data)
+    assert (frame.src, frame.dst, frame[IP].src, frame[IP].dst) == (VIP_MAC, CLIENT.mac, VIP_IP, CLIENT.ip)
+    seg = frame[TCP]
+    assert (str(seg.flags), seg.seq, seg.sport, seg.dport) == ("R", 0xCAFEF00D, SERVICE_PORT, 40010)
+    assert outputs(po.actions) == [CLIENT.port_no] and checksums_ok(po.data)
+    assert done == [(CLIENT.ip, 40010, VIP_IP, SERVICE_PORT)]
+    [reset] = events(app, NLB_RESET)
+    assert (reset["client"], reset["member"], reset["vip"]) == (f"{CLIENT.ip}:40010", "cas2", VIP_IP)
+
+
+def test_a_new_non_syn_or_a_closed_port_is_reset_and_replies_are_ignored(make_app):
+    app, dp = switch_app(make_app)
+    [po] = packet_in(app, dp, tcp_frame(40011, "A", ack=99))
+    assert str(Ether(po.data)[TCP].flags) == "R" and events(app, NLB_RESET)[-1]["member"] is None
+    [po] = packet_in(app, dp, syn(40012, seq=41, dport=8080))
+    assert (str(Ether(po.data)[TCP].flags), Ether(po.data)[TCP].ack) == ("RA", 42)
+    # a member's reply, after un-NAT (VIP -> client), caught by the dead-member flow: not ours to answer
+    reply = tcp_frame(SERVICE_PORT, "A", dport=40013, src_ip=VIP_IP, dst_ip=CLIENT.ip)
+    assert packet_in(app, dp, reply, in_port=2) == []
+    # a segment to a member's address on another port is not the VIP's
+    assert packet_in(app, dp, tcp_frame(40014, "A", ack=1, dport=22, dst_ip=MEMBER["cas1"].ip)) == []

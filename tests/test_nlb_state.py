@@ -1,0 +1,302 @@
+"""controllers/nlb_state.py and controllers/nlb_challenger.py: the NLB's state apart from
+OpenFlow. VIPs and their sources, the admin state file (atomic, robust to corruption),
+the switch's conntrack as dpctl prints it, the ovs-vswitchd control socket, the token
+bucket and the Challenger's schedule, on fake clocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from controllers import nlb_state
+from controllers.nlb_challenger import Challenger
+from controllers.nlb_logic import Connection
+from controllers.nlb_state import AdminState, CtEntry, TokenBucket, Vip, parse_conntrack
+from tests.fakes import CLIENT, FakeClock, config
+
+SPEC = config()["vips"][0]
+
+
+# ---- Vip -------------------------------------------------------------------------------------------------
+
+
+def test_vip_indexes_members_and_knows_its_sources():
+    vip = Vip(1, SPEC, fall=3, rise=4)
+    assert vip.member_index == {"cas1": 1, "cas2": 2, "cas3": 3}
+    assert vip.member_by_ip("10.1.1.2").name == "cas2" and vip.member_by_ip("10.1.1.9") is None
+    assert vip.member_by_index(3).name == "cas3" and vip.member_by_index(0) is None
+    assert (vip.health["cas1"].fall, vip.health["cas1"].rise) == (3, 4)
+    assert vip.allowed_sources() == [] and vip.client_port(CLIENT.ip) == (None, "")  # no port known yet
+    vip.port_numbers = {CLIENT.port_name: 10}
+    assert vip.allowed_sources() == [(10, "10.1.3.1/32"), (10, "10.1.10.0/24")]
+    assert vip.client_port("10.1.10.77") == (10, CLIENT.mac) and vip.client_port("10.1.11.5") == (None, "")
+
+
+# ---- AdminState ------------------------------------------------------------------------------------------
+
+
+def test_admin_state_round_trips_through_its_file(tmp_path):
+    path = tmp_path / "deep" / "state.json"
+    state = AdminState.load(str(path))
+    assert state.members == {} and state.get("10.1.0.100", "cas1") == {}
+    state.set("10.1.0.100", "cas1", admin_up=False)
+    state.set("10.1.0.100", "cas1", draining=True)
+    state.set("10.2.0.100", "cas4", draining=False)
+    again = AdminState.load(str(path))
+    assert again.get("10.1.0.100", "cas1") == {"admin_up": False, "draining": True}
+    assert again.members == state.members
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]  # no temporary file left
+
+
+def test_admin_state_without_a_path_keeps_nothing_on_disk(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = AdminState.load(None)
+    state.set("v", "m", admin_up=False)
+    assert state.get("v", "m") == {"admin_up": False} and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"\xff\xfe\x00garbage", b"[1, 2]", b"null", b"42", b'"text"',
+    b'{"10.1.0.100": [1, 2]}', b'{"10.1.0.100": {"cas1": 5, "cas2": {"admin_up": false}}}',
+])
+def test_a_corrupt_state_file_is_survived(tmp_path, content):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    state = AdminState.load(str(path))
+    assert all(isinstance(s, dict) for ms in state.members.values() for s in ms.values())
+    if b"cas2" in content:
+        assert state.get("10.1.0.100", "cas2") == {"admin_up": False} and state.get("10.1.0.100", "cas1") == {}
+    state.set("10.1.0.100", "cas3", admin_up=True)  # and the next save replaces it with a good one
+    assert json.loads(path.read_text())["10.1.0.100"]["cas3"] == {"admin_up": True}
+
+
+def test_a_save_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    state = AdminState.load(str(path))
+    state.set("v", "cas1", admin_up=False)
+    before = path.read_bytes()
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nlb_state.json, "dump", broken)
+    with pytest.raises(OSError):
+        state.set("v", "cas2", admin_up=False)
+    assert path.read_bytes() == before and AdminState.load(str(path)).get("v", "cas2") == {}
+
+
+def test_a_state_file_is_replaced_never_written_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    state = AdminState.load(str(path))
+    state.set("v", "cas1", admin_up=False)
+    replaced = []
+    real = os.replace
+    monkeypatch.setattr(nlb_state.os, "replace", lambda src, dst: replaced.append((Path(src).parent, dst))
+                        or real(src, dst))
+    state.set("v", "cas1", admin_up=True)
+    assert replaced == [(tmp_path, path)]
+
+
+# ---- conntrack -------------------------------------------------------------------------------------------
+
+# as ovs-vswitchd prints dpctl/dump-conntrack (no -m, no -s: lib/ct-dpif.c, ct_dpif_format_entry)
+DUMP = """\
+tcp,orig=(src=10.1.3.1,dst=10.1.0.100,sport=40000,dport=6001),reply=(src=10.1.1.2,dst=10.1.3.1,sport=6001,dport=40000),zone=51793,mark=2,protoinfo=(state=ESTABLISHED)
+tcp,orig=(src=10.1.10.7,dst=10.1.0.100,sport=40001,dport=6001),reply=(src=10.1.1.1,dst=10.1.10.7,sport=6001,dport=40001),zone=51793,mark=1,protoinfo=(state=TIME_WAIT)
+tcp,orig=(src=10.1.3.2,dst=10.1.0.100,sport=40002,dport=135),reply=(src=10.1.1.3,dst=10.1.3.2,sport=135,dport=40002),zone=51793,protoinfo=(state=SYN_SENT)
+tcp,orig=(src=10.1.3.2,dst=10.1.0.100,sport=40003,dport=6001),reply=(src=10.1.1.3,dst=10.1.3.2,sport=6001,dport=40003),zone=51793,mark=3,labels=0x1f,protoinfo=(state=ESTABLISHED)
+udp,orig=(src=10.1.3.1,dst=10.1.0.2,sport=5353,dport=53),reply=(src=10.1.0.2,dst=10.1.3.1,sport=53,dport=5353),zone=51793
+icmp,orig=(src=10.1.3.1,dst=10.1.0.100,id=1,type=8,code=0),reply=(src=10.1.0.100,dst=10.1.3.1,id=1,type=0,code=0),zone=51793
+garbage line
+"""
+
+
+def test_parse_conntrack_reads_tcp_entries_only():
+    assert parse_conntrack(DUMP) == [
+        CtEntry("10.1.3.1", 40000, "10.1.0.100", 6001, 51793, 2, "ESTABLISHED"),
+        CtEntry("10.1.10.7", 40001, "10.1.0.100", 6001, 51793, 1, "TIME_WAIT"),
+        CtEntry("10.1.3.2", 40002, "10.1.0.100", 135, 51793, 0, "SYN_SENT"),
+        CtEntry("10.1.3.2", 40003, "10.1.0.100", 6001, 51793, 3, "ESTABLISHED"),
+    ]
+    assert parse_conntrack("") == [] and parse_conntrack("\n\n") == []
+
+
+@pytest.fixture
+def ovs_rundir(monkeypatch):
+    """A directory standing in for /var/run/openvswitch (short: a socket path has 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ovs", dir="/tmp"))
+    monkeypatch.setattr(nlb_state, "OVS_RUNDIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fake_vswitchd(rundir: Path, answer) -> list:
+    """Serve one JSON-RPC request per connection on ovs-vswitchd.<pid>.ctl; returns the requests."""
+    (rundir / "ovs-vswitchd.pid").write_text("4242\n")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(rundir / "ovs-vswitchd.4242.ctl"))
+    server.listen(4)
+    requests: list = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                request = json.loads(conn.recv(65536).decode())
+                requests.append(request)
+                reply = json.dumps(answer(request)).encode()
+                for i in range(0, len(reply), 7):  # in pieces, as a busy daemon may
+                    conn.sendall(reply[i:i + 7])
+
+    threading.Thread(target=serve, daemon=True).start()
+    return requests
+
+
+def test_unixctl_speaks_json_rpc_to_ovs_vswitchd(ovs_rundir):
+    requests = fake_vswitchd(ovs_rundir, lambda r: {"id": r["id"], "error": None, "result": DUMP}
+                             if r["params"] != ["boom"] else {"id": r["id"], "error": "no such thing"})
+    assert nlb_state.dump_conntrack(51793, "netdev@ovs-netdev")[0].mark == 2
+    assert requests[-1] == {"method": "dpctl/dump-conntrack", "params": ["netdev@ovs-netdev", "zone=51793"], "id": 0}
+    with pytest.raises(OSError, match="no such thing"):
+        nlb_state.unixctl("dpctl/del-flow", "boom")
+
+
+def test_stale_flows_are_the_members_and_deleting_them_counts(ovs_rundir):
+    flows = ("ufid:aaaa-1,recirc_id(0x1),ct_zone(0xca51),ct_mark(0x2),eth(),ipv4() actions:3\n"
+             "ufid:bbbb-2,recirc_id(0x1),ct_zone(0xca51),ct_mark(0x3),eth(),ipv4() actions:4\n"
+             "ufid:cccc-3,recirc_id(0x1),ct_zone(0xca52),ct_mark(0x2),eth(),ipv4() actions:5\n"
+             "ufid:dddd-4,recirc_id(0x2),ct_zone(0xca51),ct_mark(0x2),eth() actions:drop\n")
+    gone = {"bbbb-2"}
+
+    def answer(request):
+        if request["method"] == "dpctl/dump-flows":
+            return {"id": 0, "result": flows, "error": None}
+        ufid = request["params"][-1].split(":", 1)[1]
+        return {"id": 0, "result": "", "error": "not found" if ufid in gone else None}
+
+    requests = fake_vswitchd(ovs_rundir, answer)
+    assert nlb_state.stale_datapath_flows(None, 0xCA51, 2) == ["aaaa-1", "dddd-4"]
+    assert requests[0]["params"] == ["-m"]
+    assert nlb_state.delete_datapath_flows("dp0", ["aaaa-1", "bbbb-2", "dddd-4"]) == 2
+    assert [r["params"] for r in requests[1:]] == [["dp0", "ufid:aaaa-1"], ["dp0", "ufid:bbbb-2"],
+                                                   ["dp0", "ufid:dddd-4"]]
+
+
+def test_dump_conntrack_falls_back_to_ovs_appctl_and_never_raises(ovs_rundir, monkeypatch):
+    class Done:
+        stdout = DUMP
+
+    calls = []
+    monkeypatch.setattr(nlb_state.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
+    assert len(nlb_state.dump_conntrack(51793)) == 4  # no vswitchd pid file: the ovs-appctl path
+    assert calls == [["ovs-appctl", "dpctl/dump-conntrack", "zone=51793"]]
+
+    def missing(*_a, **_k):
+        raise FileNotFoundError("ovs-appctl")
+
+    monkeypatch.setattr(nlb_state.subprocess, "run", missing)
+    assert nlb_state.dump_conntrack(51793) == []
+
+
+# ---- TokenBucket ------------------------------------------------------------------------------------------
+
+
+def test_token_bucket_allows_a_burst_then_the_rate():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=3, clock=clock)
+    assert [bucket.allow() for _ in range(5)] == [True, True, True, False, False]
+    clock.advance(0.1)  # one token
+    assert [bucket.allow() for _ in range(2)] == [True, False]
+    assert bucket.take_refused() == 3 and bucket.take_refused() == 0
+    clock.advance(3600)  # never more than the burst
+    assert sum(bucket.allow() for _ in range(10)) == 3 and bucket.refused == 7
+
+
+# ---- Challenger --------------------------------------------------------------------------------------------
+
+DELAYS = [0.001, 0.002, 0.005, 0.02, 0.25]
+
+
+def conn(port: int) -> Connection:
+    return Connection(("10.1.3.1", port, "10.1.0.100", 6001), "cas1", "02:00:0a:01:03:01", 10, 0)
+
+
+class Recorder:
+    def __init__(self, clock: FakeClock):
+        self.clock, self.sent = clock, []
+
+    def __call__(self, dp, vip, c):
+        self.sent.append((round(self.clock() - 1000.0, 6), c.key[1]))
+
+
+def run_for(challenger: Challenger, clock: FakeClock, seconds: float) -> None:
+    """Challenger.run's loop, on the fake clock."""
+    end = clock() + seconds
+    while True:
+        for dp, vip, c in challenger.due():
+            challenger.send(dp, vip, c)
+        wait = challenger.wait_time()
+        if wait is None or clock() + wait > end:
+            return
+        clock.advance(wait)
+
+
+def test_challenges_follow_the_schedule_densely_first_then_end():
+    clock = FakeClock()
+    record = Recorder(clock)
+    challenger = Challenger(record, [0.25, 0.001, 0.02, 0.002, 0.005], clock)  # sorted by the Challenger
+    challenger.add("dp", "vip", [conn(1), conn(2)])
+    run_for(challenger, clock, 10)
+    times = sorted({t for t, _ in record.sent})
+    assert times == [0.0] + DELAYS  # once at once, then at each delay from the start
+    assert sorted(p for _, p in record.sent) == [1] * 6 + [2] * 6
+    assert challenger.pending == {} and challenger.heap == [] and challenger.wait_time() is None
+
+
+def test_done_stops_the_challenges_of_a_connection():
+    clock = FakeClock()
+    record = Recorder(clock)
+    challenger = Challenger(record, DELAYS, clock)
+    challenger.add("dp", "vip", [conn(1), conn(2)], now=False)
+    assert challenger.due() == [] and challenger.wait_time() == pytest.approx(0.001)
+    run_for(challenger, clock, 0.003)  # rounds at 1 and 2 ms
+    assert challenger.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is True
+    assert challenger.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is False  # not pending any more
+    run_for(challenger, clock, 10)
+    assert [p for _, p in record.sent].count(1) == 2 and [p for _, p in record.sent].count(2) == 5
+    challenger.add("dp", "vip", [])  # nothing to do
+    assert challenger.heap == []
+
+
+def test_a_batch_everybody_answered_leaves_the_schedule():
+    clock = FakeClock()
+    challenger = Challenger(Recorder(clock), DELAYS, clock)
+    challenger.add("dp", "vip", [conn(1)], now=False)
+    challenger.done(conn(1).key)
+    clock.advance(1)
+    assert challenger.due() == [] and challenger.heap == []
+
+
+def test_the_run_loop_sends_from_its_own_thread():
+    sent = threading.Event()
+    challenger = Challenger(lambda dp, vip, c: sent.set(), [0.001, 0.002])
+    threading.Thread(target=challenger.run, daemon=True).start()
+    time.sleep(0.01)  # the thread waits for work without spinning
+    challenger.add("dp", "vip", [conn(7)], now=False)
+    assert sent.wait(2)
+    deadline = time.monotonic() + 2
+    while challenger.pending and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert challenger.pending == {}  # the schedule ran to its end
+
