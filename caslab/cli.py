@@ -48,7 +48,10 @@ def cmd_run(args) -> int:
         print("caslab: interrupted; the lab was torn down and the events so far were kept", file=sys.stderr)
         return 130
     except LabError as exc:
-        print(f"caslab: run failed: {exc}\n(the lab was torn down; raw events are kept in the result folder)",
+        print(f"caslab: run failed: {exc} (the lab was torn down; the raw events are kept)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback, for any failure of a run
+        print(f"caslab: run failed: {type(exc).__name__}: {exc} (the lab was torn down; the raw events are kept)",
               file=sys.stderr)
         return 1
     print(f"\nresults: {analysis.run_dir}")
@@ -81,7 +84,18 @@ def cmd_report(args) -> int:
 def cmd_cleanup(args) -> int:
     from caslab import cleanup
 
-    return cleanup.run(Path(args.results))
+    return cleanup.run()
+
+
+def cmd_soak(args) -> int:
+    from caslab import soak, spec as spec_mod
+
+    try:
+        spec_mod.load(args.spec, args.set)
+    except spec_mod.SpecError as exc:
+        print(f"caslab: bad spec: {exc}", file=sys.stderr)
+        return 2
+    return soak.main_cli(args.count, args.spec, args.set, args.out)
 
 
 def cmd_nlb(args) -> int:
@@ -116,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir")
     rep.set_defaults(func=cmd_report)
     clean = sub.add_parser("cleanup", help="remove what a hard-killed run left (its own pids and bridge names)")
-    clean.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"))
     clean.set_defaults(func=cmd_cleanup)
     bench = sub.add_parser("bench", help="throughput: the SDN NLB's VIP vs straight to a CAS (iperf3); "
                                           "failover: both NLB dataplanes at 48 and 1,000 sessions")
@@ -128,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--reps", type=int, default=None, help="failover: repetitions (default: the specs')")
     bench.add_argument("--out", default=None, help="failover: result folder")
     bench.set_defaults(func=cmd_bench)
+    soak = sub.add_parser("soak", help="N short runs back to back, checking after each that nothing is left or leaks")
+    soak.add_argument("count", type=int)
+    soak.add_argument("spec", nargs="?", default="soak")
+    soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    soak.add_argument("--out", default=None)
+    soak.set_defaults(func=cmd_soak)
     nlb = sub.add_parser("nlb", help="talk to a running SDN NLB's admin API")
     nlb.add_argument("--port", type=int, required=True, help="admin API port on 127.0.0.1")
     nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))

@@ -60,6 +60,7 @@ class RunContext:
     rcas: dict[str, str] = field(default_factory=dict)
     timers: list[threading.Timer] = field(default_factory=list)
     _socket_dir: Path | None = None
+    _busiest: str | None = None
 
     @property
     def mode(self) -> str:
@@ -93,6 +94,38 @@ class RunContext:
         """Run ``python -m module CONFIG`` inside a host (argument list, never a shell)."""
         path = self.write_config(name, config)
         return self.lab.popen_in(host, name, [PYTHON, "-m", module, str(path)])
+
+    def sessions_per_cas(self, tail_bytes: int = 262_144) -> dict[str, int]:
+        """Which CAS each client session used last (from the end of the client logs)."""
+        last: dict[str, str] = {}
+        for client in self.plan.by_role("client"):
+            path = self.raw_dir / f"{client.name}.jsonl"
+            if not path.exists():
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(max(0, path.stat().st_size - tail_bytes))
+                lines = handle.read().splitlines()[1:]
+            for line in lines:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("ev") == "op" and e.get("ok") and isinstance(e.get("cas"), str):
+                    last[e["session"]] = e["cas"]
+        counts: dict[str, int] = {}
+        for cas in last.values():
+            counts[cas] = counts.get(cas, 0) + 1
+        return counts
+
+    def busiest_cas(self) -> str:
+        """A fault's ``@busiest`` target: the CAS serving the most sessions when the first
+        fault naming it fires; later faults of the run naming it get the same CAS (so a
+        drain and its rejoin act on one)."""
+        if self._busiest is None:
+            counts = self.sessions_per_cas()
+            names = [h.name for h in self.plan.by_role("cas", self.plan.sites[0].name)]
+            self._busiest = max(names, key=lambda name: (counts.get(name, 0), -names.index(name)))
+        return self._busiest
 
     def later(self, delay_s: float, action: Callable[[], None]) -> threading.Timer:
         """Run an action after a delay (cancelled at teardown if the run ends first)."""

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from labcommon.catalogue import DB_ACTIVE
-from labcommon.ports import MAILBOX_PORT
+from labcommon.catalogue import DB_ACTIVE, DB_DISMOUNTED
+from labcommon.ports import ADMIN_PORT, MAILBOX_PORT
 from topologies.plan import LAB_DOMAIN
 
 if TYPE_CHECKING:
@@ -25,38 +25,72 @@ def role_processes(ctx: "RunContext", host: str) -> list["LabProcess"]:
     return [p for p in ctx.lab.processes_on(host) if p.name == host]
 
 
-def admin_call(ctx: "RunContext", target_host: str, message: dict[str, Any], port: int = MAILBOX_PORT,
-               via: str | None = None) -> dict[str, Any]:
-    """One framed admin request to a role service, sent from inside host ``via`` (default:
-    the target itself)."""
-    address = f"{ctx.plan.host(target_host).ip}:{port}"
-    code, out = ctx.lab.run_in(via or target_host, [sys.executable, "-m", "roles.admin", address,
-                                                    json.dumps(message)], timeout_s=10)
+MOUNT_DIAL_LOGS = {"lossless": 0, "good": 6, "best": 12}  # AutoDatabaseMountDial: log generations a copy may lack
+
+
+def admin_call(ctx: "RunContext", target_host: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One framed admin request to a role service, sent from inside its own host to its
+    loopback admin listener (no other host can reach it)."""
+    code, out = ctx.lab.run_in(target_host, [sys.executable, "-m", "roles.admin", f"127.0.0.1:{ADMIN_PORT}",
+                                             json.dumps(message)], timeout_s=10)
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"ok": False, "error": f"exit {code}: {out.strip()[:200]}"}
 
 
-def move_database(ctx: "RunContext", db: str, to: str, dead: set[str]) -> None:
-    """Active Manager: make ``to`` the active copy of ``db`` (deactivating the old one if alive)."""
+def max_missing(ctx: "RunContext") -> int:
+    """Rows a copy may lack and still mount automatically (AutoDatabaseMountDial)."""
+    exchange = ctx.spec["exchange"]
+    return MOUNT_DIAL_LOGS[exchange["mount_dial"]] * exchange["log_messages"]
+
+
+def move_database(ctx: "RunContext", db: str, to: str, dead: set[str]) -> bool:
+    """Active Manager, a switchover: the old copy (alive) stops, ``to`` takes every row it
+    has and becomes active; nothing acknowledged is lost. True if ``to`` mounted."""
     layout = ctx.databases[db]
     old = layout.active
+    request: dict[str, Any] = {"op": "activate", "db": db}
     if old not in dead:
-        admin_call(ctx, old, {"op": "deactivate", "db": db})
-    reply = admin_call(ctx, to, {"op": "activate", "db": db})
-    layout.active = to
-    extra = {"missing": reply["missing"]} if isinstance(reply.get("missing"), int) else {}
-    ctx.log.emit(DB_ACTIVE, db=db, server=to, previous=old, ok=bool(reply.get("ok")), **extra)
+        stopped = admin_call(ctx, old, {"op": "deactivate", "db": db})
+        request.update(catch_up_from=f"{ctx.plan.host(old).ip}:{MAILBOX_PORT}", head=stopped.get("head"))
+    reply = admin_call(ctx, to, request)
+    return _record(ctx, db, to, old, reply)
+
+
+def _record(ctx: "RunContext", db: str, to: str, old: str, reply: dict[str, Any]) -> bool:
+    ok = bool(reply.get("ok"))
+    missing = reply.get("missing") if isinstance(reply.get("missing"), int) else None
+    if ok:
+        ctx.databases[db].active = to
+    ctx.log.emit(DB_ACTIVE, db=db, server=to, previous=old, ok=ok, **({"missing": missing} if missing is not None
+                                                                       else {}))
+    return ok
 
 
 def fail_over_databases(ctx: "RunContext", dead: set[str]) -> None:
-    """Each database active on a dead server moves to its next surviving copy."""
+    """Active Manager, a failover: each database active on a dead server mounts on its most
+    up-to-date surviving copy, if that copy lacks no more than the mount dial allows; else
+    it stays dismounted, and says so."""
     for db, layout in sorted(ctx.databases.items()):
-        if layout.active in dead:
-            survivors = [c for c in layout.copies if c not in dead]
-            if survivors:
-                move_database(ctx, db, survivors[0], dead)
+        if layout.active not in dead:
+            continue
+        survivors = []
+        for copy in (c for c in layout.copies if c not in dead):
+            status = admin_call(ctx, copy, {"op": "status"}).get("databases", {}).get(db, {})
+            if isinstance(status, dict) and isinstance(status.get("last_seq"), int):
+                survivors.append((-status["last_seq"], layout.copies.index(copy), copy, status.get("behind")))
+        old, best_missing = layout.active, None
+        for _, _, copy, behind in sorted(survivors):
+            reply = admin_call(ctx, copy, {"op": "activate", "db": db, "max_missing": max_missing(ctx)})
+            if reply.get("ok"):
+                _record(ctx, db, copy, old, reply)
+                break
+            best_missing = reply.get("missing") if best_missing is None else best_missing
+        else:
+            reason = "no surviving copy answered" if not survivors else "every surviving copy lacked more than the " \
+                f"mount dial ({ctx.spec['exchange']['mount_dial']}) allows"
+            ctx.log.emit(DB_DISMOUNTED, db=db, previous=old, missing=best_missing, reason=reason)
 
 
 def host_fqdn(ctx: "RunContext", name: str) -> str:

@@ -10,7 +10,6 @@ Mininet's global clean-up, never a kill by process name.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from caslab import system
+from caslab.registry import LabRecord
 from topologies.plan import SWITCH_PREFIX, LabPlan
 
 
@@ -129,6 +129,7 @@ class LabNetwork:
     net: object = None
     processes: list[LabProcess] = field(default_factory=list)
     lock: LabLock = field(default_factory=LabLock)
+    record: LabRecord | None = None
 
     # ---- build -----------------------------------------------------------------------
 
@@ -146,12 +147,15 @@ class LabNetwork:
         if clash:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
                            f"or a killed run left them (remove with: caslab cleanup)")
+        self.record = LabRecord.create(self.run_dir, self.plan.switch_names(), self.datapath_name)
         switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
                          reconnectms=1000)
         controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
         self.net.build()
+        for node in self.net.hosts:  # Mininet's node shells, as soon as they exist
+            self.record.process(f"mininet:{node.name}", node.shell.pid, node.name)
 
     def start(self) -> None:
         """Start the switches (the controller should already listen) and fix offload."""
@@ -255,6 +259,7 @@ class LabNetwork:
         popen = self.node(host).popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = LabProcess(name, host, popen, log)
         self.processes.append(proc)
+        self._register(proc)
         if on_line:
             threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
@@ -266,7 +271,13 @@ class LabNetwork:
                                  start_new_session=True, env={**os.environ, **(env or {})})
         proc = LabProcess(name, None, popen, log)
         self.processes.append(proc)
+        self._register(proc)
         return proc
+
+    def _register(self, proc: LabProcess) -> None:
+        """Record the process the moment it exists, so a hard-killed run can be cleaned up."""
+        if self.record is not None:
+            self.record.process(proc.name, proc.pid, proc.host)
 
     def _log_file(self, name: str) -> IO:
         logs = self.run_dir / "logs"
@@ -275,14 +286,6 @@ class LabNetwork:
 
     def processes_on(self, host: str) -> list[LabProcess]:
         return [p for p in self.processes if p.host == host]
-
-    def record_pids(self) -> None:
-        """Write the pids the lab owns, so `caslab cleanup` can end them after a hard kill."""
-        pids = {p.name: p.pid for p in self.processes if p.alive()}
-        shells = {h.name: h.pid for h in self.net.hosts} if self.net else {}
-        (self.run_dir / "pids.json").write_text(
-            json.dumps({"processes": pids, "hosts": shells,
-                                      "bridges": self.plan.switch_names()}, indent=1))
 
     # ---- teardown ----------------------------------------------------------------------
 
@@ -308,9 +311,8 @@ class LabNetwork:
                     shell.wait(5)
         sweep_lab_names(self.plan.switch_names())
         flush_lab_conntrack(self.datapath_name, len(self.plan.sites))
-        pids = self.run_dir / "pids.json"
-        if pids.exists():
-            pids.unlink()
+        if self.record is not None:
+            self.record.remove()
         self.lock.release()
         if errors:
             raise LabError("teardown: " + "; ".join(errors))

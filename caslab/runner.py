@@ -75,7 +75,9 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
              for i, s in enumerate(scenarios)]
     manifest = {"run_id": run_dir.name, "spec_file": str(spec_path), "spec": spec, "scenarios": metas,
                 "versions": system.versions(), "datapath": system.preferred_datapath(), "complete": False,
-                "python": sys.version.split()[0], "failures": []}
+                "python": sys.version.split()[0], "platform": system.platform_info(),
+                "git": system.git_state(str(Path(__file__).resolve().parent.parent)),
+                "packages": system.installed_packages(), "failures": []}
     write_manifest(run_dir, manifest)
     reps = spec["experiment"]["repetitions"]
     progress = Progress(len(scenarios) * reps)
@@ -92,18 +94,22 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
                     raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
                     try:
                         scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
-                    except LabError as exc:
-                        manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": str(exc)})
-                        progress(f"FAILED: {exc}")
+                    except Exception as exc:
+                        error = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+                        manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": error})
+                        progress(f"FAILED: {error}")
                         raise
                     finally:
                         scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
         manifest["complete"] = True
     finally:
         write_manifest(run_dir, manifest)
-        if events_path.stat().st_size:
-            progress("writing report")
-            analysis = report.write_report(run_dir)
+        try:
+            if events_path.stat().st_size:
+                progress("writing report")
+                analysis = report.write_report(run_dir)
+        finally:
+            system.give_to_invoking_user(str(run_dir))
     return analysis
 
 

@@ -236,7 +236,6 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         start_probers(ctx, mode)
         progress("starting clients")
         client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
-        lab.record_pids()
         watcher.start()
         expected = len(clients) * scenario["clients"]["sessions_per_host"]
         wait_for_events(LogTail(raw_dir, clients), expected,

@@ -44,8 +44,11 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
             if host.name in entry.copies:
                 peers = [mailbox_address(ctx.plan.host(n)) for n in entry.copies if n != host.name]
                 dbs[db] = {"active": entry.active == host.name, "peers": peers}
+        exchange = ctx.spec["exchange"]
         config = {"name": host.name, "listen_port": MAILBOX_PORT, "events": ctx.events_path(host.name),
-                  "store_dir": str(ctx.raw_dir / "store" / host.name), "databases": dbs}
+                  "store_dir": str(ctx.raw_dir / "store" / host.name), "databases": dbs,
+                  "replication": exchange["replication"], "log_messages": exchange["log_messages"],
+                  "log_interval_ms": exchange["log_interval_ms"]}
         procs.append(ctx.start_module(host.name, host.name, "roles.mailbox", config))
     return procs
 

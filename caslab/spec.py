@@ -18,9 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from caslab.faults import FAULTS
+from caslab.faults import BUSIEST, FAULTS
 from caslab.modes import MODES
-from caslab.schema import NUM, Field, SpecError, int_range, list_of, non_negative, num_range, one_of, pattern
+from caslab.schema import (
+    NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
+)
 from topologies.plan import LAB_DOMAIN, MAX_CAS, MAX_CLIENTS, MAX_MAILBOXES, LabPlan, plan_from_topology
 
 try:
@@ -83,6 +85,12 @@ CORE: dict[str, dict[str, Field]] = {
             "a table of database = server, e.g. { DB1 = \"cas2\" } or { DB1 = \"array:HQ\" }"),
         "created_before_array": Field(list, [], list_of(str), "a list of database names like [\"DB1\"]"),
         "autodiscover_refresh_s": num_range(3600, 1, 86400, "s", "Outlook: one hour"),
+        "replication": choice("sync", ("sync", "async"), "DAG replication: sync acknowledges a send once every "
+                                                        "healthy copy has it; async ships log generations"),
+        "log_messages": int_range(10, 1, 10000, "messages per log generation"),
+        "log_interval_ms": int_range(500, 10, 600000, "async: a log generation is shipped at least this often"),
+        "mount_dial": choice("best", ("lossless", "good", "best"), "AutoDatabaseMountDial: a copy lacking more "
+                                                                     "than 0 / 6 / 12 log generations stays dismounted"),
     },
     "probe": {
         "rate_hz": num_range(20, 0, 100, "probes per second", "SYN probes; 0: off"),
@@ -109,7 +117,8 @@ def schema() -> dict[str, dict[str, Field]]:
 SCHEMA = schema()
 FAULT_COMMON: dict[str, Field] = {
     "kind": Field(str, None, one_of(tuple(FAULTS)), f"one of {sorted(FAULTS)}"),
-    "target": Field((str, list), None, None, "a host name like 'cas1' or a list of them"),
+    "target": Field((str, list), None, None, "a host name like 'cas1' or a list of them ('@busiest': the CAS "
+                                             "serving the most sessions when the fault fires)"),
     "at_s": Field(NUM, 0.0, non_negative, "a non-negative number of seconds after warm-up"),
 }
 ARRAY_FIELDS = {"name": re.compile(r"[A-Za-z0-9 _.-]{1,64}"), "fqdn": re.compile(r"[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+"),
@@ -277,6 +286,8 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
         key = f"faults[{fault['index']}]"
         cls = FAULTS[fault["kind"]]
         for target in fault["target"]:
+            if target == BUSIEST and "cas" in cls.target_roles:
+                continue  # chosen at the fault's instant: the CAS serving the most sessions
             host = hosts.get(target) if isinstance(target, str) else None
             if host is None or host.role not in cls.target_roles:
                 allowed = sorted((h for h in hosts.values() if h.role in cls.target_roles), key=lambda h: h.ip)

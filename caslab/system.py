@@ -90,6 +90,51 @@ def framework_version() -> str | None:
         return None
 
 
+def platform_info() -> dict[str, str]:
+    """The OS the run ran on (from /etc/os-release), for the manifest."""
+    info = {"kernel": os.uname().release, "machine": os.uname().machine}
+    try:
+        for line in open("/etc/os-release", encoding="utf-8"):
+            key, _, value = line.strip().partition("=")
+            if key in ("PRETTY_NAME", "ID", "VERSION_ID"):
+                info[key.lower()] = value.strip('"')
+    except OSError:
+        pass
+    return info
+
+
+def git_state(repo: str) -> dict[str, object]:
+    """The commit the lab ran from and whether its tree had uncommitted changes."""
+    if not shutil.which("git"):
+        return {"commit": None, "dirty": None}
+    head = run(["git", "-C", repo, "rev-parse", "HEAD"])
+    status = run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"])
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def installed_packages() -> dict[str, str]:
+    """Every distribution installed in this Python environment, with its version."""
+    from importlib.metadata import distributions
+
+    return {d.metadata["Name"]: d.version for d in distributions() if d.metadata["Name"]}
+
+
+def give_to_invoking_user(path: str) -> None:
+    """Under sudo, hand a result folder to the user who ran sudo (SUDO_UID), not to root."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.geteuid() != 0 or not uid or not uid.isdigit():
+        return
+    gid_n = int(gid) if gid and gid.isdigit() else -1
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            try:
+                os.lchown(name, int(uid), gid_n)
+            except OSError:
+                continue
+
+
 def versions() -> dict[str, str | None]:
     """Versions recorded in every run's manifest, for reproducibility."""
     from importlib.metadata import PackageNotFoundError, version

@@ -157,6 +157,8 @@ PROTOCOL_ERROR = event("protocol_error", "role", "a peer sent a bad frame; it go
                        peer=f("str", "the peer"), reason=f("str", "what was wrong"))
 INTERNAL_ERROR = event("internal_error", "role", "a request raised inside a service (a bug); one connection closed",
                        peer=f("str", "the peer"), reason=f("str", "exception"))
+IDLE_CLOSED = event("idle_closed", "role", "a connection idle or half-sent for too long was closed",
+                    peer=f("str", "the peer"), reason=f("str", "idle / partial_frame"))
 AUTH_FAILED = event("auth_failed", "role", "a logon with wrong credentials was refused",
                     session=SESSION, user=f("str", "user name"))
 REAUTH = event("reauth", "role", "a session logged on again at this CAS (it did not know the session)",
@@ -239,6 +241,10 @@ LINK_STATE = event("link_state", "runner", "a fault set a link up or down", host
 DB_ACTIVE = event("db_active", "runner", "Active Manager made a copy of a database active",
                   db=f("str", "database"), server=f("str", "new active server"), previous=f("str", "old one"),
                   ok=f("bool", "the server confirmed"), missing=opt("int", "acknowledged messages the copy lacked"))
+DB_DISMOUNTED = event("db_dismounted", "runner", "Active Manager left a database dismounted: no surviving copy "
+                                                 "was allowed to mount (AutoDatabaseMountDial) or answered",
+                      db=f("str", "database"), previous=f("str", "the copy that died"),
+                      missing=f("int|null", "rows the best surviving copy lacked"), reason=f("str", "why"))
 RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServer reached an autodiscover service",
                  db=f("str", "database"), server=f("str", "new server name"), autodiscover=f("str", "host"),
                  ok=f("bool", "it confirmed"))

@@ -1,9 +1,11 @@
 """One admin call to a role service, run inside a lab host by the runner.
 
-The runner lives in the root namespace and cannot reach the lab's addresses, so admin
-actions (the DAG's Active Manager moving a database) run this inside a host:
+The runner lives in the root namespace and cannot reach the lab's addresses, and a
+role serves admin requests on its host's loopback only, so admin actions (the DAG's
+Active Manager moving a database, a changed RpcClientAccessServer) run this inside the
+role's own host, as an argument list (no shell):
 
-    python -m roles.admin 10.1.0.22:7001 '{"op": "activate", "db": "DB1"}'
+    python -m roles.admin 127.0.0.1:7010 '{"op": "activate", "db": "DB1"}'
 
 Prints the reply as JSON; exit status 1 if the service could not be reached.
 """

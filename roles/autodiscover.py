@@ -33,19 +33,24 @@ class Autodiscover:
             if db is None:
                 return error("unknown_user")
             return {"ok": True, "user": user, "db": db, "server": self.rcas[db]}
-        if op == "set_rcas":
-            db, server = request.get("db"), request.get("server")
-            if db not in self.rcas or not isinstance(server, str) or not server:
-                return error("bad_request")
-            old, self.rcas[db] = self.rcas[db], server
-            self.log.emit(RCAS_CHANGED, db=db, server=server, previous=old)
-            return {"ok": True, "db": db, "server": server}
         return error("unknown_op", op=op if isinstance(op, str) else None)
+
+    async def admin(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """Loopback only: Set-MailboxDatabase -RpcClientAccessServer."""
+        if request.get("op") != "set_rcas":
+            return error("unknown_op")
+        db, server = request.get("db"), request.get("server")
+        if db not in self.rcas or not isinstance(server, str) or not server or len(server) > 255:
+            return error("bad_request")
+        old, self.rcas[db] = self.rcas[db], server
+        self.log.emit(RCAS_CHANGED, db=db, server=server, previous=old)
+        return {"ok": True, "db": db, "server": server}
 
 
 async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
-    await listen(config, "autodiscover", log, Autodiscover(config, log).handle)
+    service = Autodiscover(config, log)
+    await listen(config, "autodiscover", log, service.handle, admin=service.admin)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 from labcommon.auth import password_for
@@ -56,7 +57,8 @@ class CasServer:
     def __init__(self, config: dict[str, Any], log):
         self.name = config["name"]
         self.log = log
-        self.sessions: dict[str, dict[str, str]] = {}
+        self.sessions: OrderedDict[str, dict[str, str]] = OrderedDict()  # LRU, at most max_sessions
+        self.max_sessions = int(config.get("max_sessions", 50_000))
         self.locator = ActiveCopyLocator(
             config.get("databases", {}),
             config.get("mailbox_timeout_ms", 300) / 1000,
@@ -64,7 +66,9 @@ class CasServer:
         )
 
     async def proxy(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-        session = self.sessions[state["session"]]
+        session = self.sessions.get(state["session"])
+        if session is None:  # forgotten to keep the table bounded: the client logs on again
+            return error("auth_required")
         db = session["db"]
         message = {**request, "user": session["user"], "db": db}
         message.pop("session", None)
@@ -108,12 +112,16 @@ class CasServer:
             if db not in self.locator.databases:
                 return error("unknown_db", db=db)
             self.sessions[sid] = {"user": user, "db": db}
+            self.sessions.move_to_end(sid)
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)  # the least recently used session logs on again
             state["session"] = sid
             if request.get("reauth"):
                 self.log.emit(REAUTH, session=sid, user=user)
             return {"ok": True}
         if op == "resume":
             if isinstance(sid, str) and sid in self.sessions:
+                self.sessions.move_to_end(sid)
                 state["session"] = sid
                 return {"ok": True}
             return error("auth_required")

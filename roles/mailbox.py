@@ -1,14 +1,19 @@
-"""Mailbox server: one SQLite store per database copy, with DAG-style replication.
+"""Mailbox server: one SQLite store per database copy, in a DAG (roles/dag.py).
 
-A database has copies on several mailbox servers, exactly one active. The active copy
-commits a message, replicates it synchronously to every healthy passive copy, and only
-then acknowledges it: so every acknowledged message survives a switchover to a healthy
-copy. A copy that does not answer within ``REPLICATION_TIMEOUT_S`` is marked failed (as a
-DAG copy would be) and skipped for ``REPLICA_RETRY_S``, so a dead or frozen passive copy
-never stalls mail; when it answers again it is resynced with every row. Passive copies
-answer ``not_active`` so a CAS looks for the active one elsewhere.
+A database has copies on several mailbox servers, exactly one active. Clients (through a
+CAS) read and send on the active copy; passive copies answer ``not_active`` so a CAS
+looks for the active one elsewhere, and take the active copy's log (``replicate``) from
+their peers only.
 
-Config keys: name, listen_port, store_dir, events, databases: {DB: {active, peers:[host:port]}}.
+Activation is never silent about loss. The admin ``activate`` asks a copy to become
+active: on a switchover the old active copy is named (``catch_up_from``) and the new one
+first fetches every row it lacks from it, so a switchover loses nothing; on a failover
+(the old copy is gone) the copy says how many rows it knows it lacks (``missing``), and
+with ``max_missing`` (AutoDatabaseMountDial) it refuses to mount when it lacks more.
+Admin requests come only over the host's loopback (roles/service.py).
+
+Config keys: name, listen_port, store_dir, events, replication (sync|async),
+log_messages, log_interval_ms, databases: {DB: {active, peers:[host:port]}}.
 """
 
 from __future__ import annotations
@@ -18,68 +23,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from labcommon.catalogue import DB_ROLE, REPLICATION_FAILED, REPLICATION_RESUMED
+from labcommon.catalogue import DB_ROLE
 from labcommon.protocol import FramedLink, error
+from roles.dag import BATCH, REPLICATION_TIMEOUT_S, DatabaseCopy, Shipper, valid_row
 from roles.service import listen, open_log, run_role
 
-REPLICATION_TIMEOUT_S = 0.1   # well inside the CAS's per-call mailbox timeout
-REPLICA_RETRY_S = 2.0         # a copy that failed is skipped this long, then resynced
-RESYNC_BATCH = 200            # rows per replicate frame (frames are at most 64 KiB)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    msg_id TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    folder TEXT NOT NULL,
-    subject TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS by_user_folder ON messages (user, folder);
-"""
-
-
-class DatabaseCopy:
-    """One copy of one mailbox database in SQLite."""
-
-    def __init__(self, path: Path, active: bool, peers: list[str]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.active = active
-        self.peers = list(peers)
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-
-    def store(self, rows: list[dict[str, str]]) -> None:
-        """Store valid rows (see ``valid_row``) in one transaction; replays are no-ops."""
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO messages (msg_id, user, folder, subject) VALUES (?, ?, ?, ?)",
-                [(r["msg_id"], r["user"], r.get("folder", "Inbox"), r.get("subject", "")) for r in rows],
-            )
-
-    def count(self, user: str, folder: str | None = None) -> int:
-        if folder is None:
-            row = self.conn.execute("SELECT COUNT(*) FROM messages WHERE user=?", (user,)).fetchone()
-        else:
-            row = self.conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE user=? AND folder=?", (user, folder)
-            ).fetchone()
-        return int(row[0])
-
-    def all_rows(self) -> list[dict[str, str]]:
-        cursor = self.conn.execute("SELECT msg_id, user, folder, subject FROM messages")
-        return [dict(zip(("msg_id", "user", "folder", "subject"), row)) for row in cursor]
-
-
-def valid_row(row: object) -> bool:
-    """A message row: msg_id and user non-empty strings, folder and subject strings if given."""
-    if not isinstance(row, dict):
-        return False
-    if not all(isinstance(row.get(k), str) and row[k] and len(row[k]) <= 200 for k in ("msg_id", "user")):
-        return False
-    return all(isinstance(row.get(k, ""), str) and len(row.get(k, "")) <= 200 for k in ("folder", "subject"))
+CATCH_UP_TIMEOUT_S = 3.0
 
 
 class MailboxServer:
@@ -91,61 +40,46 @@ class MailboxServer:
             db: DatabaseCopy(store_dir / f"{db}.sqlite", bool(spec.get("active")), spec.get("peers", []))
             for db, spec in config.get("databases", {}).items()
         }
-        self.peers: dict[str, FramedLink] = {}
-        self.failed_until: dict[tuple[str, str], float] = {}  # (db, peer) -> retry time
+        mode = config.get("replication", "sync")
+        self.sync = mode == "sync"
+        self.peer_ips = {address.rsplit(":", 1)[0] for c in self.copies.values() for address in c.peers}
+        self.shippers = {db: [Shipper(db, copy, address, log, mode, int(config.get("log_messages", 10)),
+                                      float(config.get("log_interval_ms", 500)) / 1000)
+                              for address in copy.peers]
+                         for db, copy in self.copies.items()}
 
-    def peer(self, address: str) -> FramedLink:
-        if address not in self.peers:
-            self.peers[address] = FramedLink(address, REPLICATION_TIMEOUT_S)
-        return self.peers[address]
-
-    async def replicate(self, db: str, copy: DatabaseCopy, rows: list[dict[str, str]]) -> None:
-        now = asyncio.get_running_loop().time()
-        for address in copy.peers:
-            key = (db, address)
-            if self.failed_until.get(key, 0) > now:
-                continue
-            resync = key in self.failed_until
-            payload = copy.all_rows() if resync else rows
-            try:
-                for i in range(0, max(len(payload), 1), RESYNC_BATCH):
-                    reply = await self.peer(address).call(
-                        {"op": "replicate", "db": db, "rows": payload[i:i + RESYNC_BATCH]})
-                    if not reply.get("ok"):
-                        raise ConnectionError(reply.get("error", "refused"))
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                self.failed_until[key] = now + REPLICA_RETRY_S
-                self.log.emit(REPLICATION_FAILED, db=db, peer=address, reason=type(exc).__name__)
-                continue
-            if resync:
-                del self.failed_until[key]
-                self.log.emit(REPLICATION_RESUMED, db=db, peer=address, rows=len(payload))
+    def start(self) -> None:
+        for shippers in self.shippers.values():
+            for shipper in shippers:
+                asyncio.get_running_loop().create_task(shipper.run())
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         try:
-            return await self.answer(request)
+            return await self.answer(request, state)
         except (TypeError, ValueError, sqlite3.Error):  # a field of the wrong type or size
             return error("bad_request")
 
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
-        if op == "status":
-            return {"ok": True, "server": self.name,
-                    "databases": {db: c.active for db, c in self.copies.items()}}
+    async def admin(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """Loopback only: Active Manager's requests."""
+        try:
+            return await self.answer_admin(request)
+        except (TypeError, ValueError, sqlite3.Error):
+            return error("bad_request")
+
+    def _copy(self, request: dict[str, Any]) -> tuple[str, DatabaseCopy | None]:
         db = request.get("db")
-        copy = self.copies.get(db) if isinstance(db, str) else None
+        return (db, self.copies.get(db)) if isinstance(db, str) else ("", None)
+
+    async def answer(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        db, copy = self._copy(request)
         if copy is None:
-            return error("unknown_db", db=db if isinstance(db, str) else None)
-        if op == "replicate":
-            rows = request.get("rows")
-            if not isinstance(rows, list) or not all(valid_row(r) for r in rows):
-                return error("bad_request")
-            copy.store(rows)
-            return {"ok": True}
-        if op in ("activate", "deactivate"):
-            copy.active = op == "activate"
-            self.log.emit(DB_ROLE, db=db, server=self.name, active=copy.active)
-            return {"ok": True, "active": copy.active}
+            return error("unknown_db", db=db or None)
+        if op in ("replicate", "fetch"):
+            peer = state.get("peer")
+            if not isinstance(peer, tuple) or peer[0] not in self.peer_ips:
+                return error("not_a_peer")
+            return self.replicate(db, copy, request) if op == "replicate" else self.fetch(copy, request)
         if not copy.active:
             return error("not_active", db=db, server=self.name)
         user = request.get("user")
@@ -159,21 +93,91 @@ class MailboxServer:
         if op == "sync":
             return {"ok": True, "count": copy.count(user), "server": self.name}
         if op == "send":
-            row = {"msg_id": request.get("msg_id"), "user": user, "folder": "Inbox",
-                   "subject": str(request.get("subject", ""))[:200]}
-            if not valid_row(row):
-                return error("bad_request")
-            copy.store([row])
-            await self.replicate(db, copy, [row])
-            return {"ok": True, "msg_id": row["msg_id"], "server": self.name}
+            return await self.send(db, copy, request, user)
         return error("unknown_op", op=op if isinstance(op, str) else None)
+
+    async def send(self, db: str, copy: DatabaseCopy, request: dict[str, Any], user: str) -> dict[str, Any]:
+        row = {"msg_id": request.get("msg_id"), "user": user, "folder": "Inbox",
+               "subject": str(request.get("subject", ""))[:200], "seq": copy.last_seq + 1}
+        if not valid_row(row):
+            return error("bad_request")
+        row = copy.append(row)
+        for shipper in self.shippers[db]:
+            shipper.notify()
+        if self.sync:
+            await asyncio.gather(*(s.wait_for(row["seq"], REPLICATION_TIMEOUT_S) for s in self.shippers[db]))
+        return {"ok": True, "msg_id": row["msg_id"], "server": self.name}
+
+    def replicate(self, db: str, copy: DatabaseCopy, request: dict[str, Any]) -> dict[str, Any]:
+        rows, head = request.get("rows"), request.get("head")
+        if not isinstance(rows, list) or not all(valid_row(r) for r in rows) or not isinstance(head, int):
+            return error("bad_request")
+        if copy.active:
+            return error("active", last_seq=copy.last_seq)  # two actives: refuse, never merge silently
+        applied = copy.apply(rows, head)
+        return {"ok": applied, "last_seq": copy.last_seq, **({} if applied else {"error": "gap"})}
+
+    def fetch(self, copy: DatabaseCopy, request: dict[str, Any]) -> dict[str, Any]:
+        after = request.get("after")
+        if not isinstance(after, int):
+            return error("bad_request")
+        return {"ok": True, "rows": copy.rows_after(after), "head": copy.last_seq}
+
+    async def answer_admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, "server": self.name,
+                    "databases": {db: {"active": c.active, "last_seq": c.last_seq, "behind": c.behind}
+                                  for db, c in self.copies.items()}}
+        db, copy = self._copy(request)
+        if copy is None:
+            return error("unknown_db", db=db or None)
+        if op == "deactivate":
+            copy.active = False
+            self.log.emit(DB_ROLE, db=db, server=self.name, active=False)
+            return {"ok": True, "active": False, "head": copy.last_seq}
+        if op == "activate":
+            return await self.activate(db, copy, request)
+        return error("unknown_op", op=op if isinstance(op, str) else None)
+
+    async def activate(self, db: str, copy: DatabaseCopy, request: dict[str, Any]) -> dict[str, Any]:
+        source, head, max_missing = request.get("catch_up_from"), request.get("head"), request.get("max_missing")
+        if isinstance(head, int):
+            copy.heard_head = max(copy.heard_head, head)
+        if isinstance(source, str):  # a switchover: take every row the old active copy has
+            await self.catch_up(db, copy, source)
+        missing = copy.behind
+        if isinstance(max_missing, int) and missing > max_missing:
+            return error("too_far_behind", missing=missing, last_seq=copy.last_seq)
+        copy.active = True
+        copy.heard_head = copy.last_seq  # the log continues from what this copy has
+        self.log.emit(DB_ROLE, db=db, server=self.name, active=True, missing=missing)
+        return {"ok": True, "active": True, "missing": missing, "last_seq": copy.last_seq}
+
+    async def catch_up(self, db: str, copy: DatabaseCopy, source: str) -> None:
+        link = FramedLink(source, CATCH_UP_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_TIMEOUT_S
+        try:
+            while loop.time() < deadline:
+                reply = await link.call({"op": "fetch", "db": db, "after": copy.last_seq})
+                rows = reply.get("rows")
+                if not reply.get("ok") or not isinstance(rows, list) or not all(valid_row(r) for r in rows):
+                    return
+                copy.apply(rows, int(reply.get("head", 0)))
+                if len(rows) < BATCH:
+                    return
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            return
+        finally:
+            link.close()
 
 
 async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     server = MailboxServer(config, log)
-
-    await listen(config, "mailbox", log, server.handle)
+    server.start()
+    await listen(config, "mailbox", log, server.handle, admin=server.admin)
 
 
 def main() -> None:

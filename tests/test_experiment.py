@@ -35,7 +35,7 @@ observe_s = 4.0
 {extra}
 [[faults]]
 kind = "poweroff"
-target = "cas1"
+target = "@busiest"
 at_s = 0.5
 """
 
@@ -51,7 +51,7 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     run_dir = runner.run_experiment(spec, path, tmp_path / "out")
     summary = json.loads((run_dir / "summary.json").read_text())
     scenario = {**summary["scenarios"][0], **summary["scenarios"][0]["faults"][0]}
-    assert scenario["mode"] == "sdn-nlb" and scenario["fault"] == "poweroff cas1"
+    assert scenario["mode"] == "sdn-nlb" and scenario["fault"] in ("poweroff cas1", "poweroff cas2", "poweroff cas3")
     assert scenario["sessions"] == 12
     assert scenario["affected"] > 0
     assert scenario["recovered"] == scenario["affected"]

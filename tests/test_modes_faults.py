@@ -40,6 +40,9 @@ def run(tmp_path: Path, mode: str, faults: list[dict], row: int = 0, **sections)
 
 
 POWEROFF = [{"kind": "poweroff", "target": "cas1", "at_s": 0.5}]
+# Where sessions land by hashing (sdn-nlb, affinity none), a fixed target may by chance
+# serve nobody: "@busiest" picks the CAS serving the most sessions at the fault's instant.
+POWEROFF_BUSIEST = [{"kind": "poweroff", "target": "@busiest", "at_s": 0.5}]
 
 
 def test_direct_profile_never_recovers(tmp_path, no_residue):
@@ -79,33 +82,37 @@ def test_wnlb_converges_after_missed_heartbeats(tmp_path, no_residue):
 
 
 def test_sdn_nlb_crash_is_reset_by_the_kernel(tmp_path, no_residue):
-    s, _ = run(tmp_path, "sdn-nlb", [{"kind": "crash", "target": "cas2", "at_s": 0.5}])
+    s, _ = run(tmp_path, "sdn-nlb", [{"kind": "crash", "target": "@busiest", "at_s": 0.5}])
     assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
     assert s["reconnect_ms"]["p99"] < 1000
 
 
 def test_sdn_nlb_catches_a_frozen_cas_with_app_probes(tmp_path, no_residue):
-    s, events = run(tmp_path, "sdn-nlb", [{"kind": "freeze", "target": "cas1", "at_s": 0.5}])
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "freeze", "target": "@busiest", "at_s": 0.5}])
     assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
-    reasons = [e["reason"] for e in events if e["ev"] == "lb_member" and e["member"] == "cas1"]
+    frozen = next(e for e in events if e["ev"] == "fault")["targets"][0]
+    reasons = [e["reason"] for e in events if e["ev"] == "lb_member" and e["member"] == frozen]
     assert any(r.startswith("probe_down") for r in reasons), reasons
     assert s["reconnect_ms"]["p50"] < 1000, "the NLB's reset beats the client's 1 s timeout"
 
 
 def test_sdn_nlb_drain_and_rejoin_break_no_session(tmp_path, no_residue):
-    s, events = run(tmp_path, "sdn-nlb", [{"kind": "drain", "target": "cas1", "at_s": 0.5},
-                                          {"kind": "rejoin", "target": "cas1", "at_s": 2.5}])
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "drain", "target": "@busiest", "at_s": 0.5},
+                                          {"kind": "rejoin", "target": "@busiest", "at_s": 2.5}])
     assert s["affected"] > 0, "sessions were on the drained CAS"
     assert s["disrupted"] == 0 and s["collateral"] == 0 and s["unrecovered"] == 0
-    states = [(e["reason"], e["accepts_new"]) for e in events if e["ev"] == "lb_member" and e["member"] == "cas1"]
+    drained = {e["targets"][0] for e in events if e["ev"] == "fault"}
+    assert len(drained) == 1, "the rejoin acts on the CAS the drain chose"
+    states = [(e["reason"], e["accepts_new"]) for e in events if e["ev"] == "lb_member" and e["member"] in drained]
     assert ("drain", False) in states and ("rejoin", True) in states
 
 
 def test_sdn_nlb_link_cut_shows_what_probes_miss(tmp_path, no_residue):
-    s, events = run(tmp_path, "sdn-nlb", [{"kind": "link-cut", "target": "cas1", "at_s": 0.5}],
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "link-cut", "target": "@busiest", "at_s": 0.5}],
                     timing={"observe_s": 4.0})
-    assert s["affected"] > 0 and s["disrupted"] >= s["affected"], "mailbox operations through cas1 fail"
-    assert not any(e["ev"] == "lb_member" and e["member"] == "cas1" for e in events), \
+    cut = next(e for e in events if e["ev"] == "fault")["targets"][0]
+    assert s["affected"] > 0 and s["disrupted"] >= s["affected"], "mailbox operations through the cut CAS fail"
+    assert not any(e["ev"] == "lb_member" and e["member"] == cut for e in events), \
         "cas1 still answers the NLB's hello: a CAS that lost its mailboxes is not detected"
 
 
@@ -215,7 +222,7 @@ def test_wan_shaping_applies_bandwidth_and_reports_missing_netem(tmp_path, no_re
 
 
 def test_array_fqdn_comes_from_the_spec_and_no_array_means_one_cas(tmp_path, no_residue):
-    s, events = run(tmp_path / "named", "sdn-nlb", POWEROFF,
+    s, events = run(tmp_path / "named", "sdn-nlb", POWEROFF_BUSIEST,
                     arrays=[{"name": "CASArray-HQ", "fqdn": "rpc.contoso.lab.test", "site": "HQ"}])
     assert {e["server"] for e in events if e["ev"] == "autodiscover"} == {"rpc.contoso.lab.test"}
     assert s["affected"] > 0 and s["recovered"] == s["affected"]

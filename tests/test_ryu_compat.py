@@ -2,7 +2,7 @@
 
 Upstream Ryu lives in a venv of its own (``.venv-ryu``, made by ``lab.sh``'s
 ``install_ryu_venv``: Ryu 4.34 needs eventlet 0.33.3, dnspython 2.2.x and setuptools < 58,
-see DESIGN section 7). For each framework the test starts ``controllers.launcher`` with
+see docs/ARCHITECTURE.md). For each framework the test starts ``controllers.launcher`` with
 ``controllers.sdn_nlb`` and one VIP, connects one userspace OVS bridge (``clabryu``) to it,
 and waits for the app's flows (table-miss NORMAL, VIP ARP/ICMP/TCP to the controller) and
 its events (``nlb_up``, ``nlb_switch``, ``nlb_relearn``). No Mininet, no traffic.

@@ -1,4 +1,4 @@
-"""SYN prober: can a *new* client reach the service right now? (DESIGN.md section 6, probe gap)
+"""SYN prober: can a *new* client reach the service right now? (docs/ARCHITECTURE.md, "Metrics")
 
 Client sessions only tell how established connections fare; a SYN probe asks the
 question a fresh Outlook start asks: does a connection attempt to the VIP (or a CAS)
@@ -6,7 +6,7 @@ get a SYN-ACK? It runs inside a client host as ``python -m traffic.prober CONFIG
 and logs one ``probe`` event per SYN, so ``probe gap`` (the longest run of failed
 probes) comes from the event log like every other metric.
 
-How, and why this way (DESIGN.md section 8, scapy):
+How, and why this way (scapy as its authors advise):
 
 * one raw IPv4 socket (``IPPROTO_RAW``) is opened once and reused for every SYN: the
   kernel routes and resolves ARP, scapy only builds the bytes;

@@ -83,6 +83,9 @@ class Fault:
         """Revert the fault (no-op for faults that cannot be reverted)."""
 
 
+BUSIEST = "@busiest"  # a target chosen at the fault's instant: the CAS serving the most sessions
+
+
 def fault_for(spec: dict[str, Any]) -> Fault:
     try:
         return FAULTS[spec["kind"]](spec)
@@ -92,6 +95,8 @@ def fault_for(spec: dict[str, Any]) -> Fault:
 
 def inject(ctx: "RunContext", spec: dict[str, Any]) -> Fault:
     """Log the fault (its instant is t_fault for the metrics), then inject it."""
+    if BUSIEST in spec.get("target", []):
+        spec = {**spec, "target": [ctx.busiest_cas() if t == BUSIEST else t for t in spec["target"]]}
     fault = fault_for(spec)
     ctx.log.emit(FAULT, kind=fault.kind, targets=fault.targets, elements=fault.elements(ctx), label=fault.label(),
                  index=fault.index, affects=fault.affects)

@@ -37,4 +37,4 @@ class DagSwitchover(Fault):
     def inject(self, ctx):
         layout = ctx.databases[self.spec["database"]]
         to = self.spec["to"] or next(c for c in layout.copies if c != layout.active)
-        move_database(ctx, self.spec["database"], to, set())
+        move_database(ctx, self.spec["database"], to, set())  # a switchover: the old copy is alive

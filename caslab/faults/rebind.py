@@ -6,7 +6,6 @@ from caslab.exchange_admin import admin_call, host_fqdn
 from caslab.faults import Fault
 from caslab.schema import Field, SpecError
 from labcommon.catalogue import RCAS_SET
-from labcommon.ports import AUTODISCOVER_PORT
 
 
 class Rebind(Fault):
@@ -40,8 +39,7 @@ class Rebind(Fault):
         """Every site's autodiscover learns it now; profiles only when they next ask."""
         server = host_fqdn(ctx, self.spec["to"])
         for ad in ctx.plan.by_role("autodiscover"):
-            reply = admin_call(ctx, ad.name, {"op": "set_rcas", "db": self.spec["database"], "server": server},
-                               AUTODISCOVER_PORT)
+            reply = admin_call(ctx, ad.name, {"op": "set_rcas", "db": self.spec["database"], "server": server})
             ctx.log.emit(RCAS_SET, db=self.spec["database"], server=server, autodiscover=ad.name,
                          ok=bool(reply.get("ok")))
         ctx.rcas[self.spec["database"]] = server

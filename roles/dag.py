@@ -1,0 +1,197 @@
+"""A DAG database copy and the shipping of its log to the other copies.
+
+Every message the active copy stores gets the next sequence number of its database (its
+"log position"). Passive copies apply rows strictly in order and say how far they are
+(``last_seq``); every shipment also carries the active copy's head, so a passive copy
+always knows how far behind it is (``heard_head - last_seq``), even before the rows come.
+
+One ``Shipper`` per passive copy owns everything about that copy: what it has, when it
+failed, when to retry, and the resync after a failure (rows after its ``last_seq``, in
+batches, never on a client's send path). Replication modes (``exchange.replication``):
+
+* ``sync``: a send is acknowledged once every copy that is not failed has the row (a
+  copy that does not answer within 100 ms is marked failed and caught up later);
+* ``async``: a send is acknowledged once the active copy committed it; rows are shipped
+  as log generations (every ``log_messages`` rows or ``log_interval_ms``), so a passive
+  copy lags by up to a generation: Exchange 2010's continuous replication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from labcommon.catalogue import REPLICATION_FAILED, REPLICATION_RESUMED
+from labcommon.protocol import FramedLink
+
+REPLICATION_TIMEOUT_S = 0.1   # well inside the CAS's per-call mailbox timeout
+REPLICA_RETRY_S = 2.0         # a copy that failed is left alone this long, then caught up
+BATCH = 200                   # rows per replicate frame (frames are at most 64 KiB)
+HEARTBEAT_S = 0.2             # an idle shipper tells its copy the head this often
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    msg_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    subject TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS by_user_folder ON messages (user, folder);
+CREATE INDEX IF NOT EXISTS by_seq ON messages (seq);
+"""
+FIELDS = ("msg_id", "seq", "user", "folder", "subject")
+
+
+def valid_row(row: object) -> bool:
+    """A message row: msg_id and user non-empty strings, folder and subject strings if
+    given, seq a positive integer."""
+    if not isinstance(row, dict):
+        return False
+    if not all(isinstance(row.get(k), str) and row[k] and len(row[k]) <= 200 for k in ("msg_id", "user")):
+        return False
+    seq = row.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 2**62:
+        return False
+    return all(isinstance(row.get(k, ""), str) and len(row.get(k, "")) <= 200 for k in ("folder", "subject"))
+
+
+class DatabaseCopy:
+    """One copy of one mailbox database in SQLite, and its log position."""
+
+    def __init__(self, path: Path, active: bool, peers: list[str]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.active = active
+        self.peers = list(peers)
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+        self.last_seq = int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
+        self.heard_head = self.last_seq
+
+    @property
+    def behind(self) -> int:
+        """Rows this copy knows it lacks (the active copy's head it heard, minus its own)."""
+        return max(0, self.heard_head - self.last_seq)
+
+    def append(self, row: dict[str, str]) -> dict[str, Any]:
+        """Active copy: store a new message at the next log position."""
+        row = {**row, "seq": self.last_seq + 1}
+        self._insert([row])
+        self.last_seq = self.heard_head = row["seq"]
+        return row
+
+    def apply(self, rows: list[dict[str, Any]], head: int) -> bool:
+        """Passive copy: apply shipped rows in order; False (nothing applied) on a gap."""
+        self.heard_head = max(self.heard_head, head)
+        fresh = sorted((r for r in rows if r["seq"] > self.last_seq), key=lambda r: r["seq"])
+        if fresh and fresh[0]["seq"] != self.last_seq + 1:
+            return False
+        if any(b["seq"] != a["seq"] + 1 for a, b in zip(fresh, fresh[1:])):
+            return False
+        if fresh:
+            self._insert(fresh)
+            self.last_seq = fresh[-1]["seq"]
+        return True
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO messages (msg_id, seq, user, folder, subject) VALUES (?, ?, ?, ?, ?)",
+                [(r["msg_id"], r["seq"], r["user"], r.get("folder", "Inbox"), r.get("subject", "")) for r in rows])
+
+    def rows_after(self, seq: int, limit: int = BATCH) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(f"SELECT {', '.join(FIELDS)} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                                   (seq, limit))
+        return [dict(zip(FIELDS, row)) for row in cursor]
+
+    def count(self, user: str, folder: str | None = None) -> int:
+        if folder is None:
+            row = self.conn.execute("SELECT COUNT(*) FROM messages WHERE user=?", (user,)).fetchone()
+        else:
+            row = self.conn.execute("SELECT COUNT(*) FROM messages WHERE user=? AND folder=?",
+                                    (user, folder)).fetchone()
+        return int(row[0])
+
+
+class Shipper:
+    """Ships one database's log from the active copy to one passive copy (a task)."""
+
+    def __init__(self, db: str, copy: DatabaseCopy, address: str, log, mode: str = "sync",
+                 log_messages: int = 10, log_interval_s: float = 0.5):
+        self.db, self.copy, self.address, self.log = db, copy, address, log
+        self.mode, self.log_messages, self.log_interval_s = mode, log_messages, log_interval_s
+        self.link = FramedLink(address, REPLICATION_TIMEOUT_S)
+        self.peer_seq: int | None = None  # what the copy has, as it last said
+        self.failed_until = 0.0
+        self.failed = False
+        self.wake = asyncio.Event()
+        self.progress = asyncio.Event()  # set whenever peer_seq moved or the copy failed
+
+    async def ship_once(self) -> None:
+        """Send what the copy lacks (or a heartbeat with the head); learn where it is."""
+        start = self.peer_seq if self.peer_seq is not None else self.copy.last_seq
+        rows = self.copy.rows_after(start) if start < self.copy.last_seq else []
+        reply = await self.link.call({"op": "replicate", "db": self.db, "rows": rows, "head": self.copy.last_seq})
+        if isinstance(reply.get("last_seq"), int):
+            self.peer_seq = reply["last_seq"]
+        if not reply.get("ok") and reply.get("error") != "gap":
+            raise ConnectionError(str(reply.get("error", "refused")))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.copy.active:
+                await self._sleep(HEARTBEAT_S)
+                continue
+            if loop.time() < self.failed_until:
+                await asyncio.sleep(self.failed_until - loop.time())
+            try:
+                await self.ship_once()
+            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                if not self.failed:
+                    self.log.emit(REPLICATION_FAILED, db=self.db, peer=self.address, reason=type(exc).__name__)
+                self.failed, self.failed_until = True, loop.time() + REPLICA_RETRY_S
+                self.progress.set()
+                continue
+            if self.failed and self.peer_seq is not None and self.peer_seq >= self.copy.last_seq:
+                self.failed = False
+                self.log.emit(REPLICATION_RESUMED, db=self.db, peer=self.address, rows=self.copy.last_seq)
+            self.progress.set()
+            if self.peer_seq is not None and self.peer_seq < self.copy.last_seq:
+                continue  # more to send (a resync, or a batch that filled up)
+            await self._sleep(HEARTBEAT_S if self.mode == "sync" else self.log_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for new rows (sync: at once; async: a full log generation) or the timer."""
+        try:
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        self.wake.clear()
+
+    def notify(self) -> None:
+        """A row was appended: ship now (sync) or once a generation is full (async)."""
+        lag = self.copy.last_seq - (self.peer_seq or 0)
+        if self.mode == "sync" or lag >= self.log_messages:
+            self.wake.set()
+
+    async def wait_for(self, seq: int, timeout_s: float) -> bool:
+        """Sync mode: until the copy has ``seq`` (True), failed, or the timeout passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.failed and (self.peer_seq is None or self.peer_seq < seq):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self.progress.clear()
+            try:
+                await asyncio.wait_for(self.progress.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+        return not self.failed
