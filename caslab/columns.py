@@ -87,6 +87,8 @@ COLUMNS: list[Column] = [
     Column("goodput_dip_unaffected", "goodput dip", "", ".2f", 0, "goodput_dip_unaffected",
            "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
     Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
+    Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process and OVS per successful "
+                                                                "operation in the window"),
     Column("fidelity_ok", "fidelity", doc="CPU idle stayed above the fidelity threshold"),
     Column("trustworthy", "trusted", terminal=7, doc="fidelity passed, the run completed, no lab process died"),
 ]

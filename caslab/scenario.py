@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from caslab import faults, services, system
 from caslab.context import RunContext
+from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
@@ -269,9 +270,12 @@ def stop_all(procs: list[LabProcess]) -> None:
 
 def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: float, progress: Progress) -> None:
     """Measurement window: faults fire at their at_s offsets from its start (and are
-    undone after their duration_s, where they have one)."""
+    undone after their duration_s, where they have one). The lab's own CPU is metered
+    over the window."""
     start = time.monotonic()
+    cost = CostMeter(ctx.lab, ctx.plan)
     log_clocks(ctx.log)
+    cost.start(time.monotonic_ns())
     ctx.log.emit(MEASURE_START, observe_s=observe_s)
     for spec in sorted(fault_list, key=lambda f: (f["at_s"], f["index"])):
         delay = start + spec["at_s"] - time.monotonic()
@@ -286,6 +290,7 @@ def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: f
     if remaining > 0:
         time.sleep(remaining)
     ctx.log.emit(MEASURE_END)
+    cost.stop(ctx.log, time.monotonic_ns())
 
 
 def log_clocks(log: EventLog, samples: int = 9) -> None:

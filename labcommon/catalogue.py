@@ -252,6 +252,12 @@ RCAS = event("rcas", "runner", "each database's RpcClientAccessServer at start",
              servers=f("dict", "database -> server name"), arrays=f("dict", "site -> {name, fqdn}"))
 CPU = event("cpu", "runner", "CPU idle over the last second (Mininet-HiFi fidelity check)",
             idle_pct=f("float", "idle share of all cores", "%"))
+PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost)",
+                    name=f("str", "process name (role host, controller, ovs-vswitchd, runner, ...)"),
+                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / "
+                                  "prober / capture / haproxy / ovs / runner / other"),
+                    cpu_ms=f("float", "user + system CPU time in the window", "ms"),
+                    window_ms=f("float", "the window", "ms"))
 CAPABILITY_MISSING = event("capability_missing", "runner", "something the spec asked for is unavailable here",
                            capability=f("str", "e.g. netem"), detail=f("str", "what was skipped"))
 CONTROLLER_START = event("controller_start", "runner", "the controller process started",

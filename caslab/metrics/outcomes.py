@@ -101,6 +101,7 @@ class RunOutcome:
     messages: dict[str, int]
     process_exits: list[dict[str, Any]]
     probe_availability: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (s, % answered)
+    cost: dict[str, Any] = field(default_factory=dict)  # CPU ms per kind of process, and per successful operation
     capture_check: dict[str, Any] | None = None
 
 
@@ -136,6 +137,7 @@ class FaultSummary:
     trustworthy: bool
     goodput_dip_unaffected: float | None
     client_deaths: int
+    cpu_ms_per_op: float | None = None
 
 
 @dataclass
@@ -159,6 +161,7 @@ class ScenarioSummary:
     app_probe_gap_ms: float | None
     capture_check: dict[str, Any] | None
     process_exits: list[dict[str, Any]]
+    cost: dict[str, Any] = field(default_factory=dict)
 
 
 def to_dict(obj: Any) -> Any:

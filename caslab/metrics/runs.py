@@ -9,10 +9,11 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from labcommon.catalogue import (
     APP_PROBE, CLIENTS_READY, CPU, FAULT, LB_MEMBER, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP,
-    PROBE, PROCESS_EXIT, SCENARIO_END,
+    PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
@@ -58,7 +59,23 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         messages=message_integrity(events),
         process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
                        for e in events if e["ev"] == PROCESS_EXIT],
-        probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)})
+        probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
+        cost=cost(events, start, end))
+
+
+def cost(events: list[dict], start: int, end: int) -> dict[str, Any]:
+    """CPU the lab's processes used in the window, per kind, and per successful operation."""
+    by_kind: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e["ev"] == PROCESS_CPU:
+            by_kind[e["kind"]] += e["cpu_ms"]
+    ops = sum(1 for e in events if e["ev"] == OP and e.get("ok") and start <= e["ts"] <= end)
+    if not by_kind:
+        return {}
+    total = sum(by_kind.values())
+    return {"cpu_ms": {k: round(v, 1) for k, v in sorted(by_kind.items())}, "ops": ops,
+            "cpu_ms_per_op": round(total / ops, 3) if ops else None,
+            "per_op_by_kind": {k: round(v / ops, 3) for k, v in sorted(by_kind.items())} if ops else {}}
 
 
 def detection_ms(events: list[dict], t_fault: int, elements: set[str]) -> float | None:

@@ -38,12 +38,28 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
     rows = [fault_row(meta, runs, i, messages, probe_gap, app_gap, capture, cpu_mean, fidelity_ok, not reasons,
                       len(exits))
             for i in range(max((len(r.faults) for r in runs), default=0))]
+    scenario_cost = cost_summary(runs)
+    for row in rows:
+        row.cpu_ms_per_op = scenario_cost.get("cpu_ms_per_op")
     return ScenarioSummary(
         id=meta["id"], label=meta["label"], mode=meta["mode"], params=meta.get("params", {}), repetitions=len(runs),
         sessions=sessions, faults=rows, goodput=goodput_summary(runs), cpu_idle_pct=cpu_mean,
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
-        process_exits=exits)
+        process_exits=exits, cost=scenario_cost)
+
+
+def cost_summary(runs: list[RunOutcome]) -> dict[str, Any]:
+    """The lab's CPU per successful operation over all repetitions, by kind of process."""
+    ops = sum(r.cost.get("ops", 0) for r in runs)
+    totals: dict[str, float] = {}
+    for r in runs:
+        for kind, ms in r.cost.get("cpu_ms", {}).items():
+            totals[kind] = totals.get(kind, 0.0) + ms
+    if not totals or not ops:
+        return {}
+    return {"ops": ops, "cpu_ms_per_op": round(sum(totals.values()) / ops, 3),
+            "per_op_by_kind": {k: round(v / ops, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
 
 
 def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages, probe_gap, app_gap, capture,
