@@ -7,8 +7,10 @@ failure, so CI can never pass by skipping the real tests.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import time
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,37 @@ def pytest_runtest_setup(item):
     if os.environ.get("CI"):
         pytest.fail(f"CI must run this real-network test, but it {missing}", pytrace=False)
     pytest.skip(missing)
+
+
+TEST_LOCK = Path(os.environ.get("CASLAB_RUN_DIR", "/run/caslab")) / "tests.lock"
+
+
+@pytest.fixture(autouse=True)
+def one_real_network_test_at_a_time(request):
+    """Real-network tests of two suites (two checkouts, two users) never overlap.
+
+    Runs take the lab lock themselves, but a test also checks before and after that the
+    machine holds none of the lab's residue: that is only true while no other suite's test
+    runs. A lock of its own (not the lab lock, which the test's runs take) makes it so.
+    """
+    if "require_root" not in request.keywords or lab_prerequisites() is not None:
+        yield
+        return
+    TEST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(TEST_LOCK, "a+") as handle:
+        deadline = time.monotonic() + float(os.environ["CASLAB_LOCK_WAIT_S"])
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pytest.fail(f"another test suite held {TEST_LOCK} too long", pytrace=False)
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lab_residue(marker: str | None = None) -> list[str]:
