@@ -23,8 +23,8 @@ ECHO_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],6001),
                "c.sendall(b'hello');print(c.recv(100).decode())")
 
 
-def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2):
-    plan = LabPlan.build([{"name": "HQ", "cas": cas, "mailboxes": 1, "clients": 1}])
+def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2, clients: int = 1):
+    plan = LabPlan.build([{"name": "HQ", "cas": cas, "mailboxes": 1, "clients": clients}])
     port = free_tcp_port()
     lab = LabNetwork(plan, tmp_path, port)
     lab.build()
@@ -34,7 +34,9 @@ def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2):
         config = {"events": str(tmp_path / "nlb.jsonl"), "vips": [{
             "name": "HQ", "ip": site.vip, "mac": site.vip_mac, "dpid": 1, "ports": [6001], "members": [
                 {"name": h.name, "ip": h.ip, "mac": h.mac, "port_name": lab.switch_port_name(h.name)}
-                for h in plan.by_role("cas")]}], **config}
+                for h in plan.by_role("cas")],
+            "sources": [{"port_name": lab.switch_port_name(h.name), "mac": h.mac, "prefixes": [f"{h.ip}/32"]}
+                        for h in plan.by_role("client")]}], **config}
         path = tmp_path / "nlb.json"
         path.write_text(json.dumps(config))
         env["CASLAB_NLB_CONFIG"] = str(path)
@@ -164,5 +166,46 @@ def test_controller_survives_garbage_and_resets_closed_ports(tmp_path, no_residu
         answers = {echo_from(lab, "cl1", site.vip) for _ in range(6)}
         assert all(a.endswith(":hello") for a in answers), answers
         assert site.vip_mac in client.cmd(f"ip neigh show {site.vip}").lower(), "bogus ARP did not move the VIP"
+    finally:
+        lab.stop()
+
+
+SPOOF_CLIENT = r"""
+import socket, sys
+vip, source = sys.argv[1], sys.argv[2]
+try:
+    c = socket.create_connection((vip, 6001), timeout=2, source_address=(source, 40999))
+    c.sendall(b"hello"); print("answered", c.recv(100).decode())
+except OSError as exc:
+    print("refused", type(exc).__name__)
+"""
+
+
+def guard_drops() -> int:
+    """Packets the VIP's source guard dropped (its drop flow: the lowest table-0 VIP rule)."""
+    drops = [line for line in dump("dump-flows").splitlines()
+             if "table=0" in line and "nw_dst=10.1.0.100" in line and "actions=drop" in line]
+    assert drops, "the guard has a drop rule"
+    return sum(int(line.split("n_packets=")[1].split(",")[0]) for line in drops)
+
+
+@pytest.mark.parametrize("dataplane", ["switch", "controller"])
+def test_a_host_spoofing_another_clients_address_is_dropped(tmp_path, no_residue, dataplane):
+    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", config={"fast_fail": True, "dataplane": dataplane},
+                              clients=2)
+    try:
+        for cas in plan.by_role("cas"):
+            start_echo(lab, cas.name)
+        vip, victim = plan.sites[0].vip, plan.host("cl1").ip
+        wait_until(lambda: "hello" in echo_from(lab, "cl1", vip), 15, "TCP through the VIP", 0.2)
+        assert "hello" in echo_from(lab, "cl2", vip), "the other client is served from its own address"
+        spoofer = lab.node("cl2")
+        lab.run_in("cl2", ["ip", "addr", "add", f"{victim}/32", "dev", spoofer.intf().name])
+        dropped_before = guard_drops()
+        _, out = lab.run_in("cl2", [sys.executable, "-c", SPOOF_CLIENT, vip, victim], timeout_s=30)
+        assert out.strip().startswith("refused"), f"a connection from cl1's address on cl2's port: {out}"
+        assert guard_drops() > dropped_before, "the spoofed SYNs were dropped by the guard"
+        _, out = lab.run_in("cl1", [sys.executable, "-c", SPOOF_CLIENT, vip, victim], timeout_s=30)
+        assert out.strip().startswith("answered cas"), f"the real owner of the address and port is served: {out}"
     finally:
         lab.stop()
