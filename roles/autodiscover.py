@@ -40,7 +40,8 @@ class Autodiscover:
         if request.get("op") != "set_rcas":
             return error("unknown_op")
         db, server = request.get("db"), request.get("server")
-        if db not in self.rcas or not isinstance(server, str) or not server or len(server) > 255:
+        if not isinstance(db, str) or db not in self.rcas or not isinstance(server, str) or not server \
+                or len(server) > 255:
             return error("bad_request")
         old, self.rcas[db] = self.rcas[db], server
         self.log.emit(RCAS_CHANGED, db=db, server=server, previous=old)

@@ -69,6 +69,7 @@ class CasServer:
         session = self.sessions.get(state["session"])
         if session is None:  # forgotten to keep the table bounded: the client logs on again
             return error("auth_required")
+        self.sessions.move_to_end(state["session"])  # used: the last to be forgotten
         db = session["db"]
         message = {**request, "user": session["user"], "db": db}
         message.pop("session", None)

@@ -79,7 +79,12 @@ class DatabaseCopy:
         return max(0, self.heard_head - self.last_seq)
 
     def append(self, row: dict[str, str]) -> dict[str, Any]:
-        """Active copy: store a new message at the next log position."""
+        """Active copy: store a new message at the next log position. A msg_id already
+        stored (a send the CAS retried after a timeout) keeps its position: a position
+        without a row would be a gap no passive copy could ever apply past."""
+        known = self.conn.execute("SELECT seq FROM messages WHERE msg_id=?", (row["msg_id"],)).fetchone()
+        if known is not None:
+            return {**row, "seq": int(known[0])}
         row = {**row, "seq": self.last_seq + 1}
         self._insert([row])
         self.last_seq = self.heard_head = row["seq"]

@@ -122,6 +122,7 @@ async def listen(config: dict[str, Any], role: str, log, handler: Handler,
     also serve admin requests on the host's loopback only."""
     open_connections = 0
     idle = float(config.get("idle_timeout_s", IDLE_TIMEOUT_S))
+    partial = float(config.get("partial_timeout_s", PARTIAL_TIMEOUT_S))
     limit = int(config.get("max_connections", MAX_CONNECTIONS))
 
     async def on_client(reader, writer):
@@ -131,12 +132,12 @@ async def listen(config: dict[str, Any], role: str, log, handler: Handler,
             return
         open_connections += 1
         try:
-            await serve_frames(reader, writer, handler, log, idle, on_close)
+            await serve_frames(reader, writer, handler, log, idle, on_close, partial)
         finally:
             open_connections -= 1
 
     async def on_admin(reader, writer):
-        await serve_frames(reader, writer, admin, log, idle)
+        await serve_frames(reader, writer, admin, log, idle, partial_timeout=partial)
 
     raise_open_files_limit()
     listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True,
