@@ -38,33 +38,54 @@ class LabLock:
 
     A second run waits for the first up to ``CASLAB_LOCK_WAIT_S`` seconds (default 0: it
     fails at once with a clear error) instead of tearing into the first one's bridges.
+    Re-entrant within a process: ``caslab soak`` holds it across its runs and checks, so
+    no other lab can appear between a run and the check that the run left nothing.
     """
+
+    _handle = None  # the process's one open lock file while any holder has it
+    _depth = 0
 
     def __init__(self, wait_s: float | None = None):
         self.wait_s = float(os.environ.get("CASLAB_LOCK_WAIT_S", "0")) if wait_s is None else wait_s
-        self.handle = None
+        self.held = False
 
     def acquire(self) -> None:
+        if LabLock._depth == 0:
+            LabLock._handle = self._lock_file()
+        LabLock._depth += 1
+        self.held = True
+
+    def _lock_file(self):
         LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(LOCK_PATH, "a+")
+        handle = open(LOCK_PATH, "a+")
         deadline = time.monotonic() + self.wait_s
         while True:
             try:
-                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    self.handle.close()
-                    self.handle = None
+                    handle.close()
                     raise LabError("another caslab network is running on this machine (lock "
                                    f"{LOCK_PATH}); wait for it, or set CASLAB_LOCK_WAIT_S to queue") from None
                 time.sleep(0.2)
 
     def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        if not self.held:
+            return
+        self.held = False
+        LabLock._depth -= 1
+        if LabLock._depth == 0 and LabLock._handle is not None:
+            fcntl.flock(LabLock._handle, fcntl.LOCK_UN)
+            LabLock._handle.close()
+            LabLock._handle = None
+
+    def __enter__(self) -> "LabLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def free_tcp_port() -> int:

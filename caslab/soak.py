@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from caslab import runner, spec as spec_mod, system
-from caslab.netlab import LabError, existing_bridges
+from caslab.netlab import LabError, LabLock, existing_bridges
 from caslab.registry import live_labs
 from controllers.nlb_flows import zone_of
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
@@ -82,6 +82,11 @@ def sample() -> dict[str, float]:
 def main_cli(count: int, spec_name: str, overrides: list[str], out: str | None) -> int:
     spec, path = spec_mod.load(spec_name, overrides)
     base = Path(out) if out else runner.RESULTS_DIR / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    with LabLock():  # no other lab may appear between a run and its residue check
+        return soak(count, spec, path, base)
+
+
+def soak(count: int, spec: dict, path: Path, base: Path) -> int:
     first, failures = None, []
     for i in range(1, count + 1):
         outcome = "ok"
