@@ -4,17 +4,20 @@ Only the lab's own things, found in the registry every live lab keeps under /run
 (caslab/registry.py), wherever its results went: the processes it recorded (checked
 against their recorded start time, so a recycled pid is never hit), the bridge and
 interface names of its plan, and its conntrack zones. A lab whose runner is still alive
-is refused: cleanup never tears down a running experiment. Never Mininet's global
-clean-up, never a kill by process name.
+is refused: cleanup never tears down a running experiment. While one runs, a dead lab's
+processes are still ended (each is checked by pid and start time), but no bridge,
+interface or conntrack zone is touched: the names are fixed (``clab<k>``), so the live
+lab owns them now. Never Mininet's global clean-up, never a kill by process name.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 
-from caslab.netlab import flush_lab_conntrack, sweep_lab_names
+from caslab.netlab import LOCK_PATH, flush_lab_conntrack, sweep_lab_names
 from caslab.registry import live_labs, same_process
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
 
@@ -32,29 +35,72 @@ def _kill(proc: dict) -> bool:
     return False
 
 
-def run() -> int:
-    found, refused = 0, 0
+def _running(lab: dict) -> bool:
+    runner = lab.get("runner_pid")
+    return isinstance(runner, int) and same_process(runner, lab.get("runner_start"))
+
+
+def lab_lock_held() -> bool:
+    """Another process holds the lab lock: a lab is being built or runs right now."""
+    if not LOCK_PATH.exists():
+        return False
+    with open(LOCK_PATH, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def sweep_dead_labs(say=print) -> int:
+    """Remove what dead labs left; the caller holds the lab lock, so no lab runs now.
+
+    ``LabNetwork.build`` calls this before it builds: a run killed by SIGKILL or a
+    machine restart leaves its bridges in Open vSwitch's persistent database (and, after
+    a reboot, no registry entry at all), and the next run should not trip over them."""
+    found = 0
     for folder, lab, procs in live_labs():
-        runner = lab.get("runner_pid")
-        if isinstance(runner, int) and same_process(runner, lab.get("runner_start")):
-            print(f"refused: the run writing {lab.get('run_dir')} is still running (pid {runner}); "
-                  f"stop it first (Ctrl-C or kill -TERM {runner})")
-            refused += 1
+        if _running(lab):
             continue
-        for proc in sorted(procs, key=lambda p: (p.get("host") or "", p.get("name", ""))):
-            if _kill(proc):
-                print(f"killed {proc.get('name')} (pid {proc['pid']})")
-                found += 1
+        found += _end_dead_lab(folder, lab, procs, sweep_names=True, say=say)
+    for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
+        say(f"removed {name}")
+        found += 1
+    return found
+
+
+def _end_dead_lab(folder, lab: dict, procs: list[dict], sweep_names: bool, say=print) -> int:
+    found = 0
+    for proc in sorted(procs, key=lambda p: (p.get("host") or "", p.get("name", ""))):
+        if _kill(proc):
+            say(f"killed {proc.get('name')} (pid {proc['pid']})")
+            found += 1
+    if sweep_names:
         bridges = [b for b in lab.get("bridges", []) if isinstance(b, str) and b.startswith(SWITCH_PREFIX)]
         for name in sweep_lab_names(bridges):
-            print(f"removed {name}")
+            say(f"removed {name}")
             found += 1
         if lab.get("datapath"):
             flush_lab_conntrack(lab["datapath"], len(bridges) or MAX_SITES)
-        shutil.rmtree(folder, ignore_errors=True)
-    if not refused:
-        for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
-            print(f"removed {name}")
-            found += 1
+    shutil.rmtree(folder, ignore_errors=True)
+    return found
+
+
+def run() -> int:
+    labs = live_labs()
+    running = [lab for _, lab, _ in labs if _running(lab)]
+    for lab in running:
+        print(f"refused: the run writing {lab.get('run_dir')} is still running (pid {lab['runner_pid']}); "
+              f"stop it first (Ctrl-C or kill -TERM {lab['runner_pid']})")
+    if not running and lab_lock_held():
+        print(f"refused: a lab holds {LOCK_PATH} right now")
+        running = [{}]
+    if running:
+        found = sum(_end_dead_lab(folder, lab, procs, sweep_names=False)
+                    for folder, lab, procs in labs if not _running(lab))
+        print("kept the lab's bridges and interfaces: the running lab owns those names now")
+    else:
+        found = sweep_dead_labs()
     print("nothing of the lab was left" if not found else f"removed {found} leftover(s)")
-    return 1 if refused else 0
+    return 1 if running else 0

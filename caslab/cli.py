@@ -41,7 +41,6 @@ def cmd_run(args) -> int:
         return 3
     from caslab.netlab import LabError
 
-    _interrupt_on_sigterm()
     try:
         analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force)
     except KeyboardInterrupt:
@@ -160,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    _interrupt_on_sigterm()  # every command that builds a lab tears it down on SIGTERM as on Ctrl-C
     try:
         code = args.func(args)
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("caslab: interrupted; what the lab built was torn down", file=sys.stderr)
+        code = 130
     except BrokenPipeError:
         # the reader went away (`caslab run x --check | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

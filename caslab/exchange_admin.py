@@ -71,18 +71,25 @@ def _record(ctx: "RunContext", db: str, to: str, old: str, reply: dict[str, Any]
 def fail_over_databases(ctx: "RunContext", dead: set[str]) -> None:
     """Active Manager, a failover: each database active on a dead server mounts on its most
     up-to-date surviving copy, if that copy lacks no more than the mount dial allows; else
-    it stays dismounted, and says so."""
+    it stays dismounted, and says so.
+
+    What a copy lacks is measured against the newest log position any survivor heard of
+    (Exchange keeps the last log generation in the cluster database, which every surviving
+    member holds): a copy that was cut off learns here that it is behind. Rows acknowledged
+    after the last position anyone heard are unknowable to the survivors; metrics still
+    count them lost (acknowledged by a client, absent from the active copy at the end)."""
     for db, layout in sorted(ctx.databases.items()):
         if layout.active not in dead:
             continue
-        survivors = []
+        survivors, head = [], 0
         for copy in (c for c in layout.copies if c not in dead):
             status = admin_call(ctx, copy, {"op": "status"}).get("databases", {}).get(db, {})
             if isinstance(status, dict) and isinstance(status.get("last_seq"), int):
-                survivors.append((-status["last_seq"], layout.copies.index(copy), copy, status.get("behind")))
+                survivors.append((-status["last_seq"], layout.copies.index(copy), copy))
+                head = max(head, status["last_seq"], status.get("heard_head") or 0)
         old, best_missing = layout.active, None
-        for _, _, copy, behind in sorted(survivors):
-            reply = admin_call(ctx, copy, {"op": "activate", "db": db, "max_missing": max_missing(ctx)})
+        for _, _, copy in sorted(survivors):
+            reply = admin_call(ctx, copy, {"op": "activate", "db": db, "head": head, "max_missing": max_missing(ctx)})
             if reply.get("ok"):
                 _record(ctx, db, copy, old, reply)
                 break

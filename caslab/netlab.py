@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class LabNetwork:
 
         setLogLevel("error")
         self.lock.acquire()
+        self._sweep_dead_labs()
         clash = set(existing_bridges()) & set(self.plan.switch_names())
         if clash:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
@@ -177,6 +179,15 @@ class LabNetwork:
         self.net.build()
         for node in self.net.hosts:  # Mininet's node shells, as soon as they exist
             self.record.process(f"mininet:{node.name}", node.shell.pid, node.name)
+
+    def _sweep_dead_labs(self) -> None:
+        """Under the lab lock no other lab runs: any ``clab<k>`` bridge, veth or recorded
+        process still present belongs to a dead run (SIGKILL, machine restart). Remove it."""
+        from caslab.cleanup import sweep_dead_labs
+
+        removed = []
+        if sweep_dead_labs(say=removed.append):
+            print(f"caslab: removed what a dead run left: {', '.join(removed)}", file=sys.stderr)
 
     def start(self) -> None:
         """Start the switches (the controller should already listen) and fix offload."""
@@ -322,6 +333,8 @@ class LabNetwork:
             shells = [n.shell for n in self.net.hosts + self.net.switches + self.net.controllers if n.shell]
             try:
                 self.net.stop()
+                for controller in self.net.controllers:  # RemoteController.stop() does nothing:
+                    controller.terminate()               # end its shell and close its pty here
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"mininet: {exc}")
             for shell in shells:  # Mininet signals its node shells but does not wait for them

@@ -127,7 +127,8 @@ class MailboxServer:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "server": self.name,
-                    "databases": {db: {"active": c.active, "last_seq": c.last_seq, "behind": c.behind}
+                    "databases": {db: {"active": c.active, "last_seq": c.last_seq, "behind": c.behind,
+                                       "heard_head": c.heard_head}
                                   for db, c in self.copies.items()}}
         db, copy = self._copy(request)
         if copy is None:

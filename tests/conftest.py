@@ -117,9 +117,22 @@ def lab_residue(marker: str | None = None) -> list[str]:
 
 @pytest.fixture
 def no_residue():
-    """Asserts the test left nothing of the lab behind (and that it started clean)."""
-    before = lab_residue()
+    """Asserts the test left nothing of the lab behind (and that it started clean).
+
+    Each check holds the lab lock, so a run outside the suite (another checkout's
+    experiment) is waited for rather than mistaken for this test's residue. Under that
+    lock no lab runs, so what a dead run left (a SIGKILL, a machine restart: Open
+    vSwitch keeps bridges in its database) is swept first, as every run does; a test
+    that leaves residue still fails its own check below."""
+    from caslab.cleanup import sweep_dead_labs
+    from caslab.netlab import LabLock
+
+    with LabLock():
+        if lab_residue():
+            sweep_dead_labs()
+        before = lab_residue()
     assert not before, f"lab residue before the test: {before}"
     yield
-    after = lab_residue()
+    with LabLock():
+        after = lab_residue()
     assert not after, f"lab residue after the test: {after}"

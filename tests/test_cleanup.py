@@ -127,3 +127,76 @@ def test_an_existing_result_folder_is_refused_unless_forced(tmp_path):
     assert out.is_dir() and not any(out.iterdir()), "--force starts it empty"
     runner.prepare_folder(tmp_path / "new" / "deep", force=False)
     assert (tmp_path / "new" / "deep").is_dir()
+
+
+def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_path, monkeypatch):
+    """The bridge names are shared: while a lab runs, cleanup of a dead one must not sweep them."""
+    from caslab import cleanup as cleanup_mod
+    from caslab.registry import write_atomic
+
+    monkeypatch.setattr("caslab.registry.RUN_ROOT", tmp_path)
+    swept = []
+    monkeypatch.setattr(cleanup_mod, "sweep_lab_names", lambda names: swept.append(names) or [])
+    monkeypatch.setattr(cleanup_mod, "flush_lab_conntrack", lambda *a: swept.append(a))
+    live = LabRecord.create(tmp_path / "live", ["clab1"], "netdev@ovs-netdev")  # this process: running
+    gone_runner = subprocess.Popen(["true"])
+    gone_runner.wait()
+    dead = LabRecord(live.folder.parent / "1-1")
+    write_atomic(dead.folder / "lab.json", {"runner_pid": gone_runner.pid, "runner_start": 1,
+                                            "run_dir": str(tmp_path / "dead"), "bridges": ["clab1"],
+                                            "datapath": "netdev@ovs-netdev"})
+    orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        dead.process("controller", orphan.pid, None)
+        assert cleanup_mod.run() == 1, "a running lab is reported"
+        assert orphan.wait(5) == -9, "the dead lab's recorded process was ended"
+        assert swept == [], "no bridge, interface or conntrack zone touched while a lab runs"
+        assert [folder for folder, _, _ in live_labs()] == [live.folder], "only the dead lab's entry is gone"
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+        live.remove()
+
+
+@pytest.mark.require_root
+@pytest.mark.parametrize("command,moment", [("run", "starting Exchange roles"), ("soak", "warming up")])
+def test_sigterm_at_any_moment_tears_the_lab_down(tmp_path, no_residue, command, moment):
+    spec = tmp_path / "killed.toml"
+    spec.write_text(SPEC)
+    argv = [sys.executable, "-m", "caslab.cli", command] + (["2"] if command == "soak" else [])
+    proc = subprocess.Popen(argv + [str(spec), "--out", str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        wait_for(proc, moment)
+        proc.terminate()
+        assert proc.wait(60) == 130, "an interrupted command says so in its exit status"
+        assert "interrupted" in proc.stderr.read()
+        assert not lab_processes(str(tmp_path)), "every process the lab started is gone"
+        assert not [lab for _, lab, _ in live_labs() if str(tmp_path) in lab.get("run_dir", "")], \
+            "the registry entry is removed by the teardown"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+RESTARTED_SPEC = SPEC.replace("warmup_s = 30.0", "warmup_s = 1.0").replace("observe_s = 4.0", "observe_s = 2.0")
+
+
+@pytest.mark.require_root
+def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_residue):
+    """After a restart the registry under /run is gone but Open vSwitch's database still
+    holds the dead run's bridges: the next run removes them (it holds the lab lock, so
+    no lab runs) and says so, instead of refusing to start."""
+    for bridge in ("clab1", "clab2"):
+        subprocess.run(["ovs-vsctl", "--timeout=5", "add-br", bridge, "--", "set", "bridge", bridge,
+                        "datapath_type=netdev"], check=True)
+    assert "bridge clab2" in lab_residue()
+    spec = tmp_path / "after-restart.toml"
+    spec.write_text(RESTARTED_SPEC)
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(spec), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "removed what a dead run left" in result.stderr and "clab2" in result.stderr, result.stderr[-3000:]
+    assert (tmp_path / "out" / "summary.json").exists()
