@@ -3,12 +3,12 @@
 It replaces a bag of string keys with named fields whose writer and readers are stated:
 
     field               written by                       read by
-    spec, plan, lab     scenario.run_scenario            everyone
+    spec, plan, lab     scenario.lab_up                  everyone
     databases           services.start_mailboxes         faults (Active Manager), metrics records
     rcas                services.start_autodiscover      faults.rebind
     dns_server          services.start_dns               modes (client targets)
     nlb_socket          modes.sdn_nlb (config)           modes.sdn_nlb (health agents)
-    nlb_api_port        scenario.run_scenario            modes.sdn_nlb, bench, `caslab nlb`
+    nlb_api_port        scenario.lab_up                  modes.sdn_nlb, bench, `caslab nlb`, live lab
     controller          scenario.start_controller        faults.controller_crash
     restart_controller  scenario.start_controller        faults.controller_crash
     timers              faults (delayed actions)         scenario (cancelled at teardown)
