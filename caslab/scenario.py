@@ -194,7 +194,7 @@ def record_mailboxes(ctx: RunContext) -> None:
     """Log what each database copy holds at the end, so metrics need only the events."""
     for db, entry in ctx.databases.items():
         for server in entry.copies:
-            path = ctx.raw_dir / "store" / server / f"{db}.sqlite"
+            path = ctx.store_dir() / server / f"{db}.sqlite"
             if not path.exists():
                 continue
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -275,7 +275,10 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         try:
             lab.stop()
         finally:
-            log.close()
+            try:
+                ctx.keep_stores()
+            finally:
+                log.close()
 
 
 def start_sessions(ctx: RunContext, mode: Mode, raw_dir: Path, timeout_s: float) -> list[LabProcess]:
