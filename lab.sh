@@ -1,30 +1,68 @@
 #!/usr/bin/env bash
 # caslab set-up and entry point. Safe to run again and again: it installs only what is
 # missing (Debian packages, the venv, the project), starts Open vSwitch if it is not
-# running, then does what you asked.
+# running, then does what you asked. It needs root and never calls sudo itself:
 #
-#   sudo ./lab.sh run [SPEC] [caslab run options]   default failover experiment + report
-#   sudo ./lab.sh test [pytest options]             the test suite
-#   sudo ./lab.sh setup | doctor | caslab ARGS...
+#   ./lab.sh run [SPEC] [caslab run options]   as root: default failover experiment + report
+#   ./lab.sh test [pytest options]             as root: the test suite
+#   ./lab.sh setup | doctor | caslab ARGS...
+#   ./lab.sh paths                             where the venvs, scratch and results go
+#   (from another user: sudo ./lab.sh ...)
+#
+# Where things go (environment, else /etc/caslab.env, else the defaults):
+#   CASLAB_VENV      the venv (default .venv here; /var/lib/caslab/venv when this checkout
+#                    is on a VM's shared folder, where a venv is slow and fragile)
+#   CASLAB_RYU_VENV  upstream Ryu 4.34's own venv for its compatibility test (<venv>-ryu)
+#   CASLAB_SCRATCH   the mailbox stores while a lab runs (SQLite's WAL needs a local disk)
+#   CASLAB_RESULTS   result folders (default results/ here)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="$HERE/.venv"
 PY_SYSTEM="${CASLAB_PYTHON:-/usr/bin/python3}"
 DEBS=(mininet openvswitch-switch iproute2 ethtool tcpdump iputils-ping haproxy dnsmasq-base iperf3
-      python3-venv python3-dev curl procps kmod)
-# Only the tests need a browser (report.html in headless Chromium). Debian ships these;
-# Ubuntu ships Chromium as a snap, so there the browser test skips (CI runs on Debian).
-TEST_DEBS=(chromium chromium-driver)
+      python3-venv python3-dev curl procps kmod util-linux)
+LOCAL_STATE=/var/lib/caslab
 
 say() { printf '[lab.sh] %s\n' "$*" >&2; }
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
-    say "run as root (sudo ./lab.sh $*): Mininet and Open vSwitch need it"
+    say "run as root: Mininet and Open vSwitch need it (as root: ./lab.sh $*; from another user: sudo ./lab.sh $*)"
     exit 2
   fi
 }
+
+# Machine-wide defaults (the Vagrantfile writes them): only the lab's own keys are read.
+read_machine_defaults() {
+  local file="${CASLAB_ENV_FILE:-/etc/caslab.env}" key value
+  [ -r "$file" ] || return 0
+  while IFS='=' read -r key value; do
+    case "$key" in
+      CASLAB_VENV|CASLAB_RYU_VENV|CASLAB_SCRATCH|CASLAB_RESULTS)
+        [ -z "${!key:-}" ] && [ -n "$value" ] && export "$key=$value" ;;
+    esac
+  done < "$file"
+}
+
+on_shared_folder() {
+  local fs
+  fs="$(findmnt -n -o FSTYPE --target "$1" 2>/dev/null || true)"
+  case "$fs" in
+    vboxsf|9p|v9fs|nfs|nfs4|cifs|smb3|smbfs|virtiofs|prl_fs|vmhgfs|fuse.*) return 0 ;;
+  esac
+  return 1
+}
+
+read_machine_defaults
+if [ -z "${CASLAB_VENV:-}" ] && on_shared_folder "$HERE"; then
+  say "$HERE is a shared folder: venv and scratch go to $LOCAL_STATE (set CASLAB_VENV to choose)"
+  CASLAB_VENV="$LOCAL_STATE/venv"
+  CASLAB_SCRATCH="${CASLAB_SCRATCH:-$LOCAL_STATE/scratch}"
+fi
+VENV="${CASLAB_VENV:-$HERE/.venv}"
+RYU_VENV="${CASLAB_RYU_VENV:-$VENV-ryu}"
+export CASLAB_VENV="$VENV" CASLAB_RYU_VENV="$RYU_VENV" PLAYWRIGHT_BROWSERS_PATH="$VENV/playwright"
+[ -n "${CASLAB_SCRATCH:-}" ] && export CASLAB_SCRATCH
 
 install_debs() {
   local missing=()
@@ -64,42 +102,77 @@ start_ovs() {
 install_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating the venv in $VENV"
+    mkdir -p "$(dirname "$VENV")"
     "$PY_SYSTEM" -m venv "$VENV"
   fi
   local stamp="$VENV/.caslab-installed" want
   want="$(sha256sum "$HERE/pyproject.toml" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import caslab" 2>/dev/null; then
-    say "installing caslab and its dependencies into the venv"
+    say "installing caslab and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e "$HERE[test]"
     echo "$want" > "$stamp"
   fi
 }
 
+python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
 install_ryu_venv() {
-  # Upstream Ryu 4.34 for the compatibility smoke test, in a venv of its own: it needs
-  # eventlet 0.33.3, dnspython 2.2.x and setuptools < 58 to build (DESIGN section 7).
-  local venv="$HERE/.venv-ryu"
+  # Upstream Ryu 4.34 for the compatibility test, in a venv of its own: it needs eventlet
+  # 0.33.3, dnspython 2.2.x and setuptools < 58 to build (docs/ARCHITECTURE.md), which
+  # Python 3.12+ cannot provide. One attempt per Python version: a failure is written to
+  # <venv>.unavailable (the test reads it) and not retried until that file is removed.
+  local venv="$RYU_VENV" marker="$RYU_VENV.unavailable" pyver
+  pyver="$(python_version "$PY_SYSTEM")"
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import ryu, caslab" 2>/dev/null; then
     return 0
   fi
+  if "$PY_SYSTEM" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+    printf 'python %s\nupstream Ryu 4.34 does not build on Python %s (its build needs setuptools < 58 and eventlet 0.33, which support Python 3.11 at most)\n' \
+      "$pyver" "$pyver" > "$marker"
+    say "no Ryu 4.34 venv on Python $pyver (it cannot build there): its compatibility test will skip and say why"
+    return 0
+  fi
+  if [ -f "$marker" ] && head -1 "$marker" | grep -qx "python $pyver"; then
+    say "the Ryu 4.34 venv failed to build before on Python $pyver ($marker); remove that file to try again"
+    return 0
+  fi
   say "creating $venv (upstream Ryu 4.34, for the compatibility test)"
-  {
-    "$PY_SYSTEM" -m venv "$venv" &&
-    "$venv/bin/python" -m pip install -q "setuptools<58" wheel &&
-    "$venv/bin/python" -m pip install -q --no-build-isolation "ryu==4.34" "eventlet==0.33.3" "dnspython>=2.2,<2.3" &&
-    "$venv/bin/python" -m pip install -q --no-deps -e "$HERE"
-  } || say "could not build the Ryu 4.34 venv on this Python; its compatibility test will say so"
+  rm -rf "$venv"
+  local pip=(timeout 900 "$venv/bin/python" -m pip install -q --no-input --timeout 60 --retries 2)
+  if "$PY_SYSTEM" -m venv "$venv" &&
+     "${pip[@]}" "setuptools<58" wheel &&
+     "${pip[@]}" --no-build-isolation "ryu==4.34" "eventlet==0.33.3" "dnspython>=2.2,<2.3" &&
+     "${pip[@]}" --no-deps -e "$HERE"; then
+    rm -f "$marker"
+  else
+    printf 'python %s\nbuilding upstream Ryu 4.34 failed on Python %s (see the pip output of ./lab.sh test)\n' \
+      "$pyver" "$pyver" > "$marker"
+    rm -rf "$venv"
+    say "could not build the Ryu 4.34 venv on Python $pyver; its compatibility test will say so"
+  fi
 }
 
-install_test_debs() {
+distribution_ships_chromium() {
+  # Debian has real chromium / chromium-driver packages; Ubuntu's install the snap.
+  apt-cache show chromium 2>/dev/null | grep -q '^Package: chromium$' &&
+    ! apt-cache show chromium 2>/dev/null | grep -qi 'snap'
+}
+
+install_test_browser() {
+  # The report test opens report.html in a headless Chromium (tests/browser.py).
   if ! apt-cache show chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null 2>&1 || true
   fi
-  if apt-cache show chromium >/dev/null 2>&1; then
-    install_debs "${TEST_DEBS[@]}"
-  else
-    say "no Debian chromium package here: the headless report test will skip"
+  if distribution_ships_chromium; then
+    install_debs chromium chromium-driver
+    return 0
+  fi
+  . /etc/os-release 2>/dev/null || true
+  say "${PRETTY_NAME:-this distribution} ships no Chromium package (only a snap): installing Playwright's Chromium"
+  "$VENV/bin/python" -c "import playwright" 2>/dev/null || "$VENV/bin/python" -m pip install -q -e "$HERE[test,browser]"
+  if ! timeout 900 "$VENV/bin/python" -m playwright install --with-deps chromium >/dev/null; then
+    say "Playwright's Chromium could not be installed: the headless report test will skip and say why"
   fi
 }
 
@@ -123,7 +196,7 @@ case "$cmd" in
     ;;
   test)
     setup test
-    install_test_debs
+    install_test_browser
     install_ryu_venv
     cd "$HERE"
     set +e
@@ -136,6 +209,10 @@ case "$cmd" in
     fi
     exit "$rc"
     ;;
+  paths)
+    printf 'venv=%s\nryu_venv=%s\nscratch=%s\nresults=%s\n' "$VENV" "$RYU_VENV" \
+      "${CASLAB_SCRATCH:-(system temporary folder)}" "${CASLAB_RESULTS:-$HERE/results}"
+    ;;
   doctor)
     setup doctor
     exec "$VENV/bin/caslab" doctor
@@ -145,7 +222,7 @@ case "$cmd" in
     exec "$VENV/bin/caslab" "$@"
     ;;
   *)
-    say "unknown command '$cmd': use run, test, setup, doctor or caslab"
+    say "unknown command '$cmd': use run, test, setup, doctor, paths or caslab"
     exit 2
     ;;
 esac

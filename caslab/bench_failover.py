@@ -65,7 +65,7 @@ def show(rows: list[dict]) -> str:
 
 def main_cli(sizes: list[str], reps: int | None, out: str | None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(out) if out else runner.RESULTS_DIR / f"bench-failover-{stamp}"
+    base = Path(out) if out else runner.results_dir() / f"bench-failover-{stamp}"
     rows = []
     for size, spec, path in specs(sizes, reps):
         analysis = runner.run(spec, path, base / f"{size}-sessions")

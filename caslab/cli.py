@@ -1,4 +1,5 @@
-"""The ``caslab`` command: doctor, run, report, cleanup, nlb."""
+"""The ``caslab`` command: argument parsing and printing only; every number comes from
+caslab.analysis / caslab.metrics, every action from the module that owns it."""
 
 from __future__ import annotations
 
@@ -77,6 +78,61 @@ def cmd_report(args) -> int:
         return 2
     analysis = report.write_report(run_dir)
     print_table(analysis)
+    from caslab import runner
+
+    runner.refresh_index(run_dir)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from caslab import live
+
+    return live.main_cli(args)
+
+
+def cmd_fault(args) -> int:
+    from caslab import live_control
+
+    return live_control.fault_command(args.words)
+
+
+def cmd_down(args) -> int:
+    from caslab import live_control
+
+    return live_control.down_command()
+
+
+def cmd_inspect(args) -> int:
+    from caslab import plan_view, spec as spec_mod
+
+    try:
+        spec, path = spec_mod.load(args.spec, args.set)
+    except spec_mod.SpecError as exc:
+        print(f"caslab: bad spec: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(plan_view.inspect(spec, str(path)))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from caslab import spec as spec_mod
+
+    names = spec_mod.spec_names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name.ljust(width)}  {spec_mod.describe(spec_mod.EXPERIMENTS_DIR / f'{name}.toml')}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from caslab import analysis, compare
+
+    for folder in (args.run_a, args.run_b):
+        if not (Path(folder) / "events.jsonl").exists() or not (Path(folder) / "manifest.json").exists():
+            print(f"caslab: {folder} is not a result folder (needs events.jsonl and manifest.json)", file=sys.stderr)
+            return 2
+    a, b = (analysis.analyze(Path(f), with_captures=False) for f in (args.run_a, args.run_b))
+    print(compare.render(compare.compare(a, b), args.run_a, args.run_b))
     return 0
 
 
@@ -113,9 +169,45 @@ def cmd_bench(args) -> int:
     return bench.main_cli(args.seconds, args.rounds)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("caslab")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caslab", description="Exchange 2010 CAS array failover lab")
+    parser.add_argument("--version", action="version", version=f"caslab {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the specs in experiments/ with their descriptions").set_defaults(func=cmd_list)
+    inspect = sub.add_parser("inspect", help="print what a spec would build (hosts, addresses, arrays, "
+                                            "databases, faults) without building anything")
+    inspect.add_argument("spec", nargs="?", help="a spec file, or the name of one in experiments/")
+    inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    inspect.set_defaults(func=cmd_inspect)
+    up = sub.add_parser("up", help="a live lab: build one scenario, start everything, open the Mininet CLI; "
+                                   "leave it (exit, Ctrl-D, Ctrl-C, SIGTERM) to tear down")
+    up.add_argument("spec", nargs="?", help="a spec file, or the name of one in experiments/ (default: default)")
+    up.add_argument("--mode", help="the HA mode (default: sdn-nlb if the spec has it, else its first mode)")
+    up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    up.add_argument("--out", help="result folder (default results/live-<mode>-<timestamp>)")
+    up.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    up.add_argument("--no-cli", action="store_true", help="no CLI: stay up until SIGTERM, Ctrl-C or caslab down")
+    up.add_argument("--no-clients", action="store_true", help="start no client sessions")
+    up.set_defaults(func=cmd_up)
+    fault = sub.add_parser("fault", help="inject a fault into the live lab now (KIND [TARGET ...] [--key value])")
+    fault.add_argument("words", nargs=argparse.REMAINDER, metavar="KIND [TARGET ...] [--key value ...]",
+                       help="e.g. poweroff cas1 | drain cas2 --deadline_s 5 | dag-switchover --database DB1 --to mbx2")
+    fault.set_defaults(func=cmd_fault)
+    sub.add_parser("down", help="tear the live lab down (as SIGTERM to caslab up)").set_defaults(func=cmd_down)
+    compare = sub.add_parser("compare", help="two result folders side by side: per scenario both runs' figures "
+                                             "and the difference of mean reconnect times with its 95 % CI")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.set_defaults(func=cmd_compare)
     sub.add_parser("doctor", help="check that this machine can run the lab").set_defaults(func=cmd_doctor)
     run = sub.add_parser("run", help="run an experiment (default: experiments/default.toml)")
     run.add_argument("spec", nargs="?", help="a spec file, or the name of one in experiments/")
@@ -146,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     soak.add_argument("--out", default=None)
     soak.set_defaults(func=cmd_soak)
-    nlb = sub.add_parser("nlb", help="talk to a running SDN NLB's admin API")
-    nlb.add_argument("--port", type=int, required=True, help="admin API port on 127.0.0.1")
+    nlb = sub.add_parser("nlb", help="the SDN NLB's admin API: the live lab's (default) or, with --port, a run's")
+    nlb.add_argument("--port", type=int, default=None, help="admin API port on 127.0.0.1 (default: the live lab)")
     nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))
     nlb.add_argument("vip", nargs="?")
     nlb.add_argument("member_or_value", nargs="?")

@@ -3,12 +3,12 @@
 It replaces a bag of string keys with named fields whose writer and readers are stated:
 
     field               written by                       read by
-    spec, plan, lab     scenario.run_scenario            everyone
+    spec, plan, lab     scenario.lab_up                  everyone
     databases           services.start_mailboxes         faults (Active Manager), metrics records
     rcas                services.start_autodiscover      faults.rebind
     dns_server          services.start_dns               modes (client targets)
     nlb_socket          modes.sdn_nlb (config)           modes.sdn_nlb (health agents)
-    nlb_api_port        scenario.run_scenario            modes.sdn_nlb, bench, `caslab nlb`
+    nlb_api_port        scenario.lab_up                  modes.sdn_nlb, bench, `caslab nlb`, live lab
     controller          scenario.start_controller        faults.controller_crash
     restart_controller  scenario.start_controller        faults.controller_crash
     timers              faults (delayed actions)         scenario (cancelled at teardown)
@@ -17,8 +17,10 @@ It replaces a bag of string keys with named fields whose writer and readers are 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -60,11 +62,43 @@ class RunContext:
     rcas: dict[str, str] = field(default_factory=dict)
     timers: list[threading.Timer] = field(default_factory=list)
     _socket_dir: Path | None = None
+    _store_dir: Path | None = None
     _busiest: str | None = None
 
     @property
     def mode(self) -> str:
         return self.spec["mode"]
+
+    def store_dir(self) -> Path:
+        """Where the mailbox copies keep their SQLite stores while the lab runs: a local
+        scratch folder (``CASLAB_SCRATCH``, else the system's temporary folder), never the
+        result folder, which may sit on a VM's synced folder where SQLite's WAL does not
+        work. ``keep_stores`` moves them into ``raw/<run>/store`` at teardown."""
+        if self._store_dir is None:
+            scratch = os.environ.get("CASLAB_SCRATCH") or None
+            if scratch:
+                Path(scratch).mkdir(parents=True, exist_ok=True)
+            self._store_dir = Path(tempfile.mkdtemp(prefix="caslab-store-", dir=scratch))
+        return self._store_dir
+
+    def keep_stores(self) -> None:
+        """After the mailboxes stopped: each store checkpointed into one self-contained
+        file (no -wal / -shm left), copied to ``raw/<run>/store``, the scratch removed."""
+        if self._store_dir is None:
+            return
+        for db in sorted(self._store_dir.rglob("*.sqlite")):
+            try:
+                conn = sqlite3.connect(db)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                continue  # copied as it is, with its -wal beside it
+        shutil.copytree(self._store_dir, self.raw_dir / "store", dirs_exist_ok=True)
+        shutil.rmtree(self._store_dir, ignore_errors=True)
+        self._store_dir = None
 
     def socket_dir(self) -> Path:
         """A short private folder for Unix sockets (their paths must stay under 108 bytes,

@@ -4,7 +4,9 @@ A run that is killed hard (SIGKILL, power loss) cannot tear down. So each live l
 a folder under ``/run/caslab/labs/`` (``CASLAB_RUN_DIR`` overrides ``/run/caslab``),
 wherever its results go:
 
-    lab.json          the runner's pid and start time, its result folder, bridge names
+    lab.json          the runner's pid and start time, its result folder, bridge names;
+                      a live lab (``caslab up``) adds ``live``: its control socket
+    control.sock      a live lab's control socket (mode 0600), for ``caslab fault`` etc.
     procs/<pid>.json  one file per process the lab started (written atomically when it
                       starts: name, host, pid, the process's start time)
 
@@ -71,12 +73,25 @@ class LabRecord:
                                            "datapath": datapath})
         return record
 
+    def update(self, **fields: Any) -> None:
+        """Add to lab.json (a live lab adds its control socket and result folder)."""
+        path = self.folder / "lab.json"
+        write_atomic(path, {**json.loads(path.read_text()), **fields})
+
     def process(self, name: str, pid: int, host: str | None) -> None:
         write_atomic(self.folder / "procs" / f"{pid}.json",
                      {"name": name, "pid": pid, "host": host, "start": start_time(pid)})
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def running_live_lab() -> tuple[Path, dict[str, Any]] | None:
+    """The live lab (``caslab up``) running on this machine, if any: (folder, lab.json)."""
+    for folder, lab, _ in live_labs():
+        if lab.get("live") and same_process(lab.get("runner_pid", -1), lab.get("runner_start")):
+            return folder, lab
+    return None
 
 
 def live_labs() -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:

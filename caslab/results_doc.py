@@ -11,8 +11,10 @@ FILES = [
     ("manifest.json", "The run as it was asked for and where it ran: `spec` (fully resolved, defaults filled "
                       "in), `scenarios` (id, label, mode, sweep `params`), `spec_file`, `run_id`, `datapath`, "
                       "`versions` (caslab, mininet, os-ken, scapy, matplotlib, dnspython, Open vSwitch, kernel, "
-                      "HAProxy, dnsmasq), `python`, `platform` (OS), `git` (commit, dirty), `complete`, "
-                      "`failures`."),
+                      "HAProxy, dnsmasq), `packages` (every installed Python distribution and its version), "
+                      "`python`, `platform` (OS: name, version, kernel, machine), `git` (commit, dirty), "
+                      "`complete`, `failures`; `live: true` for a live lab (`caslab up`), whose "
+                      "`spec.timing.observe_s` is then the time it was up."),
     ("events.jsonl", "Every event of every process of every run, one JSON object per line, sorted by `ts` "
                      "(CLOCK_MONOTONIC ns), tagged with `scenario` and `rep`: the single source of truth. "
                      "Schema: docs/EVENTS.md."),
@@ -31,7 +33,11 @@ FILES = [
     ("raw/<scenario>-r<rep>/", "Each run's own files: `<process>.jsonl` (its events before merging), "
                                "`logs/` (each process's output), `config/` (each process's config), "
                                "`<client>.pcap` (client-link captures), `store/` (the mailbox copies' SQLite "
-                               "databases), `dns-records.json`."),
+                               "databases, kept in a local scratch folder while the lab runs and checkpointed "
+                               "into one file each at teardown), `dns-records.json`."),
+    ("../index.html", "`results/index.html`: every run of the results folder, newest first, linking its "
+                      "report, with its headline table (the terminal table's columns); rewritten after every "
+                      "run, live lab and `caslab report`."),
 ]
 
 

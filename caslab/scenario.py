@@ -17,8 +17,10 @@ import sqlite3
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from caslab import faults, services, system
 from caslab.context import RunContext
@@ -192,7 +194,7 @@ def record_mailboxes(ctx: RunContext) -> None:
     """Log what each database copy holds at the end, so metrics need only the events."""
     for db, entry in ctx.databases.items():
         for server in entry.copies:
-            path = ctx.raw_dir / "store" / server / f"{db}.sqlite"
+            path = ctx.store_dir() / server / f"{db}.sqlite"
             if not path.exists():
                 continue
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -203,8 +205,30 @@ def record_mailboxes(ctx: RunContext) -> None:
             ctx.log.emit(MAILBOX_CONTENTS, db=db, server=server, active=server == entry.active, msg_ids=ids)
 
 
-def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: Progress) -> None:
-    """Run one scenario repetition; raw logs land in raw_dir (kept whatever happens)."""
+@dataclass
+class LabUp:
+    """A lab that is up: every role, the mode's load balancer and (unless asked not to)
+    the clients, each session logged on. What ``lab_up`` yields."""
+
+    ctx: RunContext
+    mode: Mode
+    of_port: int
+    clients: list[LabProcess]
+    watcher: "ExitWatcher"
+
+    def finish(self) -> None:
+        """The orderly end of a lab's life: clients stop, each copy's contents are logged."""
+        self.watcher.halt.set()
+        stop_all(self.clients)
+        record_mailboxes(self.ctx)
+
+
+@contextmanager
+def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: Progress,
+           clients: bool = True) -> Iterator[LabUp]:
+    """Build the network and start everything a run needs, in the order of the module
+    docstring, up to "every client session completed an operation"; tear it all down on
+    leaving, whatever happened. ``caslab run`` and ``caslab up`` share this path."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_from_topology(scenario["topology"])
     mode = mode_for(scenario["mode"])
@@ -214,7 +238,6 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
     ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition, nlb_api_port=free_tcp_port())
     sampler, watcher = CpuSampler(log), ExitWatcher(ctx)
     timing = scenario["timing"]
-    clients = [h.name for h in plan.by_role("client")]
     log.emit(SCENARIO_START, mode=scenario["mode"], label=scenario["label"], repetition=repetition,
              datapath=lab.datapath, plan={h.name: {"role": h.role, "ip": h.ip, "site": h.site} for h in plan.hosts})
     try:
@@ -235,20 +258,12 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         if scenario["probe"]["capture"]:
             start_captures(ctx)
         start_probers(ctx, mode)
-        progress("starting clients")
-        client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
+        up = LabUp(ctx, mode, of_port, [], watcher)
         watcher.start()
-        expected = len(clients) * scenario["clients"]["sessions_per_host"]
-        wait_for_events(LogTail(raw_dir, clients), expected,
-                        lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
-                        timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation")
-        log.emit(CLIENTS_READY, sessions=expected)
-        progress("warming up")
-        time.sleep(timing["warmup_s"])
-        run_timeline(ctx, scenario["faults"], timing["observe_s"], progress)
-        watcher.halt.set()
-        stop_all(client_procs)
-        record_mailboxes(ctx)
+        if clients:
+            progress("starting clients")
+            up.clients = start_sessions(ctx, mode, raw_dir, timing["ready_timeout_s"])
+        yield up
         log.emit(SCENARIO_END, ok=True)
     except BaseException as exc:
         log.emit(SCENARIO_END, ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -260,7 +275,31 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         try:
             lab.stop()
         finally:
-            log.close()
+            try:
+                ctx.keep_stores()
+            finally:
+                log.close()
+
+
+def start_sessions(ctx: RunContext, mode: Mode, raw_dir: Path, timeout_s: float) -> list[LabProcess]:
+    """Start the client hosts' sessions and wait until each completed an operation."""
+    procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
+    clients = [h.name for h in ctx.plan.by_role("client")]
+    expected = len(clients) * ctx.spec["clients"]["sessions_per_host"]
+    wait_for_events(LogTail(raw_dir, clients), expected,
+                    lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
+                    timeout_s, f"all {expected} client sessions to complete an operation")
+    ctx.log.emit(CLIENTS_READY, sessions=expected)
+    return procs
+
+
+def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: Progress) -> None:
+    """Run one scenario repetition; raw logs land in raw_dir (kept whatever happens)."""
+    with lab_up(scenario, repetition, raw_dir, progress) as up:
+        progress("warming up")
+        time.sleep(scenario["timing"]["warmup_s"])
+        run_timeline(up.ctx, scenario["faults"], scenario["timing"]["observe_s"], progress)
+        up.finish()
 
 
 def stop_all(procs: list[LabProcess]) -> None:
@@ -268,29 +307,49 @@ def stop_all(procs: list[LabProcess]) -> None:
         proc.stop()
 
 
+class Window:
+    """The measurement window: the lab's own CPU is metered over it, the wall clock is
+    logged beside the monotonic one at its start (for the captures)."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.cost = CostMeter(ctx.lab, ctx.plan)
+
+    def open(self, observe_s: float) -> None:
+        log_clocks(self.ctx.log)
+        self.cost.start(time.monotonic_ns())
+        self.ctx.log.emit(MEASURE_START, observe_s=observe_s)
+
+    def close(self) -> None:
+        self.ctx.log.emit(MEASURE_END)
+        self.cost.stop(self.ctx.log, time.monotonic_ns())
+
+
+def inject_fault(ctx: RunContext, spec: dict[str, Any]) -> faults.Fault:
+    """Inject a fault now, and undo it after its duration_s where it has one."""
+    fault = faults.inject(ctx, spec)
+    if spec.get("duration_s"):
+        ctx.later(spec["duration_s"], lambda fault=fault: faults.undo(ctx, fault))
+    return fault
+
+
 def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: float, progress: Progress) -> None:
     """Measurement window: faults fire at their at_s offsets from its start (and are
-    undone after their duration_s, where they have one). The lab's own CPU is metered
-    over the window."""
+    undone after their duration_s, where they have one)."""
     start = time.monotonic()
-    cost = CostMeter(ctx.lab, ctx.plan)
-    log_clocks(ctx.log)
-    cost.start(time.monotonic_ns())
-    ctx.log.emit(MEASURE_START, observe_s=observe_s)
+    window = Window(ctx)
+    window.open(observe_s)
     for spec in sorted(fault_list, key=lambda f: (f["at_s"], f["index"])):
         delay = start + spec["at_s"] - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         progress(f"fault {spec['kind']} {','.join(spec['target'])}".strip())
-        fault = faults.inject(ctx, spec)
-        if spec.get("duration_s"):
-            ctx.later(spec["duration_s"], lambda fault=fault: faults.undo(ctx, fault))
+        inject_fault(ctx, spec)
     progress("observing")
     remaining = start + observe_s - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
-    ctx.log.emit(MEASURE_END)
-    cost.stop(ctx.log, time.monotonic_ns())
+    window.close()
 
 
 def log_clocks(log: EventLog, samples: int = 9) -> None:

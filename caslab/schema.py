@@ -4,6 +4,7 @@ mode and fault registries can declare their own spec keys with it."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Field:
     check: Callable[[Any], bool] | None = None
     expected: str = ""
     doc: str = ""
+    options: tuple[str, ...] = ()  # the names a value must be among: "did you mean" draws on them
 
     def validate(self, source: str, key: str, value: Any) -> Any:
         """The value, checked (and a number made a float); SpecError when it is wrong."""
@@ -39,8 +41,19 @@ class Field:
         if isinstance(value, float) and not math.isfinite(value):
             raise SpecError(source, key, (self.expected or kind_name(kinds)) + " (a finite number)", value)
         if self.check is not None and not self.check(value):
-            raise SpecError(source, key, self.expected or kind_name(kinds), value)
+            raise SpecError(source, key, (self.expected or kind_name(kinds)) + did_you_mean(value, self.options), value)
         return float(value) if kinds == NUM else value
+
+
+def did_you_mean(value: Any, options: tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' for the first unknown name in a value (a name or a list), or ''."""
+    names = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+        if isinstance(value, list) else []
+    for name in names:
+        if name not in options:
+            close = difflib.get_close_matches(name, list(options), n=1)
+            return f" (did you mean '{close[0]}'?)" if close else ""
+    return ""
 
 
 def kind_name(kinds: tuple[type, ...]) -> str:
@@ -75,7 +88,7 @@ def num_range(default: float, low: float, high: float, unit: str = "", doc: str 
 
 
 def choice(default: str, options: tuple[str, ...], doc: str = "") -> Field:
-    return Field(str, default, one_of(options), f"one of {list(options)}", doc)
+    return Field(str, default, one_of(options), f"one of {list(options)}", doc, tuple(options))
 
 
 def pattern(default: str, regex: str, expected: str, doc: str = "") -> Field:

@@ -46,7 +46,7 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
                 dbs[db] = {"active": entry.active == host.name, "peers": peers}
         exchange = ctx.spec["exchange"]
         config = {"name": host.name, "listen_port": MAILBOX_PORT, "events": ctx.events_path(host.name),
-                  "store_dir": str(ctx.raw_dir / "store" / host.name), "databases": dbs,
+                  "store_dir": str(ctx.store_dir() / host.name), "databases": dbs,
                   "replication": exchange["replication"], "log_messages": exchange["log_messages"],
                   "log_interval_ms": exchange["log_interval_ms"]}
         procs.append(ctx.start_module(host.name, host.name, "roles.mailbox", config))

@@ -81,7 +81,7 @@ def sample() -> dict[str, float]:
 
 def main_cli(count: int, spec_name: str, overrides: list[str], out: str | None) -> int:
     spec, path = spec_mod.load(spec_name, overrides)
-    base = Path(out) if out else runner.RESULTS_DIR / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    base = Path(out) if out else runner.results_dir() / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}"
     with LabLock():  # no other lab may appear between a run and its residue check
         return soak(count, spec, path, base)
 

@@ -18,12 +18,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from caslab.faults import BUSIEST, FAULTS
+from caslab.faults import FAULTS
 from caslab.modes import MODES
 from caslab.schema import (
     NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
 )
-from topologies.plan import LAB_DOMAIN, MAX_CAS, MAX_CLIENTS, MAX_MAILBOXES, LabPlan, plan_from_topology
+from caslab.scenario_check import array_sites, check_fault_in, check_scenario, server_names  # noqa: F401 (re-exported)
+from topologies.plan import MAX_CAS, MAX_CLIENTS, MAX_MAILBOXES
 
 try:
     import tomllib
@@ -43,7 +44,7 @@ CORE: dict[str, dict[str, Field]] = {
         "seed": Field(int, 1, lambda v: 0 <= v < 2**31, "an integer from 0 to 2147483647"),
         "modes": Field(list, ["sdn-nlb"], lambda v: bool(v) and len(set(v)) == len(v)
                        and list_of(str, lambda m: m in MODES)(v),
-                       f"a non-empty list of distinct modes from {sorted(MODES)}"),
+                       f"a non-empty list of distinct modes from {sorted(MODES)}", options=tuple(MODES)),
     },
     "topology": {
         "cas": int_range(3, 1, MAX_CAS),
@@ -64,7 +65,7 @@ CORE: dict[str, dict[str, Field]] = {
         "backoff_ms": Field(list, [0, 100, 250, 500, 1000, 2000],
                             lambda v: 0 < len(v) <= 32 and list_of(int, lambda x: 0 <= x <= 600000)(v),
                             "a non-empty list of at most 32 delays in ms from 0 to 600000"),
-        "select": Field(str, "next_on_fail", one_of(("first", "next_on_fail")), "'first' or 'next_on_fail'"),
+        "select": choice("next_on_fail", ("first", "next_on_fail")),
         "distinct_source_ips": Field(bool, False),
         "ops": Field(dict, {"read": 4, "send": 2, "sync": 1, "ping": 3},
                      lambda v: bool(v) and all(k in OPS and isinstance(w, int) and not isinstance(w, bool)
@@ -116,7 +117,7 @@ def schema() -> dict[str, dict[str, Field]]:
 
 SCHEMA = schema()
 FAULT_COMMON: dict[str, Field] = {
-    "kind": Field(str, None, one_of(tuple(FAULTS)), f"one of {sorted(FAULTS)}"),
+    "kind": Field(str, None, one_of(tuple(FAULTS)), f"one of {sorted(FAULTS)}", options=tuple(FAULTS)),
     "target": Field((str, list), None, None, "a host name like 'cas1' or a list of them ('@busiest': the CAS "
                                              "serving the most sessions when the fault fires)"),
     "at_s": Field(NUM, 0.0, non_negative, "a non-negative number of seconds after warm-up"),
@@ -152,7 +153,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     faults = raw.get("faults", [])
     if not isinstance(faults, list):
         raise SpecError(source, "faults", "an array of tables ([[faults]])", faults)
-    spec["faults"] = [_check_fault(source, i, f) for i, f in enumerate(faults)]
+    spec["faults"] = [check_fault(source, i, f) for i, f in enumerate(faults)]
     spec["sweep"] = _check_sweep(source, raw.get("sweep", {}))
     spec["arrays"] = _check_arrays(source, raw.get("arrays"))
     for scenario in scenarios(spec):
@@ -161,7 +162,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return spec
 
 
-def _check_fault(source: str, index: int, raw: Any) -> dict[str, Any]:
+def check_fault(source: str, index: int, raw: Any) -> dict[str, Any]:
     prefix = f"faults[{index}]"
     if not isinstance(raw, dict):
         raise SpecError(source, prefix, "a table with kind, target, at_s", raw)
@@ -239,97 +240,6 @@ def _check_arrays(source: str, arrays: Any) -> list[dict[str, str]] | None:
     return out
 
 
-# ---------------------------------------------------------------- one scenario against its plan
-
-def array_sites(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    if scenario["arrays"] is None:
-        return [s.name for s in plan.sites if plan.by_role("cas", s.name)]
-    return [a["site"] for a in scenario["arrays"]]
-
-
-def server_names(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    """What a database's RpcClientAccessServer may name: an array, a CAS or its FQDN."""
-    names = [f"array:{s}" for s in array_sites(scenario, plan)]
-    names += [a["fqdn"] for a in scenario["arrays"] or []]
-    if scenario["arrays"] is None:
-        names += [s.array_fqdn for s in plan.sites if plan.by_role("cas", s.name)]
-    for cas in plan.by_role("cas"):
-        names += [cas.name, f"{cas.name}.{LAB_DOMAIN}"]
-    return names
-
-
-def check_scenario(source: str, scenario: dict[str, Any]) -> None:
-    """Consistency of one resolved scenario (a sweep point) with its addressing plan."""
-    topo = scenario["topology"]
-    for key in ("wan_bw_mbit", "wan_delay_ms"):
-        if topo[key] and not topo["branch"]:
-            raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
-                                                       "there is no WAN link to shape", topo[key])
-    try:
-        plan = plan_from_topology(topo)
-    except ValueError as exc:
-        raise SpecError(source, "topology", str(exc)) from None
-    hosts = {h.name: h for h in plan.hosts}
-    window_ms = scenario["timing"]["observe_s"] * 1000
-    clients = scenario["clients"]
-    for key in ("op_timeout_ms", "connect_timeout_ms"):
-        if clients[key] >= window_ms:
-            raise SpecError(source, f"clients.{key}", f"less than the observation window "
-                                                      f"(timing.observe_s = {scenario['timing']['observe_s']:g} s)",
-                            clients[key])
-    if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
-        raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
-                                                            "(one address per session)", clients["sessions_per_host"])
-    _check_exchange(source, scenario, plan, hosts)
-    mode = MODES[scenario["mode"]]
-    for fault in scenario["faults"]:
-        key = f"faults[{fault['index']}]"
-        cls = FAULTS[fault["kind"]]
-        for target in fault["target"]:
-            if target == BUSIEST and "cas" in cls.target_roles:
-                continue  # chosen at the fault's instant: the CAS serving the most sessions
-            host = hosts.get(target) if isinstance(target, str) else None
-            if host is None or host.role not in cls.target_roles:
-                allowed = sorted((h for h in hosts.values() if h.role in cls.target_roles), key=lambda h: h.ip)
-                raise SpecError(source, f"{key}.target", f"a host of this topology whose role is one of "
-                                                         f"{list(cls.target_roles)}: {[h.name for h in allowed]}",
-                                target)
-        if fault["at_s"] >= scenario["timing"]["observe_s"]:
-            raise SpecError(source, f"{key}.at_s", f"a time before the end of the observation window "
-                                                   f"(timing.observe_s = {scenario['timing']['observe_s']:g})",
-                            fault["at_s"])
-        missing = cls.requires - mode.capabilities
-        if missing:
-            raise SpecError(source, f"{key}.kind", f"a fault mode {mode.name} supports: {fault['kind']} needs "
-                                                   f"{' and '.join(sorted(missing))}, which {mode.name} does not have",
-                            fault["kind"])
-        cls.check(fault, scenario, plan, source, key)
-
-
-def _check_exchange(source: str, scenario: dict[str, Any], plan: LabPlan, hosts: dict) -> None:
-    databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
-    exchange = scenario["exchange"]
-    for db in exchange["created_before_array"]:
-        if db not in databases:
-            raise SpecError(source, "exchange.created_before_array", f"databases of this topology {databases}", db)
-    allowed = server_names(scenario, plan)
-    for db, server in exchange["rpc_client_access_server"].items():
-        if db not in databases:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}",
-                            f"a database of this topology {databases}", db)
-        if server not in allowed:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"one of {allowed}", server)
-    sites = [s.name for s in plan.sites]
-    for i, array in enumerate(scenario["arrays"] or []):
-        if array["site"] not in sites:
-            raise SpecError(source, f"arrays[{i}].site", f"a site of this topology {sites}", array["site"])
-        if not plan.by_role("cas", array["site"]):
-            raise SpecError(source, f"arrays[{i}].site", "a site with CAS servers", array["site"])
-        shadowed = array["fqdn"].split(".")[0] if array["fqdn"].endswith("." + LAB_DOMAIN) else None
-        if shadowed in hosts or array["fqdn"] in {f"{h}.{LAB_DOMAIN}" for h in hosts}:
-            raise SpecError(source, f"arrays[{i}].fqdn", "a name that is not a lab host's", array["fqdn"])
-
-
 # ---------------------------------------------------------------- files, overrides, scenarios
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -380,7 +290,8 @@ def resolve_path(name: str | None) -> Path:
     raise SpecError(str(path), "(file)", f"an existing TOML file or the name of one in experiments/{hint}")
 
 
-def load(name: str | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+def load_raw(name: str | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """The spec as written (overrides applied), not yet validated."""
     path = resolve_path(name)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -388,8 +299,22 @@ def load(name: str | None, overrides: list[str] | None = None) -> tuple[dict[str
         raise SpecError(str(path), "(syntax)", f"valid TOML ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), "(file)", f"a readable UTF-8 file ({exc})") from None
-    raw = apply_overrides(raw, overrides or [])
+    return apply_overrides(raw, overrides or []), path
+
+
+def load(name: str | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    raw, path = load_raw(name, overrides)
     return validate(raw, str(path)), path
+
+
+def describe(path: Path) -> str:
+    """A spec file's experiment.description (empty if it has none or does not parse)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    description = raw.get("experiment", {}).get("description", "") if isinstance(raw.get("experiment"), dict) else ""
+    return description if isinstance(description, str) else ""
 
 
 def mode_sections() -> set[str]:

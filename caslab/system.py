@@ -121,12 +121,19 @@ def installed_packages() -> dict[str, str]:
     return {d.metadata["Name"]: d.version for d in distributions() if d.metadata["Name"]}
 
 
-def give_to_invoking_user(path: str) -> None:
-    """Under sudo, hand a result folder to the user who ran sudo (SUDO_UID), not to root."""
+def give_to_invoking_user(path: str, recursive: bool = True) -> None:
+    """Under sudo, hand a result folder (or file) to the user who ran sudo (SUDO_UID), not
+    to root. ``recursive=False``: the folder itself only (``results/``, made by a run)."""
     uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
     if os.geteuid() != 0 or not uid or not uid.isdigit():
         return
     gid_n = int(gid) if gid and gid.isdigit() else -1
+    if not recursive or not os.path.isdir(path):
+        try:
+            os.lchown(path, int(uid), gid_n)
+        except OSError:
+            pass
+        return
     for root, dirs, files in os.walk(path):
         for name in [root] + [os.path.join(root, n) for n in dirs + files]:
             try:

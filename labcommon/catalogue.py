@@ -236,6 +236,10 @@ FAULT_DONE = event("fault_done", "runner", "a fault's injection finished",
                    kind=f("str", "fault kind"), targets=f("list", "hosts targeted"), index=opt("int", "fault position"))
 FAULT_UNDONE = event("fault_undone", "runner", "a fault was reverted (link up again, process continued, ...)",
                      kind=f("str", "fault kind"), targets=f("list", "hosts"), index=opt("int", "fault position"))
+LIVE_COMMAND = event("live_command", "runner", "a command given to a live lab (caslab up) from another shell "
+                                               "or its CLI: a fault, an NLB admin action, stop",
+                     command=f("str", "the command, as the lab understood it"), ok=f("bool", "it was carried out"),
+                     answer=f("str", "the lab's answer, or why it refused"))
 LINK_STATE = event("link_state", "runner", "a fault set a link up or down", host=f("str", "host"),
                    up=f("bool", "link is up"))
 DB_ACTIVE = event("db_active", "runner", "Active Manager made a copy of a database active",

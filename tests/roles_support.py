@@ -310,8 +310,12 @@ def admin(service: Service, message: dict, expect_ok: bool = True) -> dict:
 
 
 def db_status(mailbox: Service, db: str = "DB1") -> dict:
-    """A copy's admin status: {active, last_seq, behind}."""
-    return admin(mailbox, {"op": "status"})["databases"][db]
+    """A copy's admin status: {active, last_seq, behind}, after checking that the head it
+    heard (what a failover passes on) agrees with how far behind it says it is."""
+    status = dict(admin(mailbox, {"op": "status"})["databases"][db])
+    heard = status.pop("heard_head")
+    assert status["behind"] == max(0, heard - status["last_seq"]), (heard, status)
+    return status
 
 
 def send_direct(conn: Conn, msg_id: str, user: str = "alice", db: str = "DB1") -> dict:

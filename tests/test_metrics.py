@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from caslab import metrics
+from caslab.metrics import stats
 from caslab.metrics import RunParams, analyze_run, summarize_scenario
 from labcommon.catalogue import problems
 
@@ -174,7 +175,29 @@ def test_percentiles_are_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert metrics.percentile(values, 50) == 50 and metrics.percentile(values, 99) == 99
     assert metrics.percentile(values, 100) == 100 and metrics.percentile([], 50) is None
-    assert metrics.Distribution.of([5.0]).p99 == 5.0
+    assert metrics.Distribution.of([5.0]).max == 5.0
+
+
+def test_p99_needs_a_hundred_values():
+    """Below 100 values the nearest-rank p99 is the maximum: it is left out, never faked."""
+    assert metrics.Distribution.of([float(v) for v in range(1, 100)]).p99 is None
+    hundred = metrics.Distribution.of([float(v) for v in range(1, 101)])
+    assert hundred.n == 100 and hundred.p99 == 99.0 and hundred.max == 100.0
+
+
+def test_student_t_matches_the_table_and_known_values():
+    for dof, quantile in stats.T95.items():
+        assert abs(stats.t_quantile(0.975, dof) - quantile) < 1e-3
+    assert abs(stats.t_cdf(1.0, 1) - 0.75) < 1e-9  # Cauchy
+    assert abs(stats.t_cdf(0.0, 7.5) - 0.5) < 1e-12
+
+
+def test_welch_difference_and_interval():
+    w = stats.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert w.diff == 3.0 and w.dof == 4.0 and w.ci95 == [0.7, 5.3] and abs(w.p - 0.0213) < 1e-4
+    unequal = stats.welch([10.0, 12.0, 11.0, 13.0], [30.0, 10.0, 50.0])
+    assert unequal.ci95[0] < unequal.diff < unequal.ci95[1] and 2 < unequal.dof < 3  # dominated by b's spread
+    assert stats.welch([1.0], [2.0, 3.0]).ci95 is None and stats.welch([], [1.0]) is None
 
 
 def test_confidence_interval_contains_the_mean_and_shrinks():

@@ -84,7 +84,7 @@ def test_wnlb_converges_after_missed_heartbeats(tmp_path, no_residue):
 def test_sdn_nlb_crash_is_reset_by_the_kernel(tmp_path, no_residue):
     s, _ = run(tmp_path, "sdn-nlb", [{"kind": "crash", "target": "@busiest", "at_s": 0.5}])
     assert s["affected"] > 0 and s["recovered"] == s["affected"] and s["collateral"] == 0
-    assert s["reconnect_ms"]["p99"] < 1000
+    assert s["reconnect_ms"]["max"] < 1000
 
 
 def test_sdn_nlb_catches_a_frozen_cas_with_app_probes(tmp_path, no_residue):

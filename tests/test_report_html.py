@@ -2,87 +2,52 @@
 
 A result folder is built from synthetic but realistically shaped events (two HA modes,
 two repetitions each, a CAS powered off), ``write_report`` turns it into report.html, and
-a real headless Chromium (Debian's ``chromium`` driven through ``chromium-driver`` and
-Selenium) opens it from disk. No network, no Mininet, no root needed.
+a real headless Chromium (tests/browser.py: Debian's ``chromium`` through Selenium, or
+Playwright's Chromium where the distribution ships none) opens it from disk. No network,
+no Mininet, no root needed.
 
-The browser must be installed: on a developer machine without it the test is skipped
-with the reason; under CI (CI set) a missing browser is a failure, as for the real
-network tests, so CI cannot pass by skipping it.
+The browser must be installed: without it the test is skipped with a reason that names
+the platform; under CI (CI set) on Debian, whose packages lab.sh installs, a missing
+browser is a failure, so CI cannot pass by skipping it.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import random
 import re
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from caslab import report, runner, spec as spec_mod
+from tests import browser
 
 MS = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CHROMIUM_NAMES = ("chromium", "chromium-browser")
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                  "--hide-scrollbars", "--force-device-scale-factor=1")
 
 
 # ---- the browser -------------------------------------------------------------------------
 
 
-def browser_paths() -> tuple[str | None, str | None, str | None]:
-    """(chromium, chromedriver, missing reason)."""
-    chromium = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
-                                              else None)
-    missing = []
-    if chromium is None:
-        missing.append("chromium (Debian package chromium)")
-    if driver is None:
-        missing.append("chromedriver (Debian package chromium-driver)")
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("selenium (pip install 'selenium>=4.11,<5')")
-    return chromium, driver, ("needs " + ", ".join(missing)) if missing else None
-
-
 @pytest.fixture
 def chromium(tmp_path, monkeypatch):
-    """A headless Chromium WebDriver on the system chromedriver; selenium-manager is never asked."""
-    binary, driver_path, missing = browser_paths()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must open the report in a real browser, but it {missing}", pytrace=False)
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    # Belt and braces: with an explicit driver path Selenium skips selenium-manager, and
-    # offline mode forbids it any download should a future version ask it anyway.
-    monkeypatch.setenv("SE_OFFLINE", "true")
-    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    options.add_argument("--window-size=1280,900")
-    service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(30)
+    """A headless Chromium (tests/browser.py: Debian's package through Selenium, or
+    Playwright's build where the distribution has none); never a download by the test."""
+    context = browser.headless_chromium(tmp_path, monkeypatch)
+    try:
+        driver = context.__enter__()
+    except browser.Unavailable as exc:
+        if os.environ.get("CI") and browser.distribution_ships_chromium():
+            pytest.fail(f"CI must open the report in a real browser: {exc}", pytrace=False)
+        pytest.skip(str(exc))
     try:
         yield driver
     finally:
-        driver.quit()
+        context.__exit__(None, None, None)
 
 
 # ---- a synthetic result folder ---------------------------------------------------------------

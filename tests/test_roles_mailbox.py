@@ -204,7 +204,7 @@ def test_passive_copy_refuses_client_ops(passive):
         for op in ("send", "read", "sync"):
             assert_refused(conn.call({"op": op, "db": "DB1", "user": "alice", "msg_id": "m"}), "not_active")
     assert admin(passive, {"op": "status"}) == \
-        {"ok": True, "server": "mbxp", "databases": {"DB1": {"active": False, "last_seq": 0, "behind": 0}}}
+        {"ok": True, "server": "mbxp", "databases": {"DB1": {"active": False, "last_seq": 0, "behind": 0, "heard_head": 0}}}
     assert stored_ids(passive.store_dir) == []
     passive.assert_alive()
 

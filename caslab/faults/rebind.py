@@ -18,7 +18,7 @@ class Rebind(Fault):
 
     @classmethod
     def check(cls, fault, scenario, plan, source, key):
-        from caslab.spec import server_names
+        from caslab.scenario_check import server_names
 
         databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
         if fault["database"] not in databases:

@@ -1,5 +1,11 @@
 """Statistics the lab reports: nearest-rank percentiles (every value shown was observed),
-distributions with their n, and Student's t confidence intervals over repetitions."""
+distributions with their n, Student's t confidence intervals over repetitions, and
+Welch's t for the difference of two runs' means (``caslab compare``).
+
+A p99 needs at least ``P99_MIN_N`` values: below that the nearest-rank p99 is simply the
+maximum, and printing it as "p99" would claim a tail the data cannot show. It is left out
+(None) and every table shows the maximum beside ``n``.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ def percentile(values: list[float], pct: float) -> float | None:
     return ordered[rank - 1]
 
 
+P99_MIN_N = 100
+
+
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -48,8 +57,9 @@ class Distribution:
 
     @classmethod
     def of(cls, values: list[float], rep_means: list[float] | None = None) -> "Distribution":
+        p99 = percentile(values, 99) if len(values) >= P99_MIN_N else None
         return cls(len(values), _round(percentile(values, 50)), _round(percentile(values, 95)),
-                   _round(percentile(values, 99)), _round(max(values) if values else None),
+                   _round(p99), _round(max(values) if values else None),
                    _round(statistics.fmean(values) if values else None),
                    confidence_interval(rep_means or []),
                    _round(statistics.fmean(rep_means)) if rep_means else None)
@@ -66,3 +76,85 @@ def confidence_interval(samples: list[float]) -> list[float] | None:
 
 def median(values: list[float]) -> float | None:
     return _round(statistics.median(values), 1) if values else None
+
+
+# ---------------------------------------------------------------- Student's t, Welch's test
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1 + aa * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-14:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, dof: float) -> float:
+    """P(T <= t) for Student's t with ``dof`` (possibly fractional) degrees of freedom."""
+    tail = 0.5 * _betainc(dof / 2, 0.5, dof / (dof + t * t))
+    return 1 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The t with P(T <= t) = p (0.5 < p < 1), by bisection."""
+    low, high = 0.0, 1e6
+    for _ in range(200):
+        mid = (low + high) / 2
+        if t_cdf(mid, dof) < p:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+@dataclass
+class Welch:
+    """Difference of two means (b - a) over repetitions, with Welch's 95 % CI and p-value."""
+
+    diff: float
+    ci95: list[float] | None
+    dof: float | None
+    p: float | None
+    n_a: int
+    n_b: int
+
+
+def welch(a: list[float], b: list[float]) -> Welch | None:
+    """Welch's t on two samples (each a run's per-repetition means); None if either mean is
+    missing. A CI needs two values on each side; with no spread at all it is a point."""
+    if not a or not b:
+        return None
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    if len(a) < 2 or len(b) < 2:
+        return Welch(round(diff, 1), None, None, None, len(a), len(b))
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    if se2 == 0:
+        return Welch(round(diff, 1), [round(diff, 1), round(diff, 1)], None, None, len(a), len(b))
+    dof = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_quantile(0.975, dof) * math.sqrt(se2)
+    p = 2 * (1 - t_cdf(abs(diff) / math.sqrt(se2), dof))
+    return Welch(round(diff, 1), [round(diff - half, 1), round(diff + half, 1)], round(dof, 2), round(p, 4),
+                 len(a), len(b))

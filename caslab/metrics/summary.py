@@ -49,6 +49,15 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         process_exits=exits, cost=scenario_cost)
 
 
+def headline_fault(scenario: ScenarioSummary) -> int:
+    """The fault a scenario's figures and headlines show: the first that affected anyone
+    (else the first)."""
+    for row in scenario.faults:
+        if row.affected:
+            return row.fault_index
+    return scenario.faults[0].fault_index if scenario.faults else 0
+
+
 def cost_summary(runs: list[RunOutcome]) -> dict[str, Any]:
     """The lab's CPU per successful operation over all repetitions, by kind of process."""
     ops = sum(r.cost.get("ops", 0) for r in runs)

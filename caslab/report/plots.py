@@ -3,8 +3,8 @@ computed here, every number comes from the typed outcomes.
 
     verdict.png            share of affected sessions served again over time (log axis),
                            never-recovered visible: the answer, first
-    timeline-<id>.png      each session around the fault (a heat map above 100 sessions),
-                           with a zoomed inset and the load balancer's detection
+    timeline-<id>.png      each session around the fault (a heat map above 200 sessions),
+                           with a zoomed panel and the load balancer's detection
     reconnect-cdf.png      reconnect times incl. the never-recovered, at the window's edge
     reconnect-means.png    mean of the repetitions' means with its 95 % CI
     goodput.png            successful operations per second, and CPU idle, around the fault
@@ -22,17 +22,10 @@ import numpy as np
 
 from caslab.analysis import Analysis
 from caslab.metrics import PHASE_LABELS, PHASES
+from caslab.metrics.summary import headline_fault
 from caslab.report.style import STATUS_COLOURS, plt, save, scenario_styles
 
-HEATMAP_ABOVE = 100  # sessions: above this a timeline is a heat map, not one row each
-
-
-def headline_fault(scenario) -> int:
-    """The fault a scenario's figures show: the first that affected anyone (else the first)."""
-    for row in scenario.faults:
-        if row.affected:
-            return row.fault_index
-    return scenario.faults[0].fault_index if scenario.faults else 0
+HEATMAP_ABOVE = 200  # sessions: above this a timeline is a heat map, not one row each
 
 
 def window_ms(analysis: Analysis) -> float:
@@ -145,8 +138,9 @@ def plot_means(analysis: Analysis, styles, out: Path) -> str | None:
             ci = d.ci95_mean
             low, high = (max(point - max(ci[0], 0.1), 0), max(ci[1] - point, 0)) if ci else (0, 0)
             ax.errorbar([x], [point], yerr=[[low], [high]], fmt=st["marker"], capsize=6, color=st["color"])
-            ax.annotate(f"{point:.0f} ms (n={d.n}{'' if ci else ', no CI'})", (x, point), textcoords="offset points",
-                        xytext=(8, 4), fontsize=7)
+            ax.annotate(f"{point:.0f} ms ({r.repetitions} rep{'s' if r.repetitions != 1 else ''}, n={d.n}"
+                        f"{'' if ci else ', no CI'})", (x, point), textcoords="offset points", xytext=(8, 4),
+                        fontsize=7)
         if r.unrecovered:
             ax.plot([x], [edge], marker="^", color=st["color"], markersize=8)
             ax.annotate(f"{r.unrecovered} never recovered", (x, edge), textcoords="offset points", xytext=(8, -10),
@@ -258,71 +252,75 @@ def plot_probes(analysis: Analysis, styles, out: Path, bin_s: float = 0.25) -> s
 
 
 def plot_timeline(analysis: Analysis, scenario, out: Path) -> str:
+    """Sessions over the whole window (left) and zoomed into -0.2 .. 1 s (right): one row
+    per session, or above HEATMAP_ABOVE sessions a heat map; the fault and the load
+    balancer's detection marked in both."""
     trace = analysis.traces[scenario.id]
     sessions = sorted(trace.sessions)
-    name = f"timeline-{scenario.id}.png"
-    if len(sessions) > HEATMAP_ABOVE:
-        return _timeline_heatmap(trace, sessions, scenario, out / name)
-    fig, ax = plt.subplots(figsize=(10, min(0.12 * len(sessions) + 2.2, 14)))
-    _timeline_rows(ax, trace, sessions, small=len(sessions) > 40)
-    inset = ax.inset_axes([0.62, 0.06, 0.36, 0.4])
-    _timeline_rows(inset, trace, sessions, small=True, zoom=True)
-    inset.set_xlim(-0.2, 1.0)
-    inset.set_yticks([])
-    inset.set_title("zoom: -0.2 .. 1 s", fontsize=7)
-    inset.tick_params(labelsize=6)
-    ax.set_title(f"Client sessions around the fault: {scenario.label} (first repetition)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
-    fig.tight_layout()
-    return save(fig, out / name)[0]
+    heat = len(sessions) > HEATMAP_ABOVE
+    height = 6.0 if heat else min(0.12 * len(sessions) + 2.2, 14)
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, height), sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+    draw = _timeline_heatmap if heat else _timeline_rows
+    interval = analysis.manifest["spec"]["clients"]["interval_ms"]  # a bin shorter than it is empty by design
+    bins = (max(100, interval), max(20, interval))
+    draw(ax, trace, sessions, (-trace.before_ms, trace.after_ms), bins[0])
+    draw(zoom, trace, sessions, (-200.0, 1000.0), bins[1])
+    for axis in (ax, zoom):
+        _timeline_markers(axis, trace)
+    ax.set_xlabel("seconds relative to the fault" + (f" ({bins[0]:g} ms bins)" if heat else ""))
+    zoom.set_xlabel("zoom: -0.2 .. 1 s" + (f" ({bins[1]:g} ms bins)" if heat else ""))
+    ax.set_ylabel(f"client sessions ({len(sessions)})" if heat or len(sessions) > 40 else "client session")
+    if not heat and len(sessions) <= 40:
+        ax.set_yticks(range(len(sessions)))
+        ax.set_yticklabels(sessions, fontsize=6)
+    elif not heat:
+        ax.set_yticks([])
+    fig.suptitle(f"Client sessions around the fault: {scenario.label} (first repetition); fault: {trace.fault_label}",
+                 fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    if heat:
+        handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="#999999") for c in HEAT_COLOURS[1:] + HEAT_COLOURS[:1]] + handles
+        labels = ["all ok", "some failed", "failed / dropped", "no operation"] + labels
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.80, 0.98), fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.80, 1))
+    return save(fig, out / f"timeline-{scenario.id}.png")[0]
 
 
-def _timeline_rows(ax, trace, sessions, small: bool, zoom: bool = False) -> None:
+def _timeline_markers(ax, trace) -> None:
+    ax.axvline(0, color="#E69F00", linestyle="--", label=f"fault: {trace.fault_label}")
+    for noticed in trace.lb_noticed_ms:
+        ax.axvline(noticed / 1000, color="#0072B2", linestyle=":", linewidth=1.2,
+                   label=f"load balancer noticed (+{noticed:.0f} ms)")
+
+
+def _timeline_rows(ax, trace, sessions, span_ms: tuple[float, float], _bin_ms: float) -> None:
     row = {sid: i for i, sid in enumerate(sessions)}
+    small = len(sessions) > 40
     for status, colour in STATUS_COLOURS.items():
-        points = [(t / 1000, row[sid]) for sid in sessions for t, st in trace.sessions[sid] if st == status]
+        points = [(t / 1000, row[sid]) for sid in sessions for t, st in trace.sessions[sid]
+                  if st == status and span_ms[0] <= t <= span_ms[1]]
         if points:
             xs, ys = zip(*points)
-            ax.scatter(xs, ys, s=6 if status == "ok" else 16, c=colour, marker="|" if status == "ok" else "x",
-                       label=None if zoom else status, linewidths=0.8)
-    ax.axvline(0, color="#E69F00", linestyle="--", label=None if zoom else f"fault: {trace.fault_label}")
-    for noticed in trace.lb_noticed_ms:
-        ax.axvline(noticed / 1000, color="#0072B2", linestyle=":",
-                   label=None if zoom else f"load balancer noticed (+{noticed:.0f} ms)")
-    ax.set_xlim(-trace.before_ms / 1000, trace.after_ms / 1000)
-    if not zoom:
-        ax.set_xlabel("seconds relative to the fault")
-        ax.set_ylabel("client session")
-        if small:
-            ax.set_yticks([])
-        else:
-            ax.set_yticks(range(len(sessions)))
-            ax.set_yticklabels(sessions, fontsize=6)
+            ax.scatter(xs, ys, s=(4 if small else 6) if status == "ok" else 16, c=colour,
+                       marker="|" if status == "ok" else "x", label=status, linewidths=0.8)
+    ax.set_xlim(span_ms[0] / 1000, span_ms[1] / 1000)
+    ax.set_ylim(len(sessions) - 0.5, -0.5)
 
 
-def _timeline_heatmap(trace, sessions, scenario, path: Path, bin_ms: float = 100) -> str:
+HEAT_COLOURS = ["#FFFFFF", "#009E73", "#E69F00", "#D55E00"]
+
+
+def _timeline_heatmap(ax, trace, sessions, span_ms: tuple[float, float], bin_ms: float) -> None:
     """Sessions x time bins: green where every operation succeeded, orange where some
     failed, vermillion where all failed or the session dropped, white where nothing happened."""
-    edges = np.arange(-trace.before_ms, trace.after_ms + bin_ms, bin_ms)
+    from matplotlib.colors import ListedColormap
+
+    edges = np.arange(span_ms[0], span_ms[1] + bin_ms, bin_ms)
     grid = np.zeros((len(sessions), len(edges) - 1))
     for i, sid in enumerate(sessions):
         ok = np.histogram([t for t, st in trace.sessions[sid] if st == "ok"], edges)[0]
         bad = np.histogram([t for t, st in trace.sessions[sid] if st != "ok"], edges)[0]
         grid[i] = np.where(bad == 0, np.where(ok > 0, 1, 0), np.where(ok > 0, 2, 3))
-    from matplotlib.colors import ListedColormap
-
-    cmap = ListedColormap(["#FFFFFF", "#009E73", "#E69F00", "#D55E00"])
-    fig, ax = plt.subplots(figsize=(10, 6))
-    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=3,
+    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=ListedColormap(HEAT_COLOURS), vmin=0, vmax=3,
               extent=(edges[0] / 1000, edges[-1] / 1000, len(sessions), 0))
-    ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
-    for noticed in trace.lb_noticed_ms:
-        ax.axvline(noticed / 1000, color="#0072B2", linestyle=":", linewidth=0.8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("#009E73", "#E69F00", "#D55E00", "#FFFFFF")]
-    ax.legend(handles, ["all ok", "some failed", "failed / dropped", "no operation"], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_xlabel(f"seconds relative to the fault ({bin_ms:.0f} ms bins)")
-    ax.set_ylabel(f"client sessions ({len(sessions)})")
-    ax.set_title(f"Client sessions around the fault: {scenario.label} (first repetition); fault: {trace.fault_label}")
-    fig.tight_layout()
-    return save(fig, path)[0]
+    ax.set_xlim(span_ms[0] / 1000, span_ms[1] / 1000)

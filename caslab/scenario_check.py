@@ -1,0 +1,115 @@
+"""One resolved scenario (a sweep point) checked against its own addressing plan.
+
+Split from ``caslab.spec`` (which checks types and ranges): these checks need the plan
+the scenario's topology builds, the HA mode's capabilities and each fault's own rules.
+The live lab (``caslab up``) checks a fault given from another shell with the same
+``check_fault_in``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from caslab.faults import BUSIEST, FAULTS
+from caslab.modes import MODES
+from caslab.schema import SpecError
+from topologies.plan import LAB_DOMAIN, LabPlan, plan_from_topology
+
+
+def array_sites(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
+    if scenario["arrays"] is None:
+        return [s.name for s in plan.sites if plan.by_role("cas", s.name)]
+    return [a["site"] for a in scenario["arrays"]]
+
+
+def server_names(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
+    """What a database's RpcClientAccessServer may name: an array, a CAS or its FQDN."""
+    names = [f"array:{s}" for s in array_sites(scenario, plan)]
+    names += [a["fqdn"] for a in scenario["arrays"] or []]
+    if scenario["arrays"] is None:
+        names += [s.array_fqdn for s in plan.sites if plan.by_role("cas", s.name)]
+    for cas in plan.by_role("cas"):
+        names += [cas.name, f"{cas.name}.{LAB_DOMAIN}"]
+    return names
+
+
+def check_scenario(source: str, scenario: dict[str, Any]) -> None:
+    """Consistency of one resolved scenario (a sweep point) with its addressing plan."""
+    topo = scenario["topology"]
+    for key in ("wan_bw_mbit", "wan_delay_ms"):
+        if topo[key] and not topo["branch"]:
+            raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
+                                                       "there is no WAN link to shape", topo[key])
+    try:
+        plan = plan_from_topology(topo)
+    except ValueError as exc:
+        raise SpecError(source, "topology", str(exc)) from None
+    hosts = {h.name: h for h in plan.hosts}
+    window_ms = scenario["timing"]["observe_s"] * 1000
+    clients = scenario["clients"]
+    for key in ("op_timeout_ms", "connect_timeout_ms"):
+        if clients[key] >= window_ms:
+            raise SpecError(source, f"clients.{key}", f"less than the observation window "
+                                                      f"(timing.observe_s = {scenario['timing']['observe_s']:g} s)",
+                            clients[key])
+    if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
+        raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
+                                                            "(one address per session)", clients["sessions_per_host"])
+    _check_exchange(source, scenario, plan, hosts)
+    for fault in scenario["faults"]:
+        check_fault_in(source, scenario, plan, fault)
+
+
+def check_fault_in(source: str, scenario: dict[str, Any], plan: LabPlan, fault: dict[str, Any]) -> None:
+    """One validated fault against its scenario: targets of the right role in this plan,
+    a time inside the window, a mode that offers what it needs, the fault's own checks."""
+    hosts = {h.name: h for h in plan.hosts}
+    mode = MODES[scenario["mode"]]
+    key = f"faults[{fault['index']}]"
+    cls = FAULTS[fault["kind"]]
+    for target in fault["target"]:
+        if target == BUSIEST and "cas" in cls.target_roles:
+            continue  # chosen at the fault's instant: the CAS serving the most sessions
+        host = hosts.get(target) if isinstance(target, str) else None
+        if host is None or host.role not in cls.target_roles:
+            allowed = sorted((h for h in hosts.values() if h.role in cls.target_roles), key=lambda h: h.ip)
+            names = [h.name for h in allowed]
+            close = difflib.get_close_matches(str(target), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SpecError(source, f"{key}.target", f"a host of this topology whose role is one of "
+                                                     f"{list(cls.target_roles)}: {names}{hint}", target)
+    if fault["at_s"] >= scenario["timing"]["observe_s"]:
+        raise SpecError(source, f"{key}.at_s", f"a time before the end of the observation window "
+                                               f"(timing.observe_s = {scenario['timing']['observe_s']:g})",
+                        fault["at_s"])
+    missing = cls.requires - mode.capabilities
+    if missing:
+        raise SpecError(source, f"{key}.kind", f"a fault mode {mode.name} supports: {fault['kind']} needs "
+                                               f"{' and '.join(sorted(missing))}, which {mode.name} does not have",
+                        fault["kind"])
+    cls.check(fault, scenario, plan, source, key)
+
+
+def _check_exchange(source: str, scenario: dict[str, Any], plan: LabPlan, hosts: dict) -> None:
+    databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
+    exchange = scenario["exchange"]
+    for db in exchange["created_before_array"]:
+        if db not in databases:
+            raise SpecError(source, "exchange.created_before_array", f"databases of this topology {databases}", db)
+    allowed = server_names(scenario, plan)
+    for db, server in exchange["rpc_client_access_server"].items():
+        if db not in databases:
+            raise SpecError(source, f"exchange.rpc_client_access_server.{db}",
+                            f"a database of this topology {databases}", db)
+        if server not in allowed:
+            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"one of {allowed}", server)
+    sites = [s.name for s in plan.sites]
+    for i, array in enumerate(scenario["arrays"] or []):
+        if array["site"] not in sites:
+            raise SpecError(source, f"arrays[{i}].site", f"a site of this topology {sites}", array["site"])
+        if not plan.by_role("cas", array["site"]):
+            raise SpecError(source, f"arrays[{i}].site", "a site with CAS servers", array["site"])
+        shadowed = array["fqdn"].split(".")[0] if array["fqdn"].endswith("." + LAB_DOMAIN) else None
+        if shadowed in hosts or array["fqdn"] in {f"{h}.{LAB_DOMAIN}" for h in hosts}:
+            raise SpecError(source, f"arrays[{i}].fqdn", "a name that is not a lab host's", array["fqdn"])

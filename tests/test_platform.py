@@ -1,0 +1,87 @@
+"""What makes the README's two commands work on every platform it names, checked without
+booting one: lab.sh needs root but never calls sudo (a minimal root machine has none),
+reads only its own keys from /etc/caslab.env (how the Vagrant VM keeps the venv off the
+synced folder), and every module the project imports is declared in pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+LOCAL = {"caslab", "labcommon", "topologies", "controllers", "traffic", "roles", "tests"}
+IMPORT_TO_DIST = {"dns": "dnspython", "os_ken": "os-ken", "yaml": "pyyaml"}
+RYU_VENV_ONLY = {"ryu", "eventlet"}  # imported by controllers/compat.py only under upstream Ryu (its own venv)
+
+
+def paths(env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(["bash", str(ROOT / "lab.sh"), "paths"], capture_output=True, text=True, check=True,
+                         env={"PATH": os.environ["PATH"], **env}).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_lab_sh_never_calls_sudo():
+    code = [line for line in (ROOT / "lab.sh").read_text().splitlines() if not line.lstrip().startswith("#")]
+    calls = [line for line in code if re.search(r"(^|[;&|(]\s*|\s)sudo\s", line.split("say ")[0])]
+    assert not calls, calls
+
+
+def test_readme_commands_need_no_sudo():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Two commands", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands and all(c.startswith("./lab.sh ") for c in commands), commands
+
+
+def test_machine_defaults_come_from_the_env_file_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / "caslab.env"
+    env_file.write_text("CASLAB_VENV=/var/lib/caslab/venv\nPATH=/nowhere\nCASLAB_SCRATCH=/var/lib/caslab/scratch\n")
+    got = paths({"CASLAB_ENV_FILE": str(env_file)})
+    assert got["venv"] == "/var/lib/caslab/venv" and got["ryu_venv"] == "/var/lib/caslab/venv-ryu"
+    assert got["scratch"] == "/var/lib/caslab/scratch", "and PATH from the file was ignored (bash still ran)"
+    mine = paths({"CASLAB_ENV_FILE": str(env_file), "CASLAB_VENV": str(tmp_path / "v")})
+    assert mine["venv"] == str(tmp_path / "v")
+    plain = paths({"CASLAB_ENV_FILE": str(tmp_path / "absent")})
+    assert plain["venv"] == str(ROOT / ".venv") and plain["results"] == str(ROOT / "results")
+
+
+def test_vagrantfile_pins_one_box_version_and_keeps_the_venv_local():
+    text = (ROOT / "Vagrantfile").read_text()
+    assert re.search(r'^BOX_VERSION = "\d{6}\.\d+\.\d+"$', text, re.M) and "config.vm.box_version = BOX_VERSION" in text
+    assert "CASLAB_VENV=/var/lib/caslab/venv" in text and "/etc/caslab.env" in text and "./lab.sh setup" in text
+
+
+def declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    return {re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower() for spec in specs}
+
+
+def imported() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for folder in LOCAL:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in LOCAL:
+                        found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_imported_package_is_declared():
+    have = declared()
+    missing = {name: sorted(files) for name, files in imported().items()
+               if IMPORT_TO_DIST.get(name, name).lower().replace("_", "-") not in have and name not in RYU_VENV_ONLY}
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
