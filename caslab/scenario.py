@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caslab import faults, services, system
+from caslab import faults, hypervisor, services, system
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
@@ -36,12 +36,17 @@ from topologies.plan import plan_from_topology
 Progress = Callable[[str], None]
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05,
+               required: bool = True) -> bool:
+    """Poll until the predicate holds; on timeout raise LabError, or return False when the
+    wait is not ``required``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
-            return
+            return True
         time.sleep(interval_s)
+    if not required:
+        return False
     raise LabError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
@@ -69,8 +74,9 @@ class LogTail:
 
 
 def wait_for_events(tail: LogTail, want: int, key: Callable[[str, dict], str | None], timeout_s: float,
-                    what: str) -> None:
-    """Poll the logs until ``want`` distinct keys were seen (key returns None to skip)."""
+                    what: str, required: bool = True) -> set[str]:
+    """Poll the logs until ``want`` distinct keys were seen (key returns None to skip);
+    returns the keys seen (fewer only when the wait was not ``required``)."""
     seen: set[str] = set()
 
     def enough() -> bool:
@@ -80,7 +86,8 @@ def wait_for_events(tail: LogTail, want: int, key: Callable[[str, dict], str | N
                 seen.add(k)
         return len(seen) >= want
 
-    wait_until(enough, timeout_s, what, interval_s=0.1)
+    wait_until(enough, timeout_s, what, interval_s=0.1, required=required)
+    return seen
 
 
 def port_listening(port: int) -> bool:
@@ -224,6 +231,8 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         start_controller(ctx, mode, of_port)
         lab.start()
         lab.wait_connected()
+        mode.prepare(ctx)
+        hypervisor.start(ctx)
         progress("starting Exchange roles")
         services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
         roles = services.start_mailboxes(ctx) + services.start_cas(ctx)
@@ -239,10 +248,17 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
         watcher.start()
         expected = len(clients) * scenario["clients"]["sessions_per_host"]
-        wait_for_events(LogTail(raw_dir, clients), expected,
-                        lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
-                        timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation")
-        log.emit(CLIENTS_READY, sessions=expected)
+        ready = wait_for_events(LogTail(raw_dir, clients), expected,
+                                lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
+                                timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation",
+                                required=timing["all_ready"])
+        missing = sorted({f"{c}-s{i}" for c in clients for i in range(scenario["clients"]["sessions_per_host"])}
+                         - ready)
+        if missing:
+            progress(f"{len(missing)} of {expected} sessions never completed an operation; measuring anyway")
+            log.emit(CLIENTS_READY, sessions=expected, missing=missing)
+        else:
+            log.emit(CLIENTS_READY, sessions=expected)
         progress("warming up")
         time.sleep(timing["warmup_s"])
         run_timeline(ctx, scenario["faults"], timing["observe_s"], progress)
@@ -277,6 +293,8 @@ def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: f
     log_clocks(ctx.log)
     cost.start(time.monotonic_ns())
     ctx.log.emit(MEASURE_START, observe_s=observe_s)
+    mode = mode_for(ctx.mode)
+    mode.measure_start(ctx)
     for spec in sorted(fault_list, key=lambda f: (f["at_s"], f["index"])):
         delay = start + spec["at_s"] - time.monotonic()
         if delay > 0:
@@ -291,6 +309,7 @@ def run_timeline(ctx: RunContext, fault_list: list[dict[str, Any]], observe_s: f
         time.sleep(remaining)
     ctx.log.emit(MEASURE_END)
     cost.stop(ctx.log, time.monotonic_ns())
+    mode.measure_end(ctx)
 
 
 def log_clocks(log: EventLog, samples: int = 9) -> None:
