@@ -12,7 +12,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 PY_SYSTEM="${CASLAB_PYTHON:-/usr/bin/python3}"
 DEBS=(mininet openvswitch-switch iproute2 ethtool tcpdump iputils-ping haproxy dnsmasq-base iperf3
-      python3-venv python3-dev curl procps kmod)
+      python3-venv python3-dev curl procps kmod nftables)
 # Only the tests need a browser (report.html in headless Chromium). Debian ships these;
 # Ubuntu ships Chromium as a snap, so there the browser test skips (CI runs on Debian).
 TEST_DEBS=(chromium chromium-driver)
