@@ -145,3 +145,55 @@ def test_a_vmotion_with_notify_switches_cuts_off_the_nodes_left_behind(tmp_path,
         assert any(e["vm"] == "cas2" and e["hypervisor"] == "hv2" for e in of(events, row["id"], "vm_notify"))
     else:
         assert on["cas1"] | on["cas2"] <= late and row["unrecovered"] == 0
+
+
+KERNEL_CHECK = """
+import json, socket, subprocess, sys
+from controllers.wnlb_logic import bucket_of, nft_hash_expression
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+sources = [f"10.9.{x}.{y}" for x in (1, 2, 77, 200) for y in (1, 5, 99, 250)]
+for address in sources + ["10.9.255.1"]:
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+out = {}
+for affinity in ("single", "network", "none"):
+    subprocess.run(["nft", "flush", "ruleset"], check=True)
+    subprocess.run(["nft", "-f", "-"], check=True, input=f'''table ip t {{
+      set seen {{ type ipv4_addr . inet_service . mark; flags dynamic; }}
+      chain input {{ type filter hook input priority 0;
+        ip daddr 10.9.255.1 tcp dport 9 meta mark set {nft_hash_expression(affinity)}
+        ip daddr 10.9.255.1 tcp dport 9 add @seen {{ ip saddr . tcp sport . meta mark }}
+      }}
+    }}'''.encode())
+    for i, address in enumerate(sources):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((address, 20000 + 7 * i))
+        try:
+            sock.connect(("10.9.255.1", 9))
+        except BlockingIOError:
+            pass
+        sock.close()
+    listed = json.loads(subprocess.run(["nft", "-j", "list", "set", "ip", "t", "seen"], check=True,
+                                       capture_output=True).stdout)
+    elements = [e for item in listed["nftables"] if "set" in item for e in item["set"].get("elem", [])]
+    values = [e["elem"]["val"] if "elem" in e else e for e in elements]
+    kernel = {(ip, port): mark for ip, port, mark in (v["concat"] for v in values)}
+    out[affinity] = [[ip, port, mark, bucket_of(affinity, ip, port)] for (ip, port), mark in sorted(kernel.items())]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.require_root
+def test_the_kernel_hashes_every_affinity_as_python_does():
+    """nft's jhash in a private network namespace (nothing of the lab's) against bucket_of."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(["unshare", "--net", sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, check=True)
+    found = json.loads(result.stdout)
+    for affinity, rows in found.items():
+        assert len(rows) == 16, affinity
+        assert [r[2] for r in rows] == [r[3] for r in rows], affinity
