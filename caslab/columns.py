@@ -88,6 +88,26 @@ COLUMNS: list[Column] = [
            "largest difference of wire and event reconnect times"),
     Column("goodput_dip_unaffected", "goodput dip", "", ".2f", 0, "goodput_dip_unaffected",
            "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
+    Column("never_served", "never served", doc="sessions without one successful operation in the measurement "
+                                               "window (cut off from the start)"),
+    Column("convergence_ms", "NLB converged", "ms", ".1f", 9, "convergence_ms.p50",
+           "Windows NLB: fault to the last host's convergence (median over repetitions)"),
+    Column("convergence_took_ms", "convergence took", "ms", ".1f",
+           doc="Windows NLB: from the start of convergence to its end"),
+    Column("convergence_restarts", "restarts", doc="Windows NLB: times convergence restarted (membership changed "
+                                                   "again)"),
+    Column("buckets_moved", "buckets moved", doc="Windows NLB: of the 60 buckets"),
+    Column("conns_broken", "conns broken", doc="Windows NLB: established connections of live hosts in buckets "
+                                               "that moved away from them, not kept"),
+    Column("conns_departed", "conns lost with hosts", doc="Windows NLB: connections the hosts that left held at "
+                                                          "their last heartbeat"),
+    Column("flooded_bytes", "flooded", "bytes", ",d", doc="Windows NLB: bytes of frames for the cluster MAC "
+                                                          "delivered to hosts that are not members, over the window "
+                                                          "(mean over repetitions)"),
+    Column("flood_kbit_s", "flood rate", "kbit/s", ".1f", doc="Windows NLB: the same per second, all non-member "
+                                                              "hosts together"),
+    Column("heartbeat_bytes", "heartbeat bytes", "bytes", ",d", doc="Windows NLB: heartbeat frames those hosts "
+                                                                    "received"),
     Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
     Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process and OVS per successful "
                                                                 "operation in the window"),

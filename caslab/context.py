@@ -12,6 +12,9 @@ It replaces a bag of string keys with named fields whose writer and readers are 
     controller          scenario.start_controller        faults.controller_crash
     restart_controller  scenario.start_controller        faults.controller_crash
     timers              faults (delayed actions)         scenario (cancelled at teardown)
+    placement           caslab.hypervisor (start, move)  caslab.hypervisor, faults.vm_move
+    wnlb_agents         modes.wnlb (prepare)             modes.wnlb (drain, rejoin, waits)
+    flood_base          modes.wnlb (measure_start)       modes.wnlb (measure_end)
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class RunContext:
     databases: dict[str, DatabaseLayout] = field(default_factory=dict)
     rcas: dict[str, str] = field(default_factory=dict)
     timers: list[threading.Timer] = field(default_factory=list)
+    placement: dict[str, str] = field(default_factory=dict)
+    wnlb_agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flood_base: dict[str, Any] = field(default_factory=dict)
     _socket_dir: Path | None = None
     _store_dir: Path | None = None
     _busiest: str | None = None

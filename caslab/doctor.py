@@ -20,7 +20,7 @@ def checks() -> list[Check]:
     for tool in ("ethtool", "ip", "tcpdump"):
         path = shutil.which(tool)
         out.append(Check(tool, bool(path), path or f"missing: apt-get install {'iproute2' if tool == 'ip' else tool}"))
-    for tool, package in (("haproxy", "haproxy"), ("dnsmasq", "dnsmasq-base")):
+    for tool, package in (("haproxy", "haproxy"), ("dnsmasq", "dnsmasq-base"), ("nft", "nftables")):
         path = shutil.which(tool) or shutil.which(f"/usr/sbin/{tool}")
         out.append(Check(tool, bool(path), path or f"missing: apt-get install {package} (needed by its HA mode)",
                          required=False))

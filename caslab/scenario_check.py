@@ -57,6 +57,10 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
         raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
                                                             "(one address per session)", clients["sessions_per_host"])
     _check_exchange(source, scenario, plan, hosts)
+    mode = MODES[scenario["mode"]]
+    if plan.virtualized and not mode.multi_switch:
+        raise SpecError(source, "topology.hypervisors", f"0 with mode {mode.name}: it needs every CAS on the "
+                                                        "site switch", topo["hypervisors"])
     for fault in scenario["faults"]:
         check_fault_in(source, scenario, plan, fault)
 

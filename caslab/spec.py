@@ -24,7 +24,7 @@ from caslab.schema import (
     NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
 )
 from caslab.scenario_check import array_sites, check_fault_in, check_scenario, server_names  # noqa: F401 (re-exported)
-from topologies.plan import MAX_CAS, MAX_CLIENTS, MAX_MAILBOXES
+from topologies.plan import MAX_CAS, MAX_CLIENTS, MAX_HYPERVISORS, MAX_MAILBOXES
 
 try:
     import tomllib
@@ -56,6 +56,13 @@ CORE: dict[str, dict[str, Field]] = {
         "databases": int_range(2, 1, 16),
         "wan_bw_mbit": num_range(0, 0, 10000, "Mbit/s", "0: unlimited"),
         "wan_delay_ms": num_range(0, 0, 5000, "ms", "needs sch_netem; skipped with a notice without it"),
+        "hypervisors": int_range(0, 0, MAX_HYPERVISORS, "HQ's CAS run as VMs on this many hypervisor switches joined "
+                                                        "by the site switch; 0: every host on the site switch"),
+        "vm_placement": Field(dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
+                              "a table of CAS = hypervisor, e.g. { cas1 = \"hv1\", cas2 = \"hv1\" }",
+                              "where each VM starts (unnamed CAS: hv1, hv2, ... in turn)"),
+        "notify_switches": Field(bool, True, doc="hypervisors send a RARP for each VM's MAC when it starts or moves "
+                                                 "(VMware 'Notify Switches', default Yes)"),
     },
     "clients": {
         "sessions_per_host": int_range(8, 1, 500),
@@ -76,6 +83,9 @@ CORE: dict[str, dict[str, Field]] = {
         "warmup_s": num_range(2.0, 0.5, 600, "s"),
         "observe_s": num_range(8.0, 1, 3600, "s"),
         "ready_timeout_s": num_range(20.0, 1, 300, "s"),
+        "all_ready": Field(bool, True, doc="every session must complete an operation before warm-up; false: go on "
+                                           "after ready_timeout_s (a misconfiguration that cuts users off from "
+                                           "the start is then measured, not an error)"),
     },
     "dns": {
         "ttl_s": Field(int, 300, lambda v: 0 <= v <= 2_147_483_647, "a TTL in seconds from 0 to 2147483647"),

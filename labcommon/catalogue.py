@@ -209,6 +209,33 @@ NLB_GUARD = event("nlb_guard", "nlb", "the NLB refused packets it was sent (over
                   reason=f("str", "rate_limited"), count=f("int", "packets refused in the last second"))
 PROBE_STATE = event("probe_state", "nlb", "a health agent's probe verdict for a member changed",
                     member=f("str", "CAS name"), ok=f("bool", "probe succeeded"), detail=f("str", "why it failed"))
+# ---------------------------------------------------------------- Windows NLB agents (controllers.wnlb_agent)
+WNLB_UP = event("wnlb_up", "wnlb", "a CAS's NLB driver (agent) configured its NIC and filter and starts heartbeats",
+                vip=f("str", "the cluster IP"), host_id=f("int", "NLB host id (priority), 1-32"),
+                mode=f("str", "unicast / multicast"), cluster_mac=f("str", "02-BF-<VIP> or 03-BF-<VIP>"),
+                interface=f("str", "the cluster NIC"), heartbeat_ms=f("int", "AliveMsgPeriod", "ms"),
+                missed=f("int", "AliveMsgTolerance"), affinity=f("str", "none / single / network"))
+WNLB_CONVERGING = event("wnlb_converging", "wnlb", "a host's view of the cluster changed: it starts (or restarts) "
+                                                  "convergence",
+                        vip=f("str", "the cluster IP"), view=f("list", "hosts it now sees alive"),
+                        reason=f("str", "member_down:<host> / member_up:<host> / drainstop:<host> / start:<host> ..."),
+                        restart=f("bool", "membership changed again during a convergence"),
+                        restarts=f("int", "restarts of this convergence so far"))
+WNLB_CONVERGED = event("wnlb_converged", "wnlb", "a host completed convergence and swapped its bucket sets",
+                       vip=f("str", "the cluster IP"), view=f("list", "hosts alive"),
+                       members=f("list", "hosts that own buckets (alive, not draining)"),
+                       buckets=f("dict", "host -> buckets it owns now"), owned=f("list", "the buckets this host owns now"),
+                       moved=f("int", "buckets whose owner changed, cluster-wide"),
+                       gained=f("list", "buckets this host took"), lost=f("list", "buckets this host gave away"),
+                       took_ms=f("float", "from the start of this convergence", "ms"),
+                       restarts=f("int", "times it restarted"),
+                       departed=f("dict", "host that left -> connections it reported in its last heartbeat"),
+                       broken=f("int", "this host's established connections in buckets it gave away and did not keep"),
+                       kept=f("int", "established connections it keeps serving in buckets it gave away"))
+WNLB_DRAIN = event("wnlb_drain", "wnlb", "drainstop / start on a host: draining, drained (no connection left), "
+                                        "deadline (the rest cut), started",
+                   vip=f("str", "the cluster IP"), state=f("str", "draining / drained / deadline / started"),
+                   conns=f("int", "established connections to the VIP on this host (cut ones for deadline)"))
 LB_ADMIN = event("lb_admin", "runner", "an admin command to HAProxy's runtime API",
                  command=f("str", "the command"), answer=f("str", "HAProxy's answer"))
 
@@ -221,7 +248,9 @@ SCENARIO_END = event("scenario_end", "runner", "a scenario repetition ended", ok
 MEASURE_START = event("measure_start", "runner", "the measurement window opens (faults count from here)",
                       observe_s=f("float", "window length", "s"))
 CLIENTS_READY = event("clients_ready", "runner", "every client session completed an operation (warm-up starts)",
-                      sessions=f("int", "sessions expected and seen"))
+                      sessions=f("int", "sessions expected and seen"),
+                      missing=opt("list", "sessions that had not completed one when the wait ended "
+                                          "(timing.all_ready = false)"))
 CLOCKS = event("clocks", "runner", "CLOCK_REALTIME read beside CLOCK_MONOTONIC (ts): how packet captures, "
                                    "stamped in wall time, are put on the events' clock",
                wall_ns=f("int", "CLOCK_REALTIME read right after ts", "ns"),
@@ -269,6 +298,20 @@ CONTROLLER_START = event("controller_start", "runner", "the controller process s
 PROCESS_EXIT = event("process_exit", "runner", "a lab process ended on its own during the run (not by a fault)",
                      name=f("str", "process name"), host=f("str|null", "host it ran in"),
                      returncode=f("int|null", "exit status"))
+WNLB_FLOOD = event("wnlb_flood", "runner", "what a host that is not a cluster member received over the "
+                                         "measurement window (counters on its NIC and on its switch port)",
+                   host=f("str", "the host"), port=f("str", "its switch port"),
+                   cluster_frames=f("int", "frames for a cluster MAC"),
+                   cluster_bytes=f("int", "their bytes, Ethernet header included", "bytes"),
+                   heartbeat_frames=f("int", "NLB heartbeat frames (ethertype 0x886F)"),
+                   heartbeat_bytes=f("int", "their bytes, Ethernet header included", "bytes"),
+                   port_tx_bytes=f("int|null", "every byte the switch sent to this port (OVS counter)", "bytes"),
+                   window_ms=f("float", "measurement window", "ms"))
+VM_NOTIFY = event("vm_notify", "runner", "a hypervisor announced a VM's MAC with a RARP on its uplink "
+                                        "(VMware 'Notify Switches'), at VM start or after a move",
+                  vm=f("str", "the VM (host)"), hypervisor=f("str", "hv1, hv2 ..."), mac=f("str", "the MAC announced"))
+VM_MOVED = event("vm_moved", "runner", "a VM's port moved to another hypervisor (vMotion)",
+                 vm=f("str", "the VM (host)"), previous=f("str", "hypervisor it left"), hypervisor=f("str", "hypervisor it runs on"))
 MAILBOX_CONTENTS = event("mailbox_contents", "runner", "what a database copy holds at the end",
                          db=f("str", "database"), server=f("str", "mailbox server"),
                          active=f("bool", "this copy is the active one at the end"), msg_ids=f("list", "message ids"))

@@ -261,3 +261,43 @@ def test_topos_dict_entries_build():
     assert [h.name for h in two.plan.by_role("cas", "Branch")] == ["cas2"]
     assert [h.name for h in two.plan.by_role("client", "Branch")] == ["cl3", "cl4"]
     assert casarray().plan.hosts == one.plan.hosts
+
+
+# ---- hypervisors ------------------------------------------------------------------------
+
+
+VIRTUAL = [{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 2, "hypervisors": 2,
+            "placement": {"cas1": "hv1", "cas2": "hv1"}}]
+
+
+def test_hypervisors_change_no_address_and_place_unnamed_vms_in_turn():
+    plain, virtual = LabPlan.build(DEFAULT_SITES), LabPlan.build(VIRTUAL)
+    assert [(h.name, h.ip, h.mac) for h in plain.hosts] == [(h.name, h.ip, h.mac) for h in virtual.hosts]
+    assert virtual.placement == {"cas1": "hv1", "cas2": "hv1", "cas3": "hv1"}
+    assert LabPlan.build([dict(VIRTUAL[0], placement={})]).placement == {"cas1": "hv1", "cas2": "hv2", "cas3": "hv1"}
+    assert virtual.switch_names() == ["clab1", "clab1hv1", "clab1hv2"] and plain.switch_names() == ["clab1"]
+    assert (virtual.switch_of("cas3"), virtual.switch_of("mbx1")) == ("clab1hv1", "clab1")
+    assert virtual.switch_of("cas3", {"cas3": "hv2"}) == "clab1hv2"
+    assert virtual.virtualized and not plain.virtualized and not plain.placement
+
+
+@pytest.mark.parametrize("placement,message", [({"mbx1": "hv1"}, "only its CAS"), ({"cas1": "hv3"}, "hv3"),
+                                               ({"cas9": "hv1"}, "cas9")])
+def test_a_placement_the_plan_cannot_honour_is_refused(placement, message):
+    with pytest.raises(ValueError, match=message):
+        LabPlan.build([dict(VIRTUAL[0], placement=placement)])
+    with pytest.raises(ValueError, match="needs hypervisors"):
+        LabPlan.build([dict(VIRTUAL[0], hypervisors=0)])
+
+
+def test_virtual_topology_puts_vms_behind_hypervisor_switches_with_one_uplink_each():
+    topo = CasArrayTopo(sites=VIRTUAL)
+    assert sorted(topo.switches()) == ["clab1", "clab1hv1", "clab1hv2"]
+    links = links_of(topo)
+    assert frozenset(("clab1hv1", "clab1")) in links and frozenset(("clab1hv2", "clab1")) in links
+    for cas in ("cas1", "cas2", "cas3"):
+        assert frozenset((cas, "clab1hv1")) in links and frozenset((cas, "clab1")) not in links
+    for host in ("mbx1", "cl1", "dns1"):
+        assert frozenset((host, "clab1")) in links
+    assert topo.nodeInfo("clab1hv2")["dpid"] == "%016x" % 0x102
+    assert len(topo.links()) == len(topo.plan.hosts) + 2

@@ -23,12 +23,17 @@ PREFERRED_MODES = ["sdn-nlb", "haproxy", "wnlb", "dns-rr", "direct"]
 
 def mode_for_fault(kind: str) -> str:
     needs = FAULTS[kind].requires
-    return next(m for m in PREFERRED_MODES + sorted(MODES) if needs <= MODES[m].capabilities)
+    virtual = bool(FAULTS[kind].example_topology.get("hypervisors"))
+    return next(m for m in PREFERRED_MODES + sorted(MODES)
+                if needs <= MODES[m].capabilities and (MODES[m].multi_switch or not virtual))
 
 
 def small_spec(mode: str, faults: list[dict], observe_s: float = 3.0) -> dict:
+    topology = {"cas": 3, "mailboxes": 2, "client_hosts": 1}
+    for fault in faults:
+        topology.update(FAULTS[fault["kind"]].example_topology)
     return {"experiment": {"name": "registry", "modes": [mode]},
-            "topology": {"cas": 3, "mailboxes": 2, "client_hosts": 1},
+            "topology": topology,
             "clients": {"sessions_per_host": 4, "distinct_source_ips": True},
             "timing": {"warmup_s": 0.5, "observe_s": observe_s},
             "probe": {"capture": False, "rate_hz": 5, "app_rate_hz": 2}, "faults": faults}

@@ -12,6 +12,14 @@ Two sites add a router joining the site switches (a WAN link)::
 
     [HQ hosts] -- clab1 -- r1 -- clab2 -- [Branch hosts]
 
+With hypervisors, HQ's CAS are VMs on hypervisor switches joined by the site switch::
+
+    cas1  cas2        cas3                    (VMs, placed from the spec)
+      \\   /            |
+    clab1hv1        clab1hv2                  (the hypervisors' vSwitches)
+           \\          /
+            +-- clab1 --+-- mbx1, dns1, ad1, lb1, cl1 ...   (the physical switch)
+
 Run it by hand with ``mn --custom topologies/cas_array.py --topo casarray``.
 """
 
@@ -35,11 +43,17 @@ class CasArrayTopo(Topo):
         self.plan = plan or LabPlan.build(sites or DEFAULT_SITES)
         for site in self.plan.sites:
             self.addSwitch(site.switch, dpid="%016x" % site.index, protocols="OpenFlow13,OpenFlow15")
+        for site in self.plan.sites:
+            for hypervisor in site.hypervisor_names:
+                switch = site.hypervisor_switch(hypervisor)
+                self.addSwitch(switch, dpid="%016x" % site.hypervisor_dpid(hypervisor),
+                               protocols="OpenFlow13,OpenFlow15")
+                self.addLink(switch, site.switch)  # the hypervisor's uplink: its first port
         for host in self.plan.hosts:
             default_route = f"via {self.plan.site(host.site).gateway()}" if self.plan.routed else None
             self.addHost(host.name, ip=host.cidr, mac=host.mac, role=host.role, site=host.site,
                          defaultRoute=default_route)
-            self.addLink(host.name, self.plan.site(host.site).switch)
+            self.addLink(host.name, self.plan.switch_of(host.name))
         if self.plan.routed:
             self.addHost("r1", ip=None, role="router", site=self.plan.sites[0].name)
             for site in self.plan.sites:

@@ -15,6 +15,11 @@ the role:
     10.k.2.n     mailbox server n            (up to 16)
     10.k.3.n     client host n               (up to 32)
     10.k.(10+c).1-250   extra source addresses of the site's client host c (0-based)
+
+A site may run its CAS as virtual machines on ``hypervisors`` hypervisor switches
+(``clab<k>hv<n>``, each joined to the site switch by one uplink: the site switch is then
+the physical switch). ``placement`` says which hypervisor each VM starts on; a CAS not
+named there goes to hv1, hv2, ... in turn. Addresses do not depend on placement.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 SWITCH_PREFIX = "clab"
 MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 64, 16, 32
 MAX_SITES = 4
+MAX_HYPERVISORS = 4
 ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3}
 LAB_DOMAIN = "lab.test"
 
@@ -58,6 +64,20 @@ class SitePlan:
     cas: int
     mailboxes: int
     clients: int
+    hypervisors: int = 0
+
+    @property
+    def hypervisor_names(self) -> list[str]:
+        return [f"hv{n + 1}" for n in range(self.hypervisors)]
+
+    def hypervisor_switch(self, hypervisor: str) -> str:
+        """The switch of one of the site's hypervisors ('hv1' -> 'clab1hv1')."""
+        if hypervisor not in self.hypervisor_names:
+            raise KeyError(f"site {self.name} has no hypervisor {hypervisor!r}")
+        return f"{self.switch}{hypervisor}"
+
+    def hypervisor_dpid(self, hypervisor: str) -> int:
+        return 0x100 * self.index + self.hypervisor_names.index(hypervisor) + 1
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -96,13 +116,16 @@ def mac_for(ip: str) -> str:
 class LabPlan:
     sites: list[SitePlan]
     hosts: list[HostPlan] = field(default_factory=list)
+    placement: dict[str, str] = field(default_factory=dict)  # VM (CAS) -> hypervisor it starts on
 
     @classmethod
     def build(cls, sites: list[dict]) -> "LabPlan":
-        """sites: [{name, cas, mailboxes, clients}], in order; the first one is HQ."""
+        """sites: [{name, cas, mailboxes, clients, hypervisors, placement}], in order; the
+        first one is HQ. ``placement`` maps CAS names to hypervisor names ('hv1')."""
         if not 1 <= len(sites) <= MAX_SITES:
             raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
-        site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0))
+        site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0),
+                               s.get("hypervisors", 0))
                       for i, s in enumerate(sites)]
         for site in site_plans:
             for role, count, limit in (("cas", site.cas, MAX_CAS), ("mailboxes", site.mailboxes, MAX_MAILBOXES),
@@ -127,7 +150,24 @@ class LabPlan:
                 add("mbx", "mailbox", site, 1 + i, ROLE_OCTET["mailbox"])
             for i in range(site.clients):
                 add("cl", "client", site, 1 + i, ROLE_OCTET["client"])
+        for site, raw in zip(site_plans, sites):
+            plan._place(site, dict(raw.get("placement") or {}))
         return plan
+
+    def _place(self, site: SitePlan, wanted: dict[str, str]) -> None:
+        if not 0 <= site.hypervisors <= MAX_HYPERVISORS:
+            raise ValueError(f"site {site.name}: hypervisors must be 0..{MAX_HYPERVISORS}, not {site.hypervisors}")
+        cas = [h.name for h in self.by_role("cas", site.name)]
+        if wanted and not site.hypervisors:
+            raise ValueError(f"site {site.name}: VM placement needs hypervisors")
+        for vm, hypervisor in wanted.items():
+            if vm not in cas:
+                raise ValueError(f"site {site.name}: only its CAS run as VMs ({cas}), not {vm!r}")
+            if hypervisor not in site.hypervisor_names:
+                raise ValueError(f"site {site.name}: {vm} placed on {hypervisor!r}, not one of "
+                                 f"{site.hypervisor_names}")
+        for i, vm in enumerate(cas if site.hypervisors else []):
+            self.placement[vm] = wanted.get(vm, site.hypervisor_names[i % site.hypervisors])
 
     @property
     def routed(self) -> bool:
@@ -157,13 +197,28 @@ class LabPlan:
         return [f"10.{site.index}.{10 + index}.{i + 1}" for i in range(count)]
 
     def switch_names(self) -> list[str]:
-        return [site.switch for site in self.sites]
+        """Every switch: the sites' switches, then their hypervisors' switches."""
+        return [site.switch for site in self.sites] + [
+            site.hypervisor_switch(hv) for site in self.sites for hv in site.hypervisor_names]
+
+    def switch_of(self, host: str, placement: dict[str, str] | None = None) -> str:
+        """The switch a host's NIC is on (``placement`` overrides the plan's, after a move)."""
+        plan_host = self.host(host)
+        site = self.site(plan_host.site)
+        hypervisor = (placement or self.placement).get(host)
+        return site.hypervisor_switch(hypervisor) if hypervisor else site.switch
+
+    @property
+    def virtualized(self) -> bool:
+        return any(site.hypervisors for site in self.sites)
 
 
 def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
-    """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set."""
+    """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set;
+    HQ's CAS are VMs when ``hypervisors`` is set."""
     sites = [{"name": "HQ", "cas": topology["cas"], "mailboxes": topology["mailboxes"],
-              "clients": topology["client_hosts"]}]
+              "clients": topology["client_hosts"], "hypervisors": topology.get("hypervisors", 0),
+              "placement": topology.get("vm_placement", {})}]
     if topology["branch"]:
         sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": 0,
                       "clients": topology["branch_client_hosts"]})

@@ -13,7 +13,8 @@ A fault class declares everything the rest of the lab needs to know about it:
 * ``elements``                   what it fails at injection: host names, ``db:<name>``;
 * ``label``                      how tables name it;
 * ``inject`` / ``undo``          what it does to the live lab, and how it is reverted;
-* ``example``                    spec keys of a small demonstration (the tests run it).
+* ``example``                    spec keys of a small demonstration (the tests run it), and
+  ``example_topology``           the topology keys it needs beyond the tests' small one.
 
 ``caslab.spec`` validates faults from these declarations, the runner injects them and
 metrics read the ``fault`` event they log. Adding a fault is one new file in this folder.
@@ -44,6 +45,7 @@ class Fault:
     affects: ClassVar[str] = "on_elements"
     fails_databases: ClassVar[bool] = False  # a dead server takes the databases active on it along
     example: ClassVar[dict[str, Any]] = {"target": "cas1"}
+    example_topology: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

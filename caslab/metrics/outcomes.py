@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from caslab.metrics.nlb import Convergence
 from caslab.metrics.stats import Distribution
 
 PHASES = ("lb_noticed", "client_saw", "connected", "logged_on", "first_op")
@@ -63,6 +64,7 @@ class FaultRun:
     window_end_ns: int
     detection_ms: float | None
     sessions: list[SessionFault]
+    convergence: Convergence = field(default_factory=Convergence)
 
     def count(self, attr: str) -> int:
         return sum(1 for s in self.sessions if getattr(s, attr))
@@ -103,6 +105,8 @@ class RunOutcome:
     probe_availability: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (s, % answered)
     cost: dict[str, Any] = field(default_factory=dict)  # CPU ms per kind of process, and per successful operation
     capture_check: dict[str, Any] | None = None
+    never_served: int = 0                      # sessions without one successful operation in the window
+    flood: dict[str, Any] = field(default_factory=dict)  # Windows NLB: bytes flooded to non-member hosts
 
 
 @dataclass
@@ -138,6 +142,16 @@ class FaultSummary:
     goodput_dip_unaffected: float | None
     client_deaths: int
     cpu_ms_per_op: float | None = None
+    never_served: int = 0
+    convergence_ms: Distribution = field(default_factory=Distribution)
+    convergence_took_ms: float | None = None
+    convergence_restarts: int | None = None
+    buckets_moved: int | None = None
+    conns_broken: int | None = None
+    conns_departed: int | None = None
+    flooded_bytes: int | None = None
+    flood_kbit_s: float | None = None
+    heartbeat_bytes: int | None = None
 
 
 @dataclass
@@ -162,6 +176,8 @@ class ScenarioSummary:
     capture_check: dict[str, Any] | None
     process_exits: list[dict[str, Any]]
     cost: dict[str, Any] = field(default_factory=dict)
+    never_served: int = 0
+    flood: dict[str, Any] = field(default_factory=dict)
 
 
 def to_dict(obj: Any) -> Any:

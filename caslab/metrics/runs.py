@@ -16,6 +16,7 @@ from labcommon.catalogue import (
     PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
+from caslab.metrics.nlb import convergence, flooding
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
 
@@ -48,7 +49,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                                   downs) for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
         faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
                                sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
-                               sessions))
+                               sessions, convergence(events, fe["ts"], window_end)))
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
     return RunOutcome(
@@ -60,7 +61,13 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
                        for e in events if e["ev"] == PROCESS_EXIT],
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
-        cost=cost(events, start, end))
+        cost=cost(events, start, end), never_served=never_served(session_tracks, start, end),
+        flood=flooding(events))
+
+
+def never_served(session_tracks, start: int, end: int) -> int:
+    """Sessions without a single successful operation in the measurement window."""
+    return sum(1 for t in session_tracks.values() if not any(start <= ts <= end for ts in t.ok_ts))
 
 
 def cost(events: list[dict], start: int, end: int) -> dict[str, Any]:

@@ -39,14 +39,32 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
                       len(exits))
             for i in range(max((len(r.faults) for r in runs), default=0))]
     scenario_cost = cost_summary(runs)
+    flood = flood_summary(runs)
     for row in rows:
         row.cpu_ms_per_op = scenario_cost.get("cpu_ms_per_op")
+        row.never_served = sum(r.never_served for r in runs)
+        row.flooded_bytes, row.flood_kbit_s = flood.get("cluster_bytes"), flood.get("kbit_s")
+        row.heartbeat_bytes = flood.get("heartbeat_bytes")
     return ScenarioSummary(
         id=meta["id"], label=meta["label"], mode=meta["mode"], params=meta.get("params", {}), repetitions=len(runs),
         sessions=sessions, faults=rows, goodput=goodput_summary(runs), cpu_idle_pct=cpu_mean,
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
-        process_exits=exits, cost=scenario_cost)
+        process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood)
+
+
+def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
+    """Windows NLB's flooding, the mean over repetitions (each a whole measurement window)."""
+    floods = [r.flood for r in runs if r.flood]
+    if not floods:
+        return {}
+    out: dict[str, Any] = {"repetitions": len(floods), "hosts": floods[0]["hosts"]}
+    for key in ("cluster_bytes", "cluster_frames", "heartbeat_bytes"):
+        out[key] = round(statistics.fmean(f[key] for f in floods))
+    rates = [f["kbit_s"] for f in floods if f["kbit_s"] is not None]
+    out["kbit_s"] = round(statistics.fmean(rates), 1) if rates else None
+    out["window_ms"] = round(statistics.fmean(f["window_ms"] for f in floods), 1)
+    return out
 
 
 def headline_fault(scenario: ScenarioSummary) -> int:
@@ -81,6 +99,7 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
               for p in PHASES}
     first = faults[0]
     dips = [r.goodput.dip_unaffected for r in runs if r.goodput.dip_unaffected is not None]
+    conv = [f.convergence for f in faults]
     return FaultSummary(
         scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=first.index, fault=first.label,
         kind=first.kind, repetitions=len(faults), sessions=len(sessions),
@@ -92,7 +111,21 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         detection_ms=Distribution.of([f.detection_ms for f in faults if f.detection_ms is not None]),
         phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
-        client_deaths=deaths)
+        client_deaths=deaths,
+        convergence_ms=Distribution.of([c.converged_ms for c in conv if c.converged_ms is not None]),
+        convergence_took_ms=median([c.took_ms for c in conv if c.took_ms is not None]),
+        convergence_restarts=_most([c.restarts for c in conv]), buckets_moved=_most([c.buckets_moved for c in conv]),
+        conns_broken=_total([c.conns_broken for c in conv]), conns_departed=_total([c.conns_departed for c in conv]))
+
+
+def _most(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def _total(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:

@@ -8,9 +8,11 @@ A mode class declares:
 * ``capabilities``             what faults may ask of it: ``load_balancer`` (drain, rejoin),
                                ``controller`` (an SDN controller that can crash);
 * ``controller_app``           the controller app run on the switches (plain L2 by default);
+* ``multi_switch``             whether it works with CAS behind hypervisor switches;
 
 and implements ``controller_config``, ``array_addresses``, ``start``, ``target`` and,
-with a load balancer, ``drain`` / ``rejoin``. ``caslab.spec`` reads the declarations;
+with a load balancer, ``drain`` / ``rejoin``; ``prepare`` (before the roles start) and
+``measure_start`` / ``measure_end`` (around the measurement window) when it needs them. ``caslab.spec`` reads the declarations;
 adding a mode is one new file in this folder.
 """
 
@@ -38,6 +40,7 @@ class Mode:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     controller_app: ClassVar[str] = "controllers.l2_switch"
     rotate_answers: ClassVar[bool] = False  # dns-rr: sessions start at different A records
+    multi_switch: ClassVar[bool] = True     # works when CAS sit behind hypervisor switches
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -53,8 +56,17 @@ class Mode:
         """Site name -> the addresses the array FQDN resolves to in this mode."""
         raise NotImplementedError
 
+    def prepare(self, ctx: "RunContext") -> None:
+        """Configure hosts and switches before any role starts (the network is up)."""
+
     def start(self, ctx: "RunContext") -> None:
         """Start this mode's own processes, after the roles are up."""
+
+    def measure_start(self, ctx: "RunContext") -> None:
+        """The measurement window opens (reset this mode's own counters)."""
+
+    def measure_end(self, ctx: "RunContext") -> None:
+        """The measurement window closed (log this mode's own counters)."""
 
     def default_rcas(self, ctx: "RunContext") -> str:
         """The RpcClientAccessServer databases get: the HQ array's FQDN where there is one,

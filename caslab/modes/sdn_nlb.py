@@ -22,6 +22,7 @@ class SdnNlb(VipMode):
     description = "SDN load balancer: port-status and active-probe detection, consistent hashing, fast RST"
     controller_app = "controllers.sdn_nlb"
     capabilities = frozenset({"load_balancer", "controller"})
+    multi_switch = False  # its dataplane is the site switch the CAS are on
     section = "nlb"
     settings = {
         "fast_fail": Field(bool, True, doc="reset the clients of a dead CAS at once"),
