@@ -68,7 +68,8 @@ COLUMNS: list[Column] = [
     Column("collateral", "collateral", terminal=5, doc="not affected, yet dropped, stalled or late"),
     Column("stalled", "stalled", terminal=5, doc="no success for longer than the stall threshold"),
     Column("reauth", "re-auth", doc="affected sessions' logons that needed credentials"),
-    Column("prompts", "prompts", doc="of them, user-visible credential prompts (NTLM)"),
+    Column("prompts", "prompts", terminal=7, doc="of them, user-visible credential prompts (NTLM)"),
+    Column("silent_reauth", "silent re-auth", doc="of them, silent re-authentications (Kerberos)"),
     Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50"),
     Column("reconnect_p95_ms", "p95", "ms", ".1f", 0, "reconnect_ms.p95"),
     Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99"),
@@ -80,6 +81,14 @@ COLUMNS: list[Column] = [
            "first load-balancer reaction after the fault (median over repetitions)"),
     Column("messages_acked", "msgs acked", source="messages.acked"),
     Column("messages_lost", "lost", terminal=4, source="messages.lost", doc="acked but missing from the active copy"),
+    Column("messages_recovered", "dumpster recovered", source="messages.recovered",
+           doc="messages the transport dumpster resubmitted that the mounted copy lacked"),
+    Column("db_unmounted_ms", "DB unmounted", "ms", ".1f", doc="longest a failed database stayed unmounted "
+                                                              "(of those a copy mounted again)"),
+    Column("dbs_dismounted", "DBs dismounted", doc="failed databases no copy mounted before the window closed "
+                                                   "(AutoDatabaseMountDial refused, or no copy answered)"),
+    Column("copy_missing", "copy queue lost", doc="messages the mounted copies knew they lacked at mount "
+                                                  "(the copy queue the mount dial allowed)"),
     Column("probe_gap_ms", "SYN probe gap", "ms", ".1f", doc="longest run of failed SYN probes"),
     Column("app_probe_gap_ms", "app probe gap", "ms", ".1f", doc="longest run of failed application probes"),
     Column("capture_max_diff_ms", "capture vs events", "ms", ".3f", 0, "capture_check.max_abs_diff_ms",
@@ -119,4 +128,5 @@ SESSION_COLUMNS: list[Column] = [
     Column("reconnect_ms", "reconnect", "ms", ".3f"), Column("recovered", "recovered"),
     Column("stalled", "stalled"), Column("longest_gap_ms", "longest gap", "ms", ".3f"),
     Column("collateral", "collateral"), Column("reauth", "re-auth"), Column("prompts", "prompts"),
+    Column("silent_reauth", "silent re-auth"),
 ]

@@ -14,7 +14,7 @@ from caslab.context import DatabaseLayout, RunContext
 from caslab.exchange_admin import host_fqdn
 from caslab.netlab import LabProcess
 from labcommon.catalogue import RCAS
-from labcommon.ports import AUTODISCOVER_PORT, CAS_PORT, MAILBOX_PORT
+from labcommon.ports import AUTODISCOVER_PORT, CAS_ADMIN_PORT, CAS_PORT, MAILBOX_PORT
 from topologies.plan import LAB_DOMAIN, HostPlan, LabPlan
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -59,7 +59,8 @@ def start_cas(ctx: RunContext) -> list[LabProcess]:
     procs = []
     for host in ctx.plan.by_role("cas"):
         config = {"name": host.name, "listen_port": CAS_PORT, "events": ctx.events_path(host.name),
-                  "databases": db_addresses}
+                  "databases": db_addresses, "admin_port": CAS_ADMIN_PORT,
+                  "dumpster_messages": ctx.spec["exchange"]["dumpster_messages"]}
         procs.append(ctx.start_module(host.name, host.name, "roles.cas", config))
     return procs
 
@@ -91,6 +92,7 @@ def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, An
             "interval_ms": c["interval_ms"], "op_timeout_ms": c["op_timeout_ms"],
             "connect_timeout_ms": c["connect_timeout_ms"], "backoff_ms": c["backoff_ms"], "select": c["select"],
             "ops": c["ops"], "users": users_for(ctx, host), "source_ips": source_ips,
+            "auth": ctx.spec["exchange"]["auth"], "prompt_answer_ms": c["prompt_answer_ms"],
             "seed": ctx.spec["experiment"]["seed"] * 1000 + index + ctx.repetition * 100,
             "events": ctx.events_path(host.name),
         }

@@ -66,6 +66,8 @@ CORE: dict[str, dict[str, Field]] = {
                             "a non-empty list of at most 32 delays in ms from 0 to 600000"),
         "select": Field(str, "next_on_fail", one_of(("first", "next_on_fail")), "'first' or 'next_on_fail'"),
         "distinct_source_ips": Field(bool, False),
+        "prompt_answer_ms": int_range(0, 0, 600000, "how long a user takes to type credentials at a prompt "
+                                                    "(exchange.auth = ntlm); 0: answered at once"),
         "ops": Field(dict, {"read": 4, "send": 2, "sync": 1, "ping": 3},
                      lambda v: bool(v) and all(k in OPS and isinstance(w, int) and not isinstance(w, bool)
                                                and 0 <= w <= 1000 for k, w in v.items()) and sum(v.values()) > 0,
@@ -91,6 +93,12 @@ CORE: dict[str, dict[str, Field]] = {
         "log_interval_ms": int_range(500, 10, 600000, "async: a log generation is shipped at least this often"),
         "mount_dial": choice("best", ("lossless", "good", "best"), "AutoDatabaseMountDial: a copy lacking more "
                                                                      "than 0 / 6 / 12 log generations stays dismounted"),
+        "dumpster_messages": int_range(0, 0, 5000, "transport dumpster: recent messages kept per database by each "
+                                                   "hub transport (the lab's CAS), resubmitted after a failover "
+                                                   "mounts a copy; 0: off"),
+        "auth": choice("ntlm", ("ntlm", "kerberos"), "how Outlook authenticates: with ntlm a session that lands on "
+                                                    "another CAS prompts for credentials; with kerberos (2010 SP1, "
+                                                    "alternate service account) it re-authenticates silently"),
     },
     "probe": {
         "rate_hz": num_range(20, 0, 100, "probes per second", "SYN probes; 0: off"),

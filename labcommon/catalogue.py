@@ -245,6 +245,11 @@ DB_DISMOUNTED = event("db_dismounted", "runner", "Active Manager left a database
                                                  "was allowed to mount (AutoDatabaseMountDial) or answered",
                       db=f("str", "database"), previous=f("str", "the copy that died"),
                       missing=f("int|null", "rows the best surviving copy lacked"), reason=f("str", "why"))
+DUMPSTER_RESUBMIT = event("dumpster_resubmit", "runner", "after a failover mounted a copy, a CAS's transport "
+                                                         "dumpster resubmitted its recent messages of the database",
+                          db=f("str", "database"), cas=f("str", "the CAS (hub transport) whose dumpster it was"),
+                          resubmitted=f("int", "messages resubmitted"),
+                          recovered=f("int", "of them, messages the mounted copy lacked"))
 RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServer reached an autodiscover service",
                  db=f("str", "database"), server=f("str", "new server name"), autodiscover=f("str", "host"),
                  ok=f("bool", "it confirmed"))

@@ -40,6 +40,7 @@ class SessionFault:
     reauth: int                   # logons that needed credentials again, in the window
     prompts: int                  # of them, user-visible credential prompts (NTLM)
     phases: dict[str, float | None] | None = None
+    silent_reauth: int = 0        # of them, silent re-authentications (Kerberos)
 
     @property
     def unrecovered(self) -> bool:
@@ -63,6 +64,7 @@ class FaultRun:
     window_end_ns: int
     detection_ms: float | None
     sessions: list[SessionFault]
+    databases: dict[str, dict[str, Any]] = field(default_factory=dict)  # db -> unmounted_ms, missing, dismounted
 
     def count(self, attr: str) -> int:
         return sum(1 for s in self.sessions if getattr(s, attr))
@@ -138,6 +140,10 @@ class FaultSummary:
     goodput_dip_unaffected: float | None
     client_deaths: int
     cpu_ms_per_op: float | None = None
+    silent_reauth: int = 0
+    db_unmounted_ms: float | None = None  # longest time a failed database stayed unmounted (mounted ones)
+    dbs_dismounted: int = 0               # failed databases no copy mounted before the window closed
+    copy_missing: int | None = None       # rows the mounted copies knew they lacked (the copy queue)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from labcommon.catalogue import (
     PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
+from caslab.metrics.databases import database_outages, dumpster
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
 
@@ -48,7 +49,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                                   downs) for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
         faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
                                sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
-                               sessions))
+                               sessions, database_outages(events, fe["ts"], end, elements)))
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
     return RunOutcome(
@@ -158,4 +159,5 @@ def message_integrity(events: list[dict]) -> dict[str, int]:
         if e["ev"] == MAILBOX_CONTENTS and e.get("active", True):
             stored_by_db[e["db"]].update(e["msg_ids"])
     stored = set().union(*stored_by_db.values()) if stored_by_db else set()
-    return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored)}
+    return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored),
+            "recovered": dumpster(events)["recovered"]}

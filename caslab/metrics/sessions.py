@@ -163,4 +163,4 @@ def session_fault(track: SessionTrack, t: int, window_end: int, run_end: int, el
         dropped_ms=_ms(drop, t), stalled=stalled, longest_gap_ms=round(gap / 1e6, 3), late=late,
         disrupted=disrupted, recovered=affected and recovered_at is not None, reconnect_ms=reconnect,
         cas_after=cas_after, reauth=sum(1 for x in logons if x[2]), prompts=sum(1 for x in logons if x[2] and x[3]),
-        phases=phases)
+        silent_reauth=sum(1 for x in logons if x[2] and not x[3]), phases=phases)

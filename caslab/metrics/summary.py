@@ -30,7 +30,7 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         reasons.append("a repetition did not complete")
     if exits:
         reasons.append(f"{len(exits)} lab process(es) died during the run: {sorted({x['name'] for x in exits})}")
-    messages = {k: sum(r.messages[k] for r in runs) for k in ("acked", "stored", "lost")}
+    messages = {k: sum(r.messages.get(k, 0) for r in runs) for k in ("acked", "stored", "lost", "recovered")}
     probe_gap = max((r.probe_gap_ms for r in runs if r.probe_gap_ms is not None), default=None)
     app_gap = max((r.app_probe_gap_ms for r in runs if r.app_probe_gap_ms is not None), default=None)
     capture = merge_capture_checks([r.capture_check for r in runs])
@@ -79,11 +79,21 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         unrecovered=sum(s.unrecovered for s in sessions), collateral=sum(s.collateral for s in sessions),
         disrupted=sum(s.disrupted for s in sessions), stalled=sum(s.stalled for s in sessions),
         reauth=sum(s.reauth for s in sessions if s.affected), prompts=sum(s.prompts for s in sessions if s.affected),
+        silent_reauth=sum(s.silent_reauth for s in sessions if s.affected), **database_row(faults),
         reconnect_ms=Distribution.of(reconnects, rep_means),
         detection_ms=Distribution.of([f.detection_ms for f in faults if f.detection_ms is not None]),
         phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
         client_deaths=deaths)
+
+
+def database_row(faults) -> dict[str, Any]:
+    """The failed databases of one fault over its repetitions."""
+    dbs = [d for f in faults for d in f.databases.values()]
+    mounted = [d["unmounted_ms"] for d in dbs if d["unmounted_ms"] is not None]
+    missing = [d["missing"] for d in dbs if isinstance(d.get("missing"), int)]
+    return {"db_unmounted_ms": max(mounted) if mounted else None, "dbs_dismounted": sum(d["dismounted"] for d in dbs),
+            "copy_missing": sum(missing) if missing else None}
 
 
 def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:
