@@ -117,6 +117,37 @@ def terminal_table(rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+ADDRESS_COLUMNS: list[Column] = [
+    Column("label", "scenario", doc="mode and sweep point"), Column("db", "database"),
+    Column("address", "name resolved to", doc="the first address of the session's DNS answer: the one it used"),
+    Column("host", "host", doc="whose address it is"), Column("site", "site"),
+    Column("sessions", "sessions", doc="all repetitions"),
+    Column("served", "served", doc="sessions with at least one successful mailbox operation in the window"),
+    Column("success_pct", "mailbox ops ok", "%", ".1f", doc="successful mailbox operations / (those + failed "
+                                                            "ones + dropped connections)"),
+    Column("mailbox_ok", "ops ok"), Column("failures", "failures", doc="failed mailbox operations and drops"),
+]
+
+
+def shows_addresses(scenarios: list[Any]) -> bool:
+    """The by-address table matters where users of one database resolved to different addresses."""
+    for s in scenarios:
+        seen: dict[str, set] = {}
+        for row in s.by_address:
+            seen.setdefault(row["db"], set()).add(row["address"])
+        if any(len(v) > 1 for v in seen.values()):
+            return True
+    return False
+
+
+def plain_table(columns: list[Column], rows: list[Any]) -> str:
+    """Every column, aligned: the terminal's rendering of a secondary table."""
+    cells = [[c.header for c in columns]] + [[c.text(r) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(" ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
 SESSION_COLUMNS: list[Column] = [
     Column("scenario", "scenario id"), Column("label", "scenario"), Column("mode", "mode"),
     Column("repetition", "repetition", doc="0-based"), Column("fault_index", "fault index"),

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def role_processes(ctx: "RunContext", host: str) -> list["LabProcess"]:
-    """The host's role service (the process named after the host)."""
-    return [p for p in ctx.lab.processes_on(host) if p.name == host]
+    """The host's role services: the process named after the host, and on a multi-role
+    server its mailbox service too (caslab.services.mailbox_process_name)."""
+    return [p for p in ctx.lab.processes_on(host) if p.name in (host, f"mailbox-{host}")]
 
 
 MOUNT_DIAL_LOGS = {"lossless": 0, "good": 6, "best": 12}  # AutoDatabaseMountDial: log generations a copy may lack

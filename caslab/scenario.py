@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caslab import faults, services, system
+from caslab import faults, services, system, wan
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
     CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
-    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
+    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
@@ -224,6 +224,8 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         start_controller(ctx, mode, of_port)
         lab.start()
         lab.wait_connected()
+        if scenario["topology"]["wan_firewall"]:
+            wan.apply_firewall(ctx)
         progress("starting Exchange roles")
         services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
         roles = services.start_mailboxes(ctx) + services.start_cas(ctx)
@@ -249,6 +251,9 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         watcher.halt.set()
         stop_all(client_procs)
         record_mailboxes(ctx)
+        if scenario["topology"]["wan_firewall"]:
+            log.emit(WAN_FIREWALL, dropped=wan.dropped_packets(ctx),
+                     detail="the WAN router drops every CAS connection to another site's mailbox servers")
         log.emit(SCENARIO_END, ok=True)
     except BaseException as exc:
         log.emit(SCENARIO_END, ok=False, error=f"{type(exc).__name__}: {exc}")

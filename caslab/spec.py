@@ -23,6 +23,9 @@ from caslab.modes import MODES
 from caslab.schema import (
     NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
 )
+from caslab.spec_exchange import (  # noqa: F401 - server_names, array_sites: part of this module's API
+    array_sites, check_arrays, check_exchange, server_names, unknown_key as _unknown,
+)
 from topologies.plan import LAB_DOMAIN, MAX_CAS, MAX_CLIENTS, MAX_MAILBOXES, LabPlan, plan_from_topology
 
 try:
@@ -53,6 +56,11 @@ CORE: dict[str, dict[str, Field]] = {
         "branch_cas": int_range(2, 0, MAX_CAS),
         "branch_client_hosts": int_range(1, 0, MAX_CLIENTS),
         "databases": int_range(2, 1, 16),
+        "multi_role": Field(bool, False, doc="the first min(cas, mailboxes) HQ servers run CAS and mailbox roles "
+                                             "together (named ex1, ex2, ...)"),
+        "branch_mailboxes": int_range(0, 0, MAX_MAILBOXES, "mailbox servers in Branch (for exchange.database_site)"),
+        "wan_firewall": Field(bool, False, doc="the WAN router drops a CAS's connections to the mailbox servers of "
+                                               "another site: no CAS can serve a database across the WAN"),
         "wan_bw_mbit": num_range(0, 0, 10000, "Mbit/s", "0: unlimited"),
         "wan_delay_ms": num_range(0, 0, 5000, "ms", "needs sch_netem; skipped with a notice without it"),
     },
@@ -86,6 +94,8 @@ CORE: dict[str, dict[str, Field]] = {
             dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
             "a table of database = server, e.g. { DB1 = \"cas2\" } or { DB1 = \"array:HQ\" }"),
         "created_before_array": Field(list, [], list_of(str), "a list of database names like [\"DB1\"]"),
+        "database_site": Field(dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
+                               "a table of database = site, e.g. { DB2 = \"Branch\" } (default: HQ)"),
         "autodiscover_refresh_s": num_range(3600, 1, 86400, "s", "Outlook: one hour"),
         "replication": choice("sync", ("sync", "async"), "DAG replication: sync acknowledges a send once every "
                                                         "healthy copy has it; async ships log generations"),
@@ -129,14 +139,6 @@ FAULT_COMMON: dict[str, Field] = {
                                              "serving the most sessions when the fault fires)"),
     "at_s": Field(NUM, 0.0, non_negative, "a non-negative number of seconds after warm-up"),
 }
-ARRAY_FIELDS = {"name": re.compile(r"[A-Za-z0-9 _.-]{1,64}"), "fqdn": re.compile(r"[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+"),
-                "site": re.compile(r"HQ|Branch")}
-
-
-def _unknown(source: str, key: str, known) -> SpecError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], sorted(known), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return SpecError(source, key, f"one of the keys {sorted(known)}{hint}")
 
 
 def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         raise SpecError(source, "faults", "an array of tables ([[faults]])", faults)
     spec["faults"] = [_check_fault(source, i, f) for i, f in enumerate(faults)]
     spec["sweep"] = _check_sweep(source, raw.get("sweep", {}))
-    spec["arrays"] = _check_arrays(source, raw.get("arrays"))
+    spec["arrays"] = check_arrays(source, raw.get("arrays"))
     for scenario in scenarios(spec):
         where = source if not scenario["params"] else f"{source} (sweep point {scenario['label']})"
         check_scenario(where, scenario)
@@ -217,59 +219,12 @@ def _check_sweep(source: str, sweep: Any) -> dict[str, list]:
     return out
 
 
-def _check_arrays(source: str, arrays: Any) -> list[dict[str, str]] | None:
-    """[[arrays]] as New-ClientAccessArray -Name -Fqdn -Site; None = one per site (default)."""
-    if arrays is None:
-        return None
-    if not isinstance(arrays, list):
-        raise SpecError(source, "arrays", "an array of tables ([[arrays]]) with name, fqdn, site", arrays)
-    seen: dict[str, set] = {"fqdn": set(), "site": set()}
-    out = []
-    for i, entry in enumerate(arrays):
-        if not isinstance(entry, dict):
-            raise SpecError(source, f"arrays[{i}]", "a table with name, fqdn, site", entry)
-        for key in entry:
-            if key not in ARRAY_FIELDS:
-                raise _unknown(source, f"arrays[{i}].{key}", ARRAY_FIELDS)
-        for key, regex in ARRAY_FIELDS.items():
-            value = entry.get(key)
-            if not isinstance(value, str) or not regex.fullmatch(value):
-                expected = {"name": "an array name", "fqdn": "a lower-case DNS name like 'outlook.hq.lab.test'",
-                            "site": "'HQ' or 'Branch'"}[key]
-                raise SpecError(source, f"arrays[{i}].{key}", expected + (" (missing)" if value is None else ""),
-                                value)
-        for key in ("fqdn", "site"):
-            if entry[key] in seen[key]:
-                raise SpecError(source, f"arrays[{i}].{key}", f"a {key} no other array has (one array per site)",
-                                entry[key])
-            seen[key].add(entry[key])
-        out.append(dict(entry))
-    return out
-
-
 # ---------------------------------------------------------------- one scenario against its plan
-
-def array_sites(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    if scenario["arrays"] is None:
-        return [s.name for s in plan.sites if plan.by_role("cas", s.name)]
-    return [a["site"] for a in scenario["arrays"]]
-
-
-def server_names(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    """What a database's RpcClientAccessServer may name: an array, a CAS or its FQDN."""
-    names = [f"array:{s}" for s in array_sites(scenario, plan)]
-    names += [a["fqdn"] for a in scenario["arrays"] or []]
-    if scenario["arrays"] is None:
-        names += [s.array_fqdn for s in plan.sites if plan.by_role("cas", s.name)]
-    for cas in plan.by_role("cas"):
-        names += [cas.name, f"{cas.name}.{LAB_DOMAIN}"]
-    return names
-
 
 def check_scenario(source: str, scenario: dict[str, Any]) -> None:
     """Consistency of one resolved scenario (a sweep point) with its addressing plan."""
     topo = scenario["topology"]
-    for key in ("wan_bw_mbit", "wan_delay_ms"):
+    for key in ("wan_bw_mbit", "wan_delay_ms", "wan_firewall", "branch_mailboxes"):
         if topo[key] and not topo["branch"]:
             raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
                                                        "there is no WAN link to shape", topo[key])
@@ -288,8 +243,12 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
     if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
         raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
                                                             "(one address per session)", clients["sessions_per_host"])
-    _check_exchange(source, scenario, plan, hosts)
+    check_exchange(source, scenario, plan, hosts)
     mode = MODES[scenario["mode"]]
+    if topo["multi_role"] and scenario["mode"] == "wnlb":
+        raise SpecError(source, "topology.multi_role", "a mode other than wnlb: Windows NLB and the failover "
+                                                       "clustering a DAG needs cannot run on the same server "
+                                                       "(use a hardware load balancer, as Microsoft advises)", True)
     for fault in scenario["faults"]:
         key = f"faults[{fault['index']}]"
         cls = FAULTS[fault["kind"]]
@@ -297,8 +256,8 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
             if target == BUSIEST and "cas" in cls.target_roles:
                 continue  # chosen at the fault's instant: the CAS serving the most sessions
             host = hosts.get(target) if isinstance(target, str) else None
-            if host is None or host.role not in cls.target_roles:
-                allowed = sorted((h for h in hosts.values() if h.role in cls.target_roles), key=lambda h: h.ip)
+            if host is None or not set(host.roles) & set(cls.target_roles):
+                allowed = sorted((h for h in hosts.values() if set(h.roles) & set(cls.target_roles)), key=lambda h: h.ip)
                 raise SpecError(source, f"{key}.target", f"a host of this topology whose role is one of "
                                                          f"{list(cls.target_roles)}: {[h.name for h in allowed]}",
                                 target)
@@ -312,30 +271,6 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
                                                    f"{' and '.join(sorted(missing))}, which {mode.name} does not have",
                             fault["kind"])
         cls.check(fault, scenario, plan, source, key)
-
-
-def _check_exchange(source: str, scenario: dict[str, Any], plan: LabPlan, hosts: dict) -> None:
-    databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
-    exchange = scenario["exchange"]
-    for db in exchange["created_before_array"]:
-        if db not in databases:
-            raise SpecError(source, "exchange.created_before_array", f"databases of this topology {databases}", db)
-    allowed = server_names(scenario, plan)
-    for db, server in exchange["rpc_client_access_server"].items():
-        if db not in databases:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}",
-                            f"a database of this topology {databases}", db)
-        if server not in allowed:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"one of {allowed}", server)
-    sites = [s.name for s in plan.sites]
-    for i, array in enumerate(scenario["arrays"] or []):
-        if array["site"] not in sites:
-            raise SpecError(source, f"arrays[{i}].site", f"a site of this topology {sites}", array["site"])
-        if not plan.by_role("cas", array["site"]):
-            raise SpecError(source, f"arrays[{i}].site", "a site with CAS servers", array["site"])
-        shadowed = array["fqdn"].split(".")[0] if array["fqdn"].endswith("." + LAB_DOMAIN) else None
-        if shadowed in hosts or array["fqdn"] in {f"{h}.{LAB_DOMAIN}" for h in hosts}:
-            raise SpecError(source, f"arrays[{i}].fqdn", "a name that is not a lab host's", array["fqdn"])
 
 
 # ---------------------------------------------------------------- files, overrides, scenarios

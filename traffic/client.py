@@ -125,7 +125,8 @@ class Session:
             start = self.index
         if addresses != self.resolved:
             self.resolved = list(addresses)
-            self.emit(RESOLVED, name=str(server or ""), addresses=list(addresses))
+            first = start % len(addresses) if addresses else 0
+            self.emit(RESOLVED, name=str(server or ""), addresses=addresses[first:] + addresses[:first])
         address = addresses[(start + self.address_index) % len(addresses)]
         local = (self.source_ip, 0) if self.source_ip else None
         try:

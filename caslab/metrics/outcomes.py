@@ -105,6 +105,7 @@ class RunOutcome:
     probe_availability: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> (s, % answered)
     cost: dict[str, Any] = field(default_factory=dict)  # CPU ms per kind of process, and per successful operation
     capture_check: dict[str, Any] | None = None
+    by_address: list[dict[str, Any]] = field(default_factory=list)  # served users per (db, resolved address)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class ScenarioSummary:
     capture_check: dict[str, Any] | None
     process_exits: list[dict[str, Any]]
     cost: dict[str, Any] = field(default_factory=dict)
+    by_address: list[dict[str, Any]] = field(default_factory=list)  # caslab.metrics.addresses, all repetitions
 
 
 def to_dict(obj: Any) -> Any:

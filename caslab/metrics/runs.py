@@ -16,6 +16,7 @@ from labcommon.catalogue import (
     PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
+from caslab.metrics.addresses import by_address
 from caslab.metrics.databases import database_outages, dumpster
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
@@ -61,7 +62,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
                        for e in events if e["ev"] == PROCESS_EXIT],
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
-        cost=cost(events, start, end))
+        cost=cost(events, start, end), by_address=by_address(events, start, end))
 
 
 def cost(events: list[dict], start: int, end: int) -> dict[str, Any]:

@@ -60,18 +60,19 @@ class SessionTrack:
         return None
 
     def longest_gap(self, start: int, window_end: int, run_end: int) -> tuple[int, int | None]:
-        """Longest stretch without a successful operation that begins in [start, window_end):
-        (its length in ns, the success that ended it, or None if it ran to the end)."""
+        """Longest stretch without a successful operation that begins in [start, window_end),
+        counted up to the window's end (what follows belongs to the next fault): (its
+        length in ns, the success that ended it, or None if it ran to the end)."""
         successes = self.ok_ts[bisect.bisect_left(self.ok_ts, start):bisect.bisect_right(self.ok_ts, run_end)]
         best, ended_by, previous = 0, None, start
         for ts in successes:
             if previous >= window_end:
                 return best, ended_by
-            if ts - previous > best:
-                best, ended_by = ts - previous, ts
+            if min(ts, window_end) - previous > best:
+                best, ended_by = min(ts, window_end) - previous, ts
             previous = ts
-        if previous < window_end and run_end - previous > best:
-            best, ended_by = run_end - previous, None
+        if previous < window_end and min(run_end, window_end) - previous > best:
+            best, ended_by = min(run_end, window_end) - previous, None
         return best, ended_by
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from caslab.metrics import addresses
 from caslab.metrics.outcomes import PHASES, FaultSummary, RunOutcome, ScenarioSummary
 from caslab.metrics.stats import Distribution, median
 
@@ -46,7 +47,8 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         sessions=sessions, faults=rows, goodput=goodput_summary(runs), cpu_idle_pct=cpu_mean,
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
-        process_exits=exits, cost=scenario_cost)
+        process_exits=exits, cost=scenario_cost,
+        by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])])
 
 
 def cost_summary(runs: list[RunOutcome]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import ADDRESS_COLUMNS, COLUMNS, SESSION_COLUMNS, Column, shows_addresses
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -118,10 +118,13 @@ def write_report(run_dir: Path) -> Analysis:
     (run_dir / "summary.json").write_text(json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
     write_csv(run_dir / "summary.csv", COLUMNS, analysis.rows)
     write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
+    address_rows = [row for s in analysis.scenarios for row in s.by_address]
+    write_csv(run_dir / "addresses.csv", ADDRESS_COLUMNS, address_rows)
     figures = plots.make_all(analysis, run_dir)
     context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
-               "complete": analysis.complete}
+               "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
+               "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
     md.filters.update(caption=caption, md=_md)
     (run_dir / "report.md").write_text(md.get_template("report.md.j2").render(**context))
