@@ -86,7 +86,8 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
         index = plots.headline_fault(s)
         row = next((r for r in s.faults if r.fault_index == index), None)
         if row is None:
-            out.append({"label": s.label, "text": "no fault was injected.", "trustworthy": s.trustworthy})
+            out.append({"label": s.label, "text": "no fault was injected." + served_text(s),
+                        "trustworthy": s.trustworthy})
             continue
         r = row.reconnect_ms
         if not row.affected:
@@ -105,6 +106,16 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
             text += f" {row.collateral} unaffected session(s) hurt."
         out.append({"label": s.label, "text": text, "trustworthy": s.trustworthy})
     return out
+
+
+def served_text(s) -> str:
+    """Who was served, per address the users' server name resolved to (where that matters)."""
+    if not s.by_address:
+        return ""
+    served, total = sum(r["served"] for r in s.by_address), sum(r["sessions"] for r in s.by_address)
+    parts = [f"{r['served']} of {r['sessions']} whose name resolved to {r['host'] or r['address']}"
+             + (f" ({r['site']})" if r["site"] else "") for r in s.by_address]
+    return f" {served} of {total} sessions were served: " + "; ".join(parts) + "."
 
 
 def _md(value: Any) -> str:
