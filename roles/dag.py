@@ -142,21 +142,22 @@ class Shipper:
         self.wake = asyncio.Event()
         self.progress = asyncio.Event()  # set whenever peer_seq moved or the copy failed
         self.closed = copy.last_seq      # async: head of the last closed log generation
-        self.copied_at = 0.0             # async: when rows were last shipped
+        self.copied_at = 0.0             # async: when the copier last ran
+        self.copy_to = copy.last_seq     # async: what the copier ships this cycle (in batches)
 
     async def ship_once(self) -> int:
         """Send what the copy lacks (or a heartbeat with the head); learn where it is.
         Async: rows only when the copier is due (or the copy is resyncing), else just the
         head of the last closed generation."""
         loop = asyncio.get_running_loop()
-        head = self.copy.last_seq
+        head = ship_to = self.copy.last_seq
         if self.mode != "sync":
             if self.failed or loop.time() - self.copied_at >= self.log_interval_s:
-                self.closed, self.copied_at = head, loop.time()  # the open generation closes and ships
-            head = self.closed
+                self.closed = self.copy_to = head  # the open generation closes; the copier takes all
+                self.copied_at = loop.time()
+            head, ship_to = self.closed, self.copy_to
         start = self.peer_seq if self.peer_seq is not None else head
-        rows = self.copy.rows_after(start) if start < head else []
-        rows = [r for r in rows if r["seq"] <= head]
+        rows = [r for r in self.copy.rows_after(start) if r["seq"] <= ship_to] if start < ship_to else []
         reply = await self.link.call({"op": "replicate", "db": self.db, "rows": rows, "head": head})
         if isinstance(reply.get("last_seq"), int):
             self.peer_seq = reply["last_seq"]

@@ -71,3 +71,35 @@ def test_the_dumpster_resubmits_what_it_kept_and_counts_what_was_missing():
     assert (reply["resubmitted"], reply["recovered"]) == (2, 1), "the quota kept m1 and m2; m1 was there"
     assert stored == {"m1", "m2"}
     assert TransportDumpster(0).kept == {} and asyncio.run(TransportDumpster(0).resubmit("DB1", send))["resubmitted"] == 0
+
+
+def test_async_replication_announces_closed_generations_and_ships_on_the_copier_cycle(tmp_path):
+    """The copy queue: a closed generation is announced at once (head only), its rows
+    follow on the copier's cycle; the open generation is neither announced nor shipped."""
+    from labcommon.events import NullLog
+    from roles.dag import DatabaseCopy, Shipper
+
+    async def scenario():
+        active = DatabaseCopy(tmp_path / "a.sqlite", True, ["127.0.0.1:9"])
+        passive = DatabaseCopy(tmp_path / "p.sqlite", False, [])
+
+        class Link:  # the passive copy's side of the wire, in process
+            async def call(self, message):
+                return {"ok": passive.apply(message["rows"], message["head"]), "last_seq": passive.last_seq}
+
+        shipper = Shipper("DB1", active, "127.0.0.1:9", NullLog(), "async", log_messages=5, log_interval_s=0.4)
+        shipper.link = Link()
+        task = asyncio.get_running_loop().create_task(shipper.run())
+        await asyncio.sleep(0.05)  # the first cycle ships what exists (nothing)
+        for i in range(12):
+            active.append({"msg_id": f"m{i}", "user": "u", "folder": "Inbox", "subject": ""})
+            shipper.notify()
+        await asyncio.sleep(0.05)
+        queued = (passive.last_seq, passive.behind)
+        await asyncio.sleep(0.5)  # the copier's cycle came: everything ships, the open generation closes
+        task.cancel()
+        return queued, (passive.last_seq, passive.behind)
+
+    queued, shipped = asyncio.run(scenario())
+    assert queued == (0, 10), "two generations of 5 announced, none shipped; the open one (2 rows) unknown"
+    assert shipped == (12, 0)
