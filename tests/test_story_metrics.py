@@ -103,3 +103,19 @@ def test_async_replication_announces_closed_generations_and_ships_on_the_copier_
     queued, shipped = asyncio.run(scenario())
     assert queued == (0, 10), "two generations of 5 announced, none shipped; the open one (2 rows) unknown"
     assert shipped == (12, 0)
+
+
+def test_a_dismounted_database_is_not_recovered_by_pings():
+    from caslab.metrics.sessions import session_fault, tracks
+
+    sid = "cl1-s0"
+    events = [ev(0, "client_up", sessions=[sid], target={}),
+              ev(1, "logon", session=sid, cas="cas1", db="DB1", reauth=False, resumed=False),
+              ev(10, "op", session=sid, op="read", ok=True, lat_us=1, cas="cas1"),
+              ev(1100, "down", session=sid, reason="timeout")]
+    events += [ev(1200 + 100 * k, "op", session=sid, op="ping", ok=True, lat_us=1, cas="cas2") for k in range(30)]
+    track = tracks(events, 500)[sid]
+    down = session_fault(track, 100 * MS, 5000 * MS, 5000 * MS, {"mbx1", "db:DB1"}, "on_elements", 1050 * MS, {})
+    assert down.affected and not down.recovered, "only pings answered: the mailbox never did"
+    cas_fault = session_fault(track, 100 * MS, 5000 * MS, 5000 * MS, {"cas1"}, "on_elements", 1050 * MS, {})
+    assert cas_fault.recovered and cas_fault.reconnect_ms == 1100.0, "a CAS failure is over when a CAS answers"
