@@ -160,7 +160,7 @@ async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     server = CasServer(config, log)
 
-    admin = server.admin if "admin_port" in config else None  # the dumpster's, on a port the lab gives
+    admin = server.admin if server.dumpster.per_database else None  # only a dumpster has admin requests
     await listen(config, "cas", log, server.handle, on_close=close_links, admin=admin)
 
 
