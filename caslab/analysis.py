@@ -16,7 +16,7 @@ from typing import Any
 
 from caslab import metrics
 from caslab.metrics import FaultSummary, RunOutcome, RunParams, ScenarioSummary, Trace
-from labcommon.catalogue import CAPABILITY_MISSING
+from labcommon.catalogue import CAPABILITY_MISSING, WAN_FIREWALL
 from labcommon.events import read_events
 
 
@@ -112,6 +112,8 @@ def analyze(run_dir: Path, with_captures: bool = True) -> Analysis:
                 run.capture_check = capture_check(run_dir, key, by_run[key], run)
             runs[key] = run
         notices = sorted({e["detail"] for k in keys for e in by_run[k] if e["ev"] == CAPABILITY_MISSING})
+        notices += [f"{e['detail']}: {e['dropped']} packets dropped (repetition {k[1] + 1})"
+                    for k in keys for e in by_run[k] if e["ev"] == WAN_FIREWALL]
         scenarios.append(metrics.summarize_scenario(meta, [runs[k] for k in keys], params.min_cpu_idle_pct, notices))
         if keys:
             traces[meta["id"]] = trace_of(by_run[keys[0]], runs[keys[0]], spec)

@@ -68,7 +68,8 @@ COLUMNS: list[Column] = [
     Column("collateral", "collateral", terminal=5, doc="not affected, yet dropped, stalled or late"),
     Column("stalled", "stalled", terminal=5, doc="no success for longer than the stall threshold"),
     Column("reauth", "re-auth", doc="affected sessions' logons that needed credentials"),
-    Column("prompts", "prompts", doc="of them, user-visible credential prompts (NTLM)"),
+    Column("prompts", "prompts", terminal=7, doc="of them, user-visible credential prompts (NTLM)"),
+    Column("silent_reauth", "silent re-auth", doc="of them, silent re-authentications (Kerberos)"),
     Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "affected sessions with a reconnect time: the n "
                                                               "behind the percentiles"),
     Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50"),
@@ -82,6 +83,14 @@ COLUMNS: list[Column] = [
            "first load-balancer reaction after the fault (median over repetitions)"),
     Column("messages_acked", "msgs acked", source="messages.acked"),
     Column("messages_lost", "lost", terminal=4, source="messages.lost", doc="acked but missing from the active copy"),
+    Column("messages_recovered", "dumpster recovered", source="messages.recovered",
+           doc="messages the transport dumpster resubmitted that the mounted copy lacked"),
+    Column("db_unmounted_ms", "DB unmounted", "ms", ".1f", doc="longest a failed database stayed unmounted "
+                                                              "(of those a copy mounted again)"),
+    Column("dbs_dismounted", "DBs dismounted", doc="failed databases no copy mounted before the window closed "
+                                                   "(AutoDatabaseMountDial refused, or no copy answered)"),
+    Column("copy_missing", "copy queue lost", doc="messages the mounted copies knew they lacked at mount "
+                                                  "(the copy queue the mount dial allowed)"),
     Column("probe_gap_ms", "SYN probe gap", "ms", ".1f", doc="longest run of failed SYN probes"),
     Column("app_probe_gap_ms", "app probe gap", "ms", ".1f", doc="longest run of failed application probes"),
     Column("capture_max_diff_ms", "capture vs events", "ms", ".3f", 0, "capture_check.max_abs_diff_ms",
@@ -130,6 +139,37 @@ def terminal_table(rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+ADDRESS_COLUMNS: list[Column] = [
+    Column("label", "scenario", doc="mode and sweep point"), Column("db", "database"),
+    Column("address", "name resolved to", doc="the first address of the session's DNS answer: the one it used"),
+    Column("host", "host", doc="whose address it is"), Column("site", "site"),
+    Column("sessions", "sessions", doc="all repetitions"),
+    Column("served", "served", doc="sessions with at least one successful mailbox operation in the window"),
+    Column("success_pct", "mailbox ops ok", "%", ".1f", doc="successful mailbox operations / (those + failed "
+                                                            "ones + dropped connections)"),
+    Column("mailbox_ok", "ops ok"), Column("failures", "failures", doc="failed mailbox operations and drops"),
+]
+
+
+def shows_addresses(scenarios: list[Any]) -> bool:
+    """The by-address table matters where users of one database resolved to different addresses."""
+    for s in scenarios:
+        seen: dict[str, set] = {}
+        for row in s.by_address:
+            seen.setdefault(row["db"], set()).add(row["address"])
+        if any(len(v) > 1 for v in seen.values()):
+            return True
+    return False
+
+
+def plain_table(columns: list[Column], rows: list[Any]) -> str:
+    """Every column, aligned: the terminal's rendering of a secondary table."""
+    cells = [[c.header for c in columns]] + [[c.text(r) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(" ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
 SESSION_COLUMNS: list[Column] = [
     Column("scenario", "scenario id"), Column("label", "scenario"), Column("mode", "mode"),
     Column("repetition", "repetition", doc="0-based"), Column("fault_index", "fault index"),
@@ -141,4 +181,5 @@ SESSION_COLUMNS: list[Column] = [
     Column("reconnect_ms", "reconnect", "ms", ".3f"), Column("recovered", "recovered"),
     Column("stalled", "stalled"), Column("longest_gap_ms", "longest gap", "ms", ".3f"),
     Column("collateral", "collateral"), Column("reauth", "re-auth"), Column("prompts", "prompts"),
+    Column("silent_reauth", "silent re-auth"),
 ]

@@ -119,7 +119,8 @@ class RunContext:
         if configured is None:
             return {s.name: {"name": f"{s.name}-Array", "fqdn": s.array_fqdn} for s in self.plan.sites
                     if self.plan.by_role("cas", s.name)}
-        return {a["site"]: {"name": a["name"], "fqdn": a["fqdn"]} for a in configured}
+        return {a["site"]: {"name": a["name"], "fqdn": a["fqdn"], **({"records": a["records"]} if a.get("records")
+                                                                     else {})} for a in configured}
 
     def events_path(self, source: str) -> str:
         return str(self.raw_dir / f"{source}.jsonl")

@@ -30,7 +30,7 @@ def kind_of(name: str, host_roles: dict[str, str]) -> str:
     if name in host_roles:
         return {"client": "client", "cas": "cas", "mailbox": "mailbox", "autodiscover": "autodiscover"}.get(
             host_roles[name], "other")
-    for prefix, kind in (("controller", "controller"), ("health-", "health"), ("probe-", "prober"),
+    for prefix, kind in (("mailbox-", "mailbox"), ("controller", "controller"), ("health-", "health"), ("probe-", "prober"),
                          ("appprobe-", "prober"), ("tcpdump-", "capture"), ("haproxy-", "haproxy"),
                          ("dnsmasq", "dns"), ("ovs-vswitchd", "ovs"), ("runner", "runner")):
         if name.startswith(prefix):

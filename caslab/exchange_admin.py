@@ -11,8 +11,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from labcommon.catalogue import DB_ACTIVE, DB_DISMOUNTED
-from labcommon.ports import ADMIN_PORT, MAILBOX_PORT
+from labcommon.catalogue import DB_ACTIVE, DB_DISMOUNTED, DUMPSTER_RESUBMIT
+from labcommon.ports import ADMIN_PORT, CAS_ADMIN_PORT, MAILBOX_PORT
 from topologies.plan import LAB_DOMAIN
 
 if TYPE_CHECKING:
@@ -21,18 +21,20 @@ if TYPE_CHECKING:
 
 
 def role_processes(ctx: "RunContext", host: str) -> list["LabProcess"]:
-    """The host's role service (the process named after the host)."""
-    return [p for p in ctx.lab.processes_on(host) if p.name == host]
+    """The host's role services: the process named after the host, and on a multi-role
+    server its mailbox service too (caslab.services.mailbox_process_name)."""
+    return [p for p in ctx.lab.processes_on(host) if p.name in (host, f"mailbox-{host}")]
 
 
 MOUNT_DIAL_LOGS = {"lossless": 0, "good": 6, "best": 12}  # AutoDatabaseMountDial: log generations a copy may lack
 
 
-def admin_call(ctx: "RunContext", target_host: str, message: dict[str, Any]) -> dict[str, Any]:
+def admin_call(ctx: "RunContext", target_host: str, message: dict[str, Any], port: int = ADMIN_PORT,
+               timeout_s: float = 2.0) -> dict[str, Any]:
     """One framed admin request to a role service, sent from inside its own host to its
     loopback admin listener (no other host can reach it)."""
-    code, out = ctx.lab.run_in(target_host, [sys.executable, "-m", "roles.admin", f"127.0.0.1:{ADMIN_PORT}",
-                                             json.dumps(message)], timeout_s=10)
+    code, out = ctx.lab.run_in(target_host, [sys.executable, "-m", "roles.admin", f"127.0.0.1:{port}",
+                                             json.dumps(message), str(timeout_s)], timeout_s=timeout_s + 8)
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -92,12 +94,27 @@ def fail_over_databases(ctx: "RunContext", dead: set[str]) -> None:
             reply = admin_call(ctx, copy, {"op": "activate", "db": db, "head": head, "max_missing": max_missing(ctx)})
             if reply.get("ok"):
                 _record(ctx, db, copy, old, reply)
+                resubmit_from_dumpsters(ctx, db, dead)
                 break
             best_missing = reply.get("missing") if best_missing is None else best_missing
         else:
             reason = "no surviving copy answered" if not survivors else "every surviving copy lacked more than the " \
                 f"mount dial ({ctx.spec['exchange']['mount_dial']}) allows"
             ctx.log.emit(DB_DISMOUNTED, db=db, previous=old, missing=best_missing, reason=reason)
+
+
+def resubmit_from_dumpsters(ctx: "RunContext", db: str, dead: set[str]) -> None:
+    """A copy mounted after a failover may lack recent mail: every surviving hub transport
+    (the lab's CAS) resubmits what its dumpster kept for the database."""
+    if not ctx.spec["exchange"]["dumpster_messages"]:
+        return
+    for cas in ctx.plan.by_role("cas"):
+        if cas.name in dead:
+            continue
+        reply = admin_call(ctx, cas.name, {"op": "resubmit", "db": db}, port=CAS_ADMIN_PORT, timeout_s=10)
+        if reply.get("ok"):
+            ctx.log.emit(DUMPSTER_RESUBMIT, db=db, cas=cas.name, resubmitted=int(reply.get("resubmitted", 0)),
+                         recovered=int(reply.get("recovered", 0)))
 
 
 def host_fqdn(ctx: "RunContext", name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import ADDRESS_COLUMNS, COLUMNS, SESSION_COLUMNS, Column
 
 FILES = [
     ("manifest.json", "The run as it was asked for and where it ran: `spec` (fully resolved, defaults filled "
@@ -26,6 +26,9 @@ FILES = [
                      "phases_ms)."),
     ("summary.csv", "The same rows as the report's table: one per scenario and fault (columns below)."),
     ("sessions.csv", "One row per session, fault and repetition (columns below): ready for pandas."),
+    ("addresses.csv", "Per scenario, database and the address the users' server name resolved to: sessions, "
+                      "served, mailbox operations ok (columns below); the report shows it where users of one "
+                      "database resolved to different addresses."),
     ("report.md, report.html", "The report: the verdict first, untrustworthy banners, the table, the figures. "
                                "report.html is self-contained (figures embedded)."),
     ("*.png, *.svg", "The figures, each as PNG and SVG: verdict, reconnect-cdf, reconnect-means, phases, "
@@ -55,6 +58,7 @@ def markdown() -> str:
     lines += [f"* **{name}**: {text}" for name, text in FILES]
     lines += ["", "## summary.csv (and every results table)", ""] + table(COLUMNS)
     lines += ["", "## sessions.csv", ""] + table(SESSION_COLUMNS)
+    lines += ["", "## addresses.csv", ""] + table(ADDRESS_COLUMNS)
     lines += ["", "Times are ms after the fault unless the column says otherwise; empty cells are values that "
                   "do not exist (a session that never reconnected has no reconnect time)."]
     return "\n".join(lines) + "\n"

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from caslab import faults, hypervisor, services, system
+from caslab import faults, hypervisor, services, system, wan
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
     CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
-    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
+    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
@@ -228,6 +228,9 @@ class LabUp:
         self.watcher.halt.set()
         stop_all(self.clients)
         record_mailboxes(self.ctx)
+        if self.ctx.spec["topology"]["wan_firewall"]:
+            self.ctx.log.emit(WAN_FIREWALL, dropped=wan.dropped_packets(self.ctx),
+                              detail="the WAN router drops every CAS connection to another site's mailbox servers")
 
 
 @contextmanager
@@ -256,6 +259,8 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         lab.wait_connected()
         mode.prepare(ctx)
         hypervisor.start(ctx)
+        if scenario["topology"]["wan_firewall"]:
+            wan.apply_firewall(ctx)
         progress("starting Exchange roles")
         services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
         roles = services.start_mailboxes(ctx) + services.start_cas(ctx)

@@ -14,30 +14,14 @@ from typing import Any
 from caslab.faults import BUSIEST, FAULTS
 from caslab.modes import MODES
 from caslab.schema import SpecError
-from topologies.plan import LAB_DOMAIN, LabPlan, plan_from_topology
-
-
-def array_sites(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    if scenario["arrays"] is None:
-        return [s.name for s in plan.sites if plan.by_role("cas", s.name)]
-    return [a["site"] for a in scenario["arrays"]]
-
-
-def server_names(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
-    """What a database's RpcClientAccessServer may name: an array, a CAS or its FQDN."""
-    names = [f"array:{s}" for s in array_sites(scenario, plan)]
-    names += [a["fqdn"] for a in scenario["arrays"] or []]
-    if scenario["arrays"] is None:
-        names += [s.array_fqdn for s in plan.sites if plan.by_role("cas", s.name)]
-    for cas in plan.by_role("cas"):
-        names += [cas.name, f"{cas.name}.{LAB_DOMAIN}"]
-    return names
+from caslab.spec_exchange import array_sites, check_exchange, server_names  # noqa: F401 (re-exported)
+from topologies.plan import LabPlan, plan_from_topology
 
 
 def check_scenario(source: str, scenario: dict[str, Any]) -> None:
     """Consistency of one resolved scenario (a sweep point) with its addressing plan."""
     topo = scenario["topology"]
-    for key in ("wan_bw_mbit", "wan_delay_ms"):
+    for key in ("wan_bw_mbit", "wan_delay_ms", "wan_firewall", "branch_mailboxes"):
         if topo[key] and not topo["branch"]:
             raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
                                                        "there is no WAN link to shape", topo[key])
@@ -56,8 +40,15 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
     if clients["distinct_source_ips"] and clients["sessions_per_host"] > 250:
         raise SpecError(source, "clients.sessions_per_host", "at most 250 with clients.distinct_source_ips "
                                                             "(one address per session)", clients["sessions_per_host"])
-    _check_exchange(source, scenario, plan, hosts)
+    check_exchange(source, scenario, plan, hosts)
     mode = MODES[scenario["mode"]]
+    if topo["multi_role"] and scenario["mode"] == "wnlb":
+        raise SpecError(source, "topology.multi_role", "a mode other than wnlb: Windows NLB and the failover "
+                                                       "clustering a DAG needs cannot run on the same server "
+                                                       "(use a hardware load balancer, as Microsoft advises)", True)
+    if topo["multi_role"] and plan.virtualized:
+        raise SpecError(source, "topology.multi_role", "false with topology.hypervisors: the lab runs only "
+                                                       "single-role CAS as virtual machines", True)
     if plan.virtualized and not mode.multi_switch:
         raise SpecError(source, "topology.hypervisors", f"0 with mode {mode.name}: it needs every CAS on the "
                                                         "site switch", topo["hypervisors"])
@@ -76,8 +67,8 @@ def check_fault_in(source: str, scenario: dict[str, Any], plan: LabPlan, fault: 
         if target == BUSIEST and "cas" in cls.target_roles:
             continue  # chosen at the fault's instant: the CAS serving the most sessions
         host = hosts.get(target) if isinstance(target, str) else None
-        if host is None or host.role not in cls.target_roles:
-            allowed = sorted((h for h in hosts.values() if h.role in cls.target_roles), key=lambda h: h.ip)
+        if host is None or not set(host.roles) & set(cls.target_roles):
+            allowed = sorted((h for h in hosts.values() if set(h.roles) & set(cls.target_roles)), key=lambda h: h.ip)
             names = [h.name for h in allowed]
             close = difflib.get_close_matches(str(target), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -95,25 +86,3 @@ def check_fault_in(source: str, scenario: dict[str, Any], plan: LabPlan, fault: 
     cls.check(fault, scenario, plan, source, key)
 
 
-def _check_exchange(source: str, scenario: dict[str, Any], plan: LabPlan, hosts: dict) -> None:
-    databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
-    exchange = scenario["exchange"]
-    for db in exchange["created_before_array"]:
-        if db not in databases:
-            raise SpecError(source, "exchange.created_before_array", f"databases of this topology {databases}", db)
-    allowed = server_names(scenario, plan)
-    for db, server in exchange["rpc_client_access_server"].items():
-        if db not in databases:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}",
-                            f"a database of this topology {databases}", db)
-        if server not in allowed:
-            raise SpecError(source, f"exchange.rpc_client_access_server.{db}", f"one of {allowed}", server)
-    sites = [s.name for s in plan.sites]
-    for i, array in enumerate(scenario["arrays"] or []):
-        if array["site"] not in sites:
-            raise SpecError(source, f"arrays[{i}].site", f"a site of this topology {sites}", array["site"])
-        if not plan.by_role("cas", array["site"]):
-            raise SpecError(source, f"arrays[{i}].site", "a site with CAS servers", array["site"])
-        shadowed = array["fqdn"].split(".")[0] if array["fqdn"].endswith("." + LAB_DOMAIN) else None
-        if shadowed in hosts or array["fqdn"] in {f"{h}.{LAB_DOMAIN}" for h in hosts}:
-            raise SpecError(source, f"arrays[{i}].fqdn", "a name that is not a lab host's", array["fqdn"])

@@ -14,20 +14,22 @@ from caslab.context import DatabaseLayout, RunContext
 from caslab.exchange_admin import host_fqdn
 from caslab.netlab import LabProcess
 from labcommon.catalogue import RCAS
-from labcommon.ports import AUTODISCOVER_PORT, CAS_PORT, MAILBOX_PORT
+from labcommon.ports import AUTODISCOVER_PORT, CAS_ADMIN_PORT, CAS_PORT, MAILBOX_PORT
 from topologies.plan import LAB_DOMAIN, HostPlan, LabPlan
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
 
 def database_layout(spec: dict[str, Any], plan: LabPlan) -> dict[str, DatabaseLayout]:
-    """DAG layout: DB i is active on mailbox ((i-1) mod M)+1 and has a copy on every other."""
-    mailboxes = plan.by_role("mailbox", plan.sites[0].name)
+    """DAG layout: DB i lives in its site (``exchange.database_site``, HQ by default), is
+    active on that site's mailbox ((i-1) mod M)+1 and has a copy on every other one there."""
     layout = {}
     for i in range(spec["topology"]["databases"]):
+        db = f"DB{i + 1}"
+        mailboxes = plan.by_role("mailbox", spec["exchange"].get("database_site", {}).get(db, plan.sites[0].name))
         active = mailboxes[i % len(mailboxes)]
         copies = [active] + [m for m in mailboxes if m is not active]
-        layout[f"DB{i + 1}"] = DatabaseLayout(active.name, [m.name for m in copies])
+        layout[db] = DatabaseLayout(active.name, [m.name for m in copies])
     return layout
 
 
@@ -35,21 +37,28 @@ def mailbox_address(host: HostPlan) -> str:
     return f"{host.ip}:{MAILBOX_PORT}"
 
 
+def mailbox_process_name(host: HostPlan) -> str:
+    """A mailbox server's service is named after its host, unless the host is a
+    multi-role server whose CAS service has that name."""
+    return f"mailbox-{host.name}" if "cas" in host.roles else host.name
+
+
 def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
     ctx.databases = database_layout(ctx.spec, ctx.plan)
     procs = []
-    for host in ctx.plan.by_role("mailbox", ctx.plan.sites[0].name):
+    for host in ctx.plan.by_role("mailbox"):
         dbs = {}
         for db, entry in ctx.databases.items():
             if host.name in entry.copies:
                 peers = [mailbox_address(ctx.plan.host(n)) for n in entry.copies if n != host.name]
                 dbs[db] = {"active": entry.active == host.name, "peers": peers}
         exchange = ctx.spec["exchange"]
-        config = {"name": host.name, "listen_port": MAILBOX_PORT, "events": ctx.events_path(host.name),
+        name = mailbox_process_name(host)
+        config = {"name": host.name, "listen_port": MAILBOX_PORT, "events": ctx.events_path(name),
                   "store_dir": str(ctx.store_dir() / host.name), "databases": dbs,
                   "replication": exchange["replication"], "log_messages": exchange["log_messages"],
                   "log_interval_ms": exchange["log_interval_ms"]}
-        procs.append(ctx.start_module(host.name, host.name, "roles.mailbox", config))
+        procs.append(ctx.start_module(host.name, name, "roles.mailbox", config))
     return procs
 
 
@@ -59,7 +68,8 @@ def start_cas(ctx: RunContext) -> list[LabProcess]:
     procs = []
     for host in ctx.plan.by_role("cas"):
         config = {"name": host.name, "listen_port": CAS_PORT, "events": ctx.events_path(host.name),
-                  "databases": db_addresses}
+                  "databases": db_addresses, "admin_port": CAS_ADMIN_PORT,
+                  "dumpster_messages": ctx.spec["exchange"]["dumpster_messages"]}
         procs.append(ctx.start_module(host.name, host.name, "roles.cas", config))
     return procs
 
@@ -91,6 +101,7 @@ def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, An
             "interval_ms": c["interval_ms"], "op_timeout_ms": c["op_timeout_ms"],
             "connect_timeout_ms": c["connect_timeout_ms"], "backoff_ms": c["backoff_ms"], "select": c["select"],
             "ops": c["ops"], "users": users_for(ctx, host), "source_ips": source_ips,
+            "auth": ctx.spec["exchange"]["auth"], "prompt_answer_ms": c["prompt_answer_ms"],
             "seed": ctx.spec["experiment"]["seed"] * 1000 + index + ctx.repetition * 100,
             "events": ctx.events_path(host.name),
         }
@@ -99,12 +110,16 @@ def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, An
 
 
 def dns_records(ctx: RunContext, array_addresses: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Every host by name, plus each site's array FQDN -> the addresses the mode chose."""
+    """Every host by name, plus each site's array FQDN -> the addresses the mode chose, or
+    the CAS an admin listed by hand (``[[arrays]] records``)."""
     records = {f"{h.name}.{LAB_DOMAIN}": [h.ip] for h in ctx.plan.hosts}
     arrays = ctx.arrays()
     for site, addresses in array_addresses.items():
         if site in arrays:
             records[arrays[site]["fqdn"]] = addresses
+    for array in arrays.values():
+        if array.get("records"):
+            records[array["fqdn"]] = [ctx.plan.host(name).ip for name in array["records"]]
     return records
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,10 @@ from caslab.modes import MODES
 from caslab.schema import (
     NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
 )
-from caslab.scenario_check import array_sites, check_fault_in, check_scenario, server_names  # noqa: F401 (re-exported)
+from caslab.scenario_check import check_fault_in, check_scenario  # noqa: F401 (re-exported)
+from caslab.spec_exchange import (  # noqa: F401 - server_names, array_sites: part of this module's API
+    array_sites, check_arrays, server_names, unknown_key as _unknown,
+)
 from topologies.plan import MAX_CAS, MAX_CLIENTS, MAX_HYPERVISORS, MAX_MAILBOXES
 
 try:
@@ -54,6 +56,11 @@ CORE: dict[str, dict[str, Field]] = {
         "branch_cas": int_range(2, 0, MAX_CAS),
         "branch_client_hosts": int_range(1, 0, MAX_CLIENTS),
         "databases": int_range(2, 1, 16),
+        "multi_role": Field(bool, False, doc="the first min(cas, mailboxes) HQ servers run CAS and mailbox roles "
+                                             "together (named ex1, ex2, ...)"),
+        "branch_mailboxes": int_range(0, 0, MAX_MAILBOXES, "mailbox servers in Branch (for exchange.database_site)"),
+        "wan_firewall": Field(bool, False, doc="the WAN router drops a CAS's connections to the mailbox servers of "
+                                               "another site: no CAS can serve a database across the WAN"),
         "wan_bw_mbit": num_range(0, 0, 10000, "Mbit/s", "0: unlimited"),
         "wan_delay_ms": num_range(0, 0, 5000, "ms", "needs sch_netem; skipped with a notice without it"),
         "hypervisors": int_range(0, 0, MAX_HYPERVISORS, "HQ's CAS run as VMs on this many hypervisor switches joined "
@@ -74,6 +81,8 @@ CORE: dict[str, dict[str, Field]] = {
                             "a non-empty list of at most 32 delays in ms from 0 to 600000"),
         "select": choice("next_on_fail", ("first", "next_on_fail")),
         "distinct_source_ips": Field(bool, False),
+        "prompt_answer_ms": int_range(0, 0, 600000, "how long a user takes to type credentials at a prompt "
+                                                    "(exchange.auth = ntlm); 0: answered at once"),
         "ops": Field(dict, {"read": 4, "send": 2, "sync": 1, "ping": 3},
                      lambda v: bool(v) and all(k in OPS and isinstance(w, int) and not isinstance(w, bool)
                                                and 0 <= w <= 1000 for k, w in v.items()) and sum(v.values()) > 0,
@@ -95,6 +104,8 @@ CORE: dict[str, dict[str, Field]] = {
             dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
             "a table of database = server, e.g. { DB1 = \"cas2\" } or { DB1 = \"array:HQ\" }"),
         "created_before_array": Field(list, [], list_of(str), "a list of database names like [\"DB1\"]"),
+        "database_site": Field(dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
+                               "a table of database = site, e.g. { DB2 = \"Branch\" } (default: HQ)"),
         "autodiscover_refresh_s": num_range(3600, 1, 86400, "s", "Outlook: one hour"),
         "replication": choice("sync", ("sync", "async"), "DAG replication: sync acknowledges a send once every "
                                                         "healthy copy has it; async ships log generations"),
@@ -102,6 +113,12 @@ CORE: dict[str, dict[str, Field]] = {
         "log_interval_ms": int_range(500, 10, 600000, "async: a log generation is shipped at least this often"),
         "mount_dial": choice("best", ("lossless", "good", "best"), "AutoDatabaseMountDial: a copy lacking more "
                                                                      "than 0 / 6 / 12 log generations stays dismounted"),
+        "dumpster_messages": int_range(0, 0, 5000, "transport dumpster: recent messages kept per database by each "
+                                                   "hub transport (the lab's CAS), resubmitted after a failover "
+                                                   "mounts a copy; 0: off"),
+        "auth": choice("ntlm", ("ntlm", "kerberos"), "how Outlook authenticates: with ntlm a session that lands on "
+                                                    "another CAS prompts for credentials; with kerberos (2010 SP1, "
+                                                    "alternate service account) it re-authenticates silently"),
     },
     "probe": {
         "rate_hz": num_range(20, 0, 100, "probes per second", "SYN probes; 0: off"),
@@ -132,14 +149,6 @@ FAULT_COMMON: dict[str, Field] = {
                                              "serving the most sessions when the fault fires)"),
     "at_s": Field(NUM, 0.0, non_negative, "a non-negative number of seconds after warm-up"),
 }
-ARRAY_FIELDS = {"name": re.compile(r"[A-Za-z0-9 _.-]{1,64}"), "fqdn": re.compile(r"[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+"),
-                "site": re.compile(r"HQ|Branch")}
-
-
-def _unknown(source: str, key: str, known) -> SpecError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], sorted(known), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return SpecError(source, key, f"one of the keys {sorted(known)}{hint}")
 
 
 def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -165,7 +174,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         raise SpecError(source, "faults", "an array of tables ([[faults]])", faults)
     spec["faults"] = [check_fault(source, i, f) for i, f in enumerate(faults)]
     spec["sweep"] = _check_sweep(source, raw.get("sweep", {}))
-    spec["arrays"] = _check_arrays(source, raw.get("arrays"))
+    spec["arrays"] = check_arrays(source, raw.get("arrays"))
     for scenario in scenarios(spec):
         where = source if not scenario["params"] else f"{source} (sweep point {scenario['label']})"
         check_scenario(where, scenario)
@@ -220,34 +229,6 @@ def _check_sweep(source: str, sweep: Any) -> dict[str, list]:
     return out
 
 
-def _check_arrays(source: str, arrays: Any) -> list[dict[str, str]] | None:
-    """[[arrays]] as New-ClientAccessArray -Name -Fqdn -Site; None = one per site (default)."""
-    if arrays is None:
-        return None
-    if not isinstance(arrays, list):
-        raise SpecError(source, "arrays", "an array of tables ([[arrays]]) with name, fqdn, site", arrays)
-    seen: dict[str, set] = {"fqdn": set(), "site": set()}
-    out = []
-    for i, entry in enumerate(arrays):
-        if not isinstance(entry, dict):
-            raise SpecError(source, f"arrays[{i}]", "a table with name, fqdn, site", entry)
-        for key in entry:
-            if key not in ARRAY_FIELDS:
-                raise _unknown(source, f"arrays[{i}].{key}", ARRAY_FIELDS)
-        for key, regex in ARRAY_FIELDS.items():
-            value = entry.get(key)
-            if not isinstance(value, str) or not regex.fullmatch(value):
-                expected = {"name": "an array name", "fqdn": "a lower-case DNS name like 'outlook.hq.lab.test'",
-                            "site": "'HQ' or 'Branch'"}[key]
-                raise SpecError(source, f"arrays[{i}].{key}", expected + (" (missing)" if value is None else ""),
-                                value)
-        for key in ("fqdn", "site"):
-            if entry[key] in seen[key]:
-                raise SpecError(source, f"arrays[{i}].{key}", f"a {key} no other array has (one array per site)",
-                                entry[key])
-            seen[key].add(entry[key])
-        out.append(dict(entry))
-    return out
 
 
 # ---------------------------------------------------------------- files, overrides, scenarios

@@ -109,7 +109,8 @@ CLIENT_DOWN = event("client_down", "client", "the client process is exiting (SIG
 AUTODISCOVER = event("autodiscover", "client", "autodiscover gave the session a (new) RpcClientAccessServer",
                      session=SESSION, server=f("str", "the profile's server name"), db=f("str|null", "mailbox database"))
 RESOLVED = event("resolved", "client", "the session resolved its server name to addresses (DNS, TTL cached)",
-                 session=SESSION, name=f("str", "the name asked"), addresses=f("list", "the answer, in the order used"))
+                 session=SESSION, name=f("str", "the name asked"), addresses=f("list", "the answer, in the order this session tries it (the first is the "
+                                                          "one it uses)"))
 CONNECT_FAIL = event("connect_fail", "client", "a connection attempt failed",
                      session=SESSION, addr=f("str", "address tried"), reason=f("str", "exception name or 'resolve'"))
 CONNECT_OK = event("connect_ok", "client", "a TCP connection to a CAS (or the VIP) is established",
@@ -278,6 +279,11 @@ DB_DISMOUNTED = event("db_dismounted", "runner", "Active Manager left a database
                                                  "was allowed to mount (AutoDatabaseMountDial) or answered",
                       db=f("str", "database"), previous=f("str", "the copy that died"),
                       missing=f("int|null", "rows the best surviving copy lacked"), reason=f("str", "why"))
+DUMPSTER_RESUBMIT = event("dumpster_resubmit", "runner", "after a failover mounted a copy, a CAS's transport "
+                                                         "dumpster resubmitted its recent messages of the database",
+                          db=f("str", "database"), cas=f("str", "the CAS (hub transport) whose dumpster it was"),
+                          resubmitted=f("int", "messages resubmitted"),
+                          recovered=f("int", "of them, messages the mounted copy lacked"))
 RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServer reached an autodiscover service",
                  db=f("str", "database"), server=f("str", "new server name"), autodiscover=f("str", "host"),
                  ok=f("bool", "it confirmed"))
@@ -291,6 +297,9 @@ PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measur
                                   "prober / capture / haproxy / ovs / runner / other"),
                     cpu_ms=f("float", "user + system CPU time in the window", "ms"),
                     window_ms=f("float", "the window", "ms"))
+WAN_FIREWALL = event("wan_firewall", "runner", "what the WAN router's firewall dropped (topology.wan_firewall): "
+                                               "CAS connections to another site's mailbox servers",
+                     dropped=f("int", "packets dropped over the whole run"), detail=f("str", "the rule, in words"))
 CAPABILITY_MISSING = event("capability_missing", "runner", "something the spec asked for is unavailable here",
                            capability=f("str", "e.g. netem"), detail=f("str", "what was skipped"))
 CONTROLLER_START = event("controller_start", "runner", "the controller process started",

@@ -5,7 +5,7 @@ role serves admin requests on its host's loopback only, so admin actions (the DA
 Active Manager moving a database, a changed RpcClientAccessServer) run this inside the
 role's own host, as an argument list (no shell):
 
-    python -m roles.admin 127.0.0.1:7010 '{"op": "activate", "db": "DB1"}'
+    python -m roles.admin 127.0.0.1:7010 '{"op": "activate", "db": "DB1"}' [TIMEOUT_S]
 
 Prints the reply as JSON; exit status 1 if the service could not be reached.
 """
@@ -19,14 +19,15 @@ import sys
 from labcommon.protocol import FramedLink
 
 
-async def call(address: str, message: dict) -> dict:
-    return await FramedLink(address, 2.0).call(message)
+async def call(address: str, message: dict, timeout_s: float = 2.0) -> dict:
+    return await FramedLink(address, timeout_s).call(message)
 
 
 def main() -> None:
     address, payload = sys.argv[1], json.loads(sys.argv[2])
+    timeout_s = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
     try:
-        reply = asyncio.run(call(address, payload))
+        reply = asyncio.run(call(address, payload, timeout_s))
     except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
         print(json.dumps({"ok": False, "error": type(exc).__name__}))
         sys.exit(1)

@@ -10,7 +10,7 @@ asking the copies in turn (passive copies answer ``not_active``), remembers it, 
 looks again after a switchover, so the client sees only a delay.
 
 Config keys: name, listen_port, events, databases: {DB: [host:port of each copy]},
-mailbox_timeout_ms, locate_deadline_ms.
+mailbox_timeout_ms, locate_deadline_ms, dumpster_messages and admin_port (roles/dumpster.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from labcommon.auth import password_for
 from labcommon.catalogue import AUTH_FAILED, REAUTH
 from labcommon.protocol import FramedLink, error
+from roles.dumpster import TransportDumpster
 from roles.service import listen, open_log, run_role
 
 PROXIED_OPS = {"read", "send", "sync"}
@@ -64,6 +65,14 @@ class CasServer:
             config.get("mailbox_timeout_ms", 300) / 1000,
             config.get("locate_deadline_ms", 5000) / 1000,
         )
+        self.dumpster = TransportDumpster(config.get("dumpster_messages", 0))
+
+    async def admin(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """Loopback only: Active Manager asks the hub transport to resubmit a database's mail."""
+        db = request.get("db")
+        if request.get("op") != "resubmit" or db not in self.locator.databases:
+            return error("bad_request")
+        return await self.dumpster.resubmit(db, lambda message, st: self.to_mailbox(db, message, st))
 
     async def proxy(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         session = self.sessions.get(state["session"])
@@ -73,6 +82,12 @@ class CasServer:
         db = session["db"]
         message = {**request, "user": session["user"], "db": db}
         message.pop("session", None)
+        reply = await self.to_mailbox(db, message, state)
+        self.dumpster.keep(db, session["user"], request, reply)
+        return reply
+
+    async def to_mailbox(self, db: str, message: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """One request to the active copy of ``db``, found among its copies."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.locator.deadline_s
         links: dict[str, FramedLink] = state.setdefault("links", {})
@@ -145,7 +160,8 @@ async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     server = CasServer(config, log)
 
-    await listen(config, "cas", log, server.handle, on_close=close_links)
+    admin = server.admin if server.dumpster.per_database else None  # only a dumpster has admin requests
+    await listen(config, "cas", log, server.handle, on_close=close_links, admin=admin)
 
 
 def main() -> None:

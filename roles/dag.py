@@ -11,9 +11,13 @@ batches, never on a client's send path). Replication modes (``exchange.replicati
 
 * ``sync``: a send is acknowledged once every copy that is not failed has the row (a
   copy that does not answer within 100 ms is marked failed and caught up later);
-* ``async``: a send is acknowledged once the active copy committed it; rows are shipped
-  as log generations (every ``log_messages`` rows or ``log_interval_ms``), so a passive
-  copy lags by up to a generation: Exchange 2010's continuous replication.
+* ``async``: a send is acknowledged once the active copy committed it: Exchange 2010's
+  continuous replication. A log generation closes every ``log_messages`` rows, and is
+  announced to the copies at once (the active copy's head: Exchange's LastLogGenerated);
+  the copier ships the rows every ``log_interval_ms`` (closing the open generation
+  then). Generations announced but not yet shipped are the copy queue: a copy knows it
+  lacks them (AutoDatabaseMountDial counts them). Rows of the open generation are not
+  announced: a crash of the active copy loses them without any copy knowing.
 """
 
 from __future__ import annotations
@@ -137,16 +141,29 @@ class Shipper:
         self.failed = False
         self.wake = asyncio.Event()
         self.progress = asyncio.Event()  # set whenever peer_seq moved or the copy failed
+        self.closed = copy.last_seq      # async: head of the last closed log generation
+        self.copied_at = 0.0             # async: when the copier last ran
+        self.copy_to = copy.last_seq     # async: what the copier ships this cycle (in batches)
 
-    async def ship_once(self) -> None:
-        """Send what the copy lacks (or a heartbeat with the head); learn where it is."""
-        start = self.peer_seq if self.peer_seq is not None else self.copy.last_seq
-        rows = self.copy.rows_after(start) if start < self.copy.last_seq else []
-        reply = await self.link.call({"op": "replicate", "db": self.db, "rows": rows, "head": self.copy.last_seq})
+    async def ship_once(self) -> int:
+        """Send what the copy lacks (or a heartbeat with the head); learn where it is.
+        Async: rows only when the copier is due (or the copy is resyncing), else just the
+        head of the last closed generation."""
+        loop = asyncio.get_running_loop()
+        head = ship_to = self.copy.last_seq
+        if self.mode != "sync":
+            if self.failed or loop.time() - self.copied_at >= self.log_interval_s:
+                self.closed = self.copy_to = head  # the open generation closes; the copier takes all
+                self.copied_at = loop.time()
+            head, ship_to = self.closed, self.copy_to
+        start = self.peer_seq if self.peer_seq is not None else head
+        rows = [r for r in self.copy.rows_after(start) if r["seq"] <= ship_to] if start < ship_to else []
+        reply = await self.link.call({"op": "replicate", "db": self.db, "rows": rows, "head": head})
         if isinstance(reply.get("last_seq"), int):
             self.peer_seq = reply["last_seq"]
         if not reply.get("ok") and reply.get("error") != "gap":
             raise ConnectionError(str(reply.get("error", "refused")))
+        return len(rows)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,7 +174,7 @@ class Shipper:
             if loop.time() < self.failed_until:
                 await asyncio.sleep(self.failed_until - loop.time())
             try:
-                await self.ship_once()
+                shipped = await self.ship_once()
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 if not self.failed:
                     self.log.emit(REPLICATION_FAILED, db=self.db, peer=self.address, reason=type(exc).__name__)
@@ -168,9 +185,11 @@ class Shipper:
                 self.failed = False
                 self.log.emit(REPLICATION_RESUMED, db=self.db, peer=self.address, rows=self.copy.last_seq)
             self.progress.set()
-            if self.peer_seq is not None and self.peer_seq < self.copy.last_seq:
+            behind = self.peer_seq is not None and self.peer_seq < self.copy.last_seq
+            if behind and (self.mode == "sync" or shipped):
                 continue  # more to send (a resync, or a batch that filled up)
-            await self._sleep(HEARTBEAT_S if self.mode == "sync" else self.log_interval_s)
+            await self._sleep(HEARTBEAT_S if self.mode == "sync" else
+                              max(0.0, self.copied_at + self.log_interval_s - loop.time()))
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for new rows (sync: at once; async: a full log generation) or the timer."""
@@ -181,9 +200,11 @@ class Shipper:
         self.wake.clear()
 
     def notify(self) -> None:
-        """A row was appended: ship now (sync) or once a generation is full (async)."""
-        lag = self.copy.last_seq - (self.peer_seq or 0)
-        if self.mode == "sync" or lag >= self.log_messages:
+        """A row was appended: ship now (sync), or announce a generation that is full (async)."""
+        if self.mode == "sync":
+            self.wake.set()
+        elif self.copy.last_seq - self.closed >= self.log_messages:
+            self.closed = self.copy.last_seq
             self.wake.set()
 
     async def wait_for(self, seq: int, timeout_s: float) -> bool:

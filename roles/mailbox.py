@@ -101,7 +101,10 @@ class MailboxServer:
                "subject": str(request.get("subject", ""))[:200], "seq": copy.last_seq + 1}
         if not valid_row(row):
             return error("bad_request")
+        head = copy.last_seq
         row = copy.append(row)
+        if row["seq"] <= head:  # a message this copy holds (a retry, a dumpster resubmission)
+            return {"ok": True, "msg_id": row["msg_id"], "server": self.name, "duplicate": True}
         for shipper in self.shippers[db]:
             shipper.notify()
         if self.sync:

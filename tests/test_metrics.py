@@ -168,7 +168,7 @@ def test_message_integrity_counts_acked_but_missing():
         {"ts": 6000 * MS, "src": "runner", "ev": "mailbox_contents", "db": "DB1", "server": "mbx1", "active": True,
          "msg_ids": ["m1", "m3"]},
     ]
-    assert metrics.message_integrity(events) == {"acked": 2, "stored": 1, "lost": 1}
+    assert metrics.message_integrity(events) == {"acked": 2, "stored": 1, "lost": 1, "recovered": 0}
 
 
 def test_percentiles_are_nearest_rank():

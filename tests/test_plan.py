@@ -30,6 +30,30 @@ site_lists = st.lists(site_counts, min_size=1, max_size=4).map(
 # ---- LabPlan -------------------------------------------------------------------------------
 
 
+def test_multi_role_servers_run_cas_and_mailbox_and_the_rest_is_unchanged():
+    plan = LabPlan.build([{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 1, "multi_role": 2}])
+    assert [(h.name, h.ip, h.roles) for h in plan.by_role("cas")] == [
+        ("ex1", "10.1.1.1", ("cas", "mailbox")), ("ex2", "10.1.1.2", ("cas", "mailbox")), ("cas1", "10.1.1.3", ("cas",))]
+    assert [h.name for h in plan.by_role("mailbox")] == ["ex1", "ex2"]
+    assert len({h.ip for h in plan.hosts}) == len(plan.hosts)
+    single = LabPlan.build([{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 1}])
+    assert single == LabPlan.build([{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 1, "multi_role": 0}])
+    assert all(h.roles == (h.role,) for h in single.hosts)
+    with pytest.raises(ValueError, match="multi-role"):
+        LabPlan.build([{"name": "HQ", "cas": 1, "mailboxes": 2, "clients": 1, "multi_role": 2}])
+
+
+def test_plan_from_topology_multi_role_and_branch_mailboxes():
+    from topologies.plan import plan_from_topology
+
+    topo = {"cas": 2, "mailboxes": 2, "client_hosts": 1, "branch": True, "branch_cas": 1, "branch_client_hosts": 1,
+            "multi_role": True, "branch_mailboxes": 1}
+    plan = plan_from_topology(topo)
+    assert [h.name for h in plan.by_role("mailbox", "HQ")] == ["ex1", "ex2"]
+    assert [(h.name, h.ip) for h in plan.by_role("mailbox", "Branch")] == [("mbx1", "10.2.2.1")]
+    assert [(h.name, h.ip) for h in plan.by_role("cas", "Branch")] == [("cas1", "10.2.1.1")]
+
+
 def test_one_site_plan_addresses_and_names():
     plan = LabPlan.build(DEFAULT_SITES)
     by_name = {h.name: h for h in plan.hosts}

@@ -325,10 +325,14 @@ def test_async_replication_ships_log_generations(tmp_path, started):
         caught_up(dag.b, 4, timeout=interval + 2)
         waited = time.monotonic() - shipped
         assert interval - 0.2 <= waited <= interval + 0.5, f"the partial generation came after {waited:.2f} s"
-        # a full generation (log_messages rows) is shipped at once, not at the next timer
+        # a full generation (log_messages rows) is announced at once (the copy queue: the
+        # copy knows it lacks it) and shipped on the copier's next cycle
         shipped = time.monotonic()
         for i in range(5, 10):
             send_direct(conn, f"gen-{i}")
+        wait_until(lambda: db_status(dag.b)["behind"] == 5, interval / 2, "the full generation to be announced")
+        assert db_status(dag.b)["last_seq"] == 4, "a full generation was shipped before the copier's cycle"
         caught_up(dag.b, 9, timeout=interval + 2)
-        assert time.monotonic() - shipped < interval / 2, "a full generation waited for the timer"
+        waited = time.monotonic() - shipped
+        assert interval - 0.2 <= waited <= interval + 0.5, f"the full generation came after {waited:.2f} s"
     assert db_status(dag.b) == {"active": False, "last_seq": 9, "behind": 0}

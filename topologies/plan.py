@@ -20,6 +20,13 @@ A site may run its CAS as virtual machines on ``hypervisors`` hypervisor switche
 (``clab<k>hv<n>``, each joined to the site switch by one uplink: the site switch is then
 the physical switch). ``placement`` says which hypervisor each VM starts on; a CAS not
 named there goes to hv1, hv2, ... in turn. Addresses do not depend on placement.
+
+Multi-role servers (a site's ``multi_role`` count): the first ones of the site's CAS run
+the mailbox role too, as two-server Exchange 2010 sites did (CAS + Hub + Mailbox on each,
+one DAG). They are named ``ex<n>``, keep the CAS addresses, and count among the
+site's CAS and its mailbox servers (``by_role`` finds them under both); the site's other
+CAS and mailbox servers stay single-role with their usual names and addresses. Without
+it the plan is exactly the single-role one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ class HostPlan:
     site: str
     ip: str
     prefix: int = 16
+    extra_roles: tuple[str, ...] = ()  # a multi-role server: ("mailbox",) beside its "cas"
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.role,) + self.extra_roles
 
     @property
     def mac(self) -> str:
@@ -65,6 +77,7 @@ class SitePlan:
     mailboxes: int
     clients: int
     hypervisors: int = 0
+    multi_role: int = 0  # of the site's CAS, how many run the mailbox role too (the first ones)
 
     @property
     def hypervisor_names(self) -> list[str]:
@@ -125,28 +138,34 @@ class LabPlan:
         if not 1 <= len(sites) <= MAX_SITES:
             raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
         site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0),
-                               s.get("hypervisors", 0))
+                               s.get("hypervisors", 0), s.get("multi_role", 0))
                       for i, s in enumerate(sites)]
         for site in site_plans:
             for role, count, limit in (("cas", site.cas, MAX_CAS), ("mailboxes", site.mailboxes, MAX_MAILBOXES),
                                        ("clients", site.clients, MAX_CLIENTS)):
                 if not 0 <= count <= limit:
                     raise ValueError(f"site {site.name}: {role} must be 0..{limit} in the addressing plan, not {count}")
+            if not 0 <= site.multi_role <= min(site.cas, site.mailboxes):
+                raise ValueError(f"site {site.name}: multi-role servers must be 0..min(cas, mailboxes) = "
+                                 f"{min(site.cas, site.mailboxes)}, not {site.multi_role}")
         plan = cls(site_plans)
-        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0}
+        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0, "ex": 0}
 
-        def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0) -> None:
+        def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0, extra: tuple = ()) -> None:
             counters[prefix] += 1
-            plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet, block)))
+            plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet, block),
+                                       extra_roles=extra))
 
         for site in site_plans:
             if site.index == 1:
                 plan.hosts.append(HostPlan("dns1", "dns", site.name, site.address(2)))
             add("ad", "autodiscover", site, 3)
             add("lb", "lb", site, 4)
-            for i in range(site.cas):
+            for i in range(site.multi_role):
+                add("ex", "cas", site, 1 + i, ROLE_OCTET["cas"], ("mailbox",))
+            for i in range(site.multi_role, site.cas):
                 add("cas", "cas", site, 1 + i, ROLE_OCTET["cas"])
-            for i in range(site.mailboxes):
+            for i in range(site.mailboxes - site.multi_role):
                 add("mbx", "mailbox", site, 1 + i, ROLE_OCTET["mailbox"])
             for i in range(site.clients):
                 add("cl", "client", site, 1 + i, ROLE_OCTET["client"])
@@ -180,7 +199,7 @@ class LabPlan:
         raise KeyError(name)
 
     def by_role(self, role: str, site: str | None = None) -> list[HostPlan]:
-        return [h for h in self.hosts if h.role == role and (site is None or h.site == site)]
+        return [h for h in self.hosts if role in h.roles and (site is None or h.site == site)]
 
     def host(self, name: str) -> HostPlan:
         for host in self.hosts:
@@ -216,10 +235,11 @@ class LabPlan:
 def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
     """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set;
     HQ's CAS are VMs when ``hypervisors`` is set."""
+    multi = min(topology["cas"], topology["mailboxes"]) if topology.get("multi_role") else 0
     sites = [{"name": "HQ", "cas": topology["cas"], "mailboxes": topology["mailboxes"],
               "clients": topology["client_hosts"], "hypervisors": topology.get("hypervisors", 0),
-              "placement": topology.get("vm_placement", {})}]
+              "placement": topology.get("vm_placement", {}), "multi_role": multi}]
     if topology["branch"]:
-        sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": 0,
+        sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": topology.get("branch_mailboxes", 0),
                       "clients": topology["branch_client_hosts"]})
     return LabPlan.build(sites)

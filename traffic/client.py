@@ -53,6 +53,7 @@ class ClientConfig:
     seed: int = 1
     events: str | None = None
     auth: str = "ntlm"  # ntlm: a re-authentication is a credential prompt; kerberos: silent
+    prompt_answer_ms: int = 0  # the user's time to type credentials at a prompt
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClientConfig":
@@ -124,7 +125,8 @@ class Session:
             start = self.index
         if addresses != self.resolved:
             self.resolved = list(addresses)
-            self.emit(RESOLVED, name=str(server or ""), addresses=list(addresses))
+            first = start % len(addresses) if addresses else 0
+            self.emit(RESOLVED, name=str(server or ""), addresses=addresses[first:] + addresses[:first])
         address = addresses[(start + self.address_index) % len(addresses)]
         local = (self.source_ip, 0) if self.source_ip else None
         try:
@@ -162,6 +164,9 @@ class Session:
                 self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=False, resumed=True, prompt=False)
                 return
         reauth = self.logged_on
+        prompt = reauth and self.client.config.auth == "ntlm"
+        if prompt and self.client.config.prompt_answer_ms:
+            await asyncio.sleep(self.client.config.prompt_answer_ms / 1000)  # the user types the password
         reply = await self.call(reader, writer, {
             "op": "logon", "session": self.sid, "user": self.user, "db": self.db,
             "password": password_for(self.user), "reauth": reauth,
@@ -169,8 +174,7 @@ class Session:
         if not reply.get("ok"):
             raise SessionDown(f"logon: {reply.get('error')}")
         self.logged_on = True
-        self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False,
-                  prompt=reauth and self.client.config.auth == "ntlm")
+        self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False, prompt=prompt)
 
     def next_request(self) -> dict[str, Any]:
         op = self.rng.choices(self.ops, self.weights)[0]

@@ -41,6 +41,7 @@ class SessionFault:
     reauth: int                   # logons that needed credentials again, in the window
     prompts: int                  # of them, user-visible credential prompts (NTLM)
     phases: dict[str, float | None] | None = None
+    silent_reauth: int = 0        # of them, silent re-authentications (Kerberos)
 
     @property
     def unrecovered(self) -> bool:
@@ -65,6 +66,7 @@ class FaultRun:
     detection_ms: float | None
     sessions: list[SessionFault]
     convergence: Convergence = field(default_factory=Convergence)
+    databases: dict[str, dict[str, Any]] = field(default_factory=dict)  # db -> unmounted_ms, missing, dismounted
 
     def count(self, attr: str) -> int:
         return sum(1 for s in self.sessions if getattr(s, attr))
@@ -107,6 +109,7 @@ class RunOutcome:
     capture_check: dict[str, Any] | None = None
     never_served: int = 0                      # sessions without one successful operation in the window
     flood: dict[str, Any] = field(default_factory=dict)  # Windows NLB: bytes flooded to non-member hosts
+    by_address: list[dict[str, Any]] = field(default_factory=list)  # served users per (db, resolved address)
 
 
 @dataclass
@@ -152,6 +155,10 @@ class FaultSummary:
     flooded_bytes: int | None = None
     flood_kbit_s: float | None = None
     heartbeat_bytes: int | None = None
+    silent_reauth: int = 0
+    db_unmounted_ms: float | None = None  # longest time a failed database stayed unmounted (mounted ones)
+    dbs_dismounted: int = 0               # failed databases no copy mounted before the window closed
+    copy_missing: int | None = None       # rows the mounted copies knew they lacked (the copy queue)
 
 
 @dataclass
@@ -178,6 +185,7 @@ class ScenarioSummary:
     cost: dict[str, Any] = field(default_factory=dict)
     never_served: int = 0
     flood: dict[str, Any] = field(default_factory=dict)
+    by_address: list[dict[str, Any]] = field(default_factory=list)  # caslab.metrics.addresses, all repetitions
 
 
 def to_dict(obj: Any) -> Any:

@@ -17,6 +17,8 @@ from labcommon.catalogue import (
 )
 
 from caslab.metrics.nlb import convergence, flooding
+from caslab.metrics.addresses import by_address
+from caslab.metrics.databases import database_outages, dumpster
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
 
@@ -49,7 +51,8 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                                   downs) for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
         faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
                                sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
-                               sessions, convergence(events, fe["ts"], window_end)))
+                               sessions, convergence=convergence(events, fe["ts"], window_end),
+                               databases=database_outages(events, fe["ts"], end, elements)))
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
     return RunOutcome(
@@ -62,7 +65,8 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                        for e in events if e["ev"] == PROCESS_EXIT],
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
         cost=cost(events, start, end), never_served=never_served(session_tracks, start, end),
-        flood=flooding(events))
+        flood=flooding(events),
+        by_address=by_address(events, start, end))
 
 
 def never_served(session_tracks, start: int, end: int) -> int:
@@ -165,4 +169,5 @@ def message_integrity(events: list[dict]) -> dict[str, int]:
         if e["ev"] == MAILBOX_CONTENTS and e.get("active", True):
             stored_by_db[e["db"]].update(e["msg_ids"])
     stored = set().union(*stored_by_db.values()) if stored_by_db else set()
-    return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored)}
+    return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored),
+            "recovered": dumpster(events)["recovered"]}

@@ -37,6 +37,7 @@ class SessionTrack:
     host: str
     ok_ts: list[int] = field(default_factory=list)
     ok_cas: list[str | None] = field(default_factory=list)
+    mailbox_ok_ts: list[int] = field(default_factory=list)  # successes that reached the mailbox (not pings)
     drop_ts: list[int] = field(default_factory=list)
     late_ts: list[int] = field(default_factory=list)
     logons: list[tuple[int, str | None, bool, bool]] = field(default_factory=list)  # ts, cas, reauth, prompt
@@ -59,19 +60,22 @@ class SessionTrack:
             return series[i]
         return None
 
-    def longest_gap(self, start: int, window_end: int, run_end: int) -> tuple[int, int | None]:
-        """Longest stretch without a successful operation that begins in [start, window_end):
-        (its length in ns, the success that ended it, or None if it ran to the end)."""
-        successes = self.ok_ts[bisect.bisect_left(self.ok_ts, start):bisect.bisect_right(self.ok_ts, run_end)]
+    def longest_gap(self, start: int, window_end: int, run_end: int,
+                    series: list[int] | None = None) -> tuple[int, int | None]:
+        """Longest stretch without a successful operation that begins in [start, window_end),
+        counted up to the window's end (what follows belongs to the next fault): (its
+        length in ns, the success that ended it, or None if it ran to the end)."""
+        series = self.ok_ts if series is None else series
+        successes = series[bisect.bisect_left(series, start):bisect.bisect_right(series, run_end)]
         best, ended_by, previous = 0, None, start
         for ts in successes:
             if previous >= window_end:
                 return best, ended_by
-            if ts - previous > best:
-                best, ended_by = ts - previous, ts
+            if min(ts, window_end) - previous > best:
+                best, ended_by = min(ts, window_end) - previous, ts
             previous = ts
-        if previous < window_end and run_end - previous > best:
-            best, ended_by = run_end - previous, None
+        if previous < window_end and min(run_end, window_end) - previous > best:
+            best, ended_by = min(run_end, window_end) - previous, None
         return best, ended_by
 
 
@@ -91,6 +95,8 @@ def tracks(events: list[dict], late_ms: float) -> dict[str, SessionTrack]:
         if e["ev"] == OP:
             if e.get("ok"):
                 track.ok_ts.append(ts)
+                if e.get("op") != "ping":
+                    track.mailbox_ok_ts.append(ts)
                 track.ok_cas.append(e.get("cas"))
             else:
                 track.drop_ts.append(ts)
@@ -108,6 +114,7 @@ def tracks(events: list[dict], late_ms: float) -> dict[str, SessionTrack]:
         order = sorted(range(len(track.ok_ts)), key=track.ok_ts.__getitem__)
         track.ok_ts = [track.ok_ts[i] for i in order]
         track.ok_cas = [track.ok_cas[i] for i in order]
+        track.mailbox_ok_ts.sort()
         track.drop_ts.sort()
         track.late_ts.sort()
         track.connect_ts.sort()
@@ -133,19 +140,22 @@ def session_fault(track: SessionTrack, t: int, window_end: int, run_end: int, el
     """One session's fate under one fault (see the module docstring)."""
     cas = track.cas_at(t)
     on = bool({cas, f"db:{track.db}", "controller"} & elements)
+    # A session hit only through its database is served again when its mailbox answers:
+    # an RPC ping the CAS answers alone is no recovery from a dismounted database.
+    successes = track.mailbox_ok_ts if f"db:{track.db}" in elements and cas not in elements else track.ok_ts
     drop = track.first(track.drop_ts, t, window_end)
-    gap, gap_end = track.longest_gap(t, window_end, run_end)
+    gap, gap_end = track.longest_gap(t, window_end, run_end, successes)
     stalled = gap > stall_ns
     disrupted = drop is not None or stalled
     late = track.first(track.late_ts, t, window_end) is not None
     affected = on and (affects == "on_elements" or disrupted)
     recovered_at = None
     if drop is not None:
-        recovered_at = track.first(track.ok_ts, drop + 1)
+        recovered_at = track.first(successes, drop + 1)
     elif stalled:
         recovered_at = gap_end
     else:
-        recovered_at = track.first(track.ok_ts, t)
+        recovered_at = track.first(successes, t)
     reconnect = _ms(recovered_at, t) if affected and disrupted and recovered_at is not None else None
     cas_after = None
     if recovered_at is not None:
@@ -163,4 +173,4 @@ def session_fault(track: SessionTrack, t: int, window_end: int, run_end: int, el
         dropped_ms=_ms(drop, t), stalled=stalled, longest_gap_ms=round(gap / 1e6, 3), late=late,
         disrupted=disrupted, recovered=affected and recovered_at is not None, reconnect_ms=reconnect,
         cas_after=cas_after, reauth=sum(1 for x in logons if x[2]), prompts=sum(1 for x in logons if x[2] and x[3]),
-        phases=phases)
+        silent_reauth=sum(1 for x in logons if x[2] and not x[3]), phases=phases)

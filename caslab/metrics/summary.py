@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from caslab.metrics import addresses
 from caslab.metrics.outcomes import PHASES, FaultSummary, RunOutcome, ScenarioSummary
 from caslab.metrics.stats import Distribution, median
 
@@ -30,7 +31,7 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         reasons.append("a repetition did not complete")
     if exits:
         reasons.append(f"{len(exits)} lab process(es) died during the run: {sorted({x['name'] for x in exits})}")
-    messages = {k: sum(r.messages[k] for r in runs) for k in ("acked", "stored", "lost")}
+    messages = {k: sum(r.messages.get(k, 0) for r in runs) for k in ("acked", "stored", "lost", "recovered")}
     probe_gap = max((r.probe_gap_ms for r in runs if r.probe_gap_ms is not None), default=None)
     app_gap = max((r.app_probe_gap_ms for r in runs if r.app_probe_gap_ms is not None), default=None)
     capture = merge_capture_checks([r.capture_check for r in runs])
@@ -50,7 +51,8 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         sessions=sessions, faults=rows, goodput=goodput_summary(runs), cpu_idle_pct=cpu_mean,
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
-        process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood)
+        process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood,
+        by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])])
 
 
 def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
@@ -107,6 +109,7 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         unrecovered=sum(s.unrecovered for s in sessions), collateral=sum(s.collateral for s in sessions),
         disrupted=sum(s.disrupted for s in sessions), stalled=sum(s.stalled for s in sessions),
         reauth=sum(s.reauth for s in sessions if s.affected), prompts=sum(s.prompts for s in sessions if s.affected),
+        silent_reauth=sum(s.silent_reauth for s in sessions if s.affected), **database_row(faults),
         reconnect_ms=Distribution.of(reconnects, rep_means),
         detection_ms=Distribution.of([f.detection_ms for f in faults if f.detection_ms is not None]),
         phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
@@ -126,6 +129,15 @@ def _most(values: list[int | None]) -> int | None:
 def _total(values: list[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
+
+
+def database_row(faults) -> dict[str, Any]:
+    """The failed databases of one fault over its repetitions."""
+    dbs = [d for f in faults for d in f.databases.values()]
+    mounted = [d["unmounted_ms"] for d in dbs if d["unmounted_ms"] is not None]
+    missing = [d["missing"] for d in dbs if isinstance(d.get("missing"), int)]
+    return {"db_unmounted_ms": max(mounted) if mounted else None, "dbs_dismounted": sum(d["dismounted"] for d in dbs),
+            "copy_missing": sum(missing) if missing else None}
 
 
 def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import ADDRESS_COLUMNS, COLUMNS, SESSION_COLUMNS, Column, shows_addresses
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -86,7 +86,8 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
         index = plots.headline_fault(s)
         row = next((r for r in s.faults if r.fault_index == index), None)
         if row is None:
-            out.append({"label": s.label, "text": "no fault was injected.", "trustworthy": s.trustworthy})
+            out.append({"label": s.label, "text": "no fault was injected." + served_text(s),
+                        "trustworthy": s.trustworthy})
             continue
         r = row.reconnect_ms
         if not row.affected:
@@ -107,6 +108,16 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
     return out
 
 
+def served_text(s) -> str:
+    """Who was served, per address the users' server name resolved to (where that matters)."""
+    if not s.by_address:
+        return ""
+    served, total = sum(r["served"] for r in s.by_address), sum(r["sessions"] for r in s.by_address)
+    parts = [f"{r['served']} of {r['sessions']} whose name resolved to {r['host'] or r['address']}"
+             + (f" ({r['site']})" if r["site"] else "") for r in s.by_address]
+    return f" {served} of {total} sessions were served: " + "; ".join(parts) + "."
+
+
 def _md(value: Any) -> str:
     """A table cell for Markdown: no pipe or newline can break the table."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -118,10 +129,13 @@ def write_report(run_dir: Path) -> Analysis:
     (run_dir / "summary.json").write_text(json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
     write_csv(run_dir / "summary.csv", COLUMNS, analysis.rows)
     write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
+    address_rows = [row for s in analysis.scenarios for row in s.by_address]
+    write_csv(run_dir / "addresses.csv", ADDRESS_COLUMNS, address_rows)
     figures = plots.make_all(analysis, run_dir)
     context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
-               "complete": analysis.complete}
+               "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
+               "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
     md.filters.update(caption=caption, md=_md)
     (run_dir / "report.md").write_text(md.get_template("report.md.j2").render(**context))
