@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caslab import faults, services, system
+from caslab import faults, http_services, services, system
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
-    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
-    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
+    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, HTTP_AUTODISCOVER, HTTP_REQUEST, MAILBOX_CONTENTS,
+    MEASURE_END, MEASURE_START, OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP,
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
@@ -144,6 +144,16 @@ def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> 
     return options
 
 
+def ready_session(source: str, ev: dict) -> str | None:
+    """A session is ready when an operation succeeded; an HTTP session also when it found
+    autodiscover unreachable (it may never find its server: that is what is measured)."""
+    if ev.get("ev") in (OP, HTTP_REQUEST) and ev.get("ok"):
+        return ev.get("session")
+    if ev.get("ev") == HTTP_AUTODISCOVER and not ev.get("ok"):
+        return ev.get("session")
+    return None
+
+
 def start_controller(ctx: RunContext, mode: Mode, port: int) -> None:
     config = mode.controller_config(ctx)
     env = {}
@@ -225,9 +235,13 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         lab.start()
         lab.wait_connected()
         progress("starting Exchange roles")
-        services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
-        roles = services.start_mailboxes(ctx) + services.start_cas(ctx)
-        roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)))
+        http_services.prepare_tls(ctx)
+        services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx))
+                           | http_services.dns_records(ctx, mode))
+        roles = services.start_mailboxes(ctx)
+        roles += services.start_cas(ctx, http_services.cas_config(ctx))
+        roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)),
+                                             http_services.http_users(ctx), http_services.site_urls(ctx, mode))
         wait_for_events(LogTail(raw_dir, [p.name for p in roles]), len(roles),
                         lambda source, ev: source if ev.get("ev") == SERVICE_UP else None, timing["ready_timeout_s"],
                         "mailbox, CAS and autodiscover services to start")
@@ -237,12 +251,14 @@ def run_scenario(scenario: dict[str, Any], repetition: int, raw_dir: Path, progr
         start_probers(ctx, mode)
         progress("starting clients")
         client_procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
+        http_procs, http_sources, http_sessions = http_services.start_clients(ctx)
+        client_procs += http_procs
         watcher.start()
         expected = len(clients) * scenario["clients"]["sessions_per_host"]
-        wait_for_events(LogTail(raw_dir, clients), expected,
-                        lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
-                        timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation")
-        log.emit(CLIENTS_READY, sessions=expected)
+        wait_for_events(LogTail(raw_dir, clients + http_sources), expected + len(http_sessions), ready_session,
+                        timing["ready_timeout_s"], f"all {expected + len(http_sessions)} client sessions to complete "
+                                                   "an operation (or, over HTTP, to find autodiscover unreachable)")
+        log.emit(CLIENTS_READY, sessions=expected + len(http_sessions))
         progress("warming up")
         time.sleep(timing["warmup_s"])
         run_timeline(ctx, scenario["faults"], timing["observe_s"], progress)

@@ -5,3 +5,4 @@ CAS_PORT = 6001           # RPC Client Access (the lab's MAPI stand-in), what th
 MAILBOX_PORT = 7001       # mailbox store and DAG replication
 AUTODISCOVER_PORT = 7002  # per-site autodiscover
 ADMIN_PORT = 7010         # every role's admin requests, on its host's loopback only
+HTTPS_PORT = 443          # the CAS's HTTPS services (OWA, ActiveSync, Outlook Anywhere, autodiscover)

@@ -15,6 +15,11 @@ the role:
     10.k.2.n     mailbox server n            (up to 16)
     10.k.3.n     client host n               (up to 32)
     10.k.(10+c).1-250   extra source addresses of the site's client host c (0-based)
+
+An "Internet" site (``external``) stands for the world outside the organisation: no AD, so
+no autodiscover host, no load balancer, no Exchange server; only external client hosts
+(role ``external``, named ``ext<n>``, at 10.k.3.n) that reach the published load balancer
+through the router, as a home user or a phone would.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from typing import Any
 SWITCH_PREFIX = "clab"
 MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 64, 16, 32
 MAX_SITES = 4
-ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3}
+ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3, "external": 3}
 LAB_DOMAIN = "lab.test"
+INTERNET = "Internet"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class SitePlan:
     cas: int
     mailboxes: int
     clients: int
+    external: bool = False  # the Internet: no AD site, only external clients
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -99,24 +106,32 @@ class LabPlan:
 
     @classmethod
     def build(cls, sites: list[dict]) -> "LabPlan":
-        """sites: [{name, cas, mailboxes, clients}], in order; the first one is HQ."""
+        """sites: [{name, cas, mailboxes, clients, external}], in order; the first one is HQ."""
         if not 1 <= len(sites) <= MAX_SITES:
             raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
-        site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0))
-                      for i, s in enumerate(sites)]
+        site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0),
+                               bool(s.get("external", False))) for i, s in enumerate(sites)]
+        if site_plans[0].external:
+            raise ValueError("the first site is HQ: it cannot be the Internet")
         for site in site_plans:
             for role, count, limit in (("cas", site.cas, MAX_CAS), ("mailboxes", site.mailboxes, MAX_MAILBOXES),
                                        ("clients", site.clients, MAX_CLIENTS)):
                 if not 0 <= count <= limit:
                     raise ValueError(f"site {site.name}: {role} must be 0..{limit} in the addressing plan, not {count}")
         plan = cls(site_plans)
-        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0}
+        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0, "ext": 0}
 
         def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0) -> None:
             counters[prefix] += 1
             plan.hosts.append(HostPlan(f"{prefix}{counters[prefix]}", role, site.name, site.address(octet, block)))
 
         for site in site_plans:
+            if site.external:
+                if site.cas or site.mailboxes:
+                    raise ValueError(f"site {site.name}: the Internet holds no Exchange server")
+                for i in range(site.clients):
+                    add("ext", "external", site, 1 + i, ROLE_OCTET["external"])
+                continue
             if site.index == 1:
                 plan.hosts.append(HostPlan("dns1", "dns", site.name, site.address(2)))
             add("ad", "autodiscover", site, 3)
@@ -151,7 +166,7 @@ class LabPlan:
     def source_ips(self, client: HostPlan, count: int) -> list[str]:
         """Extra source addresses for a client host's sessions (for affinity tests)."""
         site = self.site(client.site)
-        index = self.by_role("client", client.site).index(client)
+        index = self.by_role(client.role, client.site).index(client)
         if count > 250:
             raise ValueError("at most 250 source addresses per client host")
         return [f"10.{site.index}.{10 + index}.{i + 1}" for i in range(count)]
@@ -161,10 +176,13 @@ class LabPlan:
 
 
 def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
-    """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set."""
+    """The plan of a spec's [topology] section: HQ, Branch when ``branch`` is set, and the
+    Internet when ``internet_client_hosts`` is above 0."""
     sites = [{"name": "HQ", "cas": topology["cas"], "mailboxes": topology["mailboxes"],
               "clients": topology["client_hosts"]}]
     if topology["branch"]:
         sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": 0,
                       "clients": topology["branch_client_hosts"]})
+    if topology.get("internet_client_hosts", 0):
+        sites.append({"name": INTERNET, "clients": topology["internet_client_hosts"], "external": True})
     return LabPlan.build(sites)
