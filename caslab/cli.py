@@ -61,9 +61,12 @@ def cmd_run(args) -> int:
 
 
 def print_table(analysis) -> None:
-    from caslab.columns import terminal_table
+    from caslab.columns import HTTP_COLUMNS, terminal_table
 
     print(terminal_table(analysis.rows))
+    if analysis.http_rows:
+        print("\nHTTP protocols")
+        print(terminal_table(analysis.http_rows, HTTP_COLUMNS))
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column
 
 FILES = [
     ("manifest.json", "The run as it was asked for and where it ran: `spec` (fully resolved, defaults filled "
@@ -24,6 +24,9 @@ FILES = [
                      "phases_ms)."),
     ("summary.csv", "The same rows as the report's table: one per scenario and fault (columns below)."),
     ("sessions.csv", "One row per session, fault and repetition (columns below): ready for pandas."),
+    ("http.csv", "Only with HTTP clients ([http]): one row per scenario, fault and protocol (OWA, ActiveSync, "
+                 "Outlook Anywhere; columns below); also `http` in each scenario of summary.json, and the "
+                 "report's \"HTTP protocols\" table."),
     ("report.md, report.html", "The report: the verdict first, untrustworthy banners, the table, the figures. "
                                "report.html is self-contained (figures embedded)."),
     ("*.png, *.svg", "The figures, each as PNG and SVG: verdict, reconnect-cdf, reconnect-means, phases, "
@@ -49,6 +52,7 @@ def markdown() -> str:
     lines += [f"* **{name}**: {text}" for name, text in FILES]
     lines += ["", "## summary.csv (and every results table)", ""] + table(COLUMNS)
     lines += ["", "## sessions.csv", ""] + table(SESSION_COLUMNS)
+    lines += ["", "## http.csv (the HTTP protocols table)", ""] + table(HTTP_COLUMNS)
     lines += ["", "Times are ms after the fault unless the column says otherwise; empty cells are values that "
                   "do not exist (a session that never reconnected has no reconnect time)."]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from labcommon.catalogue import (
     PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
+from caslab.metrics.http import http_faults
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
 
@@ -49,6 +50,8 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
                                sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
                                sessions))
+    windows = [(f.index, f.label, f.t_ns, f.window_end_ns, set(f.elements)) for f in faults] \
+        or [(-1, "no fault", start, end, set())]
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
     return RunOutcome(
@@ -60,7 +63,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
                        for e in events if e["ev"] == PROCESS_EXIT],
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
-        cost=cost(events, start, end))
+        cost=cost(events, start, end), http=http_faults(events, windows))
 
 
 def cost(events: list[dict], start: int, end: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from caslab.metrics.outcomes import PHASES, FaultSummary, RunOutcome, ScenarioSummary
+from caslab.metrics.outcomes import PHASES, FaultSummary, ProtocolSummary, RunOutcome, ScenarioSummary
 from caslab.metrics.stats import Distribution, median
 
 
@@ -46,7 +46,7 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         sessions=sessions, faults=rows, goodput=goodput_summary(runs), cpu_idle_pct=cpu_mean,
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
-        process_exits=exits, cost=scenario_cost)
+        process_exits=exits, cost=scenario_cost, http=protocol_rows(meta, runs, not reasons))
 
 
 def cost_summary(runs: list[RunOutcome]) -> dict[str, Any]:
@@ -84,6 +84,36 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
         client_deaths=deaths)
+
+
+def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: bool) -> list[ProtocolSummary]:
+    """One row per (fault, HTTP protocol) over the repetitions."""
+    rows = []
+    indexes = sorted({f.index for r in runs for f in r.http}, key=lambda i: (i < 0, i))
+    for index in indexes:
+        faults = [f for r in runs for f in r.http if f.index == index]
+        for protocol in sorted({s.protocol for f in faults for s in f.sessions}):
+            sessions = [s for f in faults for s in f.sessions if s.protocol == protocol]
+            rep_means = [statistics.fmean(v) for f in faults
+                         if (v := [s.reconnect_ms for s in f.sessions if s.protocol == protocol
+                                   and s.affected and s.reconnect_ms is not None])]
+            rows.append(ProtocolSummary(
+                scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=index, fault=faults[0].label,
+                protocol=protocol, repetitions=len(faults), sessions=len(sessions),
+                external=sum(s.external for s in sessions), configured=sum(s.configured for s in sessions),
+                requests=sum(s.requests for s in sessions), failed=sum(s.failed for s in sessions),
+                affected=sum(s.affected for s in sessions), disrupted=sum(s.disrupted for s in sessions),
+                recovered=sum(s.recovered for s in sessions),
+                unrecovered=sum(s.affected and not s.recovered for s in sessions),
+                relogins=sum(s.relogins for s in sessions), prompts=sum(s.prompts for s in sessions),
+                pings_lost=sum(s.pings_lost for s in sessions),
+                pings_reestablished=sum(s.pings_reestablished for s in sessions),
+                disconnects=sum(s.disconnects for s in sessions),
+                reconnect_ms=Distribution.of([s.reconnect_ms for s in sessions
+                                              if s.affected and s.reconnect_ms is not None], rep_means),
+                reestablish_ms=Distribution.of([s.reestablish_ms for s in sessions if s.reestablish_ms is not None]),
+                latency_ms=Distribution.of([v for s in sessions for v in s.latencies_ms]), trustworthy=trustworthy))
+    return rows
 
 
 def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -118,8 +118,11 @@ def write_report(run_dir: Path) -> Analysis:
     (run_dir / "summary.json").write_text(json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
     write_csv(run_dir / "summary.csv", COLUMNS, analysis.rows)
     write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
+    if analysis.http_rows:
+        write_csv(run_dir / "http.csv", HTTP_COLUMNS, analysis.http_rows)
     figures = plots.make_all(analysis, run_dir)
     context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
+               "http_rows": analysis.http_rows, "http_columns": HTTP_COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
                "complete": analysis.complete}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
