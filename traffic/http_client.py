@@ -72,7 +72,7 @@ class OwaSession(HttpSession):
 
     async def run(self) -> None:
         interval = self.host.timing("owa_interval_ms") / 1000
-        await asyncio.sleep(self.rng.uniform(0, interval))
+        await self.start_jitter(interval)
         self.base = await self.discover()
         self.http = self.client()
         while True:
@@ -115,7 +115,7 @@ class EasSession(HttpSession):
             await asyncio.sleep(interval)
 
     async def run(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0, self.host.timing("eas_sync_interval_ms") / 1000))
+        await self.start_jitter(self.host.timing("eas_sync_interval_ms") / 1000)
         self.base = await self.discover()
         self.http = self.client()
         await asyncio.gather(self.ping_loop(), self.sync_loop())

@@ -195,7 +195,7 @@ class OutlookAnywhereSession(HttpSession):
                 await channels.idle(min(next_op, last_sent + keepalive) - now)
 
     async def run(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0, self.host.timing("oa_interval_ms") / 1000))
+        await self.start_jitter(self.host.timing("oa_interval_ms") / 1000)
         self.base = await self.discover()
         self.http = self.client()
         while True:

@@ -164,6 +164,10 @@ class HttpSession:
         self.finished(cmd, started, ok, reply.status, reply.cas, None if ok else f"http {reply.status}")
         return reply
 
+    async def start_jitter(self, interval_s: float) -> None:
+        """Sessions of a host start spread over their interval (at most a second)."""
+        await asyncio.sleep(self.rng.uniform(0, min(interval_s, 1.0)))
+
     async def back_off(self) -> None:
         delays = self.host.timing("backoff_ms")
         delay = delays[min(self.failures, len(delays) - 1)]
