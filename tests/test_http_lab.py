@@ -54,7 +54,7 @@ def test_https_through_each_load_balancer_survives_a_cas_failure(tmp_path, no_re
     summary, events = run(tmp_path, experiment={"modes": [mode]},
                           faults=[{"kind": "poweroff", "target": "@busiest", "at_s": 0.5}])
     rows = {row["protocol"]: row for row in summary["scenarios"][0]["http"]}
-    assert set(rows) == {"owa", "eas", "oa"}
+    assert set(rows) == {"owa", "eas", "oa"} and {row["clients"] for row in rows.values()} == {"Internet"}
     for protocol, row in rows.items():
         assert row["configured"] == row["sessions"] == 2, f"{protocol}: autodiscover over HTTPS through {mode}"
     fault = next(e for e in events if e["ev"] == FAULT)
@@ -79,9 +79,10 @@ def test_external_clients_need_autodiscover_published_in_dns(tmp_path, no_residu
     summary, events = run(tmp_path, experiment={"modes": ["haproxy-l7"]}, timing={"observe_s": 2.0},
                           http={"publish_autodiscover": False, "internal": True, "eas_devices_per_host": 0,
                                 "oa_profiles_per_host": 0})
-    row = summary["scenarios"][0]["http"][0]
-    assert row["protocol"] == "owa" and row["sessions"] == 4 and row["external"] == 2
-    assert row["configured"] == 2, "only the internal sessions (site autodiscover) found their server"
+    rows = {row["clients"]: row for row in summary["scenarios"][0]["http"]}
+    assert rows["Internet"]["protocol"] == rows["internal"]["protocol"] == "owa"
+    assert rows["Internet"]["configured"] == 0 and rows["Internet"]["requests"] == 0
+    assert rows["internal"]["configured"] == 2, "internal sessions found their server (site autodiscover)"
     failures = [e for e in events if e["ev"] == HTTP_AUTODISCOVER and not e["ok"]]
     assert failures and all(e["session"].startswith("ext") and "resolve" in e["reason"] for e in failures)
     served = cas_per_session(events, None)

@@ -98,8 +98,10 @@ class EasSession(HttpSession):
         hold_ms = heartbeat * self.host.timing("time_scale") * 1000
         while True:
             try:
-                await self.request("ping", "POST", self.url("Ping"), total_ms=hold_ms + self.host.timing(
+                reply = await self.request("ping", "POST", self.url("Ping"), total_ms=hold_ms + self.host.timing(
                     "request_timeout_ms"), json={"HeartbeatInterval": heartbeat})
+                if reply.status != 200:  # a load balancer's 502 / 504, a CAS's error
+                    raise Failure(f"http {reply.status}")
                 self.failures = 0
             except Failure as exc:
                 self.went_down(str(exc))

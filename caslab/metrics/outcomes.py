@@ -186,9 +186,9 @@ class ProtocolSummary:
     fault_index: int
     fault: str
     protocol: str
+    clients: str                  # internal (an AD site) / Internet
     repetitions: int
     sessions: int
-    external: int
     configured: int
     requests: int
     failed: int

@@ -87,20 +87,22 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
 
 
 def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: bool) -> list[ProtocolSummary]:
-    """One row per (fault, HTTP protocol) over the repetitions."""
+    """One row per (fault, HTTP protocol, internal or Internet clients) over the repetitions."""
     rows = []
     indexes = sorted({f.index for r in runs for f in r.http}, key=lambda i: (i < 0, i))
     for index in indexes:
         faults = [f for r in runs for f in r.http if f.index == index]
-        for protocol in sorted({s.protocol for f in faults for s in f.sessions}):
-            sessions = [s for f in faults for s in f.sessions if s.protocol == protocol]
+        for protocol, external in sorted({(s.protocol, s.external) for f in faults for s in f.sessions}):
+            def mine(s) -> bool:
+                return s.protocol == protocol and s.external == external
+            sessions = [s for f in faults for s in f.sessions if mine(s)]
             rep_means = [statistics.fmean(v) for f in faults
-                         if (v := [s.reconnect_ms for s in f.sessions if s.protocol == protocol
-                                   and s.affected and s.reconnect_ms is not None])]
+                         if (v := [s.reconnect_ms for s in f.sessions if mine(s) and s.affected
+                                   and s.reconnect_ms is not None])]
             rows.append(ProtocolSummary(
                 scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=index, fault=faults[0].label,
-                protocol=protocol, repetitions=len(faults), sessions=len(sessions),
-                external=sum(s.external for s in sessions), configured=sum(s.configured for s in sessions),
+                protocol=protocol, clients="Internet" if external else "internal", repetitions=len(faults),
+                sessions=len(sessions), configured=sum(s.configured for s in sessions),
                 requests=sum(s.requests for s in sessions), failed=sum(s.failed for s in sessions),
                 affected=sum(s.affected for s in sessions), disrupted=sum(s.disrupted for s in sessions),
                 recovered=sum(s.recovered for s in sessions),
