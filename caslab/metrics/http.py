@@ -9,8 +9,9 @@ window, the whole measurement):
 * affected      its last successful request before ``t`` was answered by a failed element;
 * dropped       a failed request, or a broken long-lived exchange (``http_down``), in the
                 window;
-* recovered     affected, and a request succeeded after the drop; **reconnect** is that
-                success minus ``t`` (for affected sessions that dropped);
+* recovered     affected, and a request succeeded after the drop (after ``t`` if it never
+                dropped); **reconnect** is that success minus ``t``, for affected sessions
+                that dropped (a slow success is no drop: it has no reconnect time);
 * re-logins     logons a CAS forced (OWA's 440, RPC's auth_required) in the window; for
                 OWA every one is a login form the user sees;
 * long-polls    (ActiveSync) Pings that ended without their answer in the window (lost),
@@ -97,10 +98,8 @@ def session_fault(track: HttpTrack, t: int, window_end: int, elements: set[str])
     affected = cas is not None and cas in elements
     drops = sorted(_in(track.failed, t, window_end) + _in(track.downs, t, window_end))
     drop = drops[0] if drops else None
-    recovered_at = None
-    if drop is not None:
-        i = bisect.bisect_right(track.ok_end, drop)
-        recovered_at = track.ok_end[i] if i < len(track.ok_end) else None
+    i = bisect.bisect_right(track.ok_end, drop) if drop is not None else bisect.bisect_left(track.ok_end, t)
+    recovered_at = track.ok_end[i] if i < len(track.ok_end) else None  # never dropped: served after t
     lost = [p for p in track.pings if t <= p[1] < window_end and not p[2]]
     reestablished = None
     if lost:
