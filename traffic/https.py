@@ -37,6 +37,7 @@ from traffic.resolver import DnsTarget, ResolveError
 
 AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
 REQUEST_SCHEMA = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
+DNS_ERROR = getattr(aiohttp, "ClientConnectorDNSError", ())  # aiohttp >= 3.10 tells a failed lookup apart
 RESPONSE_NS = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}"
 
 
@@ -74,8 +75,10 @@ def failure_reason(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return "tls"
+    if isinstance(exc, DNS_ERROR):
+        return "resolve"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "resolve" if "resolve" in str(exc) else "connect"
+        return "connect"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "eof"
     if isinstance(exc, aiohttp.ClientPayloadError):
