@@ -129,11 +129,12 @@ DOWN = event("down", "client", "the session's connection became unusable and was
 
 # ---------------------------------------------------------------- HTTP clients (traffic.http_client)
 PROTOCOL = f("str", "owa / eas / oa (Outlook Web App, Exchange ActiveSync, Outlook Anywhere)")
+HTTP_SESSION = f("str", "HTTP session id (also its user name), '<client host>-<protocol><index>'")
 HTTP_CLIENT_UP = event("http_client_up", "http client", "an HTTP client process started its sessions",
-                       sessions=f("dict", "session id -> protocol"),
+                       sessions=f("dict", "HTTP session id -> protocol"),
                        external=f("bool", "an Internet host: it finds its server through autodiscover in DNS"))
 HTTP_AUTODISCOVER = event("http_autodiscover", "http client", "a session asked autodiscover where to connect",
-                          session=SESSION, protocol=PROTOCOL, ok=f("bool", "it got a URL"),
+                          session=HTTP_SESSION, protocol=PROTOCOL, ok=f("bool", "it got a URL"),
                           via=f("str", "site (the AD site's autodiscover service) / dns (autodiscover.<domain> "
                                        "over HTTPS)"),
                           url=f("str|null", "the URL the session will use"),
@@ -142,7 +143,7 @@ HTTP_AUTODISCOVER = event("http_autodiscover", "http client", "a session asked a
                           reason=opt("str", "why it failed: resolve / connect / tls / http <status> / ..."))
 HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RPC over an Outlook Anywhere channel "
                                                     "pair) finished; ts is when it ended",
-                     session=SESSION, protocol=PROTOCOL,
+                     session=HTTP_SESSION, protocol=PROTOCOL,
                      cmd=f("str", "owa: login / read / send; eas: ping / sync; oa: rpc_out / rpc_in (channel "
                                   "set-up), logon, read / send / sync / ping, keepalive"),
                      ok=f("bool", "a good answer"), status=f("int|null", "HTTP status (null: none arrived)"),
@@ -151,13 +152,13 @@ HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RP
                      error=opt("str", "why it failed"))
 HTTP_LOGON = event("http_logon", "http client", "a session logged on at a CAS (OWA form login, Outlook Anywhere "
                                                 "logon over its channels)",
-                   session=SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),
+                   session=HTTP_SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),
                    reauth=f("bool", "it had logged on before: a CAS that did not hold its session forced it "
                                     "(OWA 440 Login Timeout, RPC auth_required)"),
                    prompt=f("bool", "the user saw it: an OWA login form, an NTLM credential prompt"))
 HTTP_DOWN = event("http_down", "http client", "a long-lived exchange broke: an Outlook Anywhere channel pair, or an "
                                               "ActiveSync Ping long-poll that ended without its answer",
-                  session=SESSION, protocol=PROTOCOL, reason=f("str", "eof / reset / timeout / http <status> / ..."))
+                  session=HTTP_SESSION, protocol=PROTOCOL, reason=f("str", "eof / reset / timeout / http <status> / ..."))
 
 # ---------------------------------------------------------------- SYN prober (traffic.prober)
 PROBE_UP = event("probe_up", "prober", "the SYN prober's sniffer is ready; probes follow",
