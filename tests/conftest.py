@@ -115,25 +115,11 @@ def lab_residue(marker: str | None = None) -> list[str]:
     return found
 
 
-def residue_while_no_lab_runs() -> list[str]:
-    """The lab's residue, read while holding the lab lock: a run outside the test suite (a
-    ``caslab run`` by hand) holds that lock from build to teardown, so its live network is
-    never mistaken for residue."""
-    from caslab.netlab import LabLock
-
-    lock = LabLock(float(os.environ["CASLAB_LOCK_WAIT_S"]))
-    lock.acquire()
-    try:
-        return lab_residue()
-    finally:
-        lock.release()
-
-
 @pytest.fixture
 def no_residue():
     """Asserts the test left nothing of the lab behind (and that it started clean)."""
-    before = residue_while_no_lab_runs()
+    before = lab_residue()
     assert not before, f"lab residue before the test: {before}"
     yield
-    after = residue_while_no_lab_runs()
+    after = lab_residue()
     assert not after, f"lab residue after the test: {after}"
