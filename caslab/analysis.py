@@ -37,6 +37,11 @@ class Analysis:
         """Every (scenario, fault) row of the results tables, in spec order."""
         return [row for s in self.scenarios for row in s.faults]
 
+    @property
+    def http_rows(self) -> list[Any]:
+        """Every (scenario, fault, HTTP protocol) row of the HTTP table, in spec order."""
+        return [row for s in self.scenarios for row in s.http]
+
     def summary(self) -> dict[str, Any]:
         """summary.json."""
         return {"experiment": self.manifest["spec"]["experiment"]["name"], "complete": self.complete,

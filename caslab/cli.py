@@ -61,12 +61,15 @@ def cmd_run(args) -> int:
 
 
 def print_table(analysis) -> None:
-    from caslab.columns import ADDRESS_COLUMNS, plain_table, shows_addresses, terminal_table
+    from caslab.columns import ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table
 
     print(terminal_table(analysis.rows))
     if shows_addresses(analysis.scenarios):
         print("\nserved users by the address their server name resolved to:")
         print(plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
+    if analysis.http_rows:
+        print("\nHTTP protocols")
+        print(terminal_table(analysis.http_rows, HTTP_COLUMNS))
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")

@@ -125,8 +125,42 @@ COLUMNS: list[Column] = [
 ]
 
 
-def terminal_table(rows: list[Any]) -> str:
-    shown = [c for c in COLUMNS if c.terminal]
+HTTP_COLUMNS: list[Column] = [
+    Column("label", "scenario", terminal=30, doc="mode and sweep point"),
+    Column("fault", "fault", terminal=18, doc="the fault this row is about ('no fault': the whole window)"),
+    Column("protocol", "protocol", terminal=5, doc="owa (Outlook Web App), eas (ActiveSync), oa (Outlook Anywhere)"),
+    Column("clients", "clients", terminal=8, doc="internal (an AD site: the site's autodiscover) or Internet "
+                                                 "(autodiscover through DNS)"),
+    Column("mode", "mode", doc="HA mode"),
+    Column("repetitions", "reps"),
+    Column("sessions", "sessions", terminal=5, doc="HTTP sessions of this protocol, all repetitions"),
+    Column("configured", "found server", terminal=6, doc="sessions autodiscover gave a URL"),
+    Column("requests", "requests", terminal=6, doc="requests in the window"),
+    Column("failed", "failed", terminal=6, doc="requests that failed in the window"),
+    Column("affected", "affected", terminal=5, doc="last served by the failed element before the fault"),
+    Column("recovered", "recovered", terminal=5, doc="affected, and a request succeeded after the drop"),
+    Column("unrecovered", "unrecovered", terminal=6, doc="affected, no success before the window closed"),
+    Column("relogins", "re-logins", terminal=6, doc="logons a CAS forced in the window (OWA 440: a login form)"),
+    Column("pings_lost", "pings lost", terminal=6, doc="ActiveSync long-polls that ended without their answer"),
+    Column("pings_reestablished", "re-established", terminal=6,
+           doc="ActiveSync devices whose long-poll a later answered Ping re-established"),
+    Column("disconnects", "disconnects", terminal=6, doc="broken long-lived exchanges: Outlook Anywhere channel "
+                                                         "pairs, ActiveSync Pings"),
+    Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50",
+           "fault to the first success after the drop, affected sessions"),
+    Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99"),
+    Column("reconnect_n", "n", "", "d", 0, "reconnect_ms.n"),
+    Column("reestablish_p50_ms", "Ping re-established p50", "ms", ".1f", 0, "reestablish_ms.p50",
+           "fault to the start of the first answered Ping after a lost one"),
+    Column("reestablish_p99_ms", "Ping re-established p99", "ms", ".1f", 0, "reestablish_ms.p99"),
+    Column("latency_p50_ms", "latency p50", "ms", ".1f", 0, "latency_ms.p50", "successful requests in the window"),
+    Column("latency_p99_ms", "latency p99", "ms", ".1f", 0, "latency_ms.p99"),
+    Column("trustworthy", "trusted", terminal=7, doc="as the scenario's main row"),
+]
+
+
+def terminal_table(rows: list[Any], columns: list[Column] | None = None) -> str:
+    shown = [c for c in (columns or COLUMNS) if c.terminal]
     widths = {c.key: max(c.terminal, len(c.header)) for c in shown}
     for row in rows:
         for c in shown[:2]:

@@ -15,6 +15,7 @@ It replaces a bag of string keys with named fields whose writer and readers are 
     placement           caslab.hypervisor (start, move)  caslab.hypervisor, faults.vm_move
     wnlb_agents         modes.wnlb (prepare)             modes.wnlb (drain, rejoin, waits)
     flood_base          modes.wnlb (measure_start)       modes.wnlb (measure_end)
+    tls                 http_services.prepare_tls        services (CAS), modes (HAProxy), HTTP clients
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from caslab.netlab import LabNetwork, LabProcess
+from labcommon.catalogue import HTTP_REQUEST, OP
 from topologies.plan import LabPlan
 
 PYTHON = sys.executable
@@ -67,6 +69,7 @@ class RunContext:
     placement: dict[str, str] = field(default_factory=dict)
     wnlb_agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     flood_base: dict[str, Any] = field(default_factory=dict)
+    tls: Any = None  # caslab.tls.TlsFiles when the run has HTTPS services
     _socket_dir: Path | None = None
     _store_dir: Path | None = None
     _busiest: str | None = None
@@ -139,8 +142,10 @@ class RunContext:
     def sessions_per_cas(self, tail_bytes: int = 262_144) -> dict[str, int]:
         """Which CAS each client session used last (from the end of the client logs)."""
         last: dict[str, str] = {}
-        for client in self.plan.by_role("client"):
-            path = self.raw_dir / f"{client.name}.jsonl"
+        sources = [h.name for h in self.plan.by_role("client")]
+        sources += [f"{h.name}-http" for h in self.plan.hosts if h.role in ("client", "external")]
+        for source in sources:
+            path = self.raw_dir / f"{source}.jsonl"
             if not path.exists():
                 continue
             with open(path, "rb") as handle:
@@ -151,7 +156,7 @@ class RunContext:
                     e = json.loads(line)
                 except ValueError:
                     continue
-                if e.get("ev") == "op" and e.get("ok") and isinstance(e.get("cas"), str):
+                if e.get("ev") in (OP, HTTP_REQUEST) and e.get("ok") and isinstance(e.get("cas"), str):
                     last[e["session"]] = e["cas"]
         counts: dict[str, int] = {}
         for cas in last.values():

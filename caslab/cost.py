@@ -30,6 +30,8 @@ def kind_of(name: str, host_roles: dict[str, str]) -> str:
     if name in host_roles:
         return {"client": "client", "cas": "cas", "mailbox": "mailbox", "autodiscover": "autodiscover"}.get(
             host_roles[name], "other")
+    if name.endswith("-http"):  # a host's HTTP clients (traffic.http_client)
+        return "client"
     for prefix, kind in (("mailbox-", "mailbox"), ("controller", "controller"), ("health-", "health"), ("probe-", "prober"),
                          ("appprobe-", "prober"), ("tcpdump-", "capture"), ("haproxy-", "haproxy"),
                          ("dnsmasq", "dns"), ("ovs-vswitchd", "ovs"), ("runner", "runner")):

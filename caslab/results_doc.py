@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from caslab.columns import ADDRESS_COLUMNS, COLUMNS, SESSION_COLUMNS, Column
+from caslab.columns import ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column
 
 FILES = [
     ("manifest.json", "The run as it was asked for and where it ran: `spec` (fully resolved, defaults filled "
@@ -29,6 +29,9 @@ FILES = [
     ("addresses.csv", "Per scenario, database and the address the users' server name resolved to: sessions, "
                       "served, mailbox operations ok (columns below); the report shows it where users of one "
                       "database resolved to different addresses."),
+    ("http.csv", "Only with HTTP clients ([http]): one row per scenario, fault and protocol (OWA, ActiveSync, "
+                 "Outlook Anywhere; columns below); also `http` in each scenario of summary.json, and the "
+                 "report's \"HTTP protocols\" table."),
     ("report.md, report.html", "The report: the verdict first, untrustworthy banners, the table, the figures. "
                                "report.html is self-contained (figures embedded)."),
     ("*.png, *.svg", "The figures, each as PNG and SVG: verdict, reconnect-cdf, reconnect-means, phases, "
@@ -59,6 +62,7 @@ def markdown() -> str:
     lines += ["", "## summary.csv (and every results table)", ""] + table(COLUMNS)
     lines += ["", "## sessions.csv", ""] + table(SESSION_COLUMNS)
     lines += ["", "## addresses.csv", ""] + table(ADDRESS_COLUMNS)
+    lines += ["", "## http.csv (the HTTP protocols table)", ""] + table(HTTP_COLUMNS)
     lines += ["", "Times are ms after the fault unless the column says otherwise; empty cells are values that "
                   "do not exist (a session that never reconnected has no reconnect time)."]
     return "\n".join(lines) + "\n"

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from caslab import faults, hypervisor, services, system, wan
+from caslab import faults, http_services, hypervisor, services, system, wan
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
 from labcommon.catalogue import (
-    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
+    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, HTTP_AUTODISCOVER, HTTP_REQUEST, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
     OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
@@ -153,6 +153,16 @@ def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> 
     return options
 
 
+def ready_session(source: str, ev: dict) -> str | None:
+    """A session is ready when an operation succeeded; an HTTP session also when it found
+    autodiscover unreachable (it may never find its server: that is what is measured)."""
+    if ev.get("ev") in (OP, HTTP_REQUEST) and ev.get("ok"):
+        return ev.get("session")
+    if ev.get("ev") == HTTP_AUTODISCOVER and not ev.get("ok"):
+        return ev.get("session")
+    return None
+
+
 def start_controller(ctx: RunContext, mode: Mode, port: int) -> None:
     config = mode.controller_config(ctx)
     env = {}
@@ -262,9 +272,13 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         if scenario["topology"]["wan_firewall"]:
             wan.apply_firewall(ctx)
         progress("starting Exchange roles")
-        services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx)))
-        roles = services.start_mailboxes(ctx) + services.start_cas(ctx)
-        roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)))
+        http_services.prepare_tls(ctx)
+        services.start_dns(ctx, services.dns_records(ctx, mode.array_addresses(ctx))
+                           | http_services.dns_records(ctx, mode))
+        roles = services.start_mailboxes(ctx)
+        roles += services.start_cas(ctx, http_services.cas_config(ctx))
+        roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)),
+                                             http_services.http_users(ctx), http_services.site_urls(ctx, mode))
         wait_for_events(LogTail(raw_dir, [p.name for p in roles]), len(roles),
                         lambda source, ev: source if ev.get("ev") == SERVICE_UP else None, timing["ready_timeout_s"],
                         "mailbox, CAS and autodiscover services to start")
@@ -297,22 +311,25 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
 
 def start_sessions(ctx: RunContext, mode: Mode, raw_dir: Path, timing: dict[str, Any],
                    progress: Progress) -> list[LabProcess]:
-    """Start the client hosts' sessions and wait until each completed an operation (or,
-    with ``timing.all_ready = false``, until ready_timeout_s, naming the ones that never did)."""
+    """Start the client hosts' sessions (Outlook and HTTP) and wait until each completed an
+    operation (or, with ``timing.all_ready = false``, until ready_timeout_s, naming the
+    ones that never did)."""
     procs = services.start_clients(ctx, lambda c: mode.target(ctx, c))
+    http_procs, http_sources, http_sessions = http_services.start_clients(ctx)
+    procs += http_procs
     clients = [h.name for h in ctx.plan.by_role("client")]
     per_host = ctx.spec["clients"]["sessions_per_host"]
-    expected = len(clients) * per_host
-    ready = wait_for_events(LogTail(raw_dir, clients), expected,
-                            lambda source, ev: ev.get("session") if ev.get("ev") == OP and ev.get("ok") else None,
-                            timing["ready_timeout_s"], f"all {expected} client sessions to complete an operation",
+    wanted = {f"{c}-s{i}" for c in clients for i in range(per_host)} | set(http_sessions)
+    ready = wait_for_events(LogTail(raw_dir, clients + http_sources), len(wanted), ready_session,
+                            timing["ready_timeout_s"], f"all {len(wanted)} client sessions to complete an operation "
+                                                       "(or, over HTTP, to find autodiscover unreachable)",
                             required=timing["all_ready"])
-    missing = sorted({f"{c}-s{i}" for c in clients for i in range(per_host)} - ready)
+    missing = sorted(wanted - ready)
     if missing:
-        progress(f"{len(missing)} of {expected} sessions never completed an operation; measuring anyway")
-        ctx.log.emit(CLIENTS_READY, sessions=expected, missing=missing)
+        progress(f"{len(missing)} of {len(wanted)} sessions never completed an operation; measuring anyway")
+        ctx.log.emit(CLIENTS_READY, sessions=len(wanted), missing=missing)
     else:
-        ctx.log.emit(CLIENTS_READY, sessions=expected)
+        ctx.log.emit(CLIENTS_READY, sessions=len(wanted))
     return procs
 
 

@@ -12,6 +12,7 @@ import difflib
 from typing import Any
 
 from caslab.faults import BUSIEST, FAULTS
+from caslab.http_spec import check_http
 from caslab.modes import MODES
 from caslab.schema import SpecError
 from caslab.spec_exchange import array_sites, check_exchange, server_names  # noqa: F401 (re-exported)
@@ -42,6 +43,7 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
                                                             "(one address per session)", clients["sessions_per_host"])
     check_exchange(source, scenario, plan, hosts)
     mode = MODES[scenario["mode"]]
+    check_http(source, scenario, mode.capabilities, mode.name, set(hosts))
     if topo["multi_role"] and scenario["mode"] == "wnlb":
         raise SpecError(source, "topology.multi_role", "a mode other than wnlb: Windows NLB and the failover "
                                                        "clustering a DAG needs cannot run on the same server "

@@ -62,7 +62,9 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
     return procs
 
 
-def start_cas(ctx: RunContext) -> list[LabProcess]:
+def start_cas(ctx: RunContext, http: dict[str, Any] | None = None) -> list[LabProcess]:
+    """RPC Client Access on every CAS; with ``http`` (caslab.http_services), the same
+    process serves the HTTPS virtual directories too (``roles.cas_http``)."""
     db_addresses = {db: [mailbox_address(ctx.plan.host(n)) for n in entry.copies]
                     for db, entry in ctx.databases.items()}
     procs = []
@@ -70,7 +72,9 @@ def start_cas(ctx: RunContext) -> list[LabProcess]:
         config = {"name": host.name, "listen_port": CAS_PORT, "events": ctx.events_path(host.name),
                   "databases": db_addresses, "admin_port": CAS_ADMIN_PORT,
                   "dumpster_messages": ctx.spec["exchange"]["dumpster_messages"]}
-        procs.append(ctx.start_module(host.name, host.name, "roles.cas", config))
+        if http is not None:
+            config["http"] = http
+        procs.append(ctx.start_module(host.name, host.name, "roles.cas_http" if http else "roles.cas", config))
     return procs
 
 
@@ -89,6 +93,8 @@ def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, An
     """target_for(client HostPlan) -> target config (see traffic.resolver)."""
     c = ctx.spec["clients"]
     procs = []
+    if not c["sessions_per_host"]:
+        return procs
     for index, host in enumerate(ctx.plan.by_role("client")):
         source_ips = []
         if c["distinct_source_ips"]:
@@ -154,15 +160,20 @@ def rpc_client_access_servers(ctx: RunContext, default: str) -> dict[str, str]:
     return rcas
 
 
-def start_autodiscover(ctx: RunContext, rcas: dict[str, str]) -> list[LabProcess]:
-    """One autodiscover service per site, all answering from the same directory."""
+def start_autodiscover(ctx: RunContext, rcas: dict[str, str], more_users: dict[str, str] | None = None,
+                       urls: dict[str, dict[str, str]] | None = None) -> list[LabProcess]:
+    """One autodiscover service per site, all answering from the same directory; with
+    ``urls`` (site -> {internal, external}) it also names the HTTPS URLs."""
     users = {u["user"]: u["db"] for client in ctx.plan.by_role("client")
              for u in users_for(ctx, client) + [probe_user(client)]}
+    users.update(more_users or {})
     ctx.rcas = dict(rcas)
     procs = []
     for host in ctx.plan.by_role("autodiscover"):
         config = {"name": host.name, "listen_port": AUTODISCOVER_PORT, "events": ctx.events_path(host.name),
                   "users": users, "rcas": rcas}
+        if urls and host.site in urls:
+            config["urls"] = urls[host.site]
         procs.append(ctx.start_module(host.name, host.name, "roles.autodiscover", config))
     ctx.log.emit(RCAS, servers=rcas, arrays=ctx.arrays())
     return procs

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from caslab.faults import FAULTS
+from caslab.http_spec import HTTP_FIELDS, check_http  # noqa: F401 (check_http: caslab.scenario_check)
 from caslab.modes import MODES
 from caslab.schema import (
     NUM, Field, SpecError, choice, int_range, list_of, non_negative, num_range, one_of, pattern,
@@ -55,6 +56,8 @@ CORE: dict[str, dict[str, Field]] = {
         "branch": Field(bool, False),
         "branch_cas": int_range(2, 0, MAX_CAS),
         "branch_client_hosts": int_range(1, 0, MAX_CLIENTS),
+        "internet_client_hosts": int_range(0, 0, MAX_CLIENTS, "hosts in an 'Internet' site (no AD): HTTP "
+                                                              "clients that find their server through DNS"),
         "databases": int_range(2, 1, 16),
         "multi_role": Field(bool, False, doc="the first min(cas, mailboxes) HQ servers run CAS and mailbox roles "
                                              "together (named ex1, ex2, ...)"),
@@ -72,7 +75,7 @@ CORE: dict[str, dict[str, Field]] = {
                                                  "(VMware 'Notify Switches', default Yes)"),
     },
     "clients": {
-        "sessions_per_host": int_range(8, 1, 500),
+        "sessions_per_host": int_range(8, 0, 500, "Outlook (RPC) sessions per internal client host"),
         "interval_ms": int_range(50, 5, 60000),
         "op_timeout_ms": int_range(1000, 10, 600000),
         "connect_timeout_ms": int_range(1000, 10, 600000),
@@ -125,6 +128,7 @@ CORE: dict[str, dict[str, Field]] = {
         "app_rate_hz": num_range(5, 0, 50, "probes per second", "application probes through the array name; 0: off"),
         "capture": Field(bool, True),
     },
+    "http": HTTP_FIELDS,
     "metrics": {
         "late_ms": int_range(500, 1, 600000),
         "stall_ms": int_range(0, 0, 3600000, "0: clients.interval_ms + clients.op_timeout_ms"),

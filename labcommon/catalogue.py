@@ -128,6 +128,39 @@ OP = event("op", "client", "one operation finished; ts is when its reply arrived
 DOWN = event("down", "client", "the session's connection became unusable and was closed",
              session=SESSION, reason=f("str", "reset / timeout / eof / auth_required / ..."))
 
+# ---------------------------------------------------------------- HTTP clients (traffic.http_client)
+PROTOCOL = f("str", "owa / eas / oa (Outlook Web App, Exchange ActiveSync, Outlook Anywhere)")
+HTTP_SESSION = f("str", "HTTP session id (also its user name), '<client host>-<protocol><index>'")
+HTTP_CLIENT_UP = event("http_client_up", "http client", "an HTTP client process started its sessions",
+                       sessions=f("dict", "HTTP session id -> protocol"),
+                       external=f("bool", "an Internet host: it finds its server through autodiscover in DNS"))
+HTTP_AUTODISCOVER = event("http_autodiscover", "http client", "a session asked autodiscover where to connect",
+                          session=HTTP_SESSION, protocol=PROTOCOL, ok=f("bool", "it got a URL"),
+                          via=f("str", "site (the AD site's autodiscover service) / dns (autodiscover.<domain> "
+                                       "over HTTPS)"),
+                          url=f("str|null", "the URL the session will use"),
+                          lat_us=f("int", "from asking to the answer (or failure)", "us"),
+                          cas=f("str|null", "the CAS that answered over HTTPS"),
+                          reason=opt("str", "why it failed: resolve / connect / tls / http <status> / ..."))
+HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RPC over an Outlook Anywhere channel "
+                                                    "pair) finished; ts is when it ended",
+                     session=HTTP_SESSION, protocol=PROTOCOL,
+                     cmd=f("str", "owa: login / read / send; eas: ping / sync; oa: rpc_out / rpc_in (channel "
+                                  "set-up), logon, read / send / sync / ping, keepalive"),
+                     ok=f("bool", "a good answer"), status=f("int|null", "HTTP status (null: none arrived)"),
+                     lat_us=f("int", "request to answer (or failure)", "us"),
+                     cas=f("str|null", "the CAS that answered (its X-FEServer header)"),
+                     error=opt("str", "why it failed"))
+HTTP_LOGON = event("http_logon", "http client", "a session logged on at a CAS (OWA form login, Outlook Anywhere "
+                                                "logon over its channels)",
+                   session=HTTP_SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),
+                   reauth=f("bool", "it had logged on before: a CAS that did not hold its session forced it "
+                                    "(OWA 440 Login Timeout, RPC auth_required)"),
+                   prompt=f("bool", "the user saw it: an OWA login form, an NTLM credential prompt"))
+HTTP_DOWN = event("http_down", "http client", "a long-lived exchange broke: an Outlook Anywhere channel pair, or an "
+                                              "ActiveSync Ping long-poll that ended without its answer",
+                  session=HTTP_SESSION, protocol=PROTOCOL, reason=f("str", "eof / reset / timeout / http <status> / ..."))
+
 # ---------------------------------------------------------------- SYN prober (traffic.prober)
 PROBE_UP = event("probe_up", "prober", "the SYN prober's sniffer is ready; probes follow",
                  target=f("str", "address probed"), port=f("int", "port probed"), rate_hz=f("float", "probe rate", "1/s"),
@@ -164,6 +197,13 @@ AUTH_FAILED = event("auth_failed", "role", "a logon with wrong credentials was r
                     session=SESSION, user=f("str", "user name"))
 REAUTH = event("reauth", "role", "a session logged on again at this CAS (it did not know the session)",
                session=SESSION, user=f("str", "user name"))
+HTTP_SESSION_UNKNOWN = event("http_session_unknown", "role", "a CAS's HTTPS service got a request for a session "
+                                                              "it does not hold (an OWA cookie, an RPC channel)",
+                             protocol=PROTOCOL, detail=f("str", "what was unknown"))
+RPC_CHANNEL = event("rpc_channel", "role", "an Outlook Anywhere channel (RPC_IN_DATA / RPC_OUT_DATA) opened, was "
+                                           "paired or closed at this CAS's RPC proxy",
+                    channel=f("str", "in / out"), state=f("str", "open / paired / unpaired / closed"),
+                    reason=opt("str", "why it closed"))
 RCAS_CHANGED = event("rcas_changed", "role", "autodiscover's RpcClientAccessServer for a database changed",
                      db=f("str", "database"), server=f("str", "new server name"), previous=f("str", "old server name"))
 REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take a replicated message in time",

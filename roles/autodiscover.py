@@ -6,7 +6,11 @@ for a database created before its site's array existed. Admins change the value 
 time with ``set_rcas``; clients only see the change when they next ask, which is how a
 profile keeps pointing at an old server.
 
-Config keys: name, listen_port, events, users {user: db}, rcas {db: fqdn}.
+With ``urls`` it also names the site's HTTPS URLs (``internal_url``, ``external_url``):
+what an OWA browser or an ActiveSync device inside the site uses.
+
+Config keys: name, listen_port, events, users {user: db}, rcas {db: fqdn}, urls
+{internal, external} (optional).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Autodiscover:
         self.name = config["name"]
         self.users: dict[str, str] = dict(config.get("users", {}))
         self.rcas: dict[str, str] = dict(config.get("rcas", {}))
+        self.urls: dict[str, str] = dict(config.get("urls", {}))
         self.log = log
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +37,9 @@ class Autodiscover:
             db = self.users.get(user) if isinstance(user, str) else None
             if db is None:
                 return error("unknown_user")
-            return {"ok": True, "user": user, "db": db, "server": self.rcas[db]}
+            reply = {"ok": True, "user": user, "db": db, "server": self.rcas[db]}
+            reply.update({f"{kind}_url": url for kind, url in self.urls.items()})
+            return reply
         return error("unknown_op", op=op if isinstance(op, str) else None)
 
     async def admin(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,11 @@ one DAG). They are named ``ex<n>``, keep the CAS addresses, and count among the
 site's CAS and its mailbox servers (``by_role`` finds them under both); the site's other
 CAS and mailbox servers stay single-role with their usual names and addresses. Without
 it the plan is exactly the single-role one.
+
+An "Internet" site (``external``) stands for the world outside the organisation: no AD, so
+no autodiscover host, no load balancer, no Exchange server; only external client hosts
+(role ``external``, named ``ext<n>``, at 10.k.3.n) that reach the published load balancer
+through the router, as a home user or a phone would.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ SWITCH_PREFIX = "clab"
 MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 64, 16, 32
 MAX_SITES = 4
 MAX_HYPERVISORS = 4
-ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3}
+ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3, "external": 3}
 LAB_DOMAIN = "lab.test"
+INTERNET = "Internet"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class SitePlan:
     mailboxes: int
     clients: int
     hypervisors: int = 0
+    external: bool = False  # the Internet: no AD site, only external clients
     multi_role: int = 0  # of the site's CAS, how many run the mailbox role too (the first ones)
 
     @property
@@ -133,13 +140,16 @@ class LabPlan:
 
     @classmethod
     def build(cls, sites: list[dict]) -> "LabPlan":
-        """sites: [{name, cas, mailboxes, clients, hypervisors, placement}], in order; the
-        first one is HQ. ``placement`` maps CAS names to hypervisor names ('hv1')."""
+        """sites: [{name, cas, mailboxes, clients, hypervisors, placement, multi_role, external}],
+        in order; the first one is HQ. ``placement`` maps CAS names to hypervisor names ('hv1')."""
         if not 1 <= len(sites) <= MAX_SITES:
             raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
         site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0),
-                               s.get("hypervisors", 0), s.get("multi_role", 0))
+                               hypervisors=s.get("hypervisors", 0), external=bool(s.get("external", False)),
+                               multi_role=s.get("multi_role", 0))
                       for i, s in enumerate(sites)]
+        if site_plans[0].external:
+            raise ValueError("the first site is HQ: it cannot be the Internet")
         for site in site_plans:
             for role, count, limit in (("cas", site.cas, MAX_CAS), ("mailboxes", site.mailboxes, MAX_MAILBOXES),
                                        ("clients", site.clients, MAX_CLIENTS)):
@@ -149,7 +159,7 @@ class LabPlan:
                 raise ValueError(f"site {site.name}: multi-role servers must be 0..min(cas, mailboxes) = "
                                  f"{min(site.cas, site.mailboxes)}, not {site.multi_role}")
         plan = cls(site_plans)
-        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0, "ex": 0}
+        counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0, "ex": 0, "ext": 0}
 
         def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0, extra: tuple = ()) -> None:
             counters[prefix] += 1
@@ -157,6 +167,12 @@ class LabPlan:
                                        extra_roles=extra))
 
         for site in site_plans:
+            if site.external:
+                if site.cas or site.mailboxes:
+                    raise ValueError(f"site {site.name}: the Internet holds no Exchange server")
+                for i in range(site.clients):
+                    add("ext", "external", site, 1 + i, ROLE_OCTET["external"])
+                continue
             if site.index == 1:
                 plan.hosts.append(HostPlan("dns1", "dns", site.name, site.address(2)))
             add("ad", "autodiscover", site, 3)
@@ -210,7 +226,7 @@ class LabPlan:
     def source_ips(self, client: HostPlan, count: int) -> list[str]:
         """Extra source addresses for a client host's sessions (for affinity tests)."""
         site = self.site(client.site)
-        index = self.by_role("client", client.site).index(client)
+        index = self.by_role(client.role, client.site).index(client)
         if count > 250:
             raise ValueError("at most 250 source addresses per client host")
         return [f"10.{site.index}.{10 + index}.{i + 1}" for i in range(count)]
@@ -233,8 +249,9 @@ class LabPlan:
 
 
 def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
-    """The plan of a spec's [topology] section: HQ, and Branch when ``branch`` is set;
-    HQ's CAS are VMs when ``hypervisors`` is set."""
+    """The plan of a spec's [topology] section: HQ, Branch when ``branch`` is set, and the
+    Internet when ``internet_client_hosts`` is above 0; HQ's CAS are VMs when
+    ``hypervisors`` is set."""
     multi = min(topology["cas"], topology["mailboxes"]) if topology.get("multi_role") else 0
     sites = [{"name": "HQ", "cas": topology["cas"], "mailboxes": topology["mailboxes"],
               "clients": topology["client_hosts"], "hypervisors": topology.get("hypervisors", 0),
@@ -242,4 +259,6 @@ def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
     if topology["branch"]:
         sites.append({"name": "Branch", "cas": topology["branch_cas"], "mailboxes": topology.get("branch_mailboxes", 0),
                       "clients": topology["branch_client_hosts"]})
+    if topology.get("internet_client_hosts", 0):
+        sites.append({"name": INTERNET, "clients": topology["internet_client_hosts"], "external": True})
     return LabPlan.build(sites)

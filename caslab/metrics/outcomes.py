@@ -53,6 +53,40 @@ class SessionFault:
 
 
 @dataclass
+class HttpSessionFault:
+    """One HTTP client session under one fault (or the whole window of a run without)."""
+
+    session: str
+    protocol: str                 # owa / eas / oa
+    external: bool
+    configured: bool              # autodiscover gave it a URL
+    cas_at_fault: str | None
+    affected: bool
+    dropped_ms: float | None
+    disrupted: bool
+    recovered: bool
+    reconnect_ms: float | None
+    relogins: int                 # logons a CAS forced (OWA 440, RPC auth_required)
+    prompts: int                  # of them, seen by the user
+    pings_lost: int               # ActiveSync long-polls that ended without their answer
+    pings_reestablished: int      # 1 if a later Ping was answered after the first loss
+    reestablish_ms: float | None  # that Ping's start after the fault
+    disconnects: int              # broken long-lived exchanges (http_down)
+    requests: int
+    failed: int
+    latencies_ms: list[float] = field(default_factory=list)  # successful requests in the window
+
+
+@dataclass
+class HttpFaultRun:
+    index: int                    # the fault's index; -1: a run without faults (its whole window)
+    label: str
+    t_ns: int
+    window_end_ns: int
+    sessions: list[HttpSessionFault]
+
+
+@dataclass
 class FaultRun:
     """One fault of one run."""
 
@@ -110,6 +144,7 @@ class RunOutcome:
     never_served: int = 0                      # sessions without one successful operation in the window
     flood: dict[str, Any] = field(default_factory=dict)  # Windows NLB: bytes flooded to non-member hosts
     by_address: list[dict[str, Any]] = field(default_factory=list)  # served users per (db, resolved address)
+    http: list[HttpFaultRun] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +197,38 @@ class FaultSummary:
 
 
 @dataclass
+class ProtocolSummary:
+    """One HTTP protocol under one fault of one scenario, over its repetitions: one row of
+    the HTTP table (``caslab.columns.HTTP_COLUMNS``)."""
+
+    scenario: str
+    label: str
+    mode: str
+    fault_index: int
+    fault: str
+    protocol: str
+    clients: str                  # internal (an AD site) / Internet
+    repetitions: int
+    sessions: int
+    configured: int
+    requests: int
+    failed: int
+    affected: int
+    disrupted: int
+    recovered: int
+    unrecovered: int
+    relogins: int
+    prompts: int
+    pings_lost: int
+    pings_reestablished: int
+    disconnects: int
+    reconnect_ms: Distribution
+    reestablish_ms: Distribution
+    latency_ms: Distribution
+    trustworthy: bool = True
+
+
+@dataclass
 class ScenarioSummary:
     id: str
     label: str
@@ -186,6 +253,7 @@ class ScenarioSummary:
     never_served: int = 0
     flood: dict[str, Any] = field(default_factory=dict)
     by_address: list[dict[str, Any]] = field(default_factory=list)  # caslab.metrics.addresses, all repetitions
+    http: list[ProtocolSummary] = field(default_factory=list)
 
 
 def to_dict(obj: Any) -> Any:

@@ -19,6 +19,7 @@ from labcommon.catalogue import (
 from caslab.metrics.nlb import convergence, flooding
 from caslab.metrics.addresses import by_address
 from caslab.metrics.databases import database_outages, dumpster
+from caslab.metrics.http import http_faults
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
 from caslab.metrics.sessions import member_down_times, session_fault, tracks
 
@@ -53,6 +54,8 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                                sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
                                sessions, convergence=convergence(events, fe["ts"], window_end),
                                databases=database_outages(events, fe["ts"], end, elements)))
+    windows = [(f.index, f.label, f.t_ns, f.window_end_ns, set(f.elements)) for f in faults] \
+        or [(-1, "no fault", start, end, set())]
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
     return RunOutcome(
@@ -66,7 +69,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
         cost=cost(events, start, end), never_served=never_served(session_tracks, start, end),
         flood=flooding(events),
-        by_address=by_address(events, start, end))
+        by_address=by_address(events, start, end), http=http_faults(events, windows))
 
 
 def never_served(session_tracks, start: int, end: int) -> int:

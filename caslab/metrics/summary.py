@@ -12,7 +12,7 @@ import statistics
 from typing import Any
 
 from caslab.metrics import addresses
-from caslab.metrics.outcomes import PHASES, FaultSummary, RunOutcome, ScenarioSummary
+from caslab.metrics.outcomes import PHASES, FaultSummary, ProtocolSummary, RunOutcome, ScenarioSummary
 from caslab.metrics.stats import Distribution, median
 
 
@@ -52,7 +52,8 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         cpu_idle_min_pct=cpu_min, fidelity_ok=fidelity_ok, trustworthy=not reasons, untrustworthy_reasons=reasons,
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood,
-        by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])])
+        by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])],
+        http=protocol_rows(meta, runs, not reasons))
 
 
 def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
@@ -138,6 +139,38 @@ def database_row(faults) -> dict[str, Any]:
     missing = [d["missing"] for d in dbs if isinstance(d.get("missing"), int)]
     return {"db_unmounted_ms": max(mounted) if mounted else None, "dbs_dismounted": sum(d["dismounted"] for d in dbs),
             "copy_missing": sum(missing) if missing else None}
+
+
+def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: bool) -> list[ProtocolSummary]:
+    """One row per (fault, HTTP protocol, internal or Internet clients) over the repetitions."""
+    rows = []
+    indexes = sorted({f.index for r in runs for f in r.http}, key=lambda i: (i < 0, i))
+    for index in indexes:
+        faults = [f for r in runs for f in r.http if f.index == index]
+        for protocol, external in sorted({(s.protocol, s.external) for f in faults for s in f.sessions}):
+            def mine(s) -> bool:
+                return s.protocol == protocol and s.external == external
+            sessions = [s for f in faults for s in f.sessions if mine(s)]
+            rep_means = [statistics.fmean(v) for f in faults
+                         if (v := [s.reconnect_ms for s in f.sessions if mine(s) and s.affected
+                                   and s.reconnect_ms is not None])]
+            rows.append(ProtocolSummary(
+                scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=index, fault=faults[0].label,
+                protocol=protocol, clients="Internet" if external else "internal", repetitions=len(faults),
+                sessions=len(sessions), configured=sum(s.configured for s in sessions),
+                requests=sum(s.requests for s in sessions), failed=sum(s.failed for s in sessions),
+                affected=sum(s.affected for s in sessions), disrupted=sum(s.disrupted for s in sessions),
+                recovered=sum(s.recovered for s in sessions),
+                unrecovered=sum(s.affected and not s.recovered for s in sessions),
+                relogins=sum(s.relogins for s in sessions), prompts=sum(s.prompts for s in sessions),
+                pings_lost=sum(s.pings_lost for s in sessions),
+                pings_reestablished=sum(s.pings_reestablished for s in sessions),
+                disconnects=sum(s.disconnects for s in sessions),
+                reconnect_ms=Distribution.of([s.reconnect_ms for s in sessions
+                                              if s.affected and s.reconnect_ms is not None], rep_means),
+                reestablish_ms=Distribution.of([s.reestablish_ms for s in sessions if s.reestablish_ms is not None]),
+                latency_ms=Distribution.of([v for s in sessions for v in s.latencies_ms]), trustworthy=trustworthy))
+    return rows
 
 
 def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:

@@ -3,16 +3,22 @@
 
 ``nlb.dataplane`` chooses where new connections are balanced: ``switch`` (Open vSwitch's
 select group and conntrack, no packet-in in steady state) or ``controller`` (a packet-in
-per connection, pinned by two flows). Both are kept so the lab can compare them."""
+per connection, pinned by two flows). Both are kept so the lab can compare them.
+
+With HTTP clients in the spec the VIP balances HTTPS (443) too, at layer 4: TLS goes
+through to the CAS, and ``nlb.affinity = "single"`` keeps a client's connections (both
+Outlook Anywhere channels, every OWA click) on one CAS, as Windows NLB's client-IP
+affinity did. It has no idle timeout."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from caslab import nlb_client
+from caslab.http_spec import http_enabled
 from caslab.modes import VipMode
 from caslab.schema import Field, choice, int_range
-from labcommon.ports import CAS_PORT
+from labcommon.ports import CAS_PORT, HTTPS_PORT
 
 AFFINITIES = ("none", "single", "network")
 
@@ -65,7 +71,8 @@ class SdnNlb(VipMode):
             if not members:
                 continue
             vips.append({"name": site.name, "fqdn": ctx.arrays().get(site.name, {}).get("fqdn", ""),
-                         "ip": site.vip, "mac": site.vip_mac, "dpid": site.index, "ports": [CAS_PORT],
+                         "ip": site.vip, "mac": site.vip_mac, "dpid": site.index,
+                         "ports": [CAS_PORT, HTTPS_PORT] if http_enabled(ctx.spec) else [CAS_PORT],
                          "affinity": affinity, "members": members, "sources": self.sources(ctx, site)})
         ctx.nlb_socket = str(ctx.socket_dir() / "nlb-health.sock")
         nlb = ctx.spec["nlb"]

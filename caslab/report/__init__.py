@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import ADDRESS_COLUMNS, COLUMNS, SESSION_COLUMNS, Column, shows_addresses
+from caslab.columns import ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -131,8 +131,11 @@ def write_report(run_dir: Path) -> Analysis:
     write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
     address_rows = [row for s in analysis.scenarios for row in s.by_address]
     write_csv(run_dir / "addresses.csv", ADDRESS_COLUMNS, address_rows)
+    if analysis.http_rows:
+        write_csv(run_dir / "http.csv", HTTP_COLUMNS, analysis.http_rows)
     figures = plots.make_all(analysis, run_dir)
     context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
+               "http_rows": analysis.http_rows, "http_columns": HTTP_COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
                "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
                "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}

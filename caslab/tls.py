@@ -1,0 +1,87 @@
+"""The lab's own certificate authority, made afresh for every run.
+
+Exchange publishes OWA, ActiveSync, Outlook Anywhere and autodiscover over HTTPS, and a
+client refuses a server whose certificate it cannot trust or whose names do not match the
+name it asked for. The lab therefore makes a CA per run (the ``cryptography`` package),
+and one server certificate signed by it whose subject alternative names are every name a
+client may use: the published name (``mail.lab.test``), ``autodiscover.lab.test``, each
+array FQDN and each CAS's own FQDN. The CAS servers and a TLS-terminating load balancer
+present it; clients trust only the lab CA and verify host names. Keys never leave the
+run's raw folder; nothing here is a secret worth keeping (a CA lives for one run).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALID_DAYS = 2
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where a run's TLS material lives (PEM files)."""
+
+    ca: Path           # the lab CA's certificate: what clients and HAProxy trust
+    cert: Path         # the server certificate
+    key: Path          # its private key
+    combined: Path     # certificate then key, as HAProxy's ``crt`` wants them
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "caslab"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_lab_tls(folder: Path, names: list[str], addresses: list[str] = ()) -> TlsFiles:
+    """A CA and one server certificate for ``names`` (DNS SANs, the first is the subject)
+    and ``addresses`` (IP SANs), written to ``folder``."""
+    if not names:
+        raise ValueError("a server certificate needs at least one name")
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=VALID_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("caslab lab CA")
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(until)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+               .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(names)]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(addresses)]
+    cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(until)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = TlsFiles(folder / "lab-ca.pem", folder / "server.pem", folder / "server.key", folder / "haproxy.pem")
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert_pem)
+    files.key.write_bytes(_pem_key(key))
+    files.key.chmod(0o600)
+    files.combined.write_bytes(cert_pem + _pem_key(key))
+    files.combined.chmod(0o600)
+    return files

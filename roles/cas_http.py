@@ -1,0 +1,233 @@
+"""A CAS with its HTTPS services: RPC Client Access as ``roles.cas``, plus IIS's share of
+an Exchange 2010 CAS on port 443 in the same process (a crash or a freeze takes both).
+
+The HTTP server is aiohttp with TLS (the run's lab certificate). aiohttp's C parser
+(llhttp) refuses request methods outside its list, and Outlook Anywhere's are
+``RPC_IN_DATA`` / ``RPC_OUT_DATA``: this process therefore runs aiohttp's pure-Python
+parser (``AIOHTTP_NO_EXTENSIONS``), which accepts any method token as HTTP allows.
+
+Virtual directories (bodies are small JSON documents where Exchange speaks HTML or
+WBXML; the autodiscover answer is XML as in Exchange):
+
+* ``/owa``: forms-based login (``POST /owa/auth.owa``) sets a session cookie; the
+  session lives in this CAS's memory only, so a request whose cookie this CAS does not
+  hold gets **440 Login Timeout**, as OWA answers, and the user must log in again.
+* ``/Microsoft-Server-ActiveSync``: Basic authentication on every request (stateless);
+  ``Cmd=Ping`` hangs for the device's HeartbeatInterval (bounded by 60..3540 s as
+  Exchange 2010's defaults, and scaled by ``time_scale``) then answers Status 1;
+  ``Cmd=Sync`` reads the mailbox.
+* ``/rpc/rpcproxy.dll``: Outlook Anywhere (``roles.rpc_proxy``).
+* ``/autodiscover/autodiscover.xml``: the user's external URLs, for clients outside.
+* ``/owa/auth/logon.aspx``: the login page, what load balancers check.
+
+Every answer names the CAS in an ``X-FEServer`` header.
+
+Config keys: those of ``roles.cas`` plus ``http``: {port, cert, key, users {user: db},
+external_url, time_scale}.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")  # before aiohttp is imported: see the docstring
+
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import binascii  # noqa: E402
+import secrets  # noqa: E402
+import ssl  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from typing import Any  # noqa: E402
+
+from aiohttp import web  # noqa: E402
+
+from labcommon.auth import password_for  # noqa: E402
+from labcommon.catalogue import HTTP_SESSION_UNKNOWN, SERVICE_UP  # noqa: E402
+from roles.cas import CasServer, close_links  # noqa: E402
+from roles.rpc_proxy import RpcProxy  # noqa: E402
+from roles.service import listen, open_log, run_role  # noqa: E402
+
+OWA_COOKIE = "cadata"
+LOGIN_TIMEOUT = 440  # OWA's "Login Timeout": the session is unknown here, log in again
+HEARTBEAT_BOUNDS_S = (60, 3540)  # Exchange 2010's MinHeartbeatInterval / MaxHeartbeatInterval
+MAX_OWA_SESSIONS = 50_000
+AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
+ERRORS = {"mailbox_unavailable": 503, "auth_required": 401, "auth_failed": 401, "unknown_db": 404,
+          "bad_request": 400}
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+async def heartbeat_of(request: web.Request) -> int:
+    """The Ping's HeartbeatInterval (s), within Exchange's bounds; 480 s if it names none."""
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        body = {}
+    asked = body.get("HeartbeatInterval") if isinstance(body, dict) else None
+    if not isinstance(asked, int) or isinstance(asked, bool):
+        asked = 480
+    return min(max(asked, HEARTBEAT_BOUNDS_S[0]), HEARTBEAT_BOUNDS_S[1])
+
+
+def status_of(reply: dict[str, Any]) -> int:
+    return 200 if reply.get("ok") else ERRORS.get(str(reply.get("error")), 500)
+
+
+class CasHttp:
+    """The HTTPS virtual directories of one CAS, over its RPC Client Access."""
+
+    def __init__(self, cas: CasServer, config: dict[str, Any], log):
+        self.cas = cas
+        self.log = log
+        http = config["http"]
+        self.users: dict[str, str] = dict(http.get("users", {}))
+        self.external_url: str = http.get("external_url", "")
+        self.time_scale = float(http.get("time_scale", 1.0))
+        self.owa: OrderedDict[str, dict[str, Any]] = OrderedDict()  # cookie -> request state (LRU)
+        self.devices: dict[str, dict[str, Any]] = {}               # ActiveSync DeviceId -> request state
+        self.rpc = RpcProxy(cas, log, close_links)
+
+    # ---- OWA ---------------------------------------------------------------------------
+
+    async def logon_page(self, request: web.Request) -> web.Response:
+        return web.json_response({"page": "logon", "server": self.cas.name})
+
+    async def owa_login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        user, sid = str(form.get("username", "")), str(form.get("session", ""))
+        state: dict[str, Any] = {}
+        reply = await self.cas.handle({"op": "logon", "session": f"owa:{sid}", "user": user,
+                                       "db": self.users.get(user, ""), "password": str(form.get("password", "")),
+                                       "reauth": form.get("reauth") == "1"}, state)
+        if not reply.get("ok"):
+            return web.json_response(reply, status=status_of(reply))
+        token = secrets.token_urlsafe(18)
+        self.owa[token] = state
+        while len(self.owa) > MAX_OWA_SESSIONS:
+            close_links(self.owa.popitem(last=False)[1])
+        response = web.HTTPFound("/owa/")
+        response.set_cookie(OWA_COOKIE, token, path="/", secure=True, httponly=True)
+        return response
+
+    async def owa_action(self, request: web.Request) -> web.Response:
+        state = self.owa.get(request.cookies.get(OWA_COOKIE, ""))
+        if state is None:
+            self.log.emit(HTTP_SESSION_UNKNOWN, protocol="owa", detail="session cookie")
+            return web.json_response({"ok": False, "error": "login_timeout"}, status=LOGIN_TIMEOUT)
+        self.owa.move_to_end(request.cookies[OWA_COOKIE])
+        if request.method == "GET":
+            message: dict[str, Any] = {"op": "read"}
+        else:
+            form = await request.post()
+            message = {"op": "send", "msg_id": str(form.get("msg_id", "")), "subject": str(form.get("subject", ""))}
+        reply = await self.cas.handle(message, state)
+        return web.json_response(reply, status=status_of(reply))
+
+    # ---- ActiveSync --------------------------------------------------------------------
+
+    async def activesync(self, request: web.Request) -> web.Response:
+        credentials = basic_credentials(request)
+        device = request.query.get("DeviceId", "")
+        if credentials is None or credentials[1] != password_for(credentials[0]) or not device \
+                or credentials[0] not in self.users:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="caslab"'})
+        user = credentials[0]
+        command = request.query.get("Cmd")
+        if command == "Ping":
+            heartbeat = await heartbeat_of(request)
+            await asyncio.sleep(heartbeat * self.time_scale)
+            return web.json_response({"Status": 1, "HeartbeatInterval": heartbeat})
+        if command != "Sync":
+            return web.json_response({"Status": 2, "error": "unknown command"}, status=400)
+        state = self.devices.setdefault(device, {})
+        if "session" not in state:
+            reply = await self.cas.handle({"op": "logon", "session": f"eas:{device}", "user": user,
+                                           "db": self.users[user], "password": credentials[1]}, state)
+            if not reply.get("ok"):
+                return web.json_response(reply, status=status_of(reply))
+        reply = await self.cas.handle({"op": "sync"}, state)
+        if reply.get("error") == "auth_required":  # RPC Client Access forgot the device: log on again
+            del state["session"]
+        return web.json_response({"Status": 1 if reply.get("ok") else 5, **reply}, status=status_of(reply))
+
+    # ---- autodiscover ------------------------------------------------------------------
+
+    async def autodiscover(self, request: web.Request) -> web.Response:
+        credentials = basic_credentials(request)
+        if credentials is None or credentials[1] != password_for(credentials[0]) or credentials[0] not in self.users:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="caslab"'})
+        host = self.external_url.split("://", 1)[-1].rstrip("/")
+        root = ET.Element("Autodiscover", xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006")
+        response = ET.SubElement(root, "Response", xmlns=AUTODISCOVER_NS)
+        ET.SubElement(ET.SubElement(response, "User"), "DisplayName").text = credentials[0]
+        account = ET.SubElement(response, "Account")
+        for kind, children in (("EXPR", {"Server": host, "SSL": "On", "AuthPackage": "Basic"}),
+                               ("WEB", {"OWAUrl": f"{self.external_url}/owa/"}),
+                               ("MobileSync", {"Url": f"{self.external_url}/Microsoft-Server-ActiveSync"})):
+            protocol = ET.SubElement(account, "Protocol")
+            ET.SubElement(protocol, "Type").text = kind
+            for tag, text in children.items():
+                ET.SubElement(protocol, tag).text = text
+        body = ET.tostring(root, encoding="unicode", xml_declaration=True)
+        return web.Response(text=body, content_type="text/xml")
+
+    # ---- the application ---------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024)
+        app.router.add_get("/owa/auth/logon.aspx", self.logon_page)
+        app.router.add_post("/owa/auth.owa", self.owa_login)
+        app.router.add_route("GET", "/owa/", self.owa_action)
+        app.router.add_route("POST", "/owa/", self.owa_action)
+        app.router.add_post("/Microsoft-Server-ActiveSync", self.activesync)
+        app.router.add_post("/autodiscover/autodiscover.xml", self.autodiscover)
+        app.router.add_route("RPC_OUT_DATA", "/rpc/rpcproxy.dll", self.rpc.out_data)
+        app.router.add_route("RPC_IN_DATA", "/rpc/rpcproxy.dll", self.rpc.in_data)
+
+        async def name_the_server(_request, response):
+            response.headers["X-FEServer"] = self.cas.name
+        app.on_response_prepare.append(name_the_server)
+        return app
+
+
+async def start_https(service: CasHttp, config: dict[str, Any]) -> web.AppRunner:
+    http = config["http"]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(http["cert"], http["key"])
+    runner = web.AppRunner(service.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", http["port"], ssl_context=context, backlog=1024,
+                      reuse_address=True).start()
+    return runner
+
+
+async def serve(config: dict[str, Any]) -> None:
+    log = open_log(config, config["name"])
+    cas = CasServer(config, log)
+    runner = await start_https(CasHttp(cas, config, log), config)
+    log.emit(SERVICE_UP, role="cas-http", port=config["http"]["port"])
+    try:
+        admin = cas.admin if cas.dumpster.per_database else None  # only a dumpster has admin requests
+        await listen(config, "cas", log, cas.handle, on_close=close_links, admin=admin)
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    run_role(serve)
+
+
+if __name__ == "__main__":
+    main()
