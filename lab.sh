@@ -155,8 +155,10 @@ install_ryu_venv() {
 
 distribution_ships_chromium() {
   # Debian has real chromium / chromium-driver packages; Ubuntu's install the snap.
-  apt-cache show chromium 2>/dev/null | grep -q '^Package: chromium$' &&
-    ! apt-cache show chromium 2>/dev/null | grep -qi 'snap'
+  # (Read into a variable: grep -q closing the pipe early fails the pipeline under pipefail.)
+  local info
+  info="$(apt-cache show chromium 2>/dev/null || true)"
+  grep -q '^Package: chromium$' <<<"$info" && ! grep -qi 'snap' <<<"$info"
 }
 
 install_test_browser() {
