@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from caslab import runner, spec as spec_mod
+from caslab import runner, spec as spec_mod, system
 from caslab.metrics import PHASES
 
 SIZES = {
@@ -73,6 +73,7 @@ def main_cli(sizes: list[str], reps: int | None, out: str | None) -> int:
             rows.append(row(size, analysis, scenario))
     text = show(rows)
     (base / "bench.txt").write_text(text + "\n")
+    system.give_to_invoking_user(str(base))
     print(text)
     print(f"\nfolders: {base}")
     return 0

@@ -84,8 +84,9 @@ def cmd_report(args) -> int:
         return 2
     analysis = report.write_report(run_dir)
     print_table(analysis)
-    from caslab import runner
+    from caslab import runner, system
 
+    system.give_to_invoking_user(str(run_dir))
     runner.refresh_index(run_dir)
     return 0
 

@@ -146,10 +146,13 @@ HTTP_COLUMNS: list[Column] = [
            doc="ActiveSync devices whose long-poll a later answered Ping re-established"),
     Column("disconnects", "disconnects", terminal=6, doc="broken long-lived exchanges: Outlook Anywhere channel "
                                                          "pairs, ActiveSync Pings"),
+    Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "affected sessions with a reconnect time: the n "
+                                                              "behind the percentiles"),
     Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50",
            "fault to the first success after the drop, affected sessions"),
-    Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99"),
-    Column("reconnect_n", "n", "", "d", 0, "reconnect_ms.n"),
+    Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99",
+           "empty when n < 100: with fewer values the nearest-rank p99 is just the maximum"),
+    Column("reconnect_max_ms", "max", "ms", ".1f", 9, "reconnect_ms.max"),
     Column("reestablish_p50_ms", "Ping re-established p50", "ms", ".1f", 0, "reestablish_ms.p50",
            "fault to the start of the first answered Ping after a lost one"),
     Column("reestablish_p99_ms", "Ping re-established p99", "ms", ".1f", 0, "reestablish_ms.p99"),

@@ -24,6 +24,8 @@ def _side(s: Side | None) -> list[str]:
 
 def _difference(c: ScenarioComparison) -> str:
     d = c.difference
+    if c.a and c.b and c.a.fault != c.b.fault:
+        return f"- (different faults: {c.a.fault} / {c.b.fault})"
     if d is None:
         return "-"
     if d.ci95 is None:
@@ -36,8 +38,9 @@ def render(comparisons: list[ScenarioComparison], run_a: str, run_b: str) -> str
     rows = []
     for c in comparisons:
         for name, s in (("A", c.a), ("B", c.b)):
-            rows.append([c.label if name == "A" else "", name] + _side(s) + [_difference(c) if name == "B" else ""])
-    header = ["scenario", "run", "affected sessions", "reconnect p50 ms", "mean of rep. means ms [95 % CI]",
+            rows.append([c.label if name == "A" else "", name, s.fault if s else ""] + _side(s)
+                        + [_difference(c) if name == "B" else ""])
+    header = ["scenario", "run", "fault", "affected sessions", "reconnect p50 ms", "mean of rep. means ms [95 % CI]",
               "B - A mean ms [95 % CI]"]
     return "\n".join([f"A: {run_a}", f"B: {run_b}", "", table(header, rows), "",
                       "Means are of the repetitions' mean reconnect times of each scenario's headline fault; "

@@ -202,7 +202,8 @@ class LiveLab:
         action, vip, value = request.get("action"), request.get("vip"), request.get("value")
         command = describe(request)
         if not self.has_api:
-            raise LiveError(f"mode {self.up.mode.name} has no NLB admin API (sdn-nlb and wnlb have one)")
+            raise LiveError(f"mode {self.up.mode.name} has no NLB admin API (only sdn-nlb has one; "
+                            "drain a Windows NLB host with: caslab fault drain CAS)")
         plan = self.ctx.plan
         names = {h.name for h in plan.by_role("cas")}
         if action in nlb_client.MEMBER_ACTIONS and value is None and vip in names:

@@ -350,12 +350,13 @@ PROCESS_EXIT = event("process_exit", "runner", "a lab process ended on its own d
 WNLB_FLOOD = event("wnlb_flood", "runner", "what a host that is not a cluster member received over the "
                                          "measurement window (counters on its NIC and on its switch port)",
                    host=f("str", "the host"), port=f("str", "its switch port"),
-                   cluster_frames=f("int", "frames for a cluster MAC"),
-                   cluster_bytes=f("int", "their bytes, Ethernet header included", "bytes"),
-                   heartbeat_frames=f("int", "NLB heartbeat frames (ethertype 0x886F)"),
-                   heartbeat_bytes=f("int", "their bytes, Ethernet header included", "bytes"),
+                   cluster_frames=f("int|null", "frames for a cluster MAC (null: the counters could not be read)"),
+                   cluster_bytes=f("int|null", "their bytes, Ethernet header included", "bytes"),
+                   heartbeat_frames=f("int|null", "NLB heartbeat frames (ethertype 0x886F)"),
+                   heartbeat_bytes=f("int|null", "their bytes, Ethernet header included", "bytes"),
                    port_tx_bytes=f("int|null", "every byte the switch sent to this port (OVS counter)", "bytes"),
-                   window_ms=f("float", "measurement window", "ms"))
+                   window_ms=f("float", "measurement window", "ms"),
+                   error=opt("str", "why the counters are unknown"))
 VM_NOTIFY = event("vm_notify", "runner", "a hypervisor announced a VM's MAC with a RARP on its uplink "
                                         "(VMware 'Notify Switches'), at VM start or after a move",
                   vm=f("str", "the VM (host)"), hypervisor=f("str", "hv1, hv2 ..."), mac=f("str", "the MAC announced"))

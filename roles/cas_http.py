@@ -35,6 +35,7 @@ os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")  # before aiohttp is importe
 import asyncio  # noqa: E402
 import base64  # noqa: E402
 import binascii  # noqa: E402
+import json  # noqa: E402
 import secrets  # noqa: E402
 import ssl  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
@@ -45,6 +46,7 @@ from aiohttp import web  # noqa: E402
 
 from labcommon.auth import password_for  # noqa: E402
 from labcommon.catalogue import HTTP_SESSION_UNKNOWN, SERVICE_UP  # noqa: E402
+from labcommon.protocol import MAX_DEPTH, nesting_depth  # noqa: E402
 from roles.cas import CasServer, close_links  # noqa: E402
 from roles.rpc_proxy import RpcProxy  # noqa: E402
 from roles.service import listen, open_log, run_role  # noqa: E402
@@ -72,8 +74,9 @@ def basic_credentials(request: web.Request) -> tuple[str, str] | None:
 async def heartbeat_of(request: web.Request) -> int:
     """The Ping's HeartbeatInterval (s), within Exchange's bounds; 480 s if it names none."""
     try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
+        text = await request.text() if request.can_read_body else "{}"
+        body = json.loads(text) if nesting_depth(text) <= MAX_DEPTH else {}  # the lab's own nesting limit
+    except (ValueError, RecursionError):
         body = {}
     asked = body.get("HeartbeatInterval") if isinstance(body, dict) else None
     if not isinstance(asked, int) or isinstance(asked, bool):

@@ -113,3 +113,18 @@ def test_problems_checks_any_record():
     assert catalogue.problems({"ts": 1, "src": "runner", "ev": "measure_end"}) == []
     assert catalogue.problems({"ts": 1, "src": "x", "ev": "nonsense"}) == ["undocumented event 'nonsense'"]
     assert catalogue.problems({"ts": 1, "src": "x", "ev": "cpu", "idle_pct": True})
+
+
+def test_results_doc_is_up_to_date():
+    from caslab import results_doc
+
+    assert (ROOT / "docs" / "RESULTS.md").read_text() == results_doc.markdown(), \
+        "run: python -m caslab.results_doc > docs/RESULTS.md"
+
+
+def test_every_mode_has_its_own_colour_in_every_plot():
+    from caslab.modes import MODES
+    from caslab.report.style import mode_style
+
+    colours = [mode_style(name)[0] for name in MODES]
+    assert len(set(colours)) == len(colours), dict(zip(MODES, colours))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, read_frame, write_frame
+from labcommon.protocol import HEADER, MAX_DEPTH, MAX_FRAME, ProtocolError, decode_body, encode, error, read_frame, write_frame
 
 
 def read_all(data: bytes, eof: bool = True, timeout: float = 5.0):
@@ -182,6 +182,19 @@ def test_deeply_nested_json_is_a_protocol_error():
     assert len(body) < MAX_FRAME
     frames, exc = read_all(frame_of(body))
     assert isinstance(exc, ProtocolError), repr(exc)
+
+
+def nested(depth: int) -> bytes:
+    """An object whose value nests ``depth`` levels in all (the object itself counts)."""
+    return b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_the_labs_own_nesting_limit_holds_on_every_python():
+    """Python 3.13's decoder parses what 3.11's refuses: the limit is the lab's, exact."""
+    assert decode_body(nested(MAX_DEPTH)) == {"a": json.loads(b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1))}
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        decode_body(nested(MAX_DEPTH + 1))
+    assert decode_body(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}') == {"a": "[" * 41}, "brackets in strings"
 
 
 def test_huge_integer_literal_is_a_protocol_error():

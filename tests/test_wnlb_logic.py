@@ -209,3 +209,16 @@ def test_the_filter_ruleset_hashes_with_the_affinity_and_swaps_sets_in_one_file(
     assert "ether saddr set 02:02:0a:01:00:64" in wnlb_nft.nic_table("cas2-eth0", "unicast", "02:bf:0a:01:00:64",
                                                                     "02:02:0a:01:00:64")
     assert "meta pkttype set host" in wnlb_nft.nic_table("cas2-eth0", "multicast", "03:bf:0a:01:00:64", "")
+
+
+def test_flooding_with_an_unread_counter_is_unknown_not_zero():
+    from caslab.metrics.nlb import flooding
+    from labcommon.catalogue import WNLB_FLOOD
+
+    read = {"ev": WNLB_FLOOD, "host": "mbx1", "port": "clab1-eth5", "cluster_frames": 10, "cluster_bytes": 6000,
+            "heartbeat_frames": 3, "heartbeat_bytes": 300, "port_tx_bytes": 9000, "window_ms": 1000.0}
+    assert flooding([read])["cluster_bytes"] == 6000 and flooding([read])["kbit_s"] == 48.0
+    unread = read | {"host": "ad1", "cluster_frames": None, "cluster_bytes": None, "heartbeat_frames": None,
+                     "heartbeat_bytes": None, "error": "could not read"}
+    both = flooding([read, unread])
+    assert both["cluster_bytes"] is None and both["kbit_s"] is None and both["unmeasured"] == ["ad1"]

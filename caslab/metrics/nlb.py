@@ -52,6 +52,10 @@ def flooding(events: list[dict]) -> dict[str, Any]:
     if not rows:
         return {}
     window_ms = max(e["window_ms"] for e in rows)
+    unread = sorted(e["host"] for e in rows if e.get("cluster_bytes") is None)
+    if unread:  # a host whose counters are unknown makes the total unknown, never smaller
+        return {"hosts": len(rows), "window_ms": window_ms, "cluster_bytes": None, "cluster_frames": None,
+                "heartbeat_bytes": None, "kbit_s": None, "unmeasured": unread}
     cluster = sum(e["cluster_bytes"] for e in rows)
     return {"hosts": len(rows), "window_ms": window_ms, "cluster_bytes": cluster,
             "cluster_frames": sum(e["cluster_frames"] for e in rows),

@@ -62,6 +62,10 @@ def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
     if not floods:
         return {}
     out: dict[str, Any] = {"repetitions": len(floods), "hosts": floods[0]["hosts"]}
+    unread = sorted({h for f in floods for h in f.get("unmeasured", [])})
+    if unread:  # a repetition with unknown counters makes the mean unknown
+        return out | {"cluster_bytes": None, "cluster_frames": None, "heartbeat_bytes": None, "kbit_s": None,
+                      "unmeasured": unread, "window_ms": None}
     for key in ("cluster_bytes", "cluster_frames", "heartbeat_bytes"):
         out[key] = round(statistics.fmean(f[key] for f in floods))
     rates = [f["kbit_s"] for f in floods if f["kbit_s"] is not None]

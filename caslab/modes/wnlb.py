@@ -168,11 +168,20 @@ class WindowsNlb(VipMode):
         base = ctx.flood_base.get("ports", {})
         window_ms = round((time.monotonic_ns() - ctx.flood_base.get("ns", time.monotonic_ns())) / 1e6, 1)
         for (host, port), found in counters.items():
-            cluster, heartbeat = found.get("cluster", (0, 0)), found.get("heartbeat", (0, 0))
             tx = ports[port] - base[port] if port in ports and port in base else None
+            if "cluster" not in found or "heartbeat" not in found:  # unread counters are unknown, never 0
+                ctx.log.emit(WNLB_FLOOD, host=host, port=port, cluster_frames=None, cluster_bytes=None,
+                             heartbeat_frames=None, heartbeat_bytes=None, port_tx_bytes=tx, window_ms=window_ms,
+                             error=f"could not read the nft counters of {self._table_of(host, port, ctx)}")
+                continue
+            cluster, heartbeat = found["cluster"], found["heartbeat"]
             ctx.log.emit(WNLB_FLOOD, host=host, port=port, cluster_frames=cluster[0],
                          cluster_bytes=cluster[1] + 14 * cluster[0], heartbeat_frames=heartbeat[0],
                          heartbeat_bytes=heartbeat[1] + 14 * heartbeat[0], port_tx_bytes=tx, window_ms=window_ms)
+
+    def _table_of(self, host: str, port: str, ctx) -> str:
+        names = [self._table(i) for h, i, p in self.bystanders(ctx) if h == host and p == port]
+        return f"{host} ({names[0] if names else port})"
 
     @staticmethod
     def _table(interface: str) -> str:

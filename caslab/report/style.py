@@ -19,6 +19,7 @@ MODE_STYLE = {
     "wnlb": ("#56B4E9", "-."),
     "dns-rr": ("#E69F00", "--"),
     "direct": ("#000000", (0, (1, 1))),
+    "haproxy-l7": ("#D55E00", (0, (3, 1, 1, 1))),
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 STATUS_COLOURS = {"ok": "#009E73", "failed": "#D55E00", "down": "#000000"}
