@@ -6,7 +6,8 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
 
     table 0  classify   ARP/ICMP for the VIP -> meter -> controller
                         pinned connections (controller dataplane)
-                        source guard: (client port, its prefixes) -> table 1; other VIP traffic dropped
+                        source guard: (client port, its prefixes) -> table 1; other VIP traffic dropped;
+                        ARP claiming a client's address only from that client's port
                         replies from a CAS (switch dataplane) -> ct(nat) -> table 2
                         everything else -> NORMAL
     table 1  service    controller dataplane: TCP -> meter -> controller
@@ -208,6 +209,25 @@ class FlowBuilder:
                                  goto=T_SERVICE, cookie=cookie))
         out.append(self.flow(T_CLASSIFY, PRIO_GUARD_DROP, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip), [],
                              cookie=cookie))
+        return out + self.arp_guard(allowed, cookie)
+
+    def arp_guard(self, allowed: list[tuple[int, str]], cookie: "Cookie") -> list:
+        """ARP that claims a client's address comes from that client's port, or is dropped:
+        a host that answers ARP for another client's address (it added that address) would
+        otherwise teach the CAS to send the client's replies to it."""
+        p, normal = self.parser, [self.parser.OFPActionOutput(self.ofp.OFPP_NORMAL)]
+        out, sources = [], []
+        for port, prefix in allowed:
+            net = ipaddress.IPv4Network(prefix)
+            if net.prefixlen == 0:
+                continue  # "anyone through this port": no address to protect
+            source = str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
+            out.append(self.flow(T_CLASSIFY, PRIO_GUARD_ALLOW, p.OFPMatch(in_port=port, eth_type=ETH_ARP, arp_spa=source),
+                                 normal, cookie=cookie))
+            if source not in sources:
+                sources.append(source)
+        out += [self.flow(T_CLASSIFY, PRIO_GUARD_DROP, p.OFPMatch(eth_type=ETH_ARP, arp_spa=source), [], cookie=cookie)
+                for source in sources]
         return out
 
     def service_to_controller(self, vip) -> list:

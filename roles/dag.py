@@ -34,6 +34,8 @@ REPLICATION_TIMEOUT_S = 0.1   # well inside the CAS's per-call mailbox timeout
 REPLICA_RETRY_S = 2.0         # a copy that failed is left alone this long, then caught up
 BATCH = 200                   # rows per replicate frame (frames are at most 64 KiB)
 HEARTBEAT_S = 0.2             # an idle shipper tells its copy the head this often
+INITIALIZING_S = 10.0         # a copy never reached yet is "initializing" this long, not failed
+INITIALIZING_RETRY_S = 0.05
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -144,6 +146,8 @@ class Shipper:
         self.closed = copy.last_seq      # async: head of the last closed log generation
         self.copied_at = 0.0             # async: when the copier last ran
         self.copy_to = copy.last_seq     # async: what the copier ships this cycle (in batches)
+        self.reached = False             # the copy answered once (before that it is initializing)
+        self.failure_logged = False      # REPLICATION_FAILED said, REPLICATION_RESUMED not yet
 
     async def ship_once(self) -> int:
         """Send what the copy lacks (or a heartbeat with the head); learn where it is.
@@ -167,6 +171,7 @@ class Shipper:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             if not self.copy.active:
                 await self._sleep(HEARTBEAT_S)
@@ -175,15 +180,25 @@ class Shipper:
                 await asyncio.sleep(self.failed_until - loop.time())
             try:
                 shipped = await self.ship_once()
+                self.reached = True
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                if not self.failed:
-                    self.log.emit(REPLICATION_FAILED, db=self.db, peer=self.address, reason=type(exc).__name__)
-                self.failed, self.failed_until = True, loop.time() + REPLICA_RETRY_S
+                self.failed = True  # sends stop waiting for this copy at once
+                if not self.reached and loop.time() - started < INITIALIZING_S:
+                    # the peers start together: a copy whose server does not listen yet is
+                    # initializing (Exchange's copy status): retried at once, logged as nothing
+                    self.failed_until = loop.time() + INITIALIZING_RETRY_S
+                else:
+                    if not self.failure_logged:
+                        self.log.emit(REPLICATION_FAILED, db=self.db, peer=self.address, reason=type(exc).__name__)
+                        self.failure_logged = True
+                    self.failed_until = loop.time() + REPLICA_RETRY_S
                 self.progress.set()
                 continue
             if self.failed and self.peer_seq is not None and self.peer_seq >= self.copy.last_seq:
                 self.failed = False
-                self.log.emit(REPLICATION_RESUMED, db=self.db, peer=self.address, rows=self.copy.last_seq)
+                if self.failure_logged:
+                    self.failure_logged = False
+                    self.log.emit(REPLICATION_RESUMED, db=self.db, peer=self.address, rows=self.copy.last_seq)
             self.progress.set()
             behind = self.peer_seq is not None and self.peer_seq < self.copy.last_seq
             if behind and (self.mode == "sync" or shipped):

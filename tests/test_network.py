@@ -205,6 +205,8 @@ def test_a_host_spoofing_another_clients_address_is_dropped(tmp_path, no_residue
         _, out = lab.run_in("cl2", [sys.executable, "-c", SPOOF_CLIENT, vip, victim], timeout_s=30)
         assert out.strip().startswith("refused"), f"a connection from cl1's address on cl2's port: {out}"
         assert guard_drops() > dropped_before, "the spoofed SYNs were dropped by the guard"
+        for cas in plan.by_role("cas"):  # each CAS must ask who has cl1's address, and cl2 answers too:
+            lab.run_in(cas.name, ["ip", "neigh", "flush", "all"])  # only the ARP guard keeps cl1 reachable
         _, out = lab.run_in("cl1", [sys.executable, "-c", SPOOF_CLIENT, vip, victim], timeout_s=30)
         assert out.strip().startswith("answered cas"), f"the real owner of the address and port is served: {out}"
     finally:

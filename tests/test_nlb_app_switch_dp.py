@@ -121,8 +121,10 @@ def test_port_desc_installs_guard_group_service_and_delivery(make_app):
     assert [p.fields for p in group.properties] == [HASH_FIELDS["none"]]
     for b in group.buckets:
         assert [p.weight for p in b.properties if type(p).__name__ == "OFPGroupBucketPropWeight"] == [100]
-    guard = [m for m in flow_mods(msgs) if kind_of(m) == GUARD]
+    guard = [m for m in flow_mods(msgs) if kind_of(m) == GUARD and match_dict(m.match)["eth_type"] == 0x0800]
+    arp_guard = [m for m in flow_mods(msgs) if kind_of(m) == GUARD and match_dict(m.match)["eth_type"] == 0x0806]
     assert len(guard) == 5 and all(position[id(g)] < position[id(group)] for g in guard)
+    assert len(arp_guard) == 2 * (len(guard) - 1), "each guarded prefix: its port's ARP passes, others' dropped"
     # every flow that points at a group comes after it
     [new_syn] = [m for m in flow_mods(msgs) if m.table_id == T_CONNTRACK and m.priority == 200]
     assert [a.group_id for a in apply_actions(new_syn)] == [1] and position[id(new_syn)] > position[id(group)]

@@ -149,7 +149,15 @@ def test_priorities_keep_the_documented_order():
 
 def test_guard_with_prefixes(dp, vip):
     flows = sent(dp, FlowBuilder(dp).guard(vip, [(10, "10.1.3.1/32"), (10, "10.1.10.0/24"), (12, "0.0.0.0/0")]))
-    *allow, drop = flows
+    ip_flows = [f for f in flows if match_dict(f.match)["eth_type"] == 0x0800]
+    arp = [f for f in flows if match_dict(f.match)["eth_type"] == 0x0806]
+    *allow, drop = ip_flows
+    # ARP claiming a client's address: only from its port (NORMAL), else dropped; "anyone" guards nothing
+    assert [(match_dict(f.match).get("in_port"), match_dict(f.match)["arp_spa"], f.priority, bool(f.instructions))
+            for f in arp] == [(10, "10.1.3.1", F.PRIO_GUARD_ALLOW, True),
+                              (10, ("10.1.10.0", "255.255.255.0"), F.PRIO_GUARD_ALLOW, True),
+                              (None, "10.1.3.1", F.PRIO_GUARD_DROP, False),
+                              (None, ("10.1.10.0", "255.255.255.0"), F.PRIO_GUARD_DROP, False)]
     assert [match_dict(f.match)["ipv4_src"] for f in allow] == ["10.1.3.1", ("10.1.10.0", "255.255.255.0"),
                                                                ("0.0.0.0", "0.0.0.0")]
     assert [match_dict(f.match)["in_port"] for f in allow] == [10, 10, 12]

@@ -259,7 +259,7 @@ def test_a_send_during_a_long_resync_answers_at_once(tmp_path, started):
     prepopulate(tmp_path / "store-mbxA", rows)
     a = start_service("roles.mailbox", mailbox_config("mbxA", port_a, admin_a, tmp_path, True, [port_b]),
                       tmp_path, started)
-    wait_until(lambda: a.events("replication_failed"), 5, "A found B's copy unreachable")  # B is not up yet
+    # B starts after A: A's shipper finds it initializing, retries at once and logs no failure
     b = start_service("roles.mailbox", mailbox_config("mbxB", port_b, admin_b, tmp_path, False, [port_a]),
                       tmp_path, started)
     wait_until(lambda: db_status(b)["last_seq"] > 0, REPLICA_RETRY_S + 5, "B's resync under way")
@@ -272,8 +272,8 @@ def test_a_send_during_a_long_resync_answers_at_once(tmp_path, started):
     assert latencies, "precondition: the resync ended before a send could be made"
     assert max(latencies) < 0.15, f"sends during the resync took {latencies} s (the CAS gives up at 0.3 s)"
     caught_up(b, rows + len(latencies), timeout=30)
-    [resumed] = wait_until(lambda: a.events("replication_resumed"), 5, "replication_resumed logged")
-    assert resumed["rows"] >= rows
+    assert not a.events("replication_failed") and not a.events("replication_resumed"), \
+        "a copy that was only initializing never failed"
 
 
 def test_frozen_passive_copy_does_not_block_sends(tmp_path, started):

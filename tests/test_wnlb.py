@@ -90,22 +90,30 @@ def test_unicast_floods_bystanders_and_a_powered_off_host_is_converged_away(tmp_
 
 
 def test_drain_keeps_sessions_and_rejoin_breaks_only_without_connection_tracking(tmp_path, no_residue):
+    """Each CAS is drained and started again in turn. Which buckets a rejoining host takes
+    back depends on the bucket history (a host that gets exactly its old buckets back
+    breaks nothing), so both hosts take a turn: one of the two rejoins always takes buckets
+    in which the other host holds connections, whichever host converged first."""
     rows, events = run(tmp_path, {
-        "wnlb": FAST, "sweep": {"wnlb.track_connections": [True, False]}, "timing": {"observe_s": 5.0},
+        "wnlb": FAST, "sweep": {"wnlb.track_connections": [True, False]}, "timing": {"observe_s": 6.5},
         "clients": {"sessions_per_host": 12},
-        "faults": [{"kind": "drain", "target": "@busiest", "at_s": 0.5, "deadline_s": 60},
-                   {"kind": "rejoin", "target": "@busiest", "at_s": 2.5}]})
+        "faults": [{"kind": "drain", "target": "cas1", "at_s": 0.5, "deadline_s": 60},
+                   {"kind": "rejoin", "target": "cas1", "at_s": 2.0},
+                   {"kind": "drain", "target": "cas2", "at_s": 3.0, "deadline_s": 60},
+                   {"kind": "rejoin", "target": "cas2", "at_s": 4.5}]})
     for row in rows:
-        drained = of(events, row["id"], "fault")[0]["targets"][0]
-        assert row["affected"] > 0 and row["disrupted"] == 0, "drainstop: existing sessions finish on the host"
+        first = row["faults"][0]
+        assert first["affected"] > 0 and first["disrupted"] == 0, "drainstop: existing sessions finish on the host"
         states = [e["state"] for e in of(events, row["id"], "wnlb_drain")]
-        assert states[:1] == ["draining"] and "started" in states
-        converged = [e for e in of(events, row["id"], "wnlb_converged") if e["src"] == f"wnlb-{drained}"]
+        assert states[:1] == ["draining"] and states.count("started") == 2
+        converged = [e for e in of(events, row["id"], "wnlb_converged") if e["src"] == "wnlb-cas1"]
         assert any(not e["owned"] and e["kept"] > 0 for e in converged), "it gave its buckets away, kept its conns"
-    tracked, untracked = (r["faults"][1] for r in rows)  # the sweep's order: true, false
-    assert tracked["conns_broken"] == 0 and tracked["disrupted"] == 0, "Windows 2003+: rejoining moves no connection"
-    assert untracked["conns_broken"] > 0 and untracked["collateral"] > 0, \
-        "without tracking the connections in the buckets the rejoining host takes back break"
+    tracked, untracked = rows  # the sweep's order: true, false
+    assert all(f["disrupted"] == 0 for f in tracked["faults"]), "Windows 2003+: drain and start break nothing"
+    assert sum(f["conns_broken"] or 0 for f in tracked["faults"]) == 0
+    rejoins = [untracked["faults"][1], untracked["faults"][3]]
+    assert sum(f["conns_broken"] or 0 for f in rejoins) > 0 and sum(f["collateral"] for f in rejoins) > 0, \
+        "without tracking the connections in the buckets a rejoining host takes back break"
 
 
 def test_multicast_needs_the_routers_static_arp_entry_and_a_static_mac_entry_stops_flooding(tmp_path, no_residue):
