@@ -105,10 +105,10 @@ def soak(count: int, spec: dict, path: Path, base: Path) -> int:
         print(f"run {i:3d}/{count}: {'ok' if not problems else 'FAIL ' + '; '.join(problems)}  "
               f"runner fds {now['runner_fds']} rss {now['runner_rss_mb']} MB, "
               f"ovs-vswitchd fds {now['ovs_fds']} rss {now['ovs_rss_mb']} MB", flush=True)
-        if left:
+        if left:  # this process holds the lab lock: no lab runs, whatever is left is the dead run's
             from caslab import cleanup
 
-            cleanup.run()
+            cleanup.sweep_dead_labs()
     last = sample()
     print(f"\n{count - len(failures)} of {count} runs passed; growth from run 1 to run {count}: "
           + ", ".join(f"{k} {last[k] - first[k]:+.1f} (bound {BOUNDS[k]})" for k in BOUNDS))

@@ -200,3 +200,16 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed what a dead run left" in result.stderr and "clab2" in result.stderr, result.stderr[-3000:]
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.require_root
+def test_soak_checks_every_run_and_reports_growth(tmp_path, no_residue):
+    """``caslab soak``: two runs back to back, each followed by its residue and leak checks."""
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "soak", "2", "--out", str(tmp_path / "soak")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("run ")] == ["run   1/2", "run   2/2"]
+    assert all(": ok" in line for line in lines if line.startswith("run "))
+    assert "2 of 2 runs passed; growth from run 1 to run 2: runner_fds" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "soak").iterdir()) == ["run-001", "run-002"]
