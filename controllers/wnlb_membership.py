@@ -11,7 +11,7 @@ The mechanism, as Microsoft documents it, with the lab's choices where it is sil
   changes, the host starts converging (and says so in its heartbeats); it keeps serving
   the buckets it owns meanwhile, so a dead host's buckets stay unserved until the end.
 * Convergence completes when, at ``stable`` consecutive ticks, every host of the view sent
-  a heartbeat since the previous tick announcing the same view ("all present hosts
+  a heartbeat in the last two ticks announcing the same view ("all present hosts
   exchange consistent information and a sufficient number of status messages", KB 232997;
   three periods reproduce the documented 2.5-3 s). A change of view meanwhile restarts it.
 * At completion every host applies :func:`wnlb_logic.rebalance` to the bucket map of the
@@ -143,7 +143,6 @@ class Membership:
         if self.ticks == 1:
             self.started_ns = now_ns
         out: list[Change] = []
-        fresh = {i for i, p in self.peers.items() if p.heard}
         for peer in self.peers.values():
             peer.missed = 0 if peer.heard else peer.missed + 1
             peer.heard = False
@@ -156,7 +155,12 @@ class Membership:
         elif self.state == "converging" and view != self.target:
             self._start(view, now_ns, out, restart=self.ticks > 1)
         elif self.state == "converging":
-            agreed = all(i in fresh and self.peers[i].view == view for i, _ in view if i != self.host_id)
+            # a peer agrees if its latest heartbeat, at most one tick old, names the view: the
+            # periods of two hosts are not in phase, so one tick may see two heartbeats of a
+            # peer and the next none (counting only "since the last tick" made a host that
+            # missed such a beat converge seconds after its peers)
+            agreed = all(self.peers[i].missed <= 1 and self.peers[i].view == view for i, _ in view
+                         if i != self.host_id)
             self.stable = self.stable + 1 if agreed else 0
             if self.stable >= self.stable_needed:
                 out.append(self._complete(now_ns))

@@ -222,3 +222,21 @@ def test_flooding_with_an_unread_counter_is_unknown_not_zero():
                      "heartbeat_bytes": None, "error": "could not read"}
     both = flooding([read, unread])
     assert both["cluster_bytes"] is None and both["kbit_s"] is None and both["unmeasured"] == ["ad1"]
+
+
+def test_heartbeats_out_of_phase_with_the_ticks_do_not_delay_convergence():
+    """Two hosts' periods drift: one tick sees two of the peer's heartbeats, the next none.
+    A host that heard the peer within the last two ticks counts it as agreeing, so it
+    converges after ``stable`` periods like its peer, not seconds later."""
+    a, b = (Membership(i, f"cas{i}", "10.1.0.100", 5, 3) for i in (1, 2))
+    log, now = [], 0
+    for period in range(12):
+        now += PERIOD
+        beats = 2 if period % 2 == 0 else 0  # b's heartbeats reach a in pairs, every other tick
+        for _ in range(beats):
+            a.receive(decode(encode(b.heartbeat())))
+        b.receive(decode(encode(a.heartbeat())))
+        log += [(period, "a", c.kind) for c in a.tick(now)] + [(period, "b", c.kind) for c in b.tick(now)]
+    done = {who: [p for p, w, kind in log if w == who and kind == "converged"] for who in ("a", "b")}
+    assert done["a"] and done["b"] and abs(done["a"][0] - done["b"][0]) <= 1, log
+    assert not [x for x in log if x[2] == "member_down"]
