@@ -21,6 +21,7 @@ pytestmark = pytest.mark.require_root
 SMALL = """
 [experiment]
 name = "{name}"
+description = '<script>alert("x")</script> & <b>{{name}}</b>'
 repetitions = 1
 modes = ["sdn-nlb"]
 [topology]
@@ -65,6 +66,9 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
         assert (run_dir / name).stat().st_size > 0, name
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["spec"]["experiment"]["seed"] == 1 and manifest["versions"]["os-ken"]
+    page = (run_dir / "report.html").read_text()  # the spec's words are text in the page, never markup
+    assert "<script>alert" not in page and "<b>{name}" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;{name}&lt;/b&gt;" in page
     assert not lab_residue(str(tmp_path))
     # `caslab report DIR` rebuilds everything from the events, byte for byte.
     generated = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".json", ".csv", ".png", ".svg", ".md", ".html")
