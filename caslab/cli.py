@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 
 def _interrupt_on_sigterm() -> None:
-    def handler(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    from caslab import interrupts
 
-    signal.signal(signal.SIGTERM, handler)
+    interrupts.install()
 
 
 def cmd_doctor(args) -> int:

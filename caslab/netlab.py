@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Callable
 
-from caslab import system
+from caslab import interrupts, system
 from caslab.registry import LabRecord
 from topologies.plan import SWITCH_PREFIX, LabPlan
 
@@ -288,10 +288,11 @@ class LabNetwork:
         """
         log = self._log_file(name)
         stdout = subprocess.PIPE if on_line else log
-        popen = self.node(host).popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        proc = LabProcess(name, host, popen, log)
-        self.processes.append(proc)
-        self._register(proc)
+        with interrupts.deferred():  # a Ctrl-C here must not leave an unrecorded process
+            popen = self.node(host).popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = LabProcess(name, host, popen, log)
+            self.processes.append(proc)
+            self._register(proc)
         if on_line:
             threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
@@ -299,11 +300,12 @@ class LabNetwork:
     def popen_root(self, name: str, argv: list[str], env: dict | None = None) -> LabProcess:
         """Start argv in the root namespace (the controller), in its own process group."""
         log = self._log_file(name)
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env={**os.environ, **(env or {})})
-        proc = LabProcess(name, None, popen, log)
-        self.processes.append(proc)
-        self._register(proc)
+        with interrupts.deferred():
+            popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env={**os.environ, **(env or {})})
+            proc = LabProcess(name, None, popen, log)
+            self.processes.append(proc)
+            self._register(proc)
         return proc
 
     def _register(self, proc: LabProcess) -> None:

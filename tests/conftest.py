@@ -110,7 +110,8 @@ def lab_residue(marker: str | None = None) -> list[str]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "mininet:" in cmd or (marker and marker in cmd):
+        lab_dns = cmd.startswith("/usr/sbin/dnsmasq") and ".lab.test," in cmd  # the lab's DNS names no folder
+        if "mininet:" in cmd or lab_dns or (marker and marker in cmd):
             found.append(f"process {proc.name}: {cmd[:120]}")
     return found
 
