@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from labcommon.catalogue import HTTP_SESSION_UNKNOWN, RPC_CHANNEL
-from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode
+from labcommon.protocol import HEADER, ProtocolError, decode_body, encode, read_frame
 
 CHANNEL_LENGTH = 1 << 30  # what Outlook and the RPC proxy announce: 1 GB, never reached
 MAX_CHANNELS = 4096
@@ -40,23 +40,6 @@ class OutChannel:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
         self.paired = False
         self.in_transport: Any = None
-
-
-async def read_frame_from(stream) -> dict[str, Any] | None:
-    """One frame from an HTTP body stream; None at the end of the body."""
-    try:
-        header = await stream.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProtocolError("truncated frame header") from None
-        return None
-    (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ProtocolError(f"frame length {length} exceeds {MAX_FRAME}")
-    try:
-        return decode_body(await stream.readexactly(length))
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("truncated frame body") from None
 
 
 class RpcProxy:
@@ -101,7 +84,7 @@ class RpcProxy:
     async def in_data(self, request: web.Request) -> web.StreamResponse:
         """RPC_IN_DATA: CONN/B1 names the OUT channel; every later frame is an RPC."""
         try:
-            first = await read_frame_from(request.content)
+            first = await read_frame(request.content)
         except ProtocolError:
             first = None
         cookie = first.get("cookie") if first and first.get("rts") == "CONN/B1" else None
@@ -117,7 +100,7 @@ class RpcProxy:
         reason = "client"
         try:
             while True:
-                frame = await read_frame_from(request.content)
+                frame = await read_frame(request.content)
                 if frame is None:
                     break
                 if frame.get("op") == "rts_ping":
