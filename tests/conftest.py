@@ -25,6 +25,8 @@ from topologies.plan import SWITCH_PREFIX  # noqa: E402
 
 # Every process the tests start checks its events against labcommon/catalogue.py, and a
 # test's network waits for one that another process (a second test run) holds.
+pytest_plugins = ["tests.nlb_fixtures"]  # the NLB app tests' shared fixtures
+
 os.environ["CASLAB_STRICT_EVENTS"] = "1"
 os.environ.setdefault("CASLAB_LOCK_WAIT_S", "3600")
 

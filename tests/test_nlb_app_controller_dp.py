@@ -17,26 +17,11 @@ from controllers.nlb_flows import (
 )
 from labcommon.catalogue import NLB_CONN, NLB_RELEARN, NLB_SWITCH
 from tests.fakes import (
-    BRANCH_VIP, CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_SERVICE_PORT, SERVICE_PORT, VERSION_IDS, VIP_IP, VIP_MAC,
-    AppFactory, FakeDatapath, all_ports, apply_actions, arp_frame, checksums_ok, conns_of, drive, events, features,
-    flow_mods, flow_removed, flow_stats_reply, icmp_echo, install_fake_hub, kind_of, match_dict, of_class, ofport,
+    BRANCH_VIP, CLIENT, MEMBER, MEMBERS, OF13, OTHER_SERVICE_PORT, SERVICE_PORT, VIP_IP, VIP_MAC,
+    FakeDatapath, all_ports, apply_actions, arp_frame, checksums_ok, conns_of, drive, events, features,
+    flow_mods, flow_removed, flow_stats_reply, icmp_echo, kind_of, match_dict, of_class, ofport,
     outputs, packet_in, packet_outs, po_in_port, port_desc, port_status, ready, set_fields, syn, tcp_frame, vlan_ids,
 )
-
-
-@pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)
-def version(request) -> int:
-    return request.param
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    return install_fake_hub(monkeypatch)
-
-
-@pytest.fixture
-def make_app(tmp_path, monkeypatch, hub):
-    return AppFactory(tmp_path, monkeypatch, hub)
 
 
 def metered(flow) -> bool:

@@ -12,28 +12,13 @@ from scapy.layers.l2 import Ether
 
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_UP
 from tests.fakes import (
-    CLIENT, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VERSION_IDS, VIP_IP, VIP_MAC, AppFactory, FakeDatapath,
-    all_ports, checksums_ok, chosen, conns_of, drive, events, features, flow_mods, install_fake_hub, member_port,
+    CLIENT, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
+    all_ports, checksums_ok, chosen, conns_of, drive, events, features, flow_mods, member_port,
     ofport, outputs, packet_in, packet_outs, pin_member, pin_until, port_desc, port_status, ready, tcp_frame,
     unpin_of, unpinned,
 )
 
 DELAYS_S = [d / 1000 for d in (1, 2, 3, 5, 7, 10, 14, 20, 30, 45, 70, 120, 250)]  # the app's default schedule
-
-
-@pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)
-def version(request) -> int:
-    return request.param
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    return install_fake_hub(monkeypatch)
-
-
-@pytest.fixture
-def make_app(tmp_path, monkeypatch, hub):
-    return AppFactory(tmp_path, monkeypatch, hub)
 
 
 # ---- a member's port goes down ------------------------------------------------------------------

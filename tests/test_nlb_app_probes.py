@@ -20,24 +20,9 @@ import pytest
 from controllers.nlb_state import TokenBucket
 from labcommon.catalogue import LB_MEMBER, NLB_CONVERGING, NLB_GUARD, NLB_HEALTH_SOCKET_ERROR, NLB_SWITCH_ERROR
 from tests.fakes import (
-    OF13, OF15, VERSION_IDS, VIP_IP, AppFactory, conns_of, error_msg, events, install_fake_hub, member_port,
+    VIP_IP, conns_of, error_msg, events, member_port,
     packet_in, pin_until, ready, syn, unpin_of, unpinned,
 )
-
-
-@pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)
-def version(request) -> int:
-    return request.param
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    return install_fake_hub(monkeypatch)
-
-
-@pytest.fixture
-def make_app(tmp_path, monkeypatch, hub):
-    return AppFactory(tmp_path, monkeypatch, hub)
 
 
 def test_without_port_detection_link_down_is_ignored_but_probes_still_count(make_app, version, hub):

@@ -17,21 +17,11 @@ from controllers.nlb_flows import (
 from controllers.nlb_state import CtEntry
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
 from tests.fakes import (
-    CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, AppFactory, FakeDatapath,
+    CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
     all_ports, apply_actions, barrier_reply, checksums_ok, drive, events, features, flow_mods, group_mods,
-    install_fake_hub, kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_outs, port_desc, port_status,
+    kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_outs, port_desc, port_status,
     ready, syn, tcp_frame,
 )
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    return install_fake_hub(monkeypatch)
-
-
-@pytest.fixture
-def make_app(tmp_path, monkeypatch, hub):
-    return AppFactory(tmp_path, monkeypatch, hub)
 
 
 class FakeConntrack:
