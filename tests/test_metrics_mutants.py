@@ -1,0 +1,377 @@
+"""Pure tests that pin down what docs/METRICS.md defines, where mutation testing found the
+other pure tests silent (tools/mutation.sh, docs/MUTATION.md).
+
+Each test builds its input by hand (events, or the per-run outcomes the aggregation
+reads) and states the expected numbers as METRICS.md defines them. Times are offset by
+odd nanoseconds so that rounding (3 decimals per session, 1 for statistics) shows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from caslab import cost as cost_mod
+from caslab.capture import compare as capture_compare
+from caslab.metrics import stats
+from caslab.metrics import RunParams, analyze_run, summarize_scenario
+from caslab.metrics.compare import compare as compare_runs
+from caslab.metrics.databases import database_outages, dumpster
+from caslab.metrics.http import http_faults
+from caslab.metrics.nlb import convergence, flooding
+from caslab.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, HttpSessionFault, RunOutcome
+from caslab.metrics import summary as summary_mod
+from caslab.metrics.trace import session_trace
+from caslab.metrics.addresses import by_address, merge as merge_addresses
+from labcommon.catalogue import problems
+
+from tests.test_metrics import MS, PARAMS, fault, frame, op, steady
+
+META = {"id": "s1", "label": "x", "mode": "m"}
+
+
+def outcome(rep: int = 0, **fields) -> RunOutcome:
+    """A run outcome with nothing in it but ``fields`` (the aggregation reads only those)."""
+    base = dict(scenario="s1", rep=rep, complete=True, t0_ns=0, sessions=[], faults=[], goodput=Goodput(),
+                cpu_idle={"mean": 80.0, "min": 70.0, "pre_fault": 80.0, "samples": 3}, cpu_series=[],
+                probe_gap_ms=None, app_probe_gap_ms=None, messages={}, process_exits=[])
+    return RunOutcome(**(base | fields))
+
+
+# ---------------------------------------------------------------- HTTP sessions (section 9)
+
+T = 1_000_123_457          # the first fault (ns), not a whole ms
+T2 = T + 2_000 * MS        # the second fault: the first's window is [T, T2)
+END = T + 3_000 * MS
+
+
+def req(ts, session, cmd, ok=True, cas="cas1", lat_us=2_000, **extra):
+    protocol = {"owa": "owa", "eas": "eas", "oa": "oa"}[session.split("-")[1][:-1]]
+    return {"ts": ts, "src": session.split("-")[0], "ev": "http_request", "session": session, "protocol": protocol,
+            "cmd": cmd, "ok": ok, "status": 200 if ok else None, "lat_us": lat_us, "cas": cas if ok else None, **extra}
+
+
+def http_logon(ts, session, reauth, prompt):
+    return {"ts": ts, "src": session.split("-")[0], "ev": "http_logon", "session": session, "protocol": "owa",
+            "cas": "cas2", "reauth": reauth, "prompt": prompt}
+
+
+def http_events():
+    """owa0: on cas1, a reply from cas1 right after the fault, a failed request, two
+    re-logins, served on cas2; eas0: a lost Ping re-established by one that started exactly
+    when it ended; eas1: never served before the fault, a Ping lost at the fault instant and
+    one at the second fault's instant; oa0: on cas1, served at the fault instant, never
+    dropped (undisturbed); h2-owa0: an Internet user on cas2, configured by autodiscover."""
+    return [
+        {"ts": 0, "src": "h1", "ev": "http_client_up", "external": False,
+         "sessions": {"h1-owa0": "owa", "h1-eas0": "eas", "h1-eas1": "eas", "h1-oa0": "oa"}},
+        {"ts": 0, "src": "h2", "ev": "http_client_up", "external": True, "sessions": {"h2-owa0": "owa"}},
+        {"ts": 5 * MS, "src": "h2", "ev": "http_autodiscover", "session": "h2-owa0", "protocol": "owa", "ok": True,
+         "via": "dns", "url": "https://mail/owa", "lat_us": 10, "cas": "cas2"},
+        {"ts": 6 * MS, "src": "h1", "ev": "http_autodiscover", "session": "h1-oa0", "protocol": "oa", "ok": False,
+         "via": "site", "url": None, "lat_us": 10, "cas": None, "reason": "connect"},
+        req(T - 500 * MS, "h1-owa0", "read"),
+        req(T + 50 * MS, "h1-owa0", "read", lat_us=1_500),
+        req(T + 100_123_456, "h1-owa0", "read", ok=False),
+        http_logon(T, "h1-owa0", True, False),
+        http_logon(T + 150 * MS, "h1-owa0", True, True),
+        http_logon(T + 160 * MS, "h1-owa0", False, False),
+        req(T + 200_234_567, "h1-owa0", "read", cas="cas2", lat_us=3_333),
+        http_logon(T2, "h1-owa0", True, True),
+        req(END + 1, "h1-owa0", "read", ok=False),            # after the end: nothing
+        req(T - 50 * MS, "h1-eas0", "ping", lat_us=100_000),
+        req(T + 300_111_111, "h1-eas0", "ping", ok=False, lat_us=350_000),
+        req(T + 900 * MS, "h1-eas0", "ping", cas="cas2", lat_us=650_000),       # started before the loss ended
+        req(T + 950 * MS, "h1-eas0", "sync", cas="cas2", lat_us=12_500),
+        req(T + 1_300_111_111, "h1-eas0", "ping", cas="cas2", lat_us=1_000_000),  # started when it ended
+        req(T, "h1-eas1", "ping", ok=False, lat_us=60_000),
+        req(T + 500 * MS, "h1-eas1", "sync", cas="cas2", lat_us=4_000),
+        req(T2, "h1-eas1", "ping", ok=False, lat_us=60_000),
+        req(T - 5 * MS, "h1-oa0", "read"),
+        req(T, "h1-oa0", "read", cas="cas1", lat_us=7_000),
+        req(T2, "h1-oa0", "read", cas="cas1", lat_us=9_000),
+        {"ts": T2 + 10 * MS, "src": "h1", "ev": "http_down", "session": "h1-oa0", "protocol": "oa", "reason": "eof"},
+        req(T - 5 * MS, "h2-owa0", "read", cas="cas2"),
+        req(T + 5 * MS, "h2-owa0", "read", cas="cas2"),
+    ]
+
+
+WINDOWS = [(0, "poweroff cas1", T, T2, {"cas1"}), (1, "poweroff cas2", T2, END, {"cas2"})]
+
+
+def test_http_events_follow_the_catalogue():
+    for e in http_events():
+        assert not problems(e), (e, problems(e))
+
+
+def test_http_session_under_a_fault_follows_section_9():
+    first, second = http_faults(http_events(), WINDOWS, END)
+    assert (first.index, first.label, first.t_ns, first.window_end_ns) == (0, "poweroff cas1", T, T2)
+    s = {x.session: x for x in first.sessions}
+    assert list(s) == ["h1-eas0", "h1-eas1", "h1-oa0", "h1-owa0", "h2-owa0"]
+    owa = s["h1-owa0"]
+    assert (owa.protocol, owa.external, owa.configured, owa.cas_at_fault) == ("owa", False, False, "cas1")
+    assert owa.affected and owa.disrupted and owa.recovered and not owa.undisturbed
+    assert owa.dropped_ms == 100.123 and owa.reconnect_ms == 200.235, "served again after the drop, not before"
+    assert (owa.relogins, owa.prompts, owa.disconnects) == (2, 1, 0)
+    assert (owa.requests, owa.failed) == (3, 1) and owa.latencies_ms == [1.5, 3.333]
+    assert (owa.pings_lost, owa.pings_reestablished, owa.reestablish_ms) == (0, 0, None)
+    eas = s["h1-eas0"]
+    assert eas.affected and eas.dropped_ms == 300.111 and eas.recovered and eas.reconnect_ms == 900.0
+    assert (eas.pings_lost, eas.pings_reestablished, eas.reestablish_ms) == (1, 1, 300.111)
+    assert eas.latencies_ms == [12.5], "a long-poll's hold is no latency"
+    eas1 = s["h1-eas1"]
+    assert eas1.cas_at_fault is None and not eas1.affected and eas1.disrupted and not eas1.recovered
+    assert eas1.dropped_ms == 0.0 and eas1.reconnect_ms is None and not eas1.undisturbed
+    assert (eas1.pings_lost, eas1.pings_reestablished, eas1.reestablish_ms) == (1, 0, None)
+    oa = s["h1-oa0"]
+    assert oa.affected and not oa.disrupted and oa.undisturbed and not oa.recovered and oa.dropped_ms is None
+    assert oa.reconnect_ms is None and oa.requests == 1 and oa.latencies_ms == [7.0] and oa.disconnects == 0
+    ext = s["h2-owa0"]
+    assert ext.external and ext.configured and ext.cas_at_fault == "cas2"
+    assert not ext.affected and not ext.undisturbed and not ext.recovered and ext.requests == 1
+    t = {x.session: x for x in second.sessions}
+    assert (t["h1-owa0"].relogins, t["h1-owa0"].prompts) == (1, 1)
+    assert t["h1-oa0"].disconnects == 1 and t["h1-oa0"].requests == 1 and t["h1-oa0"].latencies_ms == [9.0]
+    assert t["h1-eas1"].pings_lost == 1 and t["h1-eas1"].affected, "its last success before T2 was on cas2"
+    assert not t["h1-owa0"].disrupted, "the request after the end does not count"
+
+
+def test_http_summary_rows_per_protocol_and_site():
+    runs = [analyze_run(_with_window(http_events()), PARAMS, "s1", rep)
+            for rep in (0, 1)]
+    summary = summarize_scenario(META, runs, 35, [])
+    rows = {(r.fault_index, r.protocol, r.clients): r for r in summary.http}
+    assert list(rows) == [(0, "eas", "internal"), (0, "oa", "internal"), (0, "owa", "internal"),
+                          (0, "owa", "Internet"), (1, "eas", "internal"), (1, "oa", "internal"),
+                          (1, "owa", "internal"), (1, "owa", "Internet")]
+    eas = rows[(0, "eas", "internal")]
+    assert (eas.scenario, eas.label, eas.mode, eas.fault) == ("s1", "x", "m", "poweroff cas1")
+    assert (eas.repetitions, eas.sessions, eas.configured, eas.requests, eas.failed) == (2, 4, 0, 12, 4)
+    assert (eas.affected, eas.disrupted, eas.recovered, eas.undisturbed, eas.unrecovered) == (2, 4, 2, 0, 0)
+    assert (eas.relogins, eas.prompts, eas.pings_lost, eas.pings_reestablished, eas.disconnects) == (0, 0, 4, 2, 0)
+    assert (eas.reconnect_ms.n, eas.reconnect_ms.p50, eas.reconnect_ms.mean_of_repetitions) == (2, 900.0, 900.0)
+    assert eas.reconnect_ms.ci95_of_repetition_means == [900.0, 900.0]
+    assert (eas.reestablish_ms.n, eas.reestablish_ms.max) == (2, 300.1)
+    assert (eas.latency_ms.n, eas.latency_ms.max) == (4, 12.5) and eas.trustworthy is False
+    owa = rows[(0, "owa", "internal")]
+    assert (owa.relogins, owa.prompts, owa.recovered, owa.unrecovered, owa.requests) == (4, 2, 2, 0, 6)
+    oa = rows[(0, "oa", "internal")]
+    assert (oa.undisturbed, oa.unrecovered, oa.recovered, oa.configured) == (2, 0, 0, 0)
+    ext = rows[(0, "owa", "Internet")]
+    assert (ext.configured, ext.affected, ext.unrecovered, ext.clients) == (2, 0, 0, "Internet")
+    oa1 = rows[(1, "oa", "internal")]
+    assert (oa1.disconnects, oa1.disrupted, oa1.affected, oa1.unrecovered) == (2, 2, 0, 0)
+    eas1 = rows[(1, "eas", "internal")]
+    assert (eas1.affected, eas1.unrecovered, eas1.fault) == (4, 4, "poweroff cas2")
+
+
+def _with_window(http):
+    """The HTTP events inside a run (measurement from 0 to END, faults at T and T2)."""
+    return sorted(http + [
+        {"ts": 0, "src": "runner", "ev": "measure_start", "observe_s": 3.0},
+        fault(0, ["cas1"]) | {"ts": T, "label": "poweroff cas1"},
+        fault(0, ["cas2"], index=1) | {"ts": T2, "label": "poweroff cas2"},
+        {"ts": END, "src": "runner", "ev": "measure_end"},
+        {"ts": END + 1, "src": "runner", "ev": "scenario_end", "ok": True}], key=lambda e: e["ts"])
+
+
+def test_a_run_without_faults_has_one_http_window_the_whole_measurement():
+    events = [e for e in _with_window(http_events()) if e["ev"] != "fault"]
+    (window,) = analyze_run(events, PARAMS).http
+    assert (window.index, window.label, window.t_ns, window.window_end_ns) == (-1, "no fault", 0, END)
+    assert http_faults([e for e in events if e["ev"] != "http_client_up"], [(-1, "x", 0, END, set())]) == []
+
+
+# ---------------------------------------------------------------- over repetitions (sections 8, 10, 12)
+
+def test_cost_per_operation_over_all_repetitions():
+    runs = [outcome(0, cost={"cpu_ms": {"cas": 100.0, "client": 50.0}, "ops": 30}),
+            outcome(1, cost={"cpu_ms": {"cas": 21.3, "ovs": 70.5}, "ops": 7}), outcome(2, cost={})]
+    got = summary_mod.cost_summary(runs)
+    assert got["ops"] == 37 and got["cpu_ms_per_op"] == round(241.8 / 37, 3) == 6.535
+    assert list(got["per_op_by_kind"].items()) == [("cas", 3.278), ("ovs", 1.905), ("client", 1.351)]
+    assert summary_mod.cost_summary([outcome(0, cost={"cpu_ms": {"cas": 5.0}, "ops": 0})]) == {}
+    assert summary_mod.cost_summary([outcome(0, cost={"ops": 9})]) == {}
+    summary = summarize_scenario(META, runs, 35, [])
+    assert summary.cost == got
+
+
+def test_cost_of_one_run_counts_only_the_windows_operations():
+    events = frame(steady("cl1-s0", "cas1", 0, 2000, every_ms=100), op(5, "cl1-s1", "cas1"),
+                   op(2500, "cl1-s1", "cas1"), op(500, "cl1-s1", "cas1", ok=False),
+                   [{"ts": 2000 * MS, "src": "runner", "ev": "process_cpu", "name": n, "kind": k, "cpu_ms": v,
+                     "window_ms": 1990.0} for n, k, v in (("cas1", "cas", 40.1), ("cas2", "cas", 0.5),
+                                                           ("ovs-vswitchd", "ovs", 10.0))])
+    cost = analyze_run(events, PARAMS).cost
+    ops = 19   # in [10 ms, 2000 ms]: 100 .. 1900 ms; not the ones at 0 and 5 ms, 2500 ms, nor the failed one
+    assert cost == {"cpu_ms": {"cas": 40.6, "ovs": 10.0}, "ops": ops, "cpu_ms_per_op": round(50.6 / ops, 3),
+                    "per_op_by_kind": {"cas": round(40.6 / ops, 3), "ovs": round(10.0 / ops, 3)}}
+    assert list(cost["cpu_ms"]) == ["cas", "ovs"]
+    no_ops = [e for e in events if e["ev"] != "op"]
+    assert analyze_run(no_ops, PARAMS).cost == {"cpu_ms": {"cas": 40.6, "ovs": 10.0}, "ops": 0,
+                                                "cpu_ms_per_op": None, "per_op_by_kind": {}}
+    assert analyze_run([e for e in events if e["ev"] != "process_cpu"], PARAMS).cost == {}
+
+
+FLOOD_A = {"hosts": 2, "window_ms": 1000.0, "cluster_bytes": 1001, "cluster_frames": 11, "heartbeat_bytes": 301,
+           "kbit_s": 8.0}
+FLOOD_B = {"hosts": 2, "window_ms": 2001.0, "cluster_bytes": 2000, "cluster_frames": 20, "heartbeat_bytes": 400,
+           "kbit_s": 8.4}
+
+
+def test_flooding_is_the_mean_over_repetitions():
+    got = summary_mod.flood_summary([outcome(0, flood=FLOOD_A), outcome(1, flood=FLOOD_B), outcome(2)])
+    assert got == {"repetitions": 2, "hosts": 2, "cluster_bytes": 1500, "cluster_frames": 16, "heartbeat_bytes": 350,
+                   "kbit_s": 8.2, "window_ms": 1500.5}
+    one_rate = summary_mod.flood_summary([outcome(0, flood=FLOOD_A), outcome(1, flood=FLOOD_B | {"kbit_s": None})])
+    assert one_rate["kbit_s"] == 8.0
+    assert summary_mod.flood_summary([outcome(0, flood=FLOOD_A | {"kbit_s": None})])["kbit_s"] is None
+    unknown = summary_mod.flood_summary([outcome(0, flood=FLOOD_A), outcome(1, flood=FLOOD_B | {"unmeasured": ["h3"]})])
+    assert unknown == {"repetitions": 2, "hosts": 2, "cluster_bytes": None, "cluster_frames": None,
+                       "heartbeat_bytes": None, "kbit_s": None, "unmeasured": ["h3"], "window_ms": None}
+    assert summary_mod.flood_summary([outcome(0)]) == {}
+    summary = summarize_scenario(META, [outcome(0, flood=FLOOD_A, faults=[_fault_run()])], 35, [])
+    row = summary.faults[0]
+    assert (row.flooded_bytes, row.flood_kbit_s, row.heartbeat_bytes) == (1001, 8.0, 301)
+
+
+def _flood(host, port, cluster, frames, heartbeat, window_ms=1500.0):
+    return {"ts": 1, "src": "runner", "ev": "wnlb_flood", "host": host, "port": port, "cluster_frames": frames,
+            "cluster_bytes": cluster, "heartbeat_frames": 1, "heartbeat_bytes": heartbeat, "port_tx_bytes": 1,
+            "window_ms": window_ms}
+
+
+def test_flooding_of_one_run():
+    rows = [_flood("cl1", "s1-eth1", 1000, 10, 100, 1500.0), _flood("r1", "s1-eth9", 500, 5, 50, 2000.0)]
+    for e in rows:
+        assert not problems(e), problems(e)
+    assert flooding(rows) == {"hosts": 2, "window_ms": 2000.0, "cluster_bytes": 1500, "cluster_frames": 15,
+                              "heartbeat_bytes": 150, "kbit_s": 6.0, "per_host": {"cl1": 1000, "r1:s1-eth9": 500}}
+    unread = flooding(rows + [_flood("cl2", "s1-eth2", None, None, None)])
+    assert unread == {"hosts": 3, "window_ms": 2000.0, "cluster_bytes": None, "cluster_frames": None,
+                      "heartbeat_bytes": None, "kbit_s": None, "unmeasured": ["cl2"]}
+    assert flooding([_flood("cl1", "p", 7, 1, 1, 0.0)])["kbit_s"] is None
+    assert flooding([]) == {}
+
+
+def _fault_run(index=0, sessions=(), **fields):
+    base = dict(index=index, kind="poweroff", label=f"poweroff {index}", t_ns=0, elements=["cas1"],
+                affects="on_elements", window_end_ns=1, detection_ms=None, sessions=list(sessions))
+    return FaultRun(**(base | fields))
+
+
+def test_goodput_is_averaged_over_repetitions_aligned_on_the_fault():
+    a = Goodput(first_bin=-2, all_sessions=[10, 12, 3, 11], unaffected=[5, 6, 4, 5], pre_fault=11.0,
+                pre_fault_unaffected=5.5, dip=0.273, dip_unaffected=0.727)
+    b = Goodput(first_bin=-1, all_sessions=[13, 1, 9, 10, 10], unaffected=[6, 2, 6, 6, 6], pre_fault=13.0,
+                pre_fault_unaffected=6.0, dip=0.077, dip_unaffected=0.333)
+    c = Goodput(first_bin=-1, all_sessions=[14, 2, 9], unaffected=[7, 2, 6], pre_fault=None, dip=None)
+    got = summary_mod.goodput_summary([outcome(0, goodput=a), outcome(1, goodput=b), outcome(2, goodput=c)])
+    assert got == {"first_second": -1, "ops_per_s": [13.0, 2.0, 9.7], "unaffected_ops_per_s": [6.3, 2.7, 5.7],
+                   "pre_fault_ops_per_s": 12.0, "dip": 0.077, "dip_unaffected": 0.333}
+    disjoint = summary_mod.goodput_summary([outcome(0, goodput=Goodput(first_bin=-3, all_sessions=[1])),
+                                            outcome(1, goodput=Goodput(first_bin=0, all_sessions=[1]))])
+    assert disjoint == {"first_second": 0, "ops_per_s": [], "unaffected_ops_per_s": [], "pre_fault_ops_per_s": None,
+                        "dip": None, "dip_unaffected": None}
+    assert summary_mod.goodput_summary([]) == {}
+    row = summarize_scenario(META, [outcome(0, goodput=a, faults=[_fault_run()]),
+                                    outcome(1, goodput=b, faults=[_fault_run()])], 35, []).faults[0]
+    assert row.goodput_dip_unaffected == 0.333
+
+
+def test_capture_checks_merge_over_repetitions():
+    checks = [None, {"n": 0}, {"n": 2, "median_abs_diff_ms": 0.11111, "max_abs_diff_ms": 0.5},
+              {"n": 3, "median_abs_diff_ms": 0.33333, "max_abs_diff_ms": 1.23456},
+              {"n": 1, "median_abs_diff_ms": 0.22222, "max_abs_diff_ms": 0.7}]
+    assert summary_mod.merge_capture_checks(checks) == {"n": 6, "median_abs_diff_ms": 0.222, "max_abs_diff_ms": 1.235}
+    assert summary_mod.merge_capture_checks([None, {"n": 0}]) is None
+
+
+def test_databases_of_a_fault_over_repetitions():
+    a = _fault_run(databases={"DB1": {"unmounted_ms": 120.5, "missing": 2, "dismounted": False},
+                              "DB2": {"unmounted_ms": None, "missing": None, "dismounted": True}})
+    b = _fault_run(databases={"DB1": {"unmounted_ms": 300.0, "missing": 3, "dismounted": False},
+                              "DB2": {"unmounted_ms": None, "missing": None, "dismounted": True}})
+    assert summary_mod.database_row([a, b]) == {"db_unmounted_ms": 300.0, "dbs_dismounted": 2, "copy_missing": 5}
+    assert summary_mod.database_row([_fault_run()]) == {"db_unmounted_ms": None, "dbs_dismounted": 0,
+                                                        "copy_missing": None}
+    row = summarize_scenario(META, [outcome(0, faults=[a]), outcome(1, faults=[b])], 35, []).faults[0]
+    assert (row.db_unmounted_ms, row.dbs_dismounted, row.copy_missing) == (300.0, 2, 5)
+
+
+def _db_role(ts, db, active, missing=None):
+    e = {"ts": ts, "src": "mbx2", "ev": "db_role", "db": db, "server": "mbx2", "active": active}
+    return e if missing is None else e | {"missing": missing}
+
+
+def test_a_failed_database_is_unmounted_until_a_copy_mounts_in_the_window():
+    events = [_db_role(50, "DB1", True), _db_role(100 * MS, "DB1", False), _db_role(100 * MS + 123_456_789, "DB1", True, 4),
+              _db_role(200 * MS, "DB1", True, 9), _db_role(100 * MS, "DB3", True), _db_role(999 * MS, "DB2", True)]
+    got = database_outages(events, 100 * MS, 999 * MS, {"db:DB1", "db:DB2", "cas1"})
+    assert got == {"DB1": {"unmounted_ms": 123.5, "missing": 4, "dismounted": False},
+                   "DB2": {"unmounted_ms": None, "missing": None, "dismounted": True}}
+    at_instant = database_outages(events, 100 * MS, 999 * MS, {"db:DB3"})
+    assert at_instant == {"DB3": {"unmounted_ms": 0.0, "missing": None, "dismounted": False}}
+    resubmits = [{"ts": 1, "src": "runner", "ev": "dumpster_resubmit", "db": "DB1", "cas": c, "resubmitted": n,
+                  "recovered": r} for c, n, r in (("cas1", 5, 2), ("cas2", 3, 1))]
+    assert dumpster(resubmits) == {"resubmitted": 8, "recovered": 3}
+
+
+def test_scenario_aggregates_and_trust_reasons():
+    exits = [{"name": "cl1", "host": "cl1", "returncode": -9, "at_ms": 5.0}]
+    runs = [outcome(0, cpu_idle={"mean": 80.0, "min": 61.5, "pre_fault": 80.0, "samples": 4}, sessions=["a", "b"],
+                    messages={"acked": 3, "stored": 2, "lost": 1, "recovered": 1}, probe_gap_ms=12.5,
+                    app_probe_gap_ms=None, never_served=1, faults=[_fault_run()]),
+            outcome(1, cpu_idle={"mean": 30.0, "min": 20.0, "pre_fault": 30.0, "samples": 2}, sessions=["a"],
+                    messages={"acked": 1, "stored": 1, "lost": 0}, probe_gap_ms=40.0, app_probe_gap_ms=7.0,
+                    complete=False, process_exits=exits, never_served=2, faults=[_fault_run(), _fault_run(1)]),
+            outcome(2, cpu_idle={"mean": None, "min": None, "pre_fault": None, "samples": 0}, sessions=[],
+                    faults=[_fault_run()])]
+    s = summarize_scenario(META, runs, 35, ["a notice"])
+    assert (s.id, s.label, s.mode, s.params, s.repetitions, s.sessions, s.notices) == \
+        ("s1", "x", "m", {}, 3, 3, ["a notice"])
+    assert (s.cpu_idle_pct, s.cpu_idle_min_pct, s.cpu_idle_by_repetition) == (55.0, 20.0, [80.0, 30.0, None])
+    assert s.fidelity_ok is False and not s.trustworthy
+    assert s.untrustworthy_reasons == [
+        "repetition 2: CPU idle averaged 30.0 % (< 35 %): the machine, not the design, may have set these numbers",
+        "repetition 3: no CPU sample in its window (fidelity unknown)",
+        "a repetition did not complete", "1 lab process(es) died during the run: ['cl1']"]
+    assert s.messages == {"acked": 4, "stored": 3, "lost": 1, "recovered": 1}
+    assert (s.probe_gap_ms, s.app_probe_gap_ms, s.never_served) == (40.0, 7.0, 3)
+    assert s.process_exits == [exits[0] | {"rep": 1}]
+    assert [r.fault_index for r in s.faults] == [0, 1] and s.faults[1].repetitions == 1
+    row = s.faults[0]
+    assert (row.repetitions, row.cpu_idle_pct, row.fidelity_ok, row.trustworthy, row.client_deaths) == \
+        (3, 55.0, False, False, 1)
+    assert (row.messages, row.probe_gap_ms, row.app_probe_gap_ms, row.never_served) == (s.messages, 40.0, 7.0, 3)
+    trusted = summarize_scenario(META, runs[:1], 35, [])
+    assert trusted.trustworthy and trusted.fidelity_ok is True and trusted.untrustworthy_reasons == []
+    assert trusted.faults[0].trustworthy and trusted.app_probe_gap_ms is None
+    edge = summarize_scenario(META, [outcome(0, cpu_idle={"mean": 35.0, "min": 35.0, "samples": 1})], 35, [])
+    assert edge.fidelity_ok is True, "a mean idle of exactly the threshold passes (at least)"
+    no_mean = outcome(0, cpu_idle={"mean": None, "min": None, "samples": 2})
+    assert summary_mod.repetition_fidelity(no_mean, 35) is None
+
+
+def test_convergence_over_repetitions():
+    from caslab.metrics.nlb import Convergence
+    a = _fault_run(convergence=Convergence(converged_ms=100.0, took_ms=40.0, restarts=1, buckets_moved=20,
+                                           conns_broken=3, conns_departed=1))
+    b = _fault_run(convergence=Convergence(converged_ms=300.0, took_ms=60.0, restarts=0, buckets_moved=30,
+                                           conns_broken=0, conns_departed=4))
+    c = _fault_run(convergence=Convergence())
+    row = summarize_scenario(META, [outcome(i, faults=[f]) for i, f in enumerate((a, b, c))], 35, []).faults[0]
+    assert (row.convergence_ms.n, row.convergence_ms.p50, row.convergence_ms.max) == (2, 100.0, 300.0)
+    assert (row.convergence_took_ms, row.convergence_restarts, row.buckets_moved) == (40.0, 1, 30)
+    assert (row.conns_broken, row.conns_departed) == (3, 5)
+    none = summarize_scenario(META, [outcome(0, faults=[c])], 35, []).faults[0]
+    assert (none.convergence_took_ms, none.convergence_restarts, none.buckets_moved, none.conns_broken,
+            none.conns_departed) == (None, None, None, None, None)
+    zero = summarize_scenario(META, [outcome(0, faults=[_fault_run(convergence=Convergence(
+        restarts=0, buckets_moved=0, conns_broken=0, conns_departed=0))])], 35, []).faults[0]
+    assert (zero.convergence_restarts, zero.buckets_moved, zero.conns_broken, zero.conns_departed) == (0, 0, 0, 0)
