@@ -375,3 +375,196 @@ def test_convergence_over_repetitions():
     zero = summarize_scenario(META, [outcome(0, faults=[_fault_run(convergence=Convergence(
         restarts=0, buckets_moved=0, conns_broken=0, conns_departed=0))])], 35, []).faults[0]
     assert (zero.convergence_restarts, zero.buckets_moved, zero.conns_broken, zero.conns_departed) == (0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- statistics (section 11)
+
+def test_welch_follows_welch_satterthwaite_with_the_exact_t_quantile():
+    a, b = [10.0, 12.0, 14.0], [20.0, 25.0, 31.0]
+    va, vb = 4.0 / 3, (((20 - 25.333333333333332) ** 2 + (25 - 25.333333333333332) ** 2
+                        + (31 - 25.333333333333332) ** 2) / 2) / 3
+    se2 = va + vb
+    dof = se2 ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    w = stats.welch(a, b)
+    diff = 25.333333333333332 - 12.0
+    half = stats.t_quantile(0.975, dof) * se2 ** 0.5
+    assert (w.diff, w.dof, w.n_a, w.n_b) == (round(diff, 1), round(dof, 2), 3, 3)
+    assert w.ci95 == [round(diff - half, 1), round(diff + half, 1)]
+    assert abs(stats.t_cdf(half / se2 ** 0.5, dof) - 0.975) < 1e-9
+    assert w.p == round(2 * (1 - stats.t_cdf(diff / se2 ** 0.5, dof)), 4) and 0 < w.p < 0.05
+    reverse = stats.welch(b, a)
+    assert reverse.diff == -w.diff and reverse.p == w.p and reverse.ci95 == [-w.ci95[1], -w.ci95[0]]
+    point = stats.welch([5.0, 5.0], [7.5, 7.5])
+    assert (point.diff, point.ci95, point.dof, point.p, point.n_a, point.n_b) == (2.5, [2.5, 2.5], None, None, 2, 2)
+    single = stats.welch([5.0], [7.26, 9.0])
+    assert (single.diff, single.ci95, single.dof, single.p, single.n_a, single.n_b) == (3.1, None, None, None, 1, 2)
+    assert stats.welch([], [1.0]) is None and stats.welch([1.0], []) is None
+
+
+def test_student_t_cdf_and_quantile_agree_at_known_points():
+    assert abs(stats.t_cdf(-1.0, 1) - 0.25) < 1e-9, "Cauchy, left tail"
+    assert abs(stats.t_cdf(12.706204736, 1) - 0.975) < 1e-9
+    assert abs(stats.t_cdf(1.959963985, 1e7) - 0.975) < 1e-6, "a huge dof is the normal"
+    q = stats.t_quantile(0.975, 2.5)  # a fractional dof (Welch) lies between its neighbours
+    assert 3.182 < q < 4.303 and abs(stats.t_cdf(q, 2.5) - 0.975) < 1e-9
+    assert abs(stats.t_quantile(0.995, 4) - 4.6041) < 1e-3
+    assert stats._betainc(2, 3, 0.0) == 0.0 and stats._betainc(2, 3, 1.0) == 1.0
+    assert abs(stats._betainc(2, 3, 0.4) - 0.5248) < 1e-9     # 1 - sum_{k<2} C(4,k) .4^k .6^(4-k)
+    assert abs(stats._betainc(3, 2, 0.9) - 0.9477) < 1e-9     # the other branch of the continued fraction
+
+
+def test_distribution_fields_and_rounding():
+    d = stats.Distribution.of([1.04, 2.06, 3.0, 10.14], [2.16, 4.04])
+    assert (d.n, d.p50, d.p95, d.p99, d.max) == (4, 2.1, None, None, 10.1)
+    assert d.mean_pooled == round((1.04 + 2.06 + 3.0 + 10.14) / 4, 1) == 4.1
+    assert d.mean_of_repetitions == 3.1
+    half = stats.t95(1) * ((2.16 - 3.1) ** 2 * 2) ** 0.5 / 2 ** 0.5
+    assert d.ci95_of_repetition_means == [round(3.1 - half, 1), round(3.1 + half, 1)]
+    assert stats.Distribution.of([]) == stats.Distribution(0)
+    assert stats.Distribution.of([4.0], [4.0]).ci95_of_repetition_means is None, "one repetition: no interval"
+    assert stats.percentile([3.0, 1.0, 2.0], 1) == 1.0 and stats.percentile([3.0, 1.0, 2.0], 34) == 2.0
+    assert stats.median([1.25, 9.0]) == 1.2 and stats.median([]) is None
+    assert [stats.tail_rank_shown(99, n) for n in (0, 99, 100)] == [False, False, True]
+
+
+# ---------------------------------------------------------------- one run (sections 2 and 8)
+
+def probe(ts_ms, ok, kind="probe"):
+    if kind == "probe":
+        return {"ts": int(ts_ms * MS), "src": "probe-cl1", "ev": "probe", "seq": 1, "sport": 1, "isn": 1, "ok": ok,
+                "result": "synack" if ok else "timeout"}
+    return {"ts": int(ts_ms * MS), "src": "appprobe-cl1", "ev": "app_probe", "seq": 1, "ok": ok,
+            "stage": "done" if ok else "connect", "lat_us": 1, "cas": "cas1" if ok else None}
+
+
+def test_probe_gaps_are_runs_of_failures_inside_the_window():
+    probes = [probe(5, False), probe(20, True), probe(30, False), probe(40, False), probe(55.5, True),
+              probe(60, False), probe(62, False), probe(70, True), probe(80, False), probe(95.25, False),
+              probe(2500, True)]
+    events = frame(steady("cl1-s0", "cas1", 0, 2000), probes, [probe(20, True, "app")])
+    run = analyze_run(events, PARAMS)
+    assert run.probe_gap_ms == 25.5, "30 -> 55.5 ms; the failure at 5 ms is before the window"
+    assert run.app_probe_gap_ms == 0.0, "probes, none failed"
+    tail = analyze_run(frame(steady("cl1-s0", "cas1", 0, 2000), [probe(100, True), probe(120, False),
+                                                                  probe(1900.04, False)]), PARAMS)
+    assert tail.probe_gap_ms == 1780.0 and tail.app_probe_gap_ms is None, "still failing at the last probe"
+    first = analyze_run(frame(steady("cl1-s0", "cas1", 0, 2000), [probe(10, False), probe(30, True)]), PARAMS)
+    assert first.probe_gap_ms == 20.0, "a run of failures may start at the first probe (at the window's start)"
+    edge = analyze_run(frame(steady("cl1-s0", "cas1", 0, 2000), [probe(2000, False)]), PARAMS)
+    assert edge.probe_gap_ms == 0.0, "a probe at the window's end counts"
+
+
+def test_probe_availability_per_quarter_second():
+    events = [probe(900, True), probe(1050, False), probe(1200, True), probe(1300, True), probe(1310, False),
+              probe(1320, True), probe(1000, True, "app")]
+    got = analyze_run(frame(fault(1000, ["cas1"]), events, end_ms=3000), PARAMS).probe_availability
+    assert got["probe"] == [(-0.25, 100.0), (0.0, 50.0), (0.25, 66.7)]
+    assert got["app_probe"] == [(0.0, 100.0)]
+
+
+def cpu(ts_ms, idle):
+    return {"ts": int(ts_ms * MS), "src": "runner", "ev": "cpu", "idle_pct": idle}
+
+
+def test_cpu_idle_of_a_run():
+    events = frame(fault(100, ["cas1"]), [cpu(5, 1.0), cpu(10, 50.05), cpu(60, 70.0), cpu(100, 20.0),
+                                          cpu(2000, 41.0), cpu(2001, 1.0)])
+    run = analyze_run(events, PARAMS)
+    assert run.cpu_idle == {"mean": round((50.05 + 70 + 20 + 41) / 4, 1), "min": 20.0, "pre_fault": 60.0,
+                            "samples": 4}
+    assert run.cpu_series == [50.05, 70.0, 20.0, 41.0]
+    assert analyze_run(frame(fault(100, ["cas1"])), PARAMS).cpu_idle == {"mean": None, "min": None,
+                                                                         "pre_fault": None, "samples": 0}
+
+
+def test_detection_is_the_first_failed_member_in_the_window():
+    def member(ts_ns, name, accepts_new=False):
+        return {"ts": ts_ns, "src": "nlb", "ev": "lb_member", "member": name, "reason": "port_down", "alive": False,
+                "accepts_new": accepts_new}
+    events = frame(steady("cl1-s0", "cas1", 0, 2000), fault(100, ["cas1"]), fault(900, ["cas2"], index=1),
+                   member(90 * MS, "cas1"), member(110 * MS, "cas1", True), member(120 * MS, "cas3"),
+                   member(130 * MS + 260_000, "cas1"), member(900 * MS, "cas2"), member(950 * MS, "cas1"))
+    run = analyze_run(events, PARAMS)
+    assert [f.detection_ms for f in run.faults] == [30.3, 0.0]
+    alone = analyze_run(frame(fault(100, ["cas1"]), member(2000 * MS, "cas1"), member(100 * MS, "cas9")), PARAMS)
+    assert alone.faults[0].detection_ms is None, "at the window's end, or another member: no detection"
+
+
+def test_the_window_and_the_faults():
+    events = frame(steady("cl1-s0", "cas1", 0, 2000),
+                   fault(100, ["cas1"], affects="disrupted") | {"label": "crash"},
+                   {k: v for k, v in fault(700, ["cas2", "db:DB1"], kind="stop").items() if k not in ("index", "label",
+                                                                                                    "affects")},
+                   fault(2500, ["cas3"], index=7),
+                   {"ts": 50 * MS, "src": "runner", "ev": "fault_undone", "kind": "x", "targets": [], "index": 0},
+                   {"ts": 300 * MS, "src": "runner", "ev": "fault_undone", "kind": "x", "targets": [], "index": 1},
+                   {"ts": 800 * MS, "src": "runner", "ev": "fault_undone", "kind": "x", "targets": [], "index": 1},
+                   {"ts": 400 * MS, "src": "runner", "ev": "fault_undone", "kind": "x", "targets": [], "index": 0},
+                   {"ts": 2600 * MS, "src": "runner", "ev": "process_exit", "name": "cas2", "host": "cas2",
+                    "returncode": 1})
+    run = analyze_run(events, PARAMS, "sc", 3)
+    assert (run.scenario, run.rep, run.complete, run.t0_ns) == ("sc", 3, True, 100 * MS)
+    f = run.faults
+    assert [(x.index, x.kind, x.label, x.t_ns, x.window_end_ns, x.affects, x.elements) for x in f] == [
+        (0, "poweroff", "crash", 100 * MS, 700 * MS, "disrupted", ["cas1"]),
+        (1, "stop", "stop", 700 * MS, 2000 * MS, "on_elements", ["cas2", "db:DB1"]),
+        (7, "poweroff", "poweroff cas3", 2500 * MS, 2000 * MS, "on_elements", ["cas3"])]  # e = end, the last
+    assert run.process_exits == [{"name": "cas2", "host": "cas2", "returncode": 1, "at_ms": 2500.0}]
+    from caslab.metrics.runs import fault_windows
+    windows = fault_windows(sorted(events, key=lambda e: e["ts"]), 2000 * MS)
+    assert [w.undone_at for w in windows] == [400 * MS, 800 * MS, None], "the first undo after the fault"
+    assert [w.position for w in windows] == [0, 1, 2]
+
+
+def test_without_measure_events_the_window_is_the_first_to_the_last_event():
+    events = [op(5, "cl1-s0", "cas1"), op(30, "cl1-s0", "cas1"), op(1000, "cl1-s0", "cas1"), fault(20, ["cas1"])]
+    run = analyze_run(events, PARAMS)
+    assert not run.complete and run.faults[0].window_end_ns == 1000 * MS
+    assert run.never_served == 0 and run.cost == {}
+    s = run.faults[0].sessions[0]
+    assert s.longest_gap_ms == 970.0, "[20 ms, 1000 ms): the success at 30 ms, then none until the end"
+    unfinished = frame(steady("cl1-s0", "cas1", 0, 100))
+    unfinished = [e for e in unfinished if e["ev"] != "scenario_end"] + [
+        {"ts": 2001 * MS, "src": "runner", "ev": "scenario_end", "ok": False, "error": "x"}]
+    assert not analyze_run(unfinished, PARAMS).complete
+    assert analyze_run([], PARAMS).faults == []
+
+
+def test_never_served_sessions():
+    events = frame(steady("cl1-s0", "cas1", 0, 2000), op(5, "cl1-s1", "cas1"), op(2001, "cl1-s1", "cas1"),
+                   op(10, "cl1-s2", "cas1"))
+    assert analyze_run(events, PARAMS).never_served == 1, "s1 only outside the window; s2 at its very start"
+
+
+def test_goodput_from_clients_ready_and_without_a_fault():
+    events = frame(steady("cl1-s0", "cas1", 0, 4000), end_ms=4000)
+    events = [e | {"ts": 1500 * MS} if e["ev"] == "clients_ready" else e for e in events]
+    g = analyze_run(sorted(events + [fault(3000, ["cas1"])], key=lambda e: e["ts"]), PARAMS).goodput
+    assert g.first_bin == -1 and g.all_sessions == [20, 20] and g.pre_fault == 20.0 and g.dip == 1.0
+    assert g.unaffected == [0, 0] and g.pre_fault_unaffected == 0.0 and g.dip_unaffected is None
+    g = analyze_run(events, PARAMS).goodput  # no fault: t0 = start (10 ms); from clients_ready at 1500 ms
+    assert g.first_bin == 2 and g.all_sessions == [20] and g.pre_fault is None and g.dip is None
+    idle = frame(fault(1500, ["cas1"]), steady("cl1-s0", "cas1", 1500, 3500), end_ms=3500)
+    g = analyze_run(idle, PARAMS).goodput
+    assert g.pre_fault == 0.0 and g.dip is None and g.pre_fault_unaffected == 0.0 and g.dip_unaffected is None
+    assert g.unaffected == [0, 20, 20], "s0 was on no CAS at the fault instant: affected by no fault"
+
+
+def test_message_integrity_edges():
+    from caslab.metrics.runs import message_integrity
+    send = {"src": "cl1", "ev": "op", "session": "cl1-s0", "op": "send", "ok": True, "lat_us": 1, "cas": "cas1"}
+    events = [send | {"ts": 10, "msg_id": "m1"}, send | {"ts": 11, "msg_id": "m2", "op": "read"},
+              send | {"ts": 12, "msg_id": "m3"}, send | {"ts": 99, "msg_id": "m4"},
+              {"ts": 13, "src": "h", "ev": "http_request", "cmd": "read", "ok": True, "msg_id": "h1"},
+              {"ts": 14, "src": "h", "ev": "http_request", "cmd": "send", "ok": True, "msg_id": "h2"},
+              {"ts": 15, "src": "h", "ev": "http_request", "cmd": "send", "ok": True},
+              {"ts": 20, "src": "runner", "ev": "db_dismounted", "db": "DB1", "previous": "m", "missing": 0, "reason": "x"},
+              {"ts": 21, "src": "runner", "ev": "db_active", "db": "DB1"},
+              {"ts": 30, "src": "runner", "ev": "mailbox_contents", "db": "DB1", "server": "mbx1", "active": True,
+               "msg_ids": ["m1"]},
+              {"ts": 31, "src": "runner", "ev": "mailbox_contents", "db": "DB2", "server": "mbx2", "active": False,
+               "msg_ids": ["m3", "h2"]},
+              {"ts": 32, "src": "runner", "ev": "dumpster_resubmit", "db": "DB1", "cas": "cas1", "resubmitted": 4,
+               "recovered": 2}]
+    assert message_integrity(events, end=50) == {"acked": 3, "stored": 1, "lost": 2, "recovered": 2}
+    assert message_integrity(events)["acked"] == 4, "without an end: every event counts"
