@@ -568,3 +568,232 @@ def test_message_integrity_edges():
                "recovered": 2}]
     assert message_integrity(events, end=50) == {"acked": 3, "stored": 1, "lost": 2, "recovered": 2}
     assert message_integrity(events)["acked"] == 4, "without an end: every event counts"
+
+
+# ---------------------------------------------------------------- who was served, per resolved address
+
+def test_sessions_grouped_by_database_and_resolved_address():
+    def resolved(ts, sid, addresses):
+        return {"ts": ts, "src": "cl1", "ev": "resolved", "session": sid, "name": "mail", "addresses": addresses}
+
+    def logon(ts, sid, db):
+        return {"ts": ts, "src": "cl1", "ev": "logon", "session": sid, "cas": "cas1", "db": db, "reauth": False,
+                "resumed": False}
+    plan = {"cas1": {"ip": "10.0.0.1", "site": "Main", "role": "cas"}, "cas2": {"ip": "10.0.0.2", "site": "Branch"}}
+    events = [{"ts": 0, "src": "runner", "ev": "scenario_start", "mode": "m", "label": "x", "repetition": 0,
+               "datapath": "netdev", "plan": plan},
+              resolved(5, "a", ["10.0.0.1", "10.0.0.2"]), resolved(20, "a", ["10.0.0.2"]),  # in the window: ignored
+              resolved(5, "b", ["10.0.0.2"]), resolved(10, "b", ["10.0.0.1"]),              # at start: replaces
+              resolved(5, "c", ["10.0.0.9"]), resolved(6, "d", []), resolved(7, "e", ["10.0.0.1"]),
+              resolved(7, "g", ["10.0.0.2"]), logon(8, "g", "DB2"),
+              logon(8, "a", "DB1"), logon(9, "a", "DB2"), logon(8, "b", "DB1"), logon(8, "e", "DB1"),
+              *[op(t / 1e6, "a", "cas1", op_name=n) for t, n in ((5, "read"), (10, "read"), (11, "send"),
+                                                                  (12, "sync"), (13, "ping"), (100, "read"),
+                                                                  (101, "read"))],
+              op(11 / 1e6, "b", "cas1", ok=False, op_name="send"), op(12 / 1e6, "b", "cas1", op_name="ping"),
+              {"ts": 50, "src": "cl1", "ev": "down", "session": "b", "reason": "reset"},
+              {"ts": 200, "src": "cl1", "ev": "down", "session": "b", "reason": "reset"},
+              op(30 / 1e6, "e", "cas1", ok=False, op_name="read"), op(31 / 1e6, "e", "cas1", op_name="sync")]
+    rows = by_address(events, 10, 100)
+    assert rows == [
+        {"db": "", "address": "10.0.0.9", "host": None, "site": None, "sessions": 1, "served": 0, "mailbox_ok": 0,
+         "failures": 0},
+        {"db": "DB1", "address": "10.0.0.1", "host": "cas1", "site": "Main", "sessions": 3, "served": 2,
+         "mailbox_ok": 5, "failures": 3},
+        {"db": "DB2", "address": "10.0.0.2", "host": "cas2", "site": "Branch", "sessions": 1, "served": 0,
+         "mailbox_ok": 0, "failures": 0}]
+    assert by_address(events[1:], 10, 100)[1]["host"] is None, "without the plan no host is known"
+    merged = merge_addresses([rows, rows[1:], []])
+    assert merged == [rows[0] | {"success_pct": None},
+                      rows[1] | {"sessions": 6, "served": 4, "mailbox_ok": 10, "failures": 6, "success_pct": 62.5},
+                      rows[2] | {"sessions": 2, "served": 0, "mailbox_ok": 0, "failures": 0, "success_pct": None}]
+    third = merge_addresses([[rows[1] | {"mailbox_ok": 1, "failures": 2}]])
+    assert third[0]["success_pct"] == 33.3
+    summary = summarize_scenario(META, [outcome(0, by_address=rows), outcome(1, by_address=rows[1:])], 35, [])
+    assert summary.by_address == [{"label": "x", **row} for row in merged]
+
+
+# ---------------------------------------------------------------- Windows NLB convergence
+
+def _converged(ts, took, restarts, moved, broken, departed):
+    return {"ts": ts, "src": "wnlb", "ev": "wnlb_converged", "vip": "v", "view": [], "members": [], "buckets": {},
+            "owned": [], "moved": moved, "gained": [], "lost": [], "took_ms": took, "restarts": restarts,
+            "departed": departed, "broken": broken, "kept": 0}
+
+
+def test_convergence_in_a_faults_window():
+    events = [_converged(99, 1.0, 9, 99, 99, {"x": 99}),
+              _converged(100 + 5_250_000, 40.5, 1, 20, 2, {"cas1": 3}),
+              _converged(100 + 30_460_000, 12.0, 2, 18, 1, {"cas1": 5, "cas2": 1}),
+              _converged(100 * MS, 1.0, 9, 99, 99, {"x": 99})]
+    for e in events:
+        assert not problems(e), problems(e)
+    got = convergence(events, 100, 100 * MS)
+    assert (got.converged_ms, got.took_ms, got.restarts, got.buckets_moved, got.conns_broken, got.conns_departed) == \
+        (30.5, 40.5, 2, 20, 3, 6)
+    converging = {"ts": 500, "src": "wnlb", "ev": "wnlb_converging", "vip": "v", "view": [], "reason": "x",
+                  "restart": False, "restarts": 0}
+    assert convergence([converging], 100, 1000).restarts == 0
+    assert convergence([converging], 600, 1000).restarts is None
+    assert convergence([converging | {"ts": 1000}], 100, 1000).restarts is None
+    assert convergence([converging | {"ts": 100}], 100, 1000).restarts == 0
+
+
+# ---------------------------------------------------------------- timelines for the plots
+
+def test_session_trace_around_the_zero():
+    events = [op(0.9, "a", "cas1"), op(1.0, "a", "cas1"), op(1.5000004, "a", "cas1", ok=False),
+              {"ts": 2 * MS, "src": "cl1", "ev": "down", "session": "b", "reason": "reset"},
+              {"ts": 2 * MS, "src": "cl1", "ev": "logon", "session": "a"}, {"ts": 2 * MS, "src": "r", "ev": "op"},
+              op(3.0, "a", "cas2"), op(3.1, "a", "cas2")]
+    trace = session_trace(events, 2 * MS, "poweroff", 0.001, 0.001, ["a", "c"], [0.5])
+    assert (trace.zero_ns, trace.fault_label, trace.before_ms, trace.after_ms, trace.lb_noticed_ms) == \
+        (2 * MS, "poweroff", 1.0, 1.0, [0.5])
+    assert trace.sessions == {"a": [(-1.0, "ok"), (-0.5, "failed"), (1.0, "ok")], "c": [], "b": [(0.0, "down")]}
+
+
+# ---------------------------------------------------------------- caslab compare
+
+class _Analysis:
+    def __init__(self, scenarios, runs):
+        self.scenarios, self.runs = scenarios, runs
+
+    def runs_of(self, sid):
+        return self.runs[sid]
+
+
+def _recovering(rep, reconnects, index=0):
+    sessions = [HttpSessionFault] and [_session_fault(f"s{i}", v) for i, v in enumerate(reconnects)]
+    return outcome(rep, faults=[_fault_run(index, sessions)] if index == 0 else
+                   [_fault_run(0), _fault_run(index, sessions)])
+
+
+def _session_fault(sid, reconnect):
+    from caslab.metrics.outcomes import SessionFault
+    return SessionFault(session=sid, host="cl1", address=None, cas_at_fault="cas1", db=None, affected=True,
+                        dropped_ms=1.0, stalled=False, longest_gap_ms=1.0, late=False, disrupted=True,
+                        recovered=reconnect is not None, reconnect_ms=reconnect, cas_after=None, reauth=0, prompts=0)
+
+
+def test_compare_matches_scenarios_by_label_and_uses_the_headline_fault():
+    a_runs = {"a1": [_recovering(0, [10.0, 20.0]), _recovering(1, [30.0, None])], "a2": [_recovering(0, [5.0])]}
+    b_runs = {"b1": [_recovering(0, [40.0], 1), _recovering(1, [50.0, 70.0], 1), _recovering(2, [], 1)],
+              "b3": [_recovering(0, [1.0])]}
+    a = _Analysis([summarize_scenario({"id": "a1", "label": "L1", "mode": "m"}, a_runs["a1"], 35, []),
+                   summarize_scenario({"id": "a2", "label": "L2", "mode": "m"}, a_runs["a2"], 35, []),
+                   summarize_scenario({"id": "a0", "label": "L0", "mode": "m"}, [], 35, [])], a_runs)
+    b = _Analysis([summarize_scenario({"id": "b3", "label": "L3", "mode": "m"}, b_runs["b3"], 35, []),
+                   summarize_scenario({"id": "b1", "label": "L1", "mode": "m"}, b_runs["b1"], 35, [])], b_runs)
+    got = compare_runs(a, b)
+    assert [(c.label, c.a is not None, c.b is not None) for c in got] == [("L1", True, True), ("L2", True, False),
+                                                                           ("L3", False, True)]
+    l1 = got[0]
+    assert (l1.a.fault, l1.a.repetitions, l1.a.affected, l1.a.recovered, l1.a.unrecovered) == \
+        ("poweroff 0", 2, 4, 3, 1)
+    assert (l1.a.p50_ms, l1.a.n, l1.a.mean_ms, l1.a.rep_means) == (20.0, 3, 22.5, [15.0, 30.0])
+    assert l1.a.ci95_ms == stats.Distribution.of([10.0, 20.0, 30.0], [15.0, 30.0]).ci95_of_repetition_means
+    assert (l1.b.fault, l1.b.rep_means, l1.b.repetitions, l1.b.n) == ("poweroff 1", [40.0, 60.0], 3, 3)
+    assert l1.difference == stats.welch([15.0, 30.0], [40.0, 60.0])
+    assert got[1].difference is None and got[2].difference is None and got[2].a is None
+
+
+# ---------------------------------------------------------------- the capture cross-check (section 13)
+
+def test_capture_compare_takes_wire_minus_events_over_sessions_with_both():
+    wire = {"a": {"reconnect_ms": 10.0004, "synack_ms": 1.0}, "b": {"reconnect_ms": 20.5}, "c": {"reconnect_ms": None},
+            "d": {"reconnect_ms": 7.0}, "e": {"reconnect_ms": 3.0}}
+    reference = {"a": 10.0, "b": 21.7, "c": 5.0, "d": None, "f": 9.0, "e": 3.0001}
+    assert capture_compare(wire, reference) == {"n": 3, "median_abs_diff_ms": 0.0, "max_abs_diff_ms": 1.2,
+                                                "median_diff_ms": -0.0}
+    skew = {"a": {"reconnect_ms": 10.12345}, "b": {"reconnect_ms": 20.0}, "e": {"reconnect_ms": 3.2}}
+    got = capture_compare(skew, {"a": 10.0, "b": 21.23456, "e": 3.0})
+    assert got == {"n": 3, "median_abs_diff_ms": 0.2, "max_abs_diff_ms": 1.235, "median_diff_ms": 0.123}
+    assert capture_compare(wire, reference, "synack_ms") == {"n": 1, "median_abs_diff_ms": 9.0,
+                                                             "max_abs_diff_ms": 9.0, "median_diff_ms": -9.0}
+    assert capture_compare({}, reference) == {"n": 0, "median_abs_diff_ms": None, "max_abs_diff_ms": None,
+                                              "median_diff_ms": None}
+
+
+# ---------------------------------------------------------------- the cost meter (caslab/cost.py)
+
+def test_kind_of_a_process():
+    roles = {"cl1": "client", "cas1": "cas", "mbx1": "mailbox", "ad1": "autodiscover", "dc1": "dns-server"}
+    got = {name: cost_mod.kind_of(name, roles) for name in (
+        "cl1", "cas1", "mbx1", "ad1", "dc1", "cl1-http", "mailbox-mbx1", "controller", "health-cas1", "probe-cl1",
+        "appprobe-cl1", "tcpdump-cl1", "haproxy-lb1", "dnsmasq", "ovs-vswitchd", "runner", "xyz")}
+    assert got == {"cl1": "client", "cas1": "cas", "mbx1": "mailbox", "ad1": "autodiscover", "dc1": "other",
+                   "cl1-http": "client", "mailbox-mbx1": "mailbox", "controller": "controller", "health-cas1": "health",
+                   "probe-cl1": "prober", "appprobe-cl1": "prober", "tcpdump-cl1": "capture", "haproxy-lb1": "haproxy",
+                   "dnsmasq": "dns", "ovs-vswitchd": "ovs", "runner": "runner", "xyz": "other"}
+
+
+def _burn(seconds: float) -> None:
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
+
+
+def test_cpu_of_a_process_is_its_user_and_system_time():
+    _burn(0.2)
+    mine = os.times()
+    got = cost_mod.cpu_ms(os.getpid())
+    assert abs(got - (mine.user + mine.system) * 1000) <= 2 * cost_mod.TICK_MS + 1
+    child = subprocess.Popen([sys.executable, "-c", "import time\nd=time.process_time()+0.3\n"
+                                                    "while time.process_time()<d: pass\nimport sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while (cost_mod.cpu_ms(child.pid) or 0) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 300 <= cost_mod.cpu_ms(child.pid) < 300 + 1000
+    finally:
+        child.communicate(b"")
+    assert cost_mod.cpu_ms(child.pid) is None, "a reaped process has no CPU to read"
+
+
+class _Proc:
+    def __init__(self, name, popen):
+        self.name, self.pid, self.popen = name, popen.pid, popen
+
+    def alive(self):
+        return self.popen.poll() is None
+
+
+class _Log:
+    def __init__(self):
+        self.events = []
+
+    def emit(self, ev, **fields):
+        self.events.append({"ev": ev, **fields})
+
+
+def test_cost_meter_logs_each_live_process_cpu_over_the_window():
+    from types import SimpleNamespace
+    busy = "import time\nd=time.process_time()+0.25\nwhile time.process_time()<d: pass\nimport sys; sys.stdin.read()"
+    children = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+                for code in ("import sys; sys.stdin.read()", busy)]
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    try:
+        lab = SimpleNamespace(processes=[_Proc("cas1", children[0]), _Proc("probe-cl1", children[1]),
+                                         _Proc("cl1", exited)])
+        plan = SimpleNamespace(hosts=[SimpleNamespace(name="cas1", role="cas"), SimpleNamespace(name="cl1",
+                                                                                                role="client")])
+        meter = cost_mod.CostMeter(lab, plan)
+        meter.start(1_000_000_000)
+        assert meter.started_ns == 1_000_000_000 and ("cl1", exited.pid) not in meter.before
+        deadline = time.monotonic() + 30
+        while (cost_mod.cpu_ms(children[1].pid) or 0) < 250 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = _Log()
+        meter.stop(log, 3_500_123_456)
+    finally:
+        for child in children:
+            child.communicate(b"")
+    got = {e["name"]: e for e in log.events}
+    assert {"cas1", "probe-cl1", "runner"} <= set(got) and "cl1" not in got
+    assert all(e["ev"] == "process_cpu" and e["window_ms"] == 2500.1 for e in log.events)
+    assert (got["cas1"]["kind"], got["probe-cl1"]["kind"], got["runner"]["kind"]) == ("cas", "prober", "runner")
+    assert got["cas1"]["cpu_ms"] < 100 and 150 <= got["probe-cl1"]["cpu_ms"] < 1250
+    assert all(not problems({"ts": 1, "src": "runner", **e}) for e in log.events)
+    assert [e["name"] for e in log.events] == sorted(e["name"] for e in log.events)
