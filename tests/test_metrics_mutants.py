@@ -797,3 +797,113 @@ def test_cost_meter_logs_each_live_process_cpu_over_the_window():
     assert got["cas1"]["cpu_ms"] < 100 and 150 <= got["probe-cl1"]["cpu_ms"] < 1250
     assert all(not problems({"ts": 1, "src": "runner", **e}) for e in log.events)
     assert [e["name"] for e in log.events] == sorted(e["name"] for e in log.events)
+
+
+# ---------------------------------------------------------------- outages and their owner (sections 4-7)
+
+def _logon(ts_ms, sid, cas, db="DB1", reauth=False, prompt=None):
+    e = {"ts": int(ts_ms * MS), "src": "cl1", "ev": "logon", "session": sid, "cas": cas, "db": db, "reauth": reauth,
+         "resumed": not reauth}
+    return e if prompt is None else e | {"prompt": prompt}
+
+
+def _down(ts_ms, sid):
+    return {"ts": int(ts_ms * MS), "src": "cl1", "ev": "down", "session": sid, "reason": "reset"}
+
+
+def _connect(ts_ms, sid):
+    return {"ts": int(ts_ms * MS), "src": "cl1", "ev": "connect_ok", "session": sid, "addr": "10.1.0.100", "lport": 1,
+            "laddr": "10.1.10.1"}
+
+
+def _member(ts_ms, name):
+    return {"ts": int(ts_ms * MS), "src": "nlb", "ev": "lb_member", "member": name, "reason": "port_down",
+            "alive": False, "accepts_new": False}
+
+
+def test_which_fault_an_outage_belongs_to_and_its_phases():
+    sids = ("s0", "s1", "s2", "s7", "s8", "s9", "s10")
+    before = [op(t, sid, "cas4" if sid == "s7" else "cas1") for sid in sids for t in (0, 50)]
+    events = frame(before, fault(100, ["cas1", "cas4"]), fault(600, ["cas3"], index=1),
+                   {"ts": 300 * MS, "src": "runner", "ev": "fault_undone", "kind": "poweroff", "targets": [],
+                    "index": 0},
+                   _member(100, "cas1"), _member(600, "cas4"),
+                   # s0: served by the failed CAS exactly at the undo (not after it), then cut off
+                   op(300, "s0", "cas1"), _down(400, "s0"), steady("s0", "cas2", 450, 2000),
+                   # s1: served after the undo, then cut off: that outage is no longer the fault's
+                   op(350, "s1", "cas1"), _down(400, "s1"), steady("s1", "cas2", 450, 2000),
+                   # s2: a reply from the failed CAS right after the fault is no service beyond it
+                   op(120, "s2", "cas1"), _down(150, "s2"), steady("s2", "cas2", 200, 2000),
+                   # s7: noticed only at the window's end; connected, logged on and served at one instant
+                   _down(150, "s7"), _connect(200, "s7"), _logon(200, "s7", "cas2"), steady("s7", "cas2", 200, 2000),
+                   # s8: silent (a stall), a new connection, served at 700 ms after the second fault
+                   _connect(650, "s8"), steady("s8", "cas2", 700, 2000),
+                   # s9: a re-logon before the drop; served before its new connection
+                   _logon(120, "s9", "cas2", reauth=True, prompt=False), _down(150, "s9"),
+                   steady("s9", "cas2", 200, 2000), _connect(250, "s9"), _logon(260, "s9", "cas2", reauth=True),
+                   _logon(600, "s9", "cas2", reauth=True),
+                   # s10: every milestone, three of them at one instant
+                   _down(150, "s10"), _connect(200, "s10"), _logon(200, "s10", "cas2"),
+                   steady("s10", "cas2", 200, 2000), sessions=sids)
+    for e in events:
+        assert not problems(e), problems(e)
+    run = analyze_run(events, PARAMS)
+    s = {x.session: x for x in run.faults[0].sessions}
+    assert s["s0"].recovered and s["s0"].reconnect_ms == 350.0 and s["s0"].dropped_ms == 300.0
+    assert s["s1"].undisturbed and not s["s1"].recovered and not s["s1"].disrupted and s["s1"].dropped_ms == 300.0
+    assert s["s2"].recovered and s["s2"].reconnect_ms == 100.0 and s["s2"].cas_after == "cas2"
+    assert s["s2"].phases == {"lb_noticed": 0.0, "client_saw": 50.0, "connected": None, "logged_on": None,
+                              "first_op": 100.0}
+    assert s["s7"].phases == {"lb_noticed": None, "client_saw": 50.0, "connected": 100.0, "logged_on": 100.0,
+                              "first_op": 100.0}
+    assert s["s8"].recovered and s["s8"].stalled and s["s8"].reconnect_ms == 600.0 and s["s8"].dropped_ms is None
+    assert s["s8"].phases == {"lb_noticed": 0.0, "client_saw": None, "connected": None, "logged_on": None,
+                              "first_op": 600.0}
+    assert s["s9"].phases == {"lb_noticed": 0.0, "client_saw": 50.0, "connected": None, "logged_on": None,
+                              "first_op": 100.0}
+    assert (s["s9"].reauth, s["s9"].prompts, s["s9"].silent_reauth) == (2, 1, 1)
+    assert s["s10"].phases == {"lb_noticed": 0.0, "client_saw": 50.0, "connected": 100.0, "logged_on": 100.0,
+                               "first_op": 100.0}
+    assert all(not x.affected for x in run.faults[1].sessions), "nobody was on cas3"
+    row = summarize_scenario(META, [run], 35, []).faults[0]
+    assert (row.phases_n, row.recovered, row.undisturbed, row.affected) == (1, 6, 1, 7)
+    assert row.phases_ms == s["s10"].phases
+    assert (row.reauth, row.prompts, row.silent_reauth) == (2, 1, 1)
+
+
+def test_a_database_fault_is_served_again_only_by_the_mailbox():
+    sids = ("d3", "d4", "d6")
+    events = frame([_logon(5, sid, "cas2") for sid in sids], [op(t, sid, "cas2") for sid in sids for t in (0, 50)],
+                   fault(100, ["db:DB1"], kind="switchover"),
+                   op(150, "d3", "cas2", op_name="ping"), _down(200, "d3"), op(250, "d3", "cas2", op_name="ping"),
+                   op(300, "d3", "cas2"),
+                   op(150, "d4", "cas2"), _down(200, "d4"), op(250, "d4", "cas2"),
+                   [op(t, "d6", "cas2", op_name="ping") for t in range(100, 2000, 50)], sessions=sids)
+    s = {x.session: x for x in analyze_run(events, PARAMS).faults[0].sessions}
+    assert all(x.affected and x.db == "DB1" and x.cas_at_fault == "cas2" for x in s.values())
+    assert s["d3"].recovered and s["d3"].reconnect_ms == 200.0, "a ping proves nothing about the mailbox"
+    assert s["d4"].undisturbed and not s["d4"].recovered, "a read after the fault was service beyond it"
+    assert s["d6"].unrecovered and not s["d6"].undisturbed and not s["d6"].disrupted, "only pings: not served"
+
+
+def test_a_controller_crash_owns_only_what_nothing_else_explains():
+    events = frame(_logon(5, "c5", "cas2", db="DB2"), op(0, "c5", "cas2"), op(50, "c5", "cas2"),
+                   fault(100, ["controller"], kind="controller-crash", affects="disrupted"),
+                   _down(150, "c5"), op(200, "c5", "cas2", op_name="ping"), steady("c5", "cas2", 250, 2000),
+                   steady("u", "cas2", 0, 2000), sessions=("c5", "u"))
+    s = {x.session: x for x in analyze_run(events, PARAMS).faults[0].sessions}
+    assert s["c5"].affected and s["c5"].recovered and s["c5"].reconnect_ms == 100.0, "any success ends it"
+    assert not s["u"].affected and not s["u"].undisturbed and not s["u"].disrupted
+
+
+def test_causal_order_and_load_balancer_reactions():
+    from caslab.metrics.sessions import in_causal_order, member_down_times
+    order = ("a", "b", "c")
+    assert not in_causal_order(None, order) and not in_causal_order({}, order)
+    assert in_causal_order({"a": 1.0, "b": 1.0, "c": 1.0}, order)
+    assert not in_causal_order({"a": 1.0, "b": 3.0, "c": 2.0}, order)
+    assert not in_causal_order({"a": 1.0, "b": None, "c": 2.0}, order)
+    events = [_member(1, "cas1"), _member(2, "cas1") | {"accepts_new": True},
+              {k: v for k, v in _member(3, "cas2").items() if k != "accepts_new"},
+              {"ts": 4, "src": "x", "ev": "other", "member": "cas3", "accepts_new": False}, _member(5, "cas1")]
+    assert member_down_times(events) == {"cas1": [1 * MS, 5 * MS]}
