@@ -425,6 +425,8 @@ def test_distribution_fields_and_rounding():
     assert stats.percentile([3.0, 1.0, 2.0], 1) == 1.0 and stats.percentile([3.0, 1.0, 2.0], 34) == 2.0
     assert stats.median([1.25, 9.0]) == 1.2 and stats.median([]) is None
     assert [stats.tail_rank_shown(99, n) for n in (0, 99, 100)] == [False, False, True]
+    twenty = stats.Distribution.of([float(v) for v in range(20, 0, -1)])
+    assert (twenty.p50, twenty.p95, twenty.p99, twenty.max) == (10.0, 19.0, None, 20.0)
 
 
 # ---------------------------------------------------------------- one run (sections 2 and 8)
