@@ -867,6 +867,7 @@ def test_which_fault_an_outage_belongs_to_and_its_phases():
     assert s["s10"].phases == {"lb_noticed": 0.0, "client_saw": 50.0, "connected": 100.0, "logged_on": 100.0,
                                "first_op": 100.0}
     assert all(not x.affected for x in run.faults[1].sessions), "nobody was on cas3"
+    assert {x.session: x for x in run.faults[1].sessions}["s9"].reauth == 1, "the logon at the second fault's instant is its"
     row = summarize_scenario(META, [run], 35, []).faults[0]
     assert (row.phases_n, row.recovered, row.undisturbed, row.affected) == (1, 6, 1, 7)
     assert row.phases_ms == s["s10"].phases
@@ -909,3 +910,68 @@ def test_causal_order_and_load_balancer_reactions():
               {k: v for k, v in _member(3, "cas2").items() if k != "accepts_new"},
               {"ts": 4, "src": "x", "ev": "other", "member": "cas3", "accepts_new": False}, _member(5, "cas1")]
     assert member_down_times(events) == {"cas1": [1 * MS, 5 * MS]}
+
+
+def test_outages_at_their_edges():
+    """Each session probes one edge of sections 3-6 (stall 400 ms, late 500 ms)."""
+    sids = ("tie", "exact", "late", "pre", "at_t", "two", "open2", "atend", "logons", "seen", "unaff")
+    events = frame(
+        fault(100, ["cas1"]), fault(200, ["cas3", "db:DB7"], index=1), fault(1700, ["cas9"], index=2),
+        # tie: a drop exactly at the stall's onset is a drop; a drop after its end is not its first drop
+        op(50, "tie", "cas1"), _down(450, "tie"), op(500, "tie", "cas2"), op(900, "tie", "cas2", ok=False),
+        steady("tie", "cas2", 950, 2000),
+        # exact: a gap of exactly stall_ms is no stall; a drop logged with a success is not after it
+        op(50, "exact", "cas1"), op(450, "exact", "cas1"), _down(450, "exact"), steady("exact", "cas1", 500, 2000),
+        # late: exactly late_ms is not late, a little more is
+        op(20, "late", "cas2", lat_ms=500), op(30, "late", "cas2", lat_ms=500.4), op(1700, "late", "cas2", lat_ms=600),
+        steady("late", "cas2", 50, 2000),
+        # pre: last served before the measurement (at 0 ms): the stall is counted from there
+        op(0, "pre", "cas1"), steady("pre", "cas1", 405, 2000),
+        # at_t: on cas1 and DB7; a drop exactly at the second fault's instant belongs to it,
+        # the latest eligible fault
+        _logon(5, "at_t", "cas1", db="DB7"), op(50, "at_t", "cas1"), op(150, "at_t", "cas1"), _down(200, "at_t"), steady("at_t", "cas2", 300, 2000),
+        # two: two outages owned by the first fault, the second never ends
+        op(50, "two", "cas1"), _down(150, "two"), op(180, "two", "cas1", ok=False), op(190, "two", "cas1"),
+        # atend: after the third fault served only at the very end of the measurement
+        steady("atend", "cas9", 1300, 1700), op(2000, "atend", "cas9"),
+        # logons: on no CAS by success, only by its last logon before the fault
+        _logon(1, "logons", "cas4"), _logon(2, "logons", "cas5"), _logon(3, "logons", "cas1"),
+        steady("logons", "cas2", 100, 2000),
+        # seen: a 1 ns gap between a success and a drop still makes an outage
+        op(50, "seen", "cas1"), op(120, "seen", "cas1"), _down(120.000001, "seen"), steady("seen", "cas2", 200, 2000),
+        # unaff: on cas2, cut off exactly at the second fault's instant and at the third's
+        op(50, "unaff", "cas2"), _down(200, "unaff"), steady("unaff", "cas2", 250, 1700), _down(1700, "unaff"),
+        steady("unaff", "cas2", 1750, 2000),
+        sessions=sids)
+    run = analyze_run(events, PARAMS)
+    f0, f1, f2 = ({x.session: x for x in f.sessions} for f in run.faults)
+    tie = f0["tie"]
+    assert tie.recovered and not tie.stalled and tie.dropped_ms == 350.0 and tie.reconnect_ms == 400.0
+    stall = {x.session: x for x in analyze_run(
+        [e for e in events if not (e.get("session") == "tie" and e["ev"] == "down")], PARAMS).faults[0].sessions}
+    assert stall["tie"].stalled and stall["tie"].dropped_ms is None, "a drop after the outage ended is not its drop"
+    assert not f0["exact"].disrupted and not f0["exact"].stalled and f0["exact"].undisturbed
+    assert not f0["late"].late and not f0["late"].collateral, "a late op before the fault"
+    assert f2["late"].late and f2["late"].collateral and not f1["late"].late
+    assert tracks_late(events, "late") == [30 * MS, 1700 * MS]
+    assert f0["pre"].recovered and f0["pre"].stalled and f0["pre"].reconnect_ms == 305.0, \
+        "silent from 0 ms: a stall from 400 ms, served again at 405 ms"
+    assert f0["at_t"].undisturbed and not f0["at_t"].recovered
+    assert f1["at_t"].recovered and f1["at_t"].reconnect_ms == 100.0 and f1["at_t"].dropped_ms == 0.0
+    two = f0["two"]
+    assert two.affected and not two.recovered and two.unrecovered and two.disrupted and two.stalled
+    assert two.reconnect_ms is None and two.cas_after is None and two.phases is None and two.dropped_ms == 50.0
+    assert f2["atend"].undisturbed and not f2["atend"].disrupted, "a success at the end counts"
+    assert f0["logons"].cas_at_fault == "cas1" and f0["logons"].affected
+    seen = f0["seen"]
+    assert seen.recovered and seen.dropped_ms == 20.0 and seen.reconnect_ms == 100.0
+    assert (seen.host, seen.db, seen.address) == ("cl1", None, None) and f1["at_t"].db == "DB7"
+    assert (f1["unaff"].collateral, f1["unaff"].disrupted, f1["unaff"].dropped_ms) == (True, True, 0.0)
+    assert (f0["unaff"].collateral, f0["unaff"].disrupted, f0["unaff"].dropped_ms) == (False, False, None)
+    assert f2["unaff"].collateral and f2["unaff"].dropped_ms == 0.0 and not f1["unaff"].late
+    assert f1["unaff"].longest_gap_ms == 50.0 and f0["unaff"].longest_gap_ms == 100.0
+
+
+def tracks_late(events, sid):
+    from caslab.metrics.sessions import tracks
+    return tracks(events, 500, 2000 * MS)[sid].late_ts
