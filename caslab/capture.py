@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import bisect
 import statistics
+import struct
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether  # noqa: F401  (registers the Ethernet link type for PcapReader)
+from scapy.error import Scapy_Exception
 from scapy.utils import PcapReader
 
 from caslab.metrics import percentile
@@ -236,8 +238,15 @@ def client_name(pcap_path: str | Path) -> str:
 
 
 def load_captures(pcap_paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """{client host name: its connections}, each capture parsed once."""
-    return {client_name(path): connection_events(path) for path in pcap_paths}
+    """{client host name: its connections}, each capture parsed once. A capture that
+    cannot be read (missing, empty, not a pcap) raises CaptureError naming it."""
+    out = {}
+    for path in pcap_paths:
+        try:
+            out[client_name(path)] = connection_events(path)
+        except (OSError, EOFError, ValueError, struct.error, Scapy_Exception) as exc:
+            raise CaptureError(f"{path}: cannot read the capture: {exc}") from None
+    return out
 
 
 def reply_event_ts(events: Iterable[dict], client: str) -> list[int]:
@@ -321,9 +330,11 @@ def _session_drop(conns: list[dict[str, Any]], t_fault: int, end: int) -> tuple[
     return min(marks) if marks else None
 
 
-def _first_ok_op(conns: list[dict[str, Any]], after: int) -> tuple[dict, dict] | None:
+def _first_ok_op(conns: list[dict[str, Any]], after: int, end: int) -> tuple[dict, dict] | None:
+    """The first ok operation reply completed after ``after`` and by ``end`` (the window's end)."""
     hits = [(x["reply_end_ns"], x, c) for c in conns for x in c["exchanges"]
-            if x["ok"] and x["op"] is not None and x["op"] not in SESSION_OPS and x["reply_ns"] > after]
+            if x["ok"] and x["op"] is not None and x["op"] not in SESSION_OPS and x["reply_ns"] > after
+            and x["reply_end_ns"] <= end]
     return min(hits, key=lambda h: h[0])[1:] if hits else None
 
 
@@ -337,7 +348,7 @@ def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int) -> di
     drop = _session_drop(conns, t_fault, end)
     if drop is None:
         return None
-    hit = _first_ok_op(conns, drop[0])
+    hit = _first_ok_op(conns, drop[0], end)
     fresh = sorted((c for c in conns if c["syn_ns"] is not None and c["syn_ns"] >= drop[0]), key=lambda c: c["syn_ns"])
     conn = hit[1] if hit else (fresh[0] if fresh else None)
     new = conn is not None and any(conn is c for c in fresh)
@@ -382,36 +393,61 @@ def reconnect_from_capture(captures: dict[str, list[dict]] | Iterable[str | Path
 # ---------------------------------------------------------------- cross-check
 
 def compare(wire: dict[str, dict], reference: dict[str, float | None], field: str = "reconnect_ms") -> dict[str, Any]:
-    """{n, median_abs_diff_ms, max_abs_diff_ms, median_diff_ms} of wire[field] - reference
-    over sessions that have both; diff > 0: the wire milestone came later."""
-    diffs = [wire[s][field] - ref for s, ref in reference.items()
+    """{n, median_abs_diff_ms, max_abs_diff_ms, median_diff_ms, abs_diffs_ms} of
+    wire[field] - reference over sessions that have both; diff > 0: the wire milestone
+    came later. Sessions only one side has are not here: see ``one_sided``."""
+    diffs = [wire[s][field] - ref for s, ref in sorted(reference.items())
              if ref is not None and s in wire and wire[s].get(field) is not None]
-    absd = [abs(d) for d in diffs]
+    absd = [round(abs(d), 3) for d in diffs]
     return {"n": len(diffs),
             "median_abs_diff_ms": round(statistics.median(absd), 3) if absd else None,
             "max_abs_diff_ms": round(max(absd), 3) if absd else None,
-            "median_diff_ms": round(statistics.median(diffs), 3) if diffs else None}
+            "median_diff_ms": round(statistics.median(diffs), 3) if diffs else None,
+            "abs_diffs_ms": sorted(absd)}
+
+
+def one_sided(wire: dict[str, dict], reference: dict[str, float | None],
+              undisturbed: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Sessions that reconnected on one side only: a disagreement, never left out.
+
+    ``only_events``: the events give a reconnect time, the wire shows none (no drop, or no
+    ok operation reply after it in the window). ``only_wire``: the wire shows a drop and
+    an ok reply after it, but the events give no reconnect time for an affected session
+    (reference value None), or saw a session that was not affected undisturbed.
+    Sessions in neither argument (collateral ones, whose reconnect the metrics do not
+    define; the application prober's) are not compared."""
+    on_wire = {s for s, v in wire.items() if v.get("reconnect_ms") is not None}
+    events = {s for s, v in reference.items() if v is not None}
+    expected_none = {s for s, v in reference.items() if v is None} | set(undisturbed)
+    return {"only_events": sorted(events - on_wire), "only_wire": sorted(on_wire & expected_none)}
 
 
 def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference: dict[str, float | None],
-                t_fault_ns: int, offset_ns: int | None = None) -> dict[str, Any]:
+                t_fault_ns: int, offset_ns: int | None = None, end_ns: int | None = None,
+                undisturbed: Iterable[str] = ()) -> dict[str, Any]:
     """The capture's view of one run (one scenario repetition) against the metrics'
-    reconnect times (``reference``: session -> ms after ``t_fault_ns``, from caslab.metrics).
+    reconnect times (``reference``: every affected session -> ms after ``t_fault_ns``,
+    None where the metrics give none; ``undisturbed``: sessions neither affected nor
+    disrupted), over the fault's window (``end_ns``, default the end of the measurement).
 
     ``reconnect`` compares like with like (first ok operation reply on the wire vs the
-    first ok op event: expect |diff| well under 1 ms); ``synack`` and ``first_reply``
-    show how much earlier the new connection was up (negative diffs). ``only_events`` /
-    ``only_wire``: sessions one side saw reconnect and the other did not."""
+    first ok op event, both stamped by the kernel on arrival: expect |diff| well under
+    1 ms) and counts ``one_sided`` sessions (``only_events`` / ``only_wire``) as
+    disagreements; ``synack`` and ``first_reply`` show how much earlier the new connection
+    was up (negative diffs). Raises CaptureError when a capture cannot be read or the
+    clocks cannot be matched."""
     captures = load_captures(pcap_paths)
     if offset_ns is not None:
         clock = {"offset_ns": offset_ns}
     else:
         clock = offset_from_clocks(events) or offset_from_run(events, captures)
-    end = next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
+    end = end_ns if end_ns is not None else next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
     wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end)
-    with_ref = {s for s, v in reference.items() if v is not None}
-    with_wire = {s for s, v in wire.items() if v["reconnect_ms"] is not None}
+    undisturbed = set(undisturbed)
+    sides = one_sided(wire, reference, undisturbed)
+    compared = set(reference) | undisturbed
+    reconnect = compare(wire, reference) | sides | {"one_sided": len(sides["only_events"]) + len(sides["only_wire"]),
+                                                    "not_compared": len(set(wire) - compared)}
     return {"clock": clock, "sessions": {s: {"events_ms": reference.get(s), **wire[s]} for s in wire},
-            "reconnect": compare(wire, reference), "synack": compare(wire, reference, "synack_ms"),
-            "first_reply": compare(wire, reference, "first_reply_ms"),
-            "only_events": sorted(with_ref - with_wire), "only_wire": sorted(with_wire - with_ref)}
+            "reconnect": reconnect, "synack": compare(wire, reference, "synack_ms"),
+            "first_reply": compare(wire, reference, "first_reply_ms"), **sides}

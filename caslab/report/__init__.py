@@ -118,6 +118,29 @@ def served_text(s) -> str:
     return f" {served} of {total} sessions were served: " + "; ".join(parts) + "."
 
 
+def capture_lines(analysis: Analysis) -> list[dict[str, Any]]:
+    """One sentence per scenario on the packet-capture cross-check (what was compared, and
+    every disagreement), or why there is none; nothing for scenarios without captures."""
+    out = []
+    for s in analysis.scenarios:
+        c = s.capture_check
+        if not c or c.get("status") in ("not_captured", "no_fault"):
+            continue
+        parts = []
+        if c.get("n"):
+            parts.append(f"{c['n']} sessions compared, |wire - events| reconnect median {c['median_abs_diff_ms']:g} ms, "
+                         f"max {c['max_abs_diff_ms']:g} ms")
+        elif c.get("status") == "ok":
+            parts.append("no session reconnected on both sides")
+        sides = [f"{len(c.get(k, []))} only in the {name}" for k, name in (("only_events", "events"),
+                                                                            ("only_wire", "capture")) if c.get(k)]
+        parts.append(f"{c.get('one_sided', 0)} one-sided" + (f" ({', '.join(sides)})" if sides else ""))
+        parts += [f"not checked: {e}" for e in c.get("errors", [])]
+        out.append({"label": s.label, "text": "; ".join(parts) + ".", "ok": c.get("status") == "ok"
+                    and not c.get("one_sided")})
+    return out
+
+
 def _md(value: Any) -> str:
     """A table cell for Markdown: no pipe or newline can break the table."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -138,6 +161,7 @@ def write_report(run_dir: Path) -> Analysis:
                "http_rows": analysis.http_rows, "http_columns": HTTP_COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
                "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
+               "capture_lines": capture_lines(analysis),
                "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
     md.filters.update(caption=caption, md=_md)
