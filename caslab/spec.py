@@ -44,6 +44,10 @@ CORE: dict[str, dict[str, Field]] = {
         "name": pattern("experiment", r"[A-Za-z0-9_.-]{1,64}", "a name of letters, digits, '_', '.', '-'"),
         "description": Field(str, ""),
         "repetitions": int_range(1, 1, 50),
+        "order": choice("scenarios", ("scenarios", "interleaved"),
+                        "scenarios: every repetition of one scenario, then the next; interleaved: repetition 1 "
+                        "of every scenario, then repetition 2, ...: scenarios compared side by side share the "
+                        "machine's drift (other load, warm caches) instead of one getting the quiet minutes"),
         "seed": Field(int, 1, lambda v: 0 <= v < 2**31, "an integer from 0 to 2147483647"),
         "modes": Field(list, ["sdn-nlb"], lambda v: bool(v) and len(set(v)) == len(v)
                        and list_of(str, lambda m: m in MODES)(v),
