@@ -143,12 +143,15 @@ def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: 
     window): {status, rep, ...}. ``status`` says what happened, never a silent None:
     ``ok`` (``caslab.capture.cross_check``'s reconnect comparison, one-sided sessions
     included), ``error`` (the capture could not be read or matched: ``error`` says why),
-    ``not_captured`` (the spec turned captures off) or ``no_fault``."""
+    ``not_captured`` (the spec turned captures off), ``no_fault`` or ``no_sessions`` (no
+    Outlook session to check: HTTP clients only)."""
     from caslab import capture
 
     rep = {"rep": key[1]}
     if not run.faults:
         return {"status": "no_fault", **rep}
+    if not run.faults[0].sessions:
+        return {"status": "no_sessions", **rep}
     pcaps = sorted((run_dir / "raw" / f"{key[0]}-r{key[1] + 1}").glob("*.pcap"))
     if not captured and not pcaps:
         return {"status": "not_captured", **rep}

@@ -59,15 +59,20 @@ def cmd_run(args) -> int:
 
 
 def print_table(analysis) -> None:
-    from caslab.columns import ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table
+    """The results tables that have rows (an HTTP-only run prints no empty Outlook table)."""
+    from caslab.columns import (
+        ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table, with_sessions,
+    )
 
-    print(terminal_table(analysis.rows))
+    tables = []
+    if with_sessions(analysis.rows):
+        tables.append(terminal_table(with_sessions(analysis.rows)))
     if shows_addresses(analysis.scenarios):
-        print("\nserved users by the address their server name resolved to:")
-        print(plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
-    if analysis.http_rows:
-        print("\nHTTP protocols")
-        print(terminal_table(analysis.http_rows, HTTP_COLUMNS))
+        tables.append("served users by the address their server name resolved to:\n"
+                      + plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
+    if with_sessions(analysis.http_rows):
+        tables.append("HTTP protocols\n" + terminal_table(with_sessions(analysis.http_rows), HTTP_COLUMNS))
+    print("\n\n".join(tables) if tables else "no client session in any scenario")
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")

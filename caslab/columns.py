@@ -95,7 +95,8 @@ COLUMNS: list[Column] = [
     Column("app_probe_gap_ms", "app probe gap", "ms", ".1f", doc="longest run of failed application probes"),
     Column("capture_status", "capture check", source="capture_check.status",
            doc="the packet-capture cross-check of the first fault: ok, error (a capture could not be read or "
-               "matched: summary.json says why), not_captured (probe.capture off), no_fault"),
+               "matched: summary.json says why), not_captured (probe.capture off), no_fault, no_sessions (no "
+               "Outlook session)"),
     Column("capture_n", "capture n", "", "d", 0, "capture_check.n",
            "sessions whose reconnect time both the client-link capture and the client events give"),
     Column("capture_median_diff_ms", "capture vs events median", "ms", ".3f", 0,
@@ -170,6 +171,14 @@ HTTP_COLUMNS: list[Column] = [
     Column("latency_p99_ms", "latency p99", "ms", ".1f", 0, "latency_ms.p99"),
     Column("trustworthy", "trusted", terminal=7, doc="as the scenario's main row"),
 ]
+
+
+def with_sessions(rows: list[Any]) -> list[Any]:
+    """The rows a person should see: those with sessions. A run of HTTP clients only has a
+    row per fault with no Outlook session, which says nothing; a table of such rows is
+    not shown (the CSV keeps them)."""
+    sessions = path("sessions")
+    return [row for row in rows if sessions(row)]
 
 
 def terminal_table(rows: list[Any], columns: list[Column] | None = None) -> str:

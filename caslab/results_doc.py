@@ -22,7 +22,7 @@ FILES = [
                      "(per second, aligned on the first fault), CPU idle, `fidelity_ok`, `trustworthy` with "
                      "`untrustworthy_reasons`, notices, messages, probe gaps, process exits, "
                      "`capture_check` (the client-link captures against the events, first fault: `status` ok / "
-                     "error with `errors` / not_captured / no_fault, `n` compared, `median_abs_diff_ms`, "
+                     "error with `errors` / not_captured / no_fault / no_sessions, `n` compared, `median_abs_diff_ms`, "
                      "`max_abs_diff_ms`, `one_sided` with the sessions in `only_events` / `only_wire`), "
                      "and `faults[]`: one row per fault with the columns below (reconnect and detection as "
                      "distributions: n, p50, p95, p99, max, mean, ci95_mean, mean_of_repetitions; "

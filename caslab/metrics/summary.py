@@ -205,7 +205,8 @@ def merge_capture_checks(checks: list[dict[str, Any] | None]) -> dict[str, Any] 
     ``only_wire``, listed with their repetition), which are disagreements. ``status``:
     ``ok`` when every repetition was checked, ``error`` when any capture could not be read
     or matched (``errors`` says which and why; the numbers cover the others),
-    ``not_captured`` / ``no_fault`` when no repetition had anything to check. None only
+    ``not_captured`` / ``no_fault`` / ``no_sessions`` when no repetition had anything to
+    check (the first such status of the repetitions). None only
     when no repetition was checked at all (an analysis without captures)."""
     checked = [c for c in checks if c is not None]
     if not checked:
@@ -217,7 +218,7 @@ def merge_capture_checks(checks: list[dict[str, Any] | None]) -> dict[str, Any] 
     elif done:
         status = "ok"
     else:
-        status = "not_captured" if any(c.get("status") == "not_captured" for c in checked) else "no_fault"
+        status = checked[0].get("status")
     diffs = sorted(d for c in done for d in c.get("abs_diffs_ms", []))
     sides = {side: [{"rep": c.get("rep", 0), "session": sid} for c in done for sid in c.get(side, [])]
              for side in ("only_events", "only_wire")}

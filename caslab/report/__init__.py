@@ -20,7 +20,9 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses
+from caslab.columns import (
+    ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses, with_sessions,
+)
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -90,6 +92,10 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
                         "trustworthy": s.trustworthy})
             continue
         r = row.reconnect_ms
+        http = [h for h in s.http if h.fault_index == index and h.sessions]
+        if not row.sessions and http:  # HTTP clients only: the verdict is theirs
+            out.append({"label": s.label, "text": http_verdict(row.fault, http), "trustworthy": s.trustworthy})
+            continue
         if not row.affected:
             text = f"{row.fault} affected no session; {row.collateral} saw collateral damage."
         elif row.recovered == 0:
@@ -108,6 +114,20 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
     return out
 
 
+def http_verdict(fault: str, rows: list[Any]) -> str:
+    """One sentence for a fault over HTTP protocol rows (a scenario without Outlook sessions)."""
+    parts = []
+    for h in rows:
+        who = f"{h.protocol} ({h.clients})"
+        if not h.affected:
+            parts.append(f"{who}: none of {h.sessions} sessions affected")
+            continue
+        median = f", median {h.reconnect_ms.p50:g} ms" if h.reconnect_ms.p50 is not None else ""
+        never = f", {h.unrecovered} never" if h.unrecovered else ""
+        parts.append(f"{who}: {h.recovered} of {h.affected} affected served again{median}{never}")
+    return f"{fault}: " + "; ".join(parts) + "."
+
+
 def served_text(s) -> str:
     """Who was served, per address the users' server name resolved to (where that matters)."""
     if not s.by_address:
@@ -124,7 +144,7 @@ def capture_lines(analysis: Analysis) -> list[dict[str, Any]]:
     out = []
     for s in analysis.scenarios:
         c = s.capture_check
-        if not c or c.get("status") in ("not_captured", "no_fault"):
+        if not c or c.get("status") in ("not_captured", "no_fault", "no_sessions"):
             continue
         parts = []
         if c.get("n"):
@@ -157,8 +177,8 @@ def write_report(run_dir: Path) -> Analysis:
     if analysis.http_rows:
         write_csv(run_dir / "http.csv", HTTP_COLUMNS, analysis.http_rows)
     figures = plots.make_all(analysis, run_dir)
-    context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
-               "http_rows": analysis.http_rows, "http_columns": HTTP_COLUMNS,
+    context = {"analysis": analysis, "manifest": analysis.manifest, "rows": with_sessions(analysis.rows),
+               "columns": COLUMNS, "http_rows": with_sessions(analysis.http_rows), "http_columns": HTTP_COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
                "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
                "capture_lines": capture_lines(analysis),

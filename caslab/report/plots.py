@@ -41,7 +41,8 @@ def make_all(analysis: Analysis, out: Path) -> list[str]:
         if name:
             names.append(name)
     for scenario in analysis.scenarios:
-        if scenario.id in analysis.traces:
+        trace = analysis.traces.get(scenario.id)
+        if trace is not None and trace.sessions:  # no Outlook session (HTTP clients only): no timeline
             names.append(plot_timeline(analysis, scenario, out))
     return names
 
@@ -188,7 +189,7 @@ def plot_phases(analysis: Analysis, styles, out: Path) -> str | None:
 
 
 def plot_goodput(analysis: Analysis, styles, out: Path) -> str | None:
-    series = [(s, s.goodput) for s in analysis.scenarios if s.goodput.get("ops_per_s")]
+    series = [(s, s.goodput) for s in analysis.scenarios if any(s.goodput.get("ops_per_s") or [])]
     if not series:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
