@@ -33,8 +33,9 @@ CAPTIONS = {
                          "at the recovered fraction, and a marker at the window's end shows the never-recovered.",
     "reconnect-means.png": "Mean of the repetitions' mean reconnect times with its 95 % confidence interval "
                            "(Student's t); triangles at the window's end count sessions that never recovered.",
-    "phases.png": "Median milestones of a reconnect, from the fault: load balancer noticed, client saw its reset "
-                  "or timeout, connected, logged on, first successful operation.",
+    "phases.png": "Median milestones of a reconnect in causal order, from the fault: load balancer noticed, client "
+                  "saw its reset or timeout, connected, logged on, first successful operation; one panel per "
+                  "scenario, each on its own time axis, naming the sessions the medians were taken over.",
     "goodput.png": "Successful operations per second around the fault (mean over repetitions; thin: unaffected "
                    "sessions only), and CPU idle with the fidelity threshold.",
     "probes.png": "Share of SYN probes (a new connection's handshake) and application probes (resolve, connect, "
