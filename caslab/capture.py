@@ -16,23 +16,29 @@ Three problems and how they are solved:
   fall back to the client's ``connect_ok`` events by local port (``lport``), else in
   time order, flagged ``ambiguous`` when two handshakes completed before one event.
 * **Two clocks.** pcap times are CLOCK_REALTIME; events are CLOCK_MONOTONIC, and tcpdump
-  cannot write the latter. Each client ``op``/``logon`` event is emitted right after a
-  reply arrived, so ``pcap_time - event_ts`` clusters at ``offset - delay`` (delay: the
-  wire-to-event latency, tens to hundreds of us). ``estimate_offset`` finds that cluster
+  cannot write the latter. The runner logs both clocks side by side (``clocks`` events,
+  ``offset_from_clocks``: exact to a few hundred ns). The client stamps each ``op``/``logon``
+  event with the kernel's receive time of the reply (``traffic.rxstamp``), the stamp tcpdump
+  records for the same packet, so the two agree to microseconds. For runs without ``clocks``
+  events, ``pcap_time - event_ts`` clusters at ``offset - delay`` (delay: the wire-to-event
+  latency, ~0 with kernel stamps). ``estimate_offset`` finds that cluster
   by voting over a sample of (event, reply) pairs with no prior, then takes the median
   over every event's nearest reply. Wire times shifted by it read "as the client would
   have logged them"; the bias is that median delay (sub-ms), reported as its spread.
 * **The same definitions as the metrics** (docs/ARCHITECTURE.md, "Metrics"): a session
   drops at the first RST/FIN on its connection or failed operation reply after
   ``t_fault``; it has reconnected at the first ``ok`` reply to an operation (not
-  logon/resume) after that.
+  logon/resume) after that, within the fault's window.
+* **Disagreement is reported, not dropped.** ``one_sided`` lists the sessions one side saw
+  reconnect and the other did not; ``cross_check`` counts them beside n, the median and
+  the largest |difference|, and a capture it cannot read raises ``CaptureError``.
 
 Connections that carry no request (the SYN prober's, aborted connects) never count as a
 session's, so a prober running in a client host does not disturb the analysis.
 
 Public entry points: ``connection_events``, ``load_captures``, ``estimate_offset``,
-``offset_from_run``, ``assign_sessions``, ``reconnect_from_capture``, ``compare`` and
-``cross_check`` (all of it for one run). Times are ns (wall clock in
+``offset_from_run``, ``assign_sessions``, ``reconnect_from_capture``, ``compare``,
+``one_sided`` and ``cross_check`` (all of it for one run). Times are ns (wall clock in
 ``connection_events``, monotonic elsewhere) or ms after ``t_fault``.
 """
 

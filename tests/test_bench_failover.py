@@ -54,3 +54,53 @@ def test_table_shows_affected_and_collateral_beside_n():
     columns = dict(zip(head.split()[:7], line.split()[:7]))
     assert columns == {"sessions": "48", "dataplane": "switch", "reps": "3", "affected": "41", "collat": "2",
                        "n": "39", "p50": "70.5"}
+
+
+TINY = """
+[experiment]
+name = "interleaved"
+repetitions = 2
+order = "interleaved"
+modes = ["sdn-nlb"]
+[topology]
+cas = 2
+mailboxes = 1
+client_hosts = 1
+databases = 1
+[clients]
+sessions_per_host = 4
+[probe]
+capture = false
+[timing]
+warmup_s = 1.0
+observe_s = 2.0
+[sweep]
+"nlb.dataplane" = ["switch", "controller"]
+[[faults]]
+kind = "poweroff"
+target = "cas1"
+at_s = 0.5
+"""
+
+
+@pytest.mark.require_root
+def test_a_real_run_alternates_its_scenarios_repetition_by_repetition(tmp_path, no_residue):
+    import json
+
+    from tests.conftest import lab_residue
+
+    path = tmp_path / "interleaved.toml"
+    path.write_text(TINY)
+    spec, path = spec_mod.load(str(path))
+    run_dir = runner.run_experiment(spec, path, tmp_path / "out")
+    first: dict[tuple[str, int], int] = {}
+    with open(run_dir / "events.jsonl") as events:
+        for line in events:
+            e = json.loads(line)
+            first.setdefault((e["scenario"], e["rep"]), e["ts"])
+    started = [key for key, _ in sorted(first.items(), key=lambda kv: kv[1])]
+    ids = [m["id"] for m in json.loads((run_dir / "manifest.json").read_text())["scenarios"]]
+    assert started == [(ids[0], 0), (ids[1], 0), (ids[0], 1), (ids[1], 1)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [s["repetitions"] for s in summary["scenarios"]] == [2, 2]
+    assert not lab_residue(str(tmp_path))
