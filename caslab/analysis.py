@@ -68,8 +68,8 @@ class Analysis:
         return runs[0].probe_availability.get(kind, []) if runs else []
 
     def recovery_curve(self, scenario_id: str, fault_index: int = 0) -> tuple[list[float], int]:
-        """When each affected session was served again (ms after the fault; sessions that
-        were never interrupted count at 0), and the number of affected sessions."""
+        """When each affected session was served again (ms after the fault; undisturbed
+        sessions, never cut off, count at 0), and the number of affected sessions."""
         times, affected = [], 0
         for run in self.runs_of(scenario_id):
             for fault in run.faults:
@@ -80,7 +80,9 @@ class Analysis:
                         continue
                     affected += 1
                     if s.recovered:
-                        times.append(s.reconnect_ms if s.reconnect_ms is not None else 0.0)
+                        times.append(s.reconnect_ms)
+                    elif s.undisturbed:
+                        times.append(0.0)
         return sorted(times), affected
 
 
@@ -139,8 +141,8 @@ def trace_of(events: list[dict], run: RunOutcome, spec: dict[str, Any]) -> Trace
 
 def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: RunOutcome,
                   captured: bool = True) -> dict[str, Any]:
-    """Reconnect times on the wire against the events' (first fault of the run, over its
-    window): {status, rep, ...}. ``status`` says what happened, never a silent None:
+    """Reconnect times on the wire against the events' (first fault of the run: drops in
+    its window, reconnects by the measurement's end): {status, rep, ...}. ``status`` says what happened, never a silent None:
     ``ok`` (``caslab.capture.cross_check``'s reconnect comparison, one-sided sessions
     included), ``error`` (the capture could not be read or matched: ``error`` says why),
     ``not_captured`` (the spec turned captures off), ``no_fault`` or ``no_sessions`` (no
@@ -159,10 +161,10 @@ def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: 
         return {"status": "error", "error": "captures were on, but the run folder holds no client-link pcap", **rep}
     fault = run.faults[0]
     reference = {s.session: s.reconnect_ms for s in fault.sessions if s.affected}
-    undisturbed = [s.session for s in fault.sessions if not s.affected and not s.disrupted]
+    quiet = [s.session for s in fault.sessions if not s.affected and not s.disrupted]
     try:
-        result = capture.cross_check(events, pcaps, reference, fault.t_ns, end_ns=fault.window_end_ns,
-                                     undisturbed=undisturbed)
+        result = capture.cross_check(events, pcaps, reference, fault.t_ns, window_end_ns=fault.window_end_ns,
+                                     quiet=quiet)
     except capture.CaptureError as exc:
         return {"status": "error", "error": str(exc), **rep}
     return {"status": "ok", **rep, **result["reconnect"]}

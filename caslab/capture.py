@@ -348,10 +348,11 @@ def _ms(t: int | None, t_fault: int) -> float | None:
     return None if t is None else round((t - t_fault) / 1e6, 3)
 
 
-def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int) -> dict[str, Any] | None:
-    """Drop, reconnect and the milestones of the connection that brought the session
-    back (else of its first new connection after the drop)."""
-    drop = _session_drop(conns, t_fault, end)
+def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int, window_end: int) -> dict[str, Any] | None:
+    """Drop (in the fault's window), reconnect (by the end of the measurement) and the
+    milestones of the connection that brought the session back (else of its first new
+    connection after the drop)."""
+    drop = _session_drop(conns, t_fault, min(window_end, end))
     if drop is None:
         return None
     hit = _first_ok_op(conns, drop[0], end)
@@ -369,10 +370,11 @@ def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int) -> di
 
 def reconnect_from_capture(captures: dict[str, list[dict]] | Iterable[str | Path], t_fault_ns: int,
                            offset_ns: int | None = None, events: list[dict] | None = None,
-                           end_ns: int | None = None) -> dict[str, dict]:
-    """Per session the wire saw drop in [t_fault, end] (monotonic ns), in ms after t_fault:
-    the drop (``drop_by`` rst / fin / failed_op), the first ok operation reply after it
-    (``reconnect_ms``, the metrics' definition, None if none), and syn / synack /
+                           end_ns: int | None = None, window_end_ns: int | None = None) -> dict[str, dict]:
+    """Per session the wire saw drop in [t_fault, window_end] (monotonic ns; the fault's
+    window, default end), in ms after t_fault: the drop (``drop_by`` rst / fin /
+    failed_op / new_connection), the first ok operation reply after it by ``end_ns`` (the
+    measurement's end: ``reconnect_ms``, the metrics' definition, None if none), and syn / synack /
     first_reply of the connection that brought it back when that is a new one.
 
     captures: pcap paths or load_captures()' result. offset_ns = wall - mono; None:
@@ -392,7 +394,8 @@ def reconnect_from_capture(captures: dict[str, list[dict]] | Iterable[str | Path
             if conn["session"] is not None:
                 by_session.setdefault(conn["session"], []).append(_to_mono(conn, offset_ns))
     end = end_ns if end_ns is not None else 1 << 62
-    timelines = {sid: _session_timeline(by_session[sid], t_fault_ns, end) for sid in sorted(by_session)}
+    window_end = window_end_ns if window_end_ns is not None else end
+    timelines = {sid: _session_timeline(by_session[sid], t_fault_ns, end, window_end) for sid in sorted(by_session)}
     return {sid: t for sid, t in timelines.items() if t is not None}
 
 
@@ -413,28 +416,30 @@ def compare(wire: dict[str, dict], reference: dict[str, float | None], field: st
 
 
 def one_sided(wire: dict[str, dict], reference: dict[str, float | None],
-              undisturbed: Iterable[str] = ()) -> dict[str, list[str]]:
+              quiet: Iterable[str] = ()) -> dict[str, list[str]]:
     """Sessions that reconnected on one side only: a disagreement, never left out.
 
     ``only_events``: the events give a reconnect time, the wire shows none (no drop, or no
     ok operation reply after it in the window). ``only_wire``: the wire shows a drop and
     an ok reply after it, but the events give no reconnect time for an affected session
-    (reference value None), or saw a session that was not affected undisturbed.
+    (reference value None), or saw a session neither affected nor disrupted (``quiet``).
     Sessions in neither argument (collateral ones, whose reconnect the metrics do not
     define; the application prober's) are not compared."""
     on_wire = {s for s, v in wire.items() if v.get("reconnect_ms") is not None}
     events = {s for s, v in reference.items() if v is not None}
-    expected_none = {s for s, v in reference.items() if v is None} | set(undisturbed)
+    expected_none = {s for s, v in reference.items() if v is None} | set(quiet)
     return {"only_events": sorted(events - on_wire), "only_wire": sorted(on_wire & expected_none)}
 
 
 def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference: dict[str, float | None],
                 t_fault_ns: int, offset_ns: int | None = None, end_ns: int | None = None,
-                undisturbed: Iterable[str] = ()) -> dict[str, Any]:
+                window_end_ns: int | None = None, quiet: Iterable[str] = ()) -> dict[str, Any]:
     """The capture's view of one run (one scenario repetition) against the metrics'
     reconnect times (``reference``: every affected session -> ms after ``t_fault_ns``,
-    None where the metrics give none; ``undisturbed``: sessions neither affected nor
-    disrupted), over the fault's window (``end_ns``, default the end of the measurement).
+    None where the metrics give none; ``quiet``: sessions neither affected nor disrupted).
+    A drop counts in the fault's window (``window_end_ns``, default ``end_ns``), a
+    reconnect by the end of the measurement (``end_ns``, default its ``measure_end``), as
+    in docs/METRICS.md.
 
     ``reconnect`` compares like with like (first ok operation reply on the wire vs the
     first ok op event, both stamped by the kernel on arrival: expect |diff| well under
@@ -448,10 +453,10 @@ def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference:
     else:
         clock = offset_from_clocks(events) or offset_from_run(events, captures)
     end = end_ns if end_ns is not None else next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
-    wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end)
-    undisturbed = set(undisturbed)
-    sides = one_sided(wire, reference, undisturbed)
-    compared = set(reference) | undisturbed
+    wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end, window_end_ns)
+    quiet = set(quiet)
+    sides = one_sided(wire, reference, quiet)
+    compared = set(reference) | quiet
     reconnect = compare(wire, reference) | sides | {"one_sided": len(sides["only_events"]) + len(sides["only_wire"]),
                                                     "not_compared": len(set(wire) - compared)}
     return {"clock": clock, "sessions": {s: {"events_ms": reference.get(s), **wire[s]} for s in wire},

@@ -268,11 +268,11 @@ def test_a_reconnect_the_wire_did_not_see_is_one_sided_on_the_events_side(tmp_pa
     assert (r["n"], r["only_events"], r["only_wire"], r["one_sided"]) == (1, ["cl1-s1"], [], 1)
 
 
-@pytest.mark.parametrize("how", ["affected without a reconnect time", "undisturbed"])
+@pytest.mark.parametrize("how", ["affected without a reconnect time", "neither affected nor disrupted"])
 def test_a_reconnect_only_the_wire_saw_is_one_sided_on_the_wire_side(tmp_path, how):
     events, pcap, _ = failover_run(tmp_path)
-    if how == "undisturbed":
-        result = capture.cross_check(events, [pcap], {}, T_FAULT, undisturbed=["cl1-s0", "cl1-s1"])
+    if how == "neither affected nor disrupted":
+        result = capture.cross_check(events, [pcap], {}, T_FAULT, quiet=["cl1-s0", "cl1-s1"])
     else:
         result = capture.cross_check(events, [pcap], {"cl1-s0": None, "cl1-s1": None}, T_FAULT)
     r = result["reconnect"]
@@ -281,19 +281,31 @@ def test_a_reconnect_only_the_wire_saw_is_one_sided_on_the_wire_side(tmp_path, h
 
 
 def test_sessions_the_metrics_give_no_reconnect_for_are_not_compared(tmp_path):
-    """A wire session neither affected nor undisturbed (collateral, or the application
+    """A wire session in neither reference nor quiet (collateral, or the application
     prober's) is counted as not compared, not as agreement or disagreement."""
     events, pcap, _ = failover_run(tmp_path)
     r = capture.cross_check(events, [pcap], {}, T_FAULT)["reconnect"]
     assert (r["n"], r["one_sided"], r["not_compared"]) == (0, 0, 1)
 
 
-def test_a_reply_after_the_window_is_no_reconnect_on_the_wire(tmp_path):
+def test_a_reply_after_the_measurement_is_no_reconnect_on_the_wire(tmp_path):
     events, pcap, _ = failover_run(tmp_path)
     reference = metrics_reference(events)
-    end = T_FAULT + int(reference["cl1-s0"] * MS) - MS  # the window closes 1 ms before the recovering reply
+    end = T_FAULT + int(reference["cl1-s0"] * MS) - MS  # the measurement ends 1 ms before the recovering reply
     r = capture.cross_check(events, [pcap], reference, T_FAULT, end_ns=end)["reconnect"]
     assert (r["n"], r["only_events"]) == (0, ["cl1-s0"])
+
+
+def test_a_drop_after_the_faults_window_is_another_faults_but_a_late_reconnect_counts(tmp_path):
+    """Drops count in the fault's window; the reconnect may come after it (before the
+    measurement's end), as the metrics own an outage by when it began."""
+    events, pcap, _ = failover_run(tmp_path)
+    reference = metrics_reference(events)
+    wire = capture.reconnect_from_capture([pcap], T_FAULT, OFFSET, end_ns=T_FAULT + 600 * MS,
+                                          window_end_ns=T_FAULT + 15 * MS + 1)  # the reset at +15 ms is inside
+    assert wire["cl1-s0"]["reconnect_ms"] == pytest.approx(reference["cl1-s0"], abs=0.3)
+    assert capture.reconnect_from_capture([pcap], T_FAULT, OFFSET, end_ns=T_FAULT + 600 * MS,
+                                          window_end_ns=T_FAULT + 14 * MS) == {}  # the reset is after the window
 
 
 @pytest.mark.parametrize("content", [b"", b"not a capture at all, just text\n" * 4])
