@@ -142,9 +142,9 @@ def trace_of(events: list[dict], run: RunOutcome, spec: dict[str, Any]) -> Trace
 def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: RunOutcome,
                   captured: bool = True) -> dict[str, Any]:
     """Reconnect times on the wire against the events' (first fault of the run: drops in
-    its window, reconnects by the measurement's end): {status, rep, ...}. ``status`` says what happened, never a silent None:
-    ``ok`` (``caslab.capture.cross_check``'s reconnect comparison, one-sided sessions
-    included), ``error`` (the capture could not be read or matched: ``error`` says why),
+    its window, reconnects by the measurement's end): {status, rep, ...}. ``status`` says
+    what happened, never a silent None: ``ok`` (``caslab.capture.cross_check``'s
+    reconnect comparison, one-sided sessions included), ``error`` (the capture could not be read or matched: ``error`` says why),
     ``not_captured`` (the spec turned captures off), ``no_fault`` or ``no_sessions`` (no
     Outlook session to check: HTTP clients only)."""
     from caslab import capture

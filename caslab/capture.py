@@ -25,10 +25,10 @@ Three problems and how they are solved:
   by voting over a sample of (event, reply) pairs with no prior, then takes the median
   over every event's nearest reply. Wire times shifted by it read "as the client would
   have logged them"; the bias is that median delay (sub-ms), reported as its spread.
-* **The same definitions as the metrics** (docs/ARCHITECTURE.md, "Metrics"): a session
-  drops at the first RST/FIN on its connection or failed operation reply after
-  ``t_fault``; it has reconnected at the first ``ok`` reply to an operation (not
-  logon/resume) after that, within the fault's window.
+* **The same definitions as the metrics** (docs/METRICS.md): a session drops at the
+  first RST/FIN, failed operation reply or new connection in the fault's window; it has
+  reconnected at the first ``ok`` reply to an operation (not logon/resume) after that,
+  before the measurement's end.
 * **Disagreement is reported, not dropped.** ``one_sided`` lists the sessions one side saw
   reconnect and the other did not; ``cross_check`` counts them beside n, the median and
   the largest |difference|, and a capture it cannot read raises ``CaptureError``.
@@ -337,7 +337,7 @@ def _session_drop(conns: list[dict[str, Any]], t_fault: int, end: int) -> tuple[
 
 
 def _first_ok_op(conns: list[dict[str, Any]], after: int, end: int) -> tuple[dict, dict] | None:
-    """The first ok operation reply completed after ``after`` and by ``end`` (the window's end)."""
+    """The first ok operation reply completed after ``after`` and by ``end`` (the measurement's end)."""
     hits = [(x["reply_end_ns"], x, c) for c in conns for x in c["exchanges"]
             if x["ok"] and x["op"] is not None and x["op"] not in SESSION_OPS and x["reply_ns"] > after
             and x["reply_end_ns"] <= end]
@@ -419,8 +419,8 @@ def one_sided(wire: dict[str, dict], reference: dict[str, float | None],
               quiet: Iterable[str] = ()) -> dict[str, list[str]]:
     """Sessions that reconnected on one side only: a disagreement, never left out.
 
-    ``only_events``: the events give a reconnect time, the wire shows none (no drop, or no
-    ok operation reply after it in the window). ``only_wire``: the wire shows a drop and
+    ``only_events``: the events give a reconnect time, the wire shows none (no drop in the
+    window, or no ok operation reply after it before the measurement's end). ``only_wire``: the wire shows a drop and
     an ok reply after it, but the events give no reconnect time for an affected session
     (reference value None), or saw a session neither affected nor disrupted (``quiet``).
     Sessions in neither argument (collateral ones, whose reconnect the metrics do not

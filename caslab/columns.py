@@ -117,7 +117,7 @@ COLUMNS: list[Column] = [
            "largest |wire - events| reconnect time over those sessions"),
     Column("capture_one_sided", "capture one-sided", "", "d", 0, "capture_check.one_sided",
            "disagreements: affected sessions that reconnected on one side only (events or wire; which is in "
-           "summary.json), and undisturbed sessions the wire saw reconnect"),
+           "summary.json), and sessions neither affected nor disrupted that the wire saw reconnect"),
     Column("goodput_dip_unaffected", "goodput dip", "", ".2f", 0, "goodput_dip_unaffected",
            "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
     Column("never_served", "never served", doc="sessions without one successful operation in the measurement "

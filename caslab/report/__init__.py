@@ -155,8 +155,8 @@ def capture_lines(analysis: Analysis) -> list[dict[str, Any]]:
             continue
         parts = []
         if c.get("n"):
-            parts.append(f"{c['n']} sessions compared, |wire - events| reconnect median {c['median_abs_diff_ms']:g} ms, "
-                         f"max {c['max_abs_diff_ms']:g} ms")
+            parts.append(f"{c['n']} sessions compared, |wire - events| reconnect median "
+                         f"{c['median_abs_diff_ms']:g} ms, max {c['max_abs_diff_ms']:g} ms")
         elif c.get("status") == "ok":
             parts.append("no session reconnected on both sides")
         sides = [f"{len(c.get(k, []))} only in the {name}" for k, name in (("only_events", "events"),
