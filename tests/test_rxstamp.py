@@ -63,3 +63,23 @@ def test_no_data_read_means_no_stamp():
         assert sock.arrival_ns() is None
     finally:
         sock.close()
+
+
+def test_recv_into_keeps_the_stamp_too():
+    listener, thread = _echo_server()
+    sock = rxstamp.StampedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.enable()
+        sock.connect(listener.getsockname())
+        body = json.dumps({"op": "ping"}).encode()
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        time.sleep(0.05)
+        buffer = bytearray(256)
+        size = sock.recv_into(buffer)
+        read_at = time.monotonic_ns()
+        assert json.loads(bytes(buffer[4:size])) == {"ok": True, "echo": "ping"}
+        assert 40_000_000 < read_at - sock.arrival_ns() < 2_000_000_000
+    finally:
+        sock.close()
+        thread.join(5)
+        listener.close()

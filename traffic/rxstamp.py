@@ -10,8 +10,8 @@ HA design's. The kernel stamps each received packet (``SO_TIMESTAMPNS``, CLOCK_R
 the same stamp tcpdump records) and hands the stamp of the last packet read to
 ``recvmsg``: ``StampedSocket`` keeps it, and ``arrival_ns`` puts it on the monotonic clock.
 
-asyncio's socket transport reads with ``sock.recv``; ``StampedSocket.recv`` is that call,
-made with ``recvmsg``. Where the kernel gives no stamp, callers fall back to now.
+asyncio's socket transport reads with ``sock.recv`` (``recv_into`` for buffered
+protocols); ``StampedSocket`` makes both calls with ``recvmsg``. Where the kernel gives no stamp, callers fall back to now.
 """
 
 from __future__ import annotations
@@ -36,11 +36,21 @@ class StampedSocket(socket.socket):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancillary, _, _ = self.recvmsg(bufsize, _ANCILLARY, flags)
+        self._keep(ancillary)
+        return data
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """As recv, for transports that read into a buffer (asyncio's BufferedProtocol path)."""
+        view = memoryview(buffer)
+        size, ancillary, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], _ANCILLARY, flags)
+        self._keep(ancillary)
+        return size
+
+    def _keep(self, ancillary) -> None:
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(payload)
                 self.rx_wall_ns = sec * 1_000_000_000 + nsec
-        return data
 
     def arrival_ns(self) -> int | None:
         """The last stamp on CLOCK_MONOTONIC (ns), None if the kernel gave none."""
