@@ -11,9 +11,28 @@ TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def machine_times(line: str) -> tuple[int, int]:
-    """(idle, total) clock ticks from the ``cpu`` line of /proc/stat."""
-    values = [int(v) for v in line.split()[1:]]
-    return values[3] + values[4], sum(values)
+    """(idle, total) clock ticks from the ``cpu`` line of /proc/stat.
+
+    Its columns are user nice system idle iowait irq softirq steal guest guest_nice
+    (proc(5); older kernels stop earlier). The kernel already counts ``guest`` inside
+    ``user`` and ``guest_nice`` inside ``nice``, so the total is the sum of the first
+    eight only: adding the last two would count a virtual machine's time twice and show
+    a host running guests as busier than it is.
+
+    Idle is ``idle + iowait``: iowait is time a core had nothing to run while some task
+    waited for a disk, so the core was free for the lab's processes (the fidelity check
+    asks whether the emulation had spare CPU, not whether anything waited for I/O).
+    """
+    fields = line.split()
+    try:
+        values = [int(v) for v in fields[1:]]
+    except ValueError:
+        values = []
+    if not fields or fields[0] != "cpu" or len(values) < 4:
+        raise ValueError(f"/proc/stat: expected the 'cpu' line with at least 4 tick counts "
+                         f"(user nice system idle ...), got {line.strip()[:80]!r}")
+    ticks = values[:8]  # user .. steal; guest and guest_nice are already in user and nice
+    return sum(ticks[3:5]), sum(ticks)
 
 
 def idle_pct(earlier: tuple[int, int], later: tuple[int, int]) -> float | None:
