@@ -2,7 +2,7 @@
 what ``mutmut run`` left in ``mutants/`` (tools/mutation.sh runs both; docs/MUTATION.md).
 
 mutmut mutates all of capture.py (it mutates whole files), but the score counts only the
-cross-check's functions, ``compare`` and ``cross_check``: the rest of capture.py (pcap
+cross-check's functions, ``compare``, ``one_sided`` and ``cross_check``: the rest of capture.py (pcap
 parsing, clock offsets) needs real captures and is not what this score is about.
 A mutant counts as killed when a test failed on it or it ran past its time limit (an
 endless loop is caught); a mutant no pure test reaches ("no tests") counts as a survivor.
@@ -21,7 +21,7 @@ from pathlib import Path
 # The mutants in scope, as mutmut names them (module.x_function__mutmut_N, or
 # module.xǁClassǁmethod__mutmut_N).
 SCOPE = ("caslab.metrics.*", "caslab.cost.*", "caslab.capture.x_compare__mutmut_*",
-         "caslab.capture.x_cross_check__mutmut_*")
+         "caslab.capture.x_cross_check__mutmut_*", "caslab.capture.x_one_sided__mutmut_*")
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
           37: "killed"}
 STATUS = {0: "survived", 5: "no tests", 33: "no tests", None: "not run", 34: "skipped"}
