@@ -16,7 +16,7 @@ from caslab.metrics.compare import compare as compare_runs
 from caslab.metrics.databases import database_outages, dumpster
 from caslab.metrics.http import http_faults
 from caslab.metrics.nlb import convergence, flooding
-from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
+from caslab.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, RunOutcome
 from caslab.metrics import summary as summary_mod
 from caslab.metrics.trace import session_trace
 from caslab.metrics.addresses import by_address, merge as merge_addresses
@@ -909,3 +909,71 @@ def test_outages_at_their_edges():
 def tracks_late(events, sid):
     from caslab.metrics.sessions import tracks
     return tracks(events, 500, 2000 * MS)[sid].late_ts
+
+
+def test_every_row_field_is_wired_through():
+    """The aggregation's plain wiring: each field of a row and a scenario comes from its own source."""
+    from caslab.metrics.outcomes import SessionFault
+
+    def sf(sid, **kw):
+        base = dict(session=sid, host="cl1", address=None, cas_at_fault="cas1", db=None, affected=False,
+                    dropped_ms=None, stalled=False, longest_gap_ms=1.0, late=False, disrupted=False, recovered=False,
+                    reconnect_ms=None, cas_after=None, reauth=0, prompts=0)
+        return SessionFault(**(base | kw))
+    sessions = [sf("a", collateral=True, disrupted=True, stalled=True), sf("b", disrupted=True), sf("c")]
+    f0 = _fault_run(0, sessions, kind="drain", label="drain cas1", detection_ms=12.5)
+    f1 = _fault_run(1, sessions[:1], label="later", detection_ms=None)
+    capture = {"status": "ok", "rep": 0, "abs_diffs_ms": [0.25], "only_events": [], "only_wire": []}
+    runs = [outcome(0, faults=[f0, f1], capture_check=capture, cost={"cpu_ms": {"cas": 30.0}, "ops": 4},
+                    flood=FLOOD_A, cpu_idle={"mean": 80.0, "min": 70.0, "samples": 2},
+                    goodput=Goodput(first_bin=-1, all_sessions=[3, 4], unaffected=[3, 4], pre_fault=3.05)),
+            outcome(1, faults=[_fault_run(0, sessions[1:], kind="x", label="other label")],
+                    cpu_idle={"mean": 30.05, "min": 20.0, "samples": 2},
+                    goodput=Goodput(first_bin=-1, all_sessions=[5, 6], unaffected=[5, 6], pre_fault=4.0))]
+    s = summarize_scenario({"id": "sid", "label": "lab", "mode": "mo", "params": {"k": 1}}, runs, 35, [])
+    assert s.params == {"k": 1} and s.cpu_idle_pct == 55.0 and s.flood["cluster_bytes"] == 1001
+    assert s.goodput["pre_fault_ops_per_s"] == 3.5 and s.goodput["ops_per_s"] == [4.0, 5.0]
+    assert s.capture_check["n"] == 1 and s.capture_check["repetitions"] == 1
+    r0, r1 = s.faults
+    assert (r0.scenario, r0.label, r0.mode, r0.kind, r0.fault, r0.repetitions, r0.sessions) == \
+        ("sid", "lab", "mo", "drain", "drain cas1", 2, 5)
+    assert (r0.collateral, r0.disrupted, r0.stalled) == (1, 3, 1)
+    assert (r0.detection_ms.n, r0.detection_ms.p50) == (1, 12.5) and r1.detection_ms.n == 0
+    assert r0.capture_check == s.capture_check and r1.capture_check is None, "the wire is read for the first fault"
+    assert r0.cpu_ms_per_op == 7.5 and r1.cpu_ms_per_op == 7.5
+    assert summary_mod.headline_fault(s) == 0
+    nobody = summarize_scenario(META, [outcome(0, faults=[_fault_run(3, [sf("a")]), _fault_run(4, [sf("b")])])], 35, [])
+    assert summary_mod.headline_fault(nobody) == 3, "nobody affected: the first fault"
+    assert summary_mod.headline_fault(summarize_scenario(META, [], 35, [])) == 0
+    assert summarize_scenario(META, [], 35, []).untrustworthy_reasons == ["no repetition ran: there is nothing to trust"]
+    two_decimals = summarize_scenario(META, [outcome(0, cpu_idle={"mean": 80.1, "min": 1.0, "samples": 1}),
+                                             outcome(1, cpu_idle={"mean": 30.04, "min": 1.0, "samples": 1})], 35, [])
+    assert two_decimals.cpu_idle_pct == 55.1
+    plain = summary_mod.merge_capture_checks([{"status": "ok", "only_events": ["x"]},
+                                              {"status": "error", "error": "e"}])
+    assert plain["only_events"] == [{"rep": 0, "session": "x"}] and plain["errors"] == ["repetition 1: e"]
+    assert plain["not_compared"] == 0 and plain["n"] == 0
+    rates = summary_mod.flood_summary([outcome(0, flood=FLOOD_A | {"kbit_s": 8.05, "window_ms": 1000.05})])
+    assert (rates["kbit_s"], rates["window_ms"]) == (round(8.05, 1), round(1000.05, 1)), "one decimal"
+
+
+def test_http_rows_put_the_run_without_faults_last_and_take_the_first_repetitions_label():
+    def http_run(rep, index, label):
+        fault_run = HttpFaultRun(index, label, 0, 1, [_http_session("h1-owa0")])
+        return outcome(rep, http=[fault_run])
+    runs = [http_run(0, -1, "no fault"), http_run(0, 2, "first"), http_run(1, 2, "second"), http_run(1, 0, "zero")]
+    rows = summarize_scenario(META, runs, 35, []).http
+    assert [(r.fault_index, r.fault) for r in rows] == [(0, "zero"), (2, "first"), (-1, "no fault")]
+
+
+def _http_session(sid):
+    from caslab.metrics.outcomes import HttpSessionFault
+    return HttpSessionFault(session=sid, protocol="owa", external=False, configured=True, cas_at_fault="cas1",
+                            affected=True, dropped_ms=None, disrupted=False, recovered=False, reconnect_ms=None,
+                            relogins=0, prompts=0, pings_lost=0, pings_reestablished=0, reestablish_ms=None,
+                            disconnects=0, requests=1, failed=0)
+
+
+def test_trace_times_are_rounded_to_the_microsecond():
+    trace = session_trace([op(1.0001234, "a", "cas1")], 0, "f", 1.0, 1.0, ["a"], [])
+    assert trace.sessions == {"a": [(1.0, "ok")]}
