@@ -977,3 +977,89 @@ def _http_session(sid):
 def test_trace_times_are_rounded_to_the_microsecond():
     trace = session_trace([op(1.0001234, "a", "cas1")], 0, "f", 1.0, 1.0, ["a"], [])
     assert trace.sessions == {"a": [(1.0, "ok")]}
+
+
+def test_one_run_wires_every_part_and_its_edges():
+    plan = {"cas1": {"ip": "10.0.0.1", "site": "Main"}}
+    events = frame(
+        steady("cl1-s0", "cas1", 0, 2000), fault(100, ["cas1", "db:DB1"]),
+        {"ts": 0, "src": "runner", "ev": "scenario_start", "mode": "m", "label": "x", "repetition": 0,
+         "datapath": "netdev", "plan": plan},
+        {"ts": 1, "src": "cl1", "ev": "resolved", "session": "cl1-s0", "name": "mail", "addresses": ["10.0.0.1"]},
+        _converged(100 * MS, 5.0, 0, 3, 1, {}), _db_role(150 * MS, "DB1", True, 2), _flood("cl9", "p", 800, 8, 80, 1000.0),
+        {"ts": 223_456_789, "src": "runner", "ev": "process_exit", "name": "x", "host": None, "returncode": None},
+        op(2000, "cl1-s1", "cas1", op_name="send", msg_id="m1"), op(2001, "cl1-s1", "cas1", op_name="send", msg_id="m2"),
+        op(10, "cl1-s2", "cas1"),
+        [{"ts": 2000 * MS, "src": "runner", "ev": "process_cpu", "name": "cas1", "kind": "cas", "cpu_ms": v,
+          "window_ms": 1.0} for v in (1.04, 2.02)])
+    run = analyze_run(events, PARAMS)
+    f = run.faults[0]
+    assert (f.convergence.converged_ms, f.convergence.took_ms) == (0.0, 5.0), "a convergence at the instant"
+    assert f.databases == {"DB1": {"unmounted_ms": 50.0, "missing": 2, "dismounted": False}}
+    assert run.flood["cluster_bytes"] == 800 and run.flood["kbit_s"] == 6.4
+    assert run.by_address and run.by_address[0]["host"] == "cas1"
+    assert run.process_exits == [{"name": "x", "host": None, "returncode": None, "at_ms": 123.5}]
+    assert run.messages["acked"] == 1, "a send after the end is not acknowledged in the run"
+    assert run.never_served == 0, "s1 served at the very end, s2 at the very start"
+    assert run.cost["ops"] == 39 + 2 and run.cost["cpu_ms"] == {"cas": 3.1}, "50 .. 1950 ms, and at 10 and 2000 ms"
+    no_start = [e for e in events if e["ev"] != "measure_start"]
+    assert analyze_run(no_start, PARAMS).cost["ops"] == 39 + 2 + 1, "start = the first event (0 ms)"
+    assert flooding([_flood("h", "p", 1001, 1, 1, 3000.0)])["kbit_s"] == round(1001 * 8 / 3000.0, 1) == 2.7
+
+
+def test_goodput_and_availability_rounding():
+    events = frame(fault(3000, ["cas9"]), op(1500, "a", "cas1"), op(1600, "a", "cas1"), op(2500, "a", "cas1"),
+                   op(2600, "a", "cas1"), op(2700, "a", "cas1"), op(3500, "a", "cas1"), end_ms=5000)
+    events = [e | {"ts": 0} if e["ev"] == "clients_ready" else e for e in events]
+    g = analyze_run(events, PARAMS).goodput
+    assert g.all_sessions[:3] == [0, 2, 3] and g.pre_fault == 1.7 and g.dip == 0.0
+    assert g.pre_fault_unaffected == 1.7 and g.dip_unaffected == 0.0
+    events = frame(fault(1000, ["cas9"]), op(500, "a", "cas1"), op(600, "a", "cas1"), op(700, "a", "cas1"),
+                   op(1500, "a", "cas1"), end_ms=2000)
+    g = analyze_run([e | {"ts": 0} if e["ev"] == "clients_ready" else e for e in events], PARAMS).goodput
+    assert (g.pre_fault, g.dip, g.dip_unaffected) == (3.0, 0.333, 0.333)
+    got = analyze_run(frame(fault(1000, ["cas1"]), probe(1000 + 0.5 * 250, True)), PARAMS).probe_availability
+    assert got["probe"] == [(0.0, 100.0)]
+
+
+def test_session_edges_of_beyond_and_eligibility():
+    events = frame(
+        fault(100, ["cas1"]), fault(500, ["cas3"], index=1),
+        # sent exactly at the fault instant: beyond it; then cut off after the window
+        op(50, "x", "cas1"), op(300, "x", "cas1", lat_ms=200), _down(600, "x"), steady("x", "cas2", 650, 2000),
+        # cut off exactly at the window's end, served in between: not the first fault's
+        op(50, "y", "cas1"), op(300, "y", "cas1"), _down(500, "y"), steady("y", "cas2", 550, 2000),
+        # a logon exactly at the fault instant is not "before" it
+        _logon(100, "z", "cas1"), steady("z", "cas2", 150, 2000),
+        {"ts": 160 * MS, "src": "other", "ev": "op", "session": "w", "op": "read", "ok": True, "lat_us": 1,
+         "cas": "cas2"},
+        sessions=("x", "y", "z"))
+    run = analyze_run(events, PARAMS)
+    s = {x.session: x for x in run.faults[0].sessions}
+    assert s["x"].undisturbed and not s["x"].recovered
+    assert s["y"].undisturbed and not s["y"].recovered
+    assert s["z"].cas_at_fault is None and not s["z"].affected
+    assert s["w"].host == "other", "a session no client declared: its host is its events' source"
+    db = frame(fault(100, ["db:DB1"]), _logon(5, "d", "cas2"), op(50, "d", "cas2"), op(300, "d", "cas2", op_name="ping"),
+               op(400, "d", "cas2"), _down(700, "d"), steady("d", "cas2", 750, 2000), fault(600, ["cas9"], index=1),
+               sessions=("d",))
+    d = analyze_run(db, PARAMS).faults[0].sessions[0]
+    assert d.undisturbed and not d.recovered, "a mailbox success after the database failed is service beyond it"
+    db_ping = [e for e in db if not (e.get("session") == "d" and e["ts"] == 400 * MS)]
+    d = analyze_run(db_ping, PARAMS).faults[0].sessions[0]
+    assert d.recovered and d.reconnect_ms == 650.0, "a ping is no service beyond a database fault"
+
+
+def test_addresses_count_drops_at_the_windows_edges_and_a_plan_less_start():
+    events = [{"ts": 0, "src": "runner", "ev": "scenario_start", "mode": "m", "label": "x", "repetition": 0,
+               "datapath": "netdev"},
+              {"ts": 1, "src": "cl1", "ev": "resolved", "session": "a", "name": "n", "addresses": ["10.0.0.1"]},
+              {"ts": 10, "src": "cl1", "ev": "down", "session": "a", "reason": "r"},
+              {"ts": 100, "src": "cl1", "ev": "down", "session": "a", "reason": "r"}]
+    assert by_address(events, 10, 100)[0]["failures"] == 2
+
+
+def test_detection_needs_a_member_that_stopped_taking_new_connections():
+    quiet = {k: v for k, v in _member(150, "cas1").items() if k != "accepts_new"}
+    run = analyze_run(frame(fault(100, ["cas1"]), quiet, steady("cl1-s0", "cas1", 0, 2000)), PARAMS)
+    assert run.faults[0].detection_ms is None
