@@ -5,7 +5,7 @@
 # named in pyproject.toml ([tool.mutmut]) against each mutant. A mutant the tests do not
 # notice "survived". docs/MUTATION.md has the last score and every survivor with a reason.
 #
-#   tools/mutation.sh               every mutant, from scratch (about 35 min on 2 cores)
+#   tools/mutation.sh               every mutant, from scratch (22-29 min measured on 2 busy cores)
 #   tools/mutation.sh --survivors   again only the mutants that did not die last time
 #   tools/mutation.sh --score       the last run's score and survivors; runs nothing
 #
