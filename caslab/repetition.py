@@ -12,7 +12,8 @@ so ``caslab cleanup`` on the machine works after a SIGKILL.
 It holds the machine's lab lock for the whole repetition (workers on one machine share
 it, so they take turns), runs ``runner.run_repetition`` (the local run's own path) into
 WORKDIR/raw and WORKDIR/events.jsonl, prints each progress step as a JSON line on stdout
-and writes WORKDIR/result.json. Exit status: 0 done, 1 failed, 130 interrupted.
+and writes WORKDIR/result.json. Exit status: 0 done, 1 failed, 130 interrupted. A
+process whose worker died removes WORKDIR itself once its lab is down.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the runner as the local run reports it
         result["error"] = runner.failure_text(exc)
         code = 1
+    if os.getppid() != task_spec["parent"]:  # the worker died: nobody will read or remove our folder
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        return code
     (workdir / "result.json").write_text(json.dumps(result))
     return code
 
