@@ -41,10 +41,6 @@ def git_facts(repo: Path = ROOT) -> dict[str, Any]:
     return state
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[\s\[<>=!~;(@]", requirement.strip(), maxsplit=1)[0]
-
-
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -54,10 +50,8 @@ def lab_packages(root: str = "caslab") -> dict[str, str]:
     extra are skipped: extras are not what the lab runs with), with their versions."""
     from importlib.metadata import PackageNotFoundError, distribution
 
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - distributed depends on packaging
-        Requirement = None
+    from packaging.requirements import Requirement
+
     out: dict[str, str] = {}
     todo = [root]
     while todo:
@@ -71,13 +65,9 @@ def lab_packages(root: str = "caslab") -> dict[str, str]:
             continue
         out[name] = dist.version
         for text in dist.requires or []:
-            if Requirement is not None:
-                req = Requirement(text)
-                if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                    continue
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
-            elif "extra ==" not in text:
-                todo.append(_name(text))
     return out
 
 
