@@ -88,14 +88,17 @@ class Cluster:
         self.procs[name].wait(10)
 
     def down(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)  # a worker waits for its repetition's teardown
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        """SIGTERM to every process at once (a worker waits for its repetition's teardown)."""
+        alive = [p for p in self.procs.values() if p.poll() is None]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + 60
+        for proc in alive:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -117,9 +120,9 @@ def write_spec(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(args: list[str], on_line=None, timeout_s: float = 300) -> tuple[int, str, str]:
+def run_cli(args: list[str], on_line=None, timeout_s: float = 300, env: dict | None = None) -> tuple[int, str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "caslab.cli", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     seen = []
     deadline = time.monotonic() + timeout_s
     for line in proc.stderr:
@@ -159,8 +162,10 @@ def test_cluster_sweep_with_a_killed_worker_matches_the_local_run(tmp_path, no_r
             killed.update(index=match.group(1), label=match.group(2), rep=match.group(3), worker=match.group(4))
             cluster.kill(killed["worker"])
 
-    code, out, err = run_cli([str(path), "--cluster", cluster.address, "--out", str(tmp_path / "cluster")],
-                             kill_the_first_lab_holder)
+    # The runner claims the kernel datapath (the workers have the userspace one): with
+    # --allow-mismatch the run goes on and records that difference beside every repetition.
+    code, out, err = run_cli([str(path), "--cluster", cluster.address, "--out", str(tmp_path / "cluster"),
+                              "--allow-mismatch"], kill_the_first_lab_holder, env={"CASLAB_DATAPATH": "kernel"})
     assert code == 0, err + "\n" + cluster.log("w1") + cluster.log("w2")
     assert killed, err
     survivor = ({"w1", "w2"} - {killed["worker"]}).pop()
@@ -175,7 +180,9 @@ def test_cluster_sweep_with_a_killed_worker_matches_the_local_run(tmp_path, no_r
                                                               ("s2-direct", 0), ("s2-direct", 1)]
     rerun = [r for r in runs if len(r["attempts"]) > 1]
     assert len(rerun) == 1 and rerun[0]["attempts"] == [killed["worker"], survivor]
-    assert rerun[0]["worker"] == survivor and rerun[0]["differences"] == []
+    assert rerun[0]["worker"] == survivor
+    assert all(r["differences"] == ["datapath: runner kernel, worker user"] for r in runs), runs
+    assert manifest["cluster"]["allow_mismatch"] is True
     assert manifest["cluster"]["lost"] == [{"scenario": rerun[0]["scenario"], "rep": rerun[0]["rep"],
                                             "workers": [killed["worker"]]}]
     assert set(manifest["cluster"]["workers"]) >= {survivor}
@@ -203,6 +210,18 @@ def test_cluster_sweep_with_a_killed_worker_matches_the_local_run(tmp_path, no_r
     assert [(s["id"], s["faults"][0]["sessions"], s["faults"][0]["affected"]) for s in a] == \
            [(s["id"], s["faults"][0]["sessions"], s["faults"][0]["affected"]) for s in b]
     assert not list(cluster.scratch.glob("caslab-task-*")), "a worker's task folder was left behind"
+
+
+def test_a_worker_unlike_the_runner_is_refused_before_any_lab(tmp_path, no_residue, cluster):
+    path = write_spec(tmp_path)
+    code, _, err = run_cli([str(path), "--cluster", cluster.address, "--out", str(tmp_path / "out")],
+                           env={"CASLAB_DATAPATH": "kernel"})
+    assert code == 2, err
+    assert re.search(r"caslab: refused: worker w[12] \(\S+\) differs from this machine", err), err
+    assert "datapath: runner kernel, worker user" in err and "--allow-mismatch" in err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["cluster"]["runs"] == []
+    assert "repetitions submitted" not in err
 
 
 def test_ctrl_c_on_the_runner_cancels_and_workers_tear_down(tmp_path, no_residue, cluster):
