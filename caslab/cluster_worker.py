@@ -4,8 +4,11 @@
     # the same, with Dask's own command:
     dask worker tcp://HOST:8786 --nthreads 1 --resources lab=1 --preload caslab.cluster_worker
 
-The preload (``dask_setup``) refuses to start a worker on a machine that cannot run a lab
-(``caslab doctor``'s required checks). ``run_task`` is what the runner submits, one call
+``caslab worker`` refuses to start on a machine that cannot run a lab (``caslab doctor``'s
+required checks); with plain ``dask worker`` the preload (``dask_setup``) makes the same
+check, and since Dask only logs a failing preload, it takes the worker's "lab" resource
+away: the worker joins, but no repetition is ever sent to it, and the runner counts no
+lab machine there. ``run_task`` is what the runner submits, one call
 per scenario repetition: it compares this machine with the runner (caslab.cluster_facts)
 before building anything, runs the repetition in a process of its own
 (``python -m caslab.repetition``, under this machine's lab lock: two workers on one
@@ -38,14 +41,26 @@ TEARDOWN_S = 120.0  # a lab's teardown takes seconds; past this the process is k
 DEFAULT_LOCK_WAIT_S = 24 * 3600.0
 
 
-def dask_setup(worker) -> None:
-    """Dask preload: a worker whose machine cannot run the lab never joins."""
+def cannot_run_lab() -> str | None:
+    """Why this machine cannot run a lab (caslab doctor's required checks), or None."""
     from caslab import doctor
 
     failed = [c for c in doctor.checks() if c.required and not c.ok]
-    if failed:
-        raise RuntimeError("this machine cannot run the lab: "
-                           + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+    if not failed:
+        return None
+    return "this machine cannot run the lab: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+
+def dask_setup(worker) -> None:
+    """Dask preload: a worker whose machine cannot run the lab gets no "lab" resource."""
+    reason = cannot_run_lab()
+    if reason is None:
+        return
+    import logging
+
+    logging.getLogger("distributed.worker").error("caslab: %s; this worker gets no lab resource", reason)
+    for resources in (worker.state.total_resources, worker.state.available_resources):
+        resources["lab"] = 0
 
 
 def worker_argv(scheduler: str, name: str | None, host: str | None, nanny: bool, dashboard: bool) -> list[str]:
@@ -174,6 +189,10 @@ def _tail(path: Path, chars: int = 400) -> str:
 
 def main_cli(args) -> int:
     """``caslab worker``: become a Dask worker of the lab (exec, so signals reach Dask)."""
+    reason = cannot_run_lab()
+    if reason is not None:
+        print(f"caslab worker: {reason}", file=sys.stderr)
+        return 3
     argv = worker_argv(args.scheduler, args.name, args.host, not args.no_nanny, args.dashboard)
     print("caslab worker: " + " ".join(argv[1:]), file=sys.stderr, flush=True)
     os.execv(argv[0], argv)

@@ -208,3 +208,68 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     assert f"cannot reach the Dask scheduler at {address}" in res.stderr
+
+
+def test_a_plain_dask_worker_that_cannot_run_a_lab_gets_no_lab_resource(tmp_path):
+    """Dask only logs a failing preload, so the preload takes the lab resource away: run
+    as an unprivileged user (not root: no lab), the worker joins with lab=0."""
+    import os
+    import shutil
+
+    from caslab.netlab import free_tcp_port
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to start the worker as an unprivileged user")
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            "import caslab.cluster_worker"], capture_output=True, cwd="/", timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"the venv is not readable by an unprivileged user: {probe.stderr.decode()[-200:]}")
+    import tempfile
+
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    home = Path(tempfile.mkdtemp(prefix="caslab-unprivileged-"))  # pytest's own folders are root's alone
+    os.chmod(home, 0o777)
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                       "--port", address.rsplit(":", 1)[1], "--dashboard-address", "127.0.0.1:0"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        log = open(tmp_path / "worker.log", "wb")
+        procs.append(subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
+                                       f"HOME={home}", sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                       "--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                                       "--no-nanny", "--nthreads", "1", "--resources", "lab=1",
+                                       "--preload", "caslab.cluster_worker", "--local-directory", str(home)],
+                                      stdout=log, stderr=subprocess.STDOUT, cwd="/", start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=60)
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert [w["resources"] for w in workers.values()] == [{"lab": 0}]
+        assert cluster.lab_machines(workers) == {}
+        assert "this machine cannot run the lab: root" in (tmp_path / "worker.log").read_text()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_caslab_worker_refuses_a_machine_that_cannot_run_a_lab():
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to start the worker as an unprivileged user")
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "HOME=/",
+                          sys.executable, "-m", "caslab.cli", "worker", "--scheduler", "tcp://127.0.0.1:1",
+                          "--host", "127.0.0.1"], capture_output=True, text=True, cwd="/", timeout=60)
+    if "No module named" in res.stderr:
+        pytest.skip(f"the venv is not readable by an unprivileged user: {res.stderr[-200:]}")
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.startswith("caslab worker: this machine cannot run the lab: root: run as root")
