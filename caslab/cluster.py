@@ -171,6 +171,13 @@ class ClusterProgress:
                 self.durations.append(seconds)
             self.line(key, worker, f"done in {seconds or 0:.1f} s ({self.done}/{self.total} merged)")
 
+    def failed(self, key: str, worker: str, error: str) -> None:
+        """A repetition that failed on its worker (its events so far are merged, as a
+        local run keeps them)."""
+        with self.lock:
+            self.running.pop(key, None)
+            self.line(key, worker, f"FAILED: {error}")
+
     def say(self, text: str) -> None:
         print(f"{time.monotonic() - self.started:7.1f}s cluster: {text}", file=self.stream, flush=True)
 
@@ -328,11 +335,11 @@ class ClusterExecutor:
         if len(attempts) > 1:
             manifest["cluster"]["lost"].append({"scenario": task.scenario_id, "rep": task.rep,
                                                 "workers": attempts[:-1]})
-        cp.finished(future.key, result["worker"], result.get("seconds"))
         if result.get("error"):
             manifest["failures"].append({"scenario": task.scenario_id, "rep": task.rep, "error": result["error"]})
-            cp.line(future.key, result["worker"], f"FAILED: {result['error']}")
+            cp.failed(future.key, result["worker"], result["error"])
             raise LabError(f"{task.label} rep {task.rep + 1} on {result['worker']}: {result['error']}")
+        cp.finished(future.key, result["worker"], result.get("seconds"))
 
     def _cancel(self, client, futures, cp: ClusterProgress) -> None:
         """Ctrl-C: cancel every task, then wait for the workers that had a repetition

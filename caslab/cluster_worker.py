@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -142,9 +143,11 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         if cancelled:
             _emit(worker, topic, "torn-down", key, returncode=proc.returncode)
             return {"key": key, "cancelled": True}
-        result = _read_json(workdir / "result.json") or {
-            "error": f"the repetition's process ended with status {proc.returncode} and no result "
-                     f"({_tail(workdir / 'repetition.log')})", "interrupted": False}
+        result = _read_json(workdir / "result.json")
+        if result is None:
+            swept = sweep_after_lost_process()
+            result = {"error": f"the repetition's process ended with status {proc.returncode} and no result "
+                               f"({_tail(workdir / 'repetition.log')}); {swept}", "interrupted": False}
         events = (workdir / "events.jsonl").read_text() if (workdir / "events.jsonl").exists() else ""
         return {"key": key, "cancelled": False, "scenario_id": task["scenario_id"], "rep": task["rep"],
                 "worker": name, "address": worker.address, "host": mine["host"], "facts": mine,
@@ -170,6 +173,23 @@ def _wait(proc: subprocess.Popen, worker, key: str) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def sweep_after_lost_process() -> str:
+    """A repetition process killed outright (SIGKILL, the OOM killer) could not tear its
+    lab down: remove what it left, as ``caslab cleanup`` would, under the lab lock."""
+    from caslab.cleanup import sweep_dead_labs
+    from caslab.netlab import LabError, LabLock
+
+    removed: list[str] = []
+    try:
+        with LabLock(wait_s=TEARDOWN_S):
+            sweep_dead_labs(say=removed.append)
+    except (LabError, OSError) as exc:
+        return f"its lab's remains were not removed ({exc}): run caslab cleanup on {socket.gethostname()}"
+    return (f"what its lab left was removed on {socket.gethostname()} as caslab cleanup would "
+            f"({sum(r.startswith('killed') for r in removed)} processes, "
+            f"{sum(r.startswith('removed') for r in removed)} bridges and links)")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

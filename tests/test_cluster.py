@@ -88,17 +88,20 @@ class Cluster:
         self.procs[name].wait(10)
 
     def down(self) -> None:
-        """SIGTERM to every process at once (a worker waits for its repetition's teardown)."""
-        alive = [p for p in self.procs.values() if p.poll() is None]
-        for proc in alive:
-            proc.terminate()
-        deadline = time.monotonic() + 60
-        for proc in alive:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        """SIGTERM to the workers at once (each waits for its repetition's teardown), then
+        to the scheduler (a worker whose scheduler is gone first tries to reach it again)."""
+        workers = [p for n, p in self.procs.items() if n != "scheduler"]
+        for group in (workers, [self.procs["scheduler"]]):
+            alive = [p for p in group if p.poll() is None]
+            for proc in alive:
+                proc.terminate()
+            deadline = time.monotonic() + 60
+            for proc in alive:
+                try:
+                    proc.wait(max(deadline - time.monotonic(), 1))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -245,3 +248,39 @@ def test_ctrl_c_on_the_runner_cancels_and_workers_tear_down(tmp_path, no_residue
     assert not lab_residue(str(tmp_path))
     for name in ("w1", "w2"):  # the workers stay up for the next run
         assert cluster.procs[name].poll() is None, cluster.log(name)
+
+
+def repetition_pids(scratch: Path) -> list[int]:
+    """The repetition processes of this test's workers (their task folders are in scratch)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "caslab.repetition" in cmd and str(scratch) in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_repetition_killed_outright_fails_the_run_and_its_lab_is_swept(tmp_path, no_residue, cluster):
+    path = write_spec(tmp_path)
+    killed = []
+
+    def kill_the_repetition(proc, line):
+        if not killed and "warming up" in line:
+            pids = repetition_pids(cluster.scratch)
+            assert len(pids) == 1, pids
+            os.kill(pids[0], signal.SIGKILL)  # no teardown: its lab's processes and bridge stay behind
+            killed.append(pids[0])
+
+    code, _, err = run_cli([str(path), "--cluster", cluster.address, "--out", str(tmp_path / "out"),
+                            "--set", 'experiment.modes=["direct"]', "--set", "experiment.repetitions=1"],
+                           kill_the_repetition)
+    assert killed and code == 1, err
+    assert "the repetition's process ended with status -9 and no result" in err
+    assert re.search(r"what its lab left was removed on \S+ as caslab cleanup would \([1-9]\d* processes, "
+                     r"[1-9]\d* bridges and links\)", err), err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["complete"] is False and len(manifest["failures"]) == 1
+    assert not lab_residue(str(tmp_path))
