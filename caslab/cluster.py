@@ -329,6 +329,8 @@ class ClusterExecutor:
         result = future.result()
         if result.get("cancelled"):
             return
+        if not attempts or attempts[-1] != result["worker"]:  # its start event may still be on its way
+            attempts.append(result["worker"])
         if not merge.accept(result, attempts):
             cp.say(f"{task.raw_name}: a second result arrived from {result['worker']}; ignored (merged once)")
             return
@@ -354,7 +356,7 @@ class ClusterExecutor:
                 time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-        left = sorted(keys_left := started - cp.torn_down)
-        if keys_left:
+        left = sorted(started - cp.torn_down)
+        if left:
             cp.say(f"no word of teardown from {', '.join(cp.keys[k].raw_name for k in left)} "
                    "(caslab cleanup on that machine removes what a lost lab left)")
