@@ -110,13 +110,12 @@ class RepTask:
         return f"{self.scenario_id}-r{self.rep + 1}"
 
 
-def task_plan(scenarios: list[dict[str, Any]], metas: list[dict[str, Any]], reps: int) -> list[RepTask]:
-    """Every repetition of every scenario, in the order a local run runs them."""
-    tasks = []
-    for scenario, meta in zip(scenarios, metas):
-        for rep in range(reps):
-            tasks.append(RepTask(len(tasks) + 1, meta["id"], meta["label"], rep, scenario))
-    return tasks
+def task_plan(scenarios: list[dict[str, Any]], metas: list[dict[str, Any]], reps: int,
+              order: str = "scenarios") -> list[RepTask]:
+    """Every repetition of every scenario, in the order a local run runs them
+    (``experiment.order``, see ``run_order``); a cluster submits them in that order."""
+    return [RepTask(count, metas[index]["id"], metas[index]["label"], rep, scenarios[index])
+            for count, (index, rep) in enumerate(run_order(len(scenarios), reps, order), start=1)]
 
 
 def run_repetition(task: RepTask, raw_dir: Path, events_out: TextIO, progress: Callable[[str], None]) -> None:
@@ -162,7 +161,7 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
     metas = scenario_metas(scenarios)
     manifest = new_manifest(run_dir, spec, spec_path, metas)
     write_manifest(run_dir, manifest)
-    tasks = task_plan(scenarios, metas, spec["experiment"]["repetitions"])
+    tasks = task_plan(scenarios, metas, spec["experiment"]["repetitions"], spec["experiment"]["order"])
     timing = spec["timing"]
     progress = Progress(len(tasks), estimate_s=STARTUP_S + timing["warmup_s"] + timing["observe_s"])
     events_path = run_dir / "events.jsonl"
@@ -182,6 +181,15 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
             system.give_to_invoking_user(str(run_dir))
             refresh_index(run_dir)
     return analysis
+
+
+def run_order(scenarios: int, reps: int, order: str = "scenarios") -> list[tuple[int, int]]:
+    """(scenario index, repetition) in the order they run (``experiment.order``):
+    ``scenarios`` runs each scenario's repetitions together; ``interleaved`` runs
+    repetition by repetition, every scenario in turn, so a comparison's sides alternate."""
+    if order == "interleaved":
+        return [(i, rep) for rep in range(reps) for i in range(scenarios)]
+    return [(i, rep) for i in range(scenarios) for rep in range(reps)]
 
 
 def refresh_index(run_dir: Path) -> None:

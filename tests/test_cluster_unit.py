@@ -108,6 +108,16 @@ def test_task_plan_is_the_local_order_with_one_task_per_repetition(tmp_path):
     json.dumps(tasks[0].scenario)  # what a worker's repetition process reads: plain JSON
 
 
+def test_task_plan_follows_an_interleaved_order(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(SPEC.replace('repetitions = 3', 'repetitions = 2\norder = "interleaved"'))
+    spec, _ = spec_mod.load(str(path))
+    scenarios = spec_mod.scenarios(spec)
+    tasks = runner.task_plan(scenarios, runner.scenario_metas(scenarios), 2, spec["experiment"]["order"])
+    assert [(t.index, t.raw_name) for t in tasks] == [(1, "s1-sdn-nlb-r1"), (2, "s2-direct-r1"),
+                                                      (3, "s1-sdn-nlb-r2"), (4, "s2-direct-r2")]
+
+
 def test_eta_shares_the_work_over_the_lab_machines():
     assert cluster.cluster_eta_s(20.0, queued=4, running_elapsed=[], parallel=1) == 80.0
     assert cluster.cluster_eta_s(20.0, queued=4, running_elapsed=[5.0, 30.0], parallel=2) == (15.0 + 0.0 + 80.0) / 2
