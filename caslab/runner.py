@@ -25,6 +25,7 @@ import shutil
 from caslab import report, scenario as scenario_mod, spec as spec_mod, system
 from caslab.netlab import LabError
 from caslab.plan_view import STARTUP_S, duration_text
+from caslab.safefs import write_file
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -76,8 +77,13 @@ class Progress:
 def prepare_folder(out: Path, force: bool) -> None:
     """A result folder starts empty: reusing a run's folder would mix its events and
     mailbox stores with the new run's (message ids repeat, a lost message looks stored)."""
-    if out.exists() and not out.is_dir():
-        raise LabError(f"{out} exists and is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise LabError(f"{out} exists and is not a folder (a symlink is not one either)")
+    if out.exists() and os.geteuid() == 0:
+        owner, sudo_uid = out.stat().st_uid, os.environ.get("SUDO_UID", "")
+        if owner != 0 and str(owner) != sudo_uid:
+            raise LabError(f"{out} belongs to uid {owner}: root writes a run only into a new folder, or one "
+                           f"of root or of the user who ran sudo (another account could plant links in it)")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise LabError(f"{out} is not empty: choose a new folder, or --force to empty it first")
@@ -166,4 +172,4 @@ def new_manifest(run_dir: Path, spec: dict[str, Any], spec_path: Path, metas: li
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    write_file(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 from jinja2 import Environment
 
 from caslab import system
 from caslab.columns import COLUMNS
+from caslab.safefs import write_file
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>caslab results</title>
@@ -62,8 +64,9 @@ def run_entry(folder: Path) -> dict[str, Any] | None:
     spec = manifest.get("spec", {}).get("experiment", {})
     commit = (manifest.get("git") or {}).get("commit")
     dirty = (manifest.get("git") or {}).get("dirty")
-    return {"name": folder.name, "link": f"{folder.name}/report.html" if (folder / "report.html").exists()
-            else f"{folder.name}/", "experiment": spec.get("name", "?"), "description": spec.get("description", ""),
+    # "./" and quoting: a folder's name is a relative path, never a scheme (javascript:)
+    link = f"./{quote(folder.name, safe='')}/"
+    return {"name": folder.name, "link": f"{link}report.html" if (folder / "report.html").exists() else link, "experiment": spec.get("name", "?"), "description": spec.get("description", ""),
             "complete": manifest.get("complete", False), "live": manifest.get("live", False),
             "git": f"{commit[:10]}{' (dirty)' if dirty else ''}" if commit else None,
             "rows": headline_rows(summary), "mtime": (folder / "manifest.json").stat().st_mtime}
@@ -76,7 +79,7 @@ def write_index(folder: Path) -> Path:
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         runs=runs, folder=str(folder), columns=[c for c in COLUMNS if c.terminal])
     path = folder / "index.html"
-    path.write_text(html)
+    write_file(path, html)
     system.give_to_invoking_user(str(path))
     system.give_to_invoking_user(str(folder), recursive=False)
     return path
