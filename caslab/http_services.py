@@ -38,7 +38,7 @@ def prepare_tls(ctx: RunContext) -> None:
     names = [ctx.spec["http"]["external_host"], AUTODISCOVER_NAME]
     names += [a["fqdn"] for a in ctx.arrays().values()]
     names += [h.fqdn for h in ctx.plan.by_role("cas")]
-    ctx.tls = make_lab_tls(ctx.raw_dir / "tls", names)
+    ctx.tls = make_lab_tls(ctx.raw_dir / "tls", names, key_folder=ctx.socket_dir() / "tls")
 
 
 def http_hosts(ctx: RunContext) -> list[HostPlan]:
