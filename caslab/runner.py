@@ -87,8 +87,20 @@ def prepare_folder(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
             raise LabError(f"{out} is not empty: choose a new folder, or --force to empty it first")
+        if not is_result_folder(out):
+            raise LabError(f"{out} is not a caslab result folder (no manifest.json of a run): --force empties "
+                           f"only those; choose a new folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def is_result_folder(folder: Path) -> bool:
+    """A folder a run wrote: its manifest.json is a JSON object with the run's spec."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("spec"), dict) and "run_id" in manifest
 
 
 def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False) -> Path:
@@ -153,7 +165,7 @@ def refresh_index(run_dir: Path) -> None:
         return
     try:
         index.write_index(folder)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # a neighbour's, not this run's
         print(f"caslab: could not update {folder / 'index.html'}: {exc}", file=sys.stderr)
 
 

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from caslab import runner, spec as spec_mod
 from caslab.metrics import analyze_run, summarize_scenario
 from caslab.metrics.compare import compare
@@ -96,6 +98,25 @@ def test_an_index_link_is_never_a_javascript_url(tmp_path):
     html = index.write_index(tmp_path).read_text()
     links = sorted(re.findall(r'href="([^"]*)"', html))
     assert links == ["./a%20b%23%3Fc/", "./data%3Atext%2Cx/", "./javascript%3Aalert%281%29%252F%252F/"], links
+
+
+@pytest.mark.parametrize("manifest,summary", [("[]", "{}"), ('{"spec": "x", "git": 1}', "[1]"),
+                                              ('{"spec": {"experiment": []}}', '{"scenarios": 5}'),
+                                              ('{"spec": {"experiment": {}}, "git": {"commit": 7}}',
+                                               '{"scenarios": [{"faults": [1]}]}')],
+                         ids=["list", "wrong_types", "experiment_list", "odd_values"])
+def test_a_malformed_neighbour_does_not_break_the_index(tmp_path, manifest, summary):
+    # Old behaviour: one neighbour's manifest that was JSON but not the expected shape
+    # raised AttributeError in write_index: a run that had completed exited 1.
+    good = tmp_path / "good-run"
+    good.mkdir()
+    (good / "manifest.json").write_text(json.dumps({"spec": {"experiment": {"name": "good"}}, "complete": True}))
+    bad = tmp_path / "bad-run"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(manifest)
+    (bad / "summary.json").write_text(summary)
+    html = index.write_index(tmp_path).read_text()
+    assert 'href="./good-run/"' in html
 
 
 def test_index_links_every_run_with_its_headline_row(tmp_path):
