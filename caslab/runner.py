@@ -94,6 +94,13 @@ def prepare_folder(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def result_folder(out: str | Path | None, default_name: str) -> Path:
+    """The run's folder as an absolute path: ``--out`` as given (``-x`` too, a folder name
+    like any other) or results/NAME. Absolute, so no path handed to a program (mount, a
+    role's config) can start with "-" and be read as an option."""
+    return (Path(out) if out else results_dir() / default_name).absolute()
+
+
 def is_result_folder(folder: Path) -> bool:
     """A folder a run wrote: its manifest.json is a JSON object with the run's spec."""
     try:
@@ -113,7 +120,7 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
     """Run every scenario and write the report; returns the analysis the report shows."""
     name = spec["experiment"]["name"]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out else results_dir() / f"{name}-{stamp}"
+    run_dir = result_folder(out, f"{name}-{stamp}")
     prepare_folder(run_dir, force)
     scenarios = spec_mod.scenarios(spec)
     metas = scenario_metas(scenarios)

@@ -145,6 +145,17 @@ def test_force_empties_only_a_folder_that_is_a_caslab_result(tmp_path, content):
     assert (out / "thesis" / "chapter1.tex").read_text() == "years of work"
 
 
+def test_an_out_folder_named_like_an_option_becomes_an_absolute_path(tmp_path, monkeypatch):
+    # Old behaviour: --out=-x stayed "-x": the live lab's resolv.conf bind mount ran
+    # "mount --bind -x/raw/.../resolv.conf ...", and mount read the path as options.
+    monkeypatch.chdir(tmp_path)
+    folder = runner.result_folder("-x", "unused")
+    assert folder == tmp_path / "-x" and folder.is_absolute()
+    assert runner.result_folder(None, "name-1").is_absolute()
+    live = (ROOT / "caslab" / "live.py").read_text()
+    assert '"mount", "--bind", "--",' in live, "paths after -- are never options"
+
+
 def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_path, monkeypatch):
     """The bridge names are shared: while a lab runs, cleanup of a dead one must not sweep them."""
     from caslab import cleanup as cleanup_mod
