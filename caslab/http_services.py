@@ -107,7 +107,9 @@ def cas_config(ctx: RunContext) -> dict[str, Any] | None:
     users = {u["user"]: u["db"] for c in ctx.plan.by_role("client") for u in users_for(ctx, c) + [probe_user(c)]}
     users.update(http_users(ctx))
     return {"port": HTTPS_PORT, "cert": str(ctx.tls.cert), "key": str(ctx.tls.key), "users": users,
-            "external_url": f"https://{ctx.spec['http']['external_host']}", "time_scale": ctx.spec["http"]["time_scale"]}
+            "external_url": f"https://{ctx.spec['http']['external_host']}", "time_scale": ctx.spec["http"]["time_scale"],
+            # an IN channel is silent at most one keep-alive period: twice that, and some
+            "channel_idle_s": 2 * ctx.spec["http"]["oa_keepalive_s"] * ctx.spec["http"]["time_scale"] + 30}
 
 
 def source_addresses(ctx: RunContext, host: HostPlan, count: int) -> list[str]:
