@@ -15,7 +15,6 @@ import ssl
 import time
 from pathlib import Path
 
-import pytest
 
 from caslab.tls import make_lab_tls
 from labcommon.auth import password_for
