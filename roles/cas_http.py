@@ -23,9 +23,9 @@ WBXML; the autodiscover answer is XML as in Exchange):
 Every answer names the CAS in an ``X-FEServer`` header.
 
 Bounds (``ConnectionGuard``), as IIS has them: a connection that has no request under way
-for ``idle_timeout_s`` (60 s: a TLS handshake, a request head, the pause between two
-requests) is closed; at most ``max_connections`` are open at once (more are closed at
-once); an Outlook Anywhere IN channel with no frame for ``channel_idle_s`` is closed
+for ``idle_timeout_s`` (120 s, IIS's connectionTimeout: a TLS handshake, a request head,
+the pause between two requests) is closed; at most ``max_connections`` are open at once
+(more are closed at once); an Outlook Anywhere IN channel with no frame for ``channel_idle_s`` is closed
 (``roles.rpc_proxy``); ActiveSync devices are kept per user, at most ``max_devices``.
 
 Config keys: those of ``roles.cas`` plus ``http``: {port, cert, key, users {user: db},
@@ -62,7 +62,7 @@ LOGIN_TIMEOUT = 440  # OWA's "Login Timeout": the session is unknown here, log i
 HEARTBEAT_BOUNDS_S = (60, 3540)  # Exchange 2010's MinHeartbeatInterval / MaxHeartbeatInterval
 MAX_OWA_SESSIONS = 50_000
 MAX_DEVICES = 50_000
-IDLE_TIMEOUT_S = 60.0
+IDLE_TIMEOUT_S = 120.0  # IIS's connectionTimeout default
 MAX_CONNECTIONS = 8192
 AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
 ERRORS = {"mailbox_unavailable": 503, "auth_required": 401, "auth_failed": 401, "unknown_db": 404,
