@@ -144,3 +144,24 @@ def test_activesync_devices_are_per_user(tmp_path, started):
     assert eas_sync(https, context, "bob", "phone-1")["count"] == 0, "bob was served alice's mailbox"
     assert eas_sync(https, context, "alice", "phone-1")["count"] == 3
 
+
+
+def links_to(port: int) -> int:
+    """Established TCP connections to ``port`` on this host (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_the_activesync_device_table_is_bounded(tmp_path, started):
+    # Old behaviour: every DeviceId ever seen kept its entry and its link to the mailbox
+    # server: five devices held five mailbox connections, for good.
+    mailbox, cas, context = start_cas_http(tmp_path, started, max_devices=2)
+    https = cas.config["http"]["port"]
+    for i in range(5):
+        assert eas_sync(https, context, "alice", f"device-{i}")["ok"] is True
+    wait_until(lambda: links_to(mailbox.port) <= 2, 5, "links of forgotten devices closed")
+    assert eas_sync(https, context, "alice", "device-0")["ok"] is True, "a forgotten device logs on again"

@@ -521,3 +521,33 @@ def test_a_batch_of_the_longest_rows_fits_one_frame():
     frame_ = encode({"op": "replicate", "db": "D" * 200, "rows": batch, "head": 2**61, "prev_seq": 2**61,
                      "prev_chain": "0" * 16})
     assert MAX_FRAME - 20_000 < len(frame_) <= MAX_FRAME + 4, len(frame_)
+
+
+def test_a_copy_whose_log_diverged_drops_the_foreign_rows_and_takes_the_active_log(tmp_path):
+    # Old behaviour: positions alone: a copy holding other rows at the active copy's
+    # positions "had" them, and said so.
+    from roles.dag import DatabaseCopy
+
+    def row(seq, msg_id):
+        return {"msg_id": msg_id, "seq": seq, "user": "alice", "folder": "Inbox", "subject": ""}
+
+    old = DatabaseCopy(tmp_path / "old.sqlite", active=True, peers=[])
+    new = DatabaseCopy(tmp_path / "new.sqlite", active=True, peers=[])
+    for i in range(1, 4):
+        old.append(row(0, f"shared-{i}"))
+        new.append(row(0, f"shared-{i}"))
+    for i in range(2):
+        old.append(row(0, f"only-old-{i}"))      # positions 4, 5 on the old log
+    for i in range(3):
+        new.append(row(0, f"only-new-{i}"))      # positions 4, 5, 6 on the new log
+    old.active = False
+    # the new active copy continues from position 5: the old copy's chain there differs
+    assert old.apply([row(6, "only-new-2")], 6, 5, new.chain_at(5)) == "diverged"
+    assert old.last_seq == 4 and old.behind == 2
+    assert old.apply(new.rows_after(4), 6, 4, new.chain_at(4)) == "diverged"
+    assert old.last_seq == 3 and old.behind == 3, "it knows it lacks everything after the common rows"
+    assert old.apply(new.rows_after(3), 6, 3, new.chain_at(3)) == "ok"
+    assert (old.last_seq, old.behind, old.tip) == (6, 0, new.tip)
+    assert [r["msg_id"] for r in old.rows_after(0)] == [r["msg_id"] for r in new.rows_after(0)]
+    # a shipment re-sent from an earlier position replaces, never duplicates
+    assert old.apply(new.rows_after(2), 6, 2, new.chain_at(2)) == "ok" and old.last_seq == 6
