@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", help="the HA mode (default: sdn-nlb if the spec has it, else its first mode)")
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     up.add_argument("--out", help="result folder (default results/live-<mode>-<timestamp>)")
-    up.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    up.add_argument("--force", action="store_true", help="empty an existing --out folder first (a caslab result folder only)")
     up.add_argument("--no-cli", action="store_true", help="no CLI: stay up until SIGTERM, Ctrl-C or caslab down")
     up.add_argument("--no-clients", action="store_true", help="start no client sessions")
     up.set_defaults(func=cmd_up)
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec setting, e.g. --set nlb.fast_fail=false (repeatable)")
     run.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and stop")
-    run.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    run.add_argument("--force", action="store_true", help="empty an existing --out folder first (a caslab result folder only)")
     run.add_argument("--cluster", metavar="tcp://HOST:8786",
                      help="run the repetitions on the lab workers of this Dask scheduler (caslab worker), "
                           "merged into one result folder here")

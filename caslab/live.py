@@ -224,7 +224,8 @@ class LiveLab:
         path.write_text(f"nameserver {self.ctx.dns_server}\nsearch {LAB_DOMAIN}\noptions timeout:1 attempts:2\n")
         failed = []
         for node in self.ctx.lab.net.hosts:
-            code, out = self.ctx.lab.run_in(node.name, ["mount", "--bind", str(path), "/etc/resolv.conf"])
+            code, out = self.ctx.lab.run_in(node.name, ["mount", "--bind", "--", str(path.absolute()),
+                                                        "/etc/resolv.conf"])
             if code != 0:
                 failed.append(f"{node.name}: {out.strip()[:80]}")
         if failed:
@@ -274,7 +275,7 @@ def main_cli(args) -> int:
     if failed:
         return 3
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.out) if args.out else runner.results_dir() / f"live-{scenario['mode']}-{stamp}"
+    run_dir = runner.result_folder(args.out, f"live-{scenario['mode']}-{stamp}")
     try:
         runner.prepare_folder(run_dir, args.force)
     except LabError as exc:

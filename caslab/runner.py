@@ -26,6 +26,7 @@ from typing import Any, Callable, TextIO
 from caslab import report, scenario as scenario_mod, spec as spec_mod, system
 from caslab.netlab import LabError
 from caslab.plan_view import STARTUP_S, duration_text
+from caslab.safefs import write_file
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -77,13 +78,37 @@ class Progress:
 def prepare_folder(out: Path, force: bool) -> None:
     """A result folder starts empty: reusing a run's folder would mix its events and
     mailbox stores with the new run's (message ids repeat, a lost message looks stored)."""
-    if out.exists() and not out.is_dir():
-        raise LabError(f"{out} exists and is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise LabError(f"{out} exists and is not a folder (a symlink is not one either)")
+    if out.exists() and os.geteuid() == 0:
+        owner, sudo_uid = out.stat().st_uid, os.environ.get("SUDO_UID", "")
+        if owner != 0 and str(owner) != sudo_uid:
+            raise LabError(f"{out} belongs to uid {owner}: root writes a run only into a new folder, or one "
+                           f"of root or of the user who ran sudo (another account could plant links in it)")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise LabError(f"{out} is not empty: choose a new folder, or --force to empty it first")
+        if not is_result_folder(out):
+            raise LabError(f"{out} is not a caslab result folder (no manifest.json of a run): --force empties "
+                           f"only those; choose a new folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def result_folder(out: str | Path | None, default_name: str) -> Path:
+    """The run's folder as an absolute path: ``--out`` as given (``-x`` too, a folder name
+    like any other) or results/NAME. Absolute, so no path handed to a program (mount, a
+    role's config) can start with "-" and be read as an option."""
+    return (Path(out) if out else results_dir() / default_name).absolute()
+
+
+def is_result_folder(folder: Path) -> bool:
+    """A folder a run wrote: its manifest.json is a JSON object with the run's spec."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("spec"), dict) and "run_id" in manifest
 
 
 def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False) -> Path:
@@ -155,7 +180,7 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
     manifest, the merged events and the report are this function's either way."""
     name = spec["experiment"]["name"]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out else results_dir() / f"{name}-{stamp}"
+    run_dir = result_folder(out, f"{name}-{stamp}")
     prepare_folder(run_dir, force)
     scenarios = spec_mod.scenarios(spec)
     metas = scenario_metas(scenarios)
@@ -202,7 +227,7 @@ def refresh_index(run_dir: Path) -> None:
         return
     try:
         index.write_index(folder)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # a neighbour's, not this run's
         print(f"caslab: could not update {folder / 'index.html'}: {exc}", file=sys.stderr)
 
 
@@ -221,4 +246,4 @@ def new_manifest(run_dir: Path, spec: dict[str, Any], spec_path: Path, metas: li
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    write_file(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

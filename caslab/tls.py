@@ -6,14 +6,16 @@ name it asked for. The lab therefore makes a CA per run (the ``cryptography`` pa
 and one server certificate signed by it whose subject alternative names are every name a
 client may use: the published name (``mail.lab.test``), ``autodiscover.lab.test``, each
 array FQDN and each CAS's own FQDN. The CAS servers and a TLS-terminating load balancer
-present it; clients trust only the lab CA and verify host names. Keys never leave the
-run's raw folder; nothing here is a secret worth keeping (a CA lives for one run).
+present it; clients trust only the lab CA and verify host names. Private keys are created
+0600 (never readable for an instant) in a private folder outside the results (the run's
+socket folder, removed at its end); certificates go to the run's raw folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +47,23 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def make_lab_tls(folder: Path, names: list[str], addresses: list[str] = ()) -> TlsFiles:
+def _write_private(path: Path, data: bytes) -> None:
+    """A new file, mode 0600 from its creation (never through a link, never an old file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def make_lab_tls(folder: Path, names: list[str], addresses: list[str] = (),
+                 key_folder: Path | None = None) -> TlsFiles:
     """A CA and one server certificate for ``names`` (DNS SANs, the first is the subject)
-    and ``addresses`` (IP SANs), written to ``folder``."""
+    and ``addresses`` (IP SANs): certificates in ``folder``, private keys in ``key_folder``
+    (default ``folder``; a run passes a private folder outside its results)."""
     if not names:
         raise ValueError("a server certificate needs at least one name")
     folder.mkdir(parents=True, exist_ok=True)
+    key_folder = folder if key_folder is None else key_folder
+    key_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -76,12 +89,11 @@ def make_lab_tls(folder: Path, names: list[str], addresses: list[str] = ()) -> T
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    files = TlsFiles(folder / "lab-ca.pem", folder / "server.pem", folder / "server.key", folder / "haproxy.pem")
+    files = TlsFiles(folder / "lab-ca.pem", folder / "server.pem", key_folder / "server.key",
+                     key_folder / "haproxy.pem")
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert_pem)
-    files.key.write_bytes(_pem_key(key))
-    files.key.chmod(0o600)
-    files.combined.write_bytes(cert_pem + _pem_key(key))
-    files.combined.chmod(0o600)
+    _write_private(files.key, _pem_key(key))
+    _write_private(files.combined, cert_pem + _pem_key(key))
     return files

@@ -210,8 +210,11 @@ RPC_CHANNEL = event("rpc_channel", "role", "an Outlook Anywhere channel (RPC_IN_
                     reason=opt("str", "why it closed"))
 RCAS_CHANGED = event("rcas_changed", "role", "autodiscover's RpcClientAccessServer for a database changed",
                      db=f("str", "database"), server=f("str", "new server name"), previous=f("str", "old server name"))
-REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take a replicated message in time",
-                           db=f("str", "database"), peer=f("str", "address of the copy"), reason=f("str", "exception"))
+REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take the log (no answer in time, a "
+                                                          "refusal, a frame that could not be read or written, a "
+                                                          "shipper error): marked failed, retried; said once",
+                           db=f("str", "database"), peer=f("str", "address of the copy"),
+                           reason=f("str", "exception and its message"))
 REPLICATION_RESUMED = event("replication_resumed", "role", "a copy that had failed was resynced",
                             db=f("str", "database"), peer=f("str", "address of the copy"), rows=f("int", "rows sent"))
 DB_ROLE = event("db_role", "role", "a database copy became active or passive on this server",

@@ -4,6 +4,7 @@ A run that is still alive is never touched. A result folder is never reused by a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_an_existing_result_folder_is_refused_unless_forced(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "events.jsonl").write_text('{"ev":"op"}\n')
+    (out / "manifest.json").write_text(json.dumps({"run_id": "run", "spec": {"experiment": {"name": "x"}}}))
     with pytest.raises(LabError, match="not empty"):
         runner.prepare_folder(out, force=False)
     assert (out / "events.jsonl").exists(), "nothing of the old run is touched"
@@ -127,6 +129,31 @@ def test_an_existing_result_folder_is_refused_unless_forced(tmp_path):
     assert out.is_dir() and not any(out.iterdir()), "--force starts it empty"
     runner.prepare_folder(tmp_path / "new" / "deep", force=False)
     assert (tmp_path / "new" / "deep").is_dir()
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[]", '{"run_id": "x"}'],
+                         ids=["no_manifest", "bad_json", "not_an_object", "no_spec"])
+def test_force_empties_only_a_folder_that_is_a_caslab_result(tmp_path, content):
+    # Old behaviour: --force deleted any non-empty folder (--out ~ would have taken a home).
+    out = tmp_path / "mine"
+    (out / "thesis").mkdir(parents=True)
+    (out / "thesis" / "chapter1.tex").write_text("years of work")
+    if content is not None:
+        (out / "manifest.json").write_text(content)
+    with pytest.raises(LabError, match="not a caslab result folder"):
+        runner.prepare_folder(out, force=True)
+    assert (out / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+
+def test_an_out_folder_named_like_an_option_becomes_an_absolute_path(tmp_path, monkeypatch):
+    # Old behaviour: --out=-x stayed "-x": the live lab's resolv.conf bind mount ran
+    # "mount --bind -x/raw/.../resolv.conf ...", and mount read the path as options.
+    monkeypatch.chdir(tmp_path)
+    folder = runner.result_folder("-x", "unused")
+    assert folder == tmp_path / "-x" and folder.is_absolute()
+    assert runner.result_folder(None, "name-1").is_absolute()
+    live = (ROOT / "caslab" / "live.py").read_text()
+    assert '"mount", "--bind", "--",' in live, "paths after -- are never options"
 
 
 def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_path, monkeypatch):
