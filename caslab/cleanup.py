@@ -6,7 +6,7 @@ against their recorded start time, so a recycled pid is never hit), the bridge a
 interface names of its plan, and its conntrack zones. A lab whose runner is still alive
 is refused: cleanup never tears down a running experiment. While one runs, a dead lab's
 processes are still ended (each is checked by pid and start time), but no bridge,
-interface or conntrack zone is touched: the names are fixed (``clab<k>``), so the live
+interface, conntrack zone or Open vSwitch SSL configuration is touched: the names are fixed (``clab<k>``), so the live
 lab owns them now. Never Mininet's global clean-up, never a kill by process name.
 """
 
@@ -17,7 +17,9 @@ import os
 import shutil
 import signal
 
+from caslab import system
 from caslab.netlab import LOCK_PATH, flush_lab_conntrack, sweep_lab_names
+from caslab.ofchannel import ChannelError, restore_ssl
 from caslab.registry import live_labs, same_process
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
 
@@ -67,6 +69,12 @@ def sweep_dead_labs(say=print) -> int:
     for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
         say(f"removed {name}")
         found += 1
+    try:
+        if system.ovs_running() and restore_ssl():
+            say("restored the Open vSwitch SSL configuration a dead run had replaced")
+            found += 1
+    except ChannelError as exc:
+        say(f"could not restore Open vSwitch's SSL configuration: {exc}")
     return found
 
 

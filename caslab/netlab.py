@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from caslab import interrupts, system
+from caslab.ofchannel import Channel, ChannelError
 from caslab.registry import LabRecord
 from topologies.plan import SWITCH_PREFIX, LabPlan
 
@@ -89,12 +89,6 @@ class LabLock:
         self.release()
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def existing_bridges() -> list[str]:
     res = system.run(["ovs-vsctl", "--timeout=5", "list-br"])
     return res.stdout.split()
@@ -145,13 +139,17 @@ class LabNetwork:
 
     plan: LabPlan
     run_dir: Path
-    controller_port: int
     datapath: str = field(default_factory=system.preferred_datapath)
     topo_options: dict = field(default_factory=dict)
     net: object = None
     processes: list[LabProcess] = field(default_factory=list)
     lock: LabLock = field(default_factory=LabLock)
     record: LabRecord | None = None
+    channel: Channel | None = None  # the OpenFlow channel (caslab/ofchannel.py), from build() on
+
+    @property
+    def controller_port(self) -> int | None:
+        return self.channel.port if self.channel is not None else None
 
     # ---- build -----------------------------------------------------------------------
 
@@ -171,9 +169,13 @@ class LabNetwork:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
                            f"or a killed run left them (remove with: caslab cleanup)")
         self.record = LabRecord.create(self.run_dir, self.plan.switch_names(), self.datapath_name)
+        try:
+            self.channel = Channel.open(self.record.folder / "tls", owner=self.record.folder.name)
+        except ChannelError as exc:
+            raise LabError(str(exc)) from None
         switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
                          reconnectms=1000)
-        controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
+        controller = partial(RemoteController, ip="127.0.0.1", port=self.channel.port, protocol="ssl")
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
         self.net.build()
@@ -269,13 +271,13 @@ class LabNetwork:
         switches = self.plan.switch_names()
         while time.monotonic() < deadline:
             rows = system.run(["ovs-vsctl", "--timeout=3", "--columns=is_connected", "find", "Controller",
-                               f"target=\"tcp:127.0.0.1:{self.controller_port}\""]).stdout
+                               f"target=\"{self.channel.target}\""]).stdout
             connected = rows.count("true")
             if connected >= len(switches):
                 return
             time.sleep(0.1)
-        raise LabError(f"switches {switches} did not connect to the controller on port "
-                       f"{self.controller_port} within {timeout_s:.0f} s")
+        raise LabError(f"switches {switches} did not connect to the controller at {self.channel.target} "
+                       f"within {timeout_s:.0f} s (see logs/controller.log)")
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -297,16 +299,25 @@ class LabNetwork:
             threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
 
-    def popen_root(self, name: str, argv: list[str], env: dict | None = None) -> LabProcess:
-        """Start argv in the root namespace (the controller), in its own process group."""
+    def popen_root(self, name: str, argv: list[str], env: dict | None = None,
+                   pass_fds: tuple[int, ...] = ()) -> LabProcess:
+        """Start argv in the root namespace (the controller), in its own process group;
+        ``pass_fds``: the listening sockets it inherits."""
         log = self._log_file(name)
         with interrupts.deferred():
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
+                                     start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
             proc = LabProcess(name, None, popen, log)
             self.processes.append(proc)
             self._register(proc)
         return proc
+
+    def popen_controller(self, app: str, env: dict | None = None, pass_fds: tuple[int, ...] = ()) -> LabProcess:
+        """Start the controller app on the lab's OpenFlow channel (after ``build``): it
+        inherits the listening socket and speaks TLS with the channel's certificates;
+        ``pass_fds``: further sockets it inherits (the admin API's)."""
+        argv = [sys.executable, "-m", "controllers.launcher", *self.channel.controller_args(), app]
+        return self.popen_root("controller", argv, env=env, pass_fds=(self.channel.sock.fileno(), *pass_fds))
 
     def _register(self, proc: LabProcess) -> None:
         """Record the process the moment it exists, so a hard-killed run can be cleaned up."""
@@ -347,6 +358,12 @@ class LabNetwork:
                     shell.wait(5)
         sweep_lab_names(self.plan.switch_names())
         flush_lab_conntrack(self.datapath_name, len(self.plan.sites))
+        if self.channel is not None:
+            try:
+                self.channel.close()  # Open vSwitch's SSL configuration back as it was
+            except ChannelError as exc:
+                errors.append(f"OpenFlow channel: {exc}")
+            self.channel = None
         if self.record is not None:
             self.record.remove()
         self.lock.release()

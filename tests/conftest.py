@@ -95,7 +95,8 @@ def wait_for_other_labs() -> None:
 
 
 def lab_residue(marker: str | None = None) -> list[str]:
-    """The lab's own leftovers: its bridges and veths, mininet shells, lab processes."""
+    """The lab's own leftovers: its bridges and veths, Open vSwitch's SSL configuration, mininet
+    shells, lab processes."""
     found = []
     bridges = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True).stdout.split()
     found += [f"bridge {b}" for b in bridges if b.startswith(SWITCH_PREFIX)]
@@ -104,6 +105,10 @@ def lab_residue(marker: str | None = None) -> list[str]:
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(SWITCH_PREFIX):
             found.append(f"link {name}")
+    ssl = subprocess.run(["ovs-vsctl", "--timeout=5", "--columns=external_ids", "list", "SSL"], capture_output=True,
+                         text=True).stdout
+    if "caslab-lab" in ssl:
+        found.append("Open vSwitch's SSL configuration is still a lab's")
     me = os.getpid()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == me:
