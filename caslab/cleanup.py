@@ -12,13 +12,13 @@ lab owns them now. Never Mininet's global clean-up, never a kill by process name
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
 
 from caslab import system
-from caslab.netlab import LOCK_PATH, flush_lab_conntrack, sweep_lab_names
+from caslab import netlab
+from caslab.netlab import LabError, LabLock, flush_lab_conntrack, sweep_lab_names
 from caslab.ofchannel import ChannelError, restore_ssl
 from caslab.registry import live_labs, same_process
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
@@ -40,19 +40,6 @@ def _kill(proc: dict) -> bool:
 def _running(lab: dict) -> bool:
     runner = lab.get("runner_pid")
     return isinstance(runner, int) and same_process(runner, lab.get("runner_start"))
-
-
-def lab_lock_held() -> bool:
-    """Another process holds the lab lock: a lab is being built or runs right now."""
-    if not LOCK_PATH.exists():
-        return False
-    with open(LOCK_PATH, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def sweep_dead_labs(say=print) -> int:
@@ -96,19 +83,28 @@ def _end_dead_lab(folder, lab: dict, procs: list[dict], sweep_names: bool, say=p
 
 
 def run() -> int:
+    """Refuse while a lab runs; otherwise sweep, holding the lab lock throughout, so a run
+    that starts meanwhile waits instead of losing its new bridges to the sweep."""
     labs = live_labs()
     running = [lab for _, lab, _ in labs if _running(lab)]
     for lab in running:
         print(f"refused: the run writing {lab.get('run_dir')} is still running (pid {lab['runner_pid']}); "
               f"stop it first (Ctrl-C or kill -TERM {lab['runner_pid']})")
-    if not running and lab_lock_held():
-        print(f"refused: a lab holds {LOCK_PATH} right now")
-        running = [{}]
-    if running:
-        found = sum(_end_dead_lab(folder, lab, procs, sweep_names=False)
-                    for folder, lab, procs in labs if not _running(lab))
-        print("kept the lab's bridges and interfaces: the running lab owns those names now")
-    else:
-        found = sweep_dead_labs()
+    lock = LabLock(wait_s=0)
+    if not running:
+        try:
+            lock.acquire()
+        except LabError:
+            print(f"refused: a lab holds {netlab.LOCK_PATH} right now")
+            running = [{}]
+    try:
+        if running:
+            found = sum(_end_dead_lab(folder, lab, procs, sweep_names=False)
+                        for folder, lab, procs in labs if not _running(lab))
+            print("kept the lab's bridges and interfaces: the running lab owns those names now")
+        else:
+            found = sweep_dead_labs()
+    finally:
+        lock.release()
     print("nothing of the lab was left" if not found else f"removed {found} leftover(s)")
     return 1 if running else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -41,6 +42,13 @@ class LabLock:
     fails at once with a clear error) instead of tearing into the first one's bridges.
     Re-entrant within a process: ``caslab soak`` holds it across its runs and checks, so
     no other lab can appear between a run and the check that the run left nothing.
+
+    The lock file is root's, 0600, in a folder only root may write to: no other user can
+    open it, so none can flock it and block every run. A lock file others may open (an
+    older caslab made it 0644) is replaced by a private one unless a process of root's
+    holds it (a lab of that older caslab, which is respected); whoever held the old file
+    then holds nothing. After taking the lock a holder checks that the path still names
+    the file it locked, so a replacement never lets two labs in.
     """
 
     _handle = None  # the process's one open lock file while any holder has it
@@ -57,19 +65,21 @@ class LabLock:
         self.held = True
 
     def _lock_file(self):
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(LOCK_PATH, "a+")
         deadline = time.monotonic() + self.wait_s
         while True:
+            handle = _open_lock_file()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
             except BlockingIOError:
+                handle.close()
                 if time.monotonic() >= deadline:
-                    handle.close()
                     raise LabError("another caslab network is running on this machine (lock "
                                    f"{LOCK_PATH}); wait for it, or set CASLAB_LOCK_WAIT_S to queue") from None
                 time.sleep(0.2)
+                continue
+            if _same_file(handle, LOCK_PATH):
+                return handle
+            handle.close()  # replaced meanwhile: lock the file the path names now
 
     def release(self) -> None:
         if not self.held:
@@ -87,6 +97,57 @@ class LabLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _private(info: os.stat_result) -> bool:
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def _open_lock_file():
+    """The lock file, opened; made private first if it was not (see LabLock)."""
+    folder = LOCK_PATH.parent
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise LabError(f"{folder}: must be a folder of the user running the lab (uid {os.geteuid()}), "
+                       f"not a link or another user's (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        os.chmod(folder, stat.S_IMODE(info.st_mode) & ~0o022)
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    info = os.fstat(fd)
+    if not _private(info) and not any(uid == os.geteuid() for uid in _lock_holders(info)):
+        fresh = folder / f".lab.lock.{os.getpid()}"
+        new_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.replace(fresh, LOCK_PATH)
+        os.close(fd)
+        fd = new_fd
+    return os.fdopen(fd, "r+")
+
+
+def _lock_holders(info: os.stat_result) -> list[int]:
+    """The uids of the processes holding a lock on this file (from /proc/locks)."""
+    node = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    uids = []
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return [os.geteuid()]  # cannot tell: assume a lab holds it
+    for line in lines:
+        fields = line.replace("->", "").split()
+        if len(fields) >= 6 and fields[5] == node:
+            try:
+                uids.append(os.stat(f"/proc/{fields[4]}").st_uid)
+            except (OSError, ValueError):
+                continue
+    return uids
 
 
 def existing_bridges() -> list[str]:
