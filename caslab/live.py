@@ -32,7 +32,7 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
-from caslab import nlb_client, plan_view, runner, scenario as scenario_mod, spec as spec_mod, system
+from caslab import interrupts, nlb_client, plan_view, runner, scenario as scenario_mod, spec as spec_mod, system
 from caslab.live_control import ControlServer
 from caslab.netlab import LabError
 from caslab.scenario_check import check_fault_in
@@ -90,13 +90,10 @@ def describe(request: dict[str, Any]) -> str:
     return op
 
 
-def _raise_terminated(signum, _frame):
-    raise Terminated(signal.Signals(signum).name)
-
-
 def catch_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    """SIGTERM and SIGHUP raise Terminated, held back while the lab records a process it
+    starts (caslab/interrupts.py), as every command's SIGTERM is."""
+    interrupts.install(terminate=Terminated)
 
 
 def mute_signals() -> None:

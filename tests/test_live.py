@@ -174,3 +174,30 @@ def test_control_socket_is_private_and_answers_one_line(tmp_path, monkeypatch):
     finally:
         server.close()
     assert not server.path.exists()
+
+
+@pytest.mark.parametrize("bad", [b"[" * 30_000 + b"]" * 30_000 + b"\n", b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"\n",
+                                 b"\xff\xfe\n", b'{"op": "boom"}\n'])
+def test_no_request_ends_the_control_thread(tmp_path, bad):
+    """Deeply nested JSON (RecursionError), bytes that are not UTF-8, or a handler that
+    raises: each is answered as refused and the next request is still served (a dead
+    control thread left ``caslab down`` waiting 120 s)."""
+    def handler(request):
+        if request.get("op") == "boom":
+            raise RuntimeError("a bug in the handler")
+        return {"ok": True, "answer": f"got {request['op']}"}
+
+    server = live_control.ControlServer(tmp_path / "control.sock", handler)
+    server.start()
+    try:
+        for request in (bad, b'{"op": "status"}\n'):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(str(server.path))
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                answer = json.loads(live_control.read_line(sock))
+            assert answer["ok"] is (request != bad), answer
+        assert answer == {"ok": True, "answer": "got status"} and server.is_alive()
+    finally:
+        server.close()
