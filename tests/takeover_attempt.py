@@ -23,6 +23,7 @@ import struct
 
 OFP13 = 4
 HELLO, FEATURES_REQUEST, FEATURES_REPLY, PACKET_IN, PORT_STATUS = 0, 5, 6, 10, 12
+MULTIPART_REQUEST, MULTIPART_REPLY, OFPMP_PORT_DESC = 18, 19, 13
 OFPPS_LINK_DOWN, OFPPR_MODIFY = 1, 2
 
 
@@ -47,10 +48,12 @@ def packet_in() -> bytes:
     return header(PACKET_IN, 8 + len(body)) + body
 
 
-def recv_messages(sock, seconds: float = 1.5) -> list[int]:
-    """The OpenFlow message types received until the peer stops talking."""
+def recv_messages(sock, seconds: float = 1.5, xids: dict | None = None) -> list[int]:
+    """The OpenFlow message types received until the peer stops talking (``xids``: the
+    last xid of each type is noted there)."""
     sock.settimeout(seconds)
     data, types = b"", []
+    xids = {} if xids is None else xids
     try:
         while True:
             chunk = sock.recv(65536)
@@ -62,6 +65,7 @@ def recv_messages(sock, seconds: float = 1.5) -> list[int]:
                 if length < 8 or len(data) < length:
                     break
                 types.append(data[1])
+                xids[data[1]] = struct.unpack_from("!I", data, 4)[0]
                 data = data[length:]
     except (socket.timeout, OSError):
         pass
@@ -74,9 +78,18 @@ def speak_openflow(sock, dpid: int, port_name: str) -> dict:
     seen = recv_messages(sock)
     out = {"received": seen}
     if FEATURES_REQUEST in seen:
-        sock.sendall(features_reply(dpid, 1) + port_status(port_name) + packet_in() * 50)
+        sock.sendall(features_reply(dpid, 1))
         out["claimed_dpid"] = dpid
-        out["after_claim"] = recv_messages(sock)
+        xids: dict = {}
+        out["after_claim"] = recv_messages(sock, xids=xids)  # a controller that took the claim programs the "switch"
+        try:  # its port list (empty; os-ken's handshake ends with it), a forged link down of a member, a packet-in flood
+            reply = b""
+            if MULTIPART_REQUEST in xids:
+                reply = header(MULTIPART_REPLY, 16, xids[MULTIPART_REQUEST]) + struct.pack("!HH4x", OFPMP_PORT_DESC, 0)
+            sock.sendall(reply + port_status(port_name) + packet_in() * 50)
+            out["after_lies"] = recv_messages(sock)
+        except OSError as exc:
+            out["after_lies"] = f"{type(exc).__name__}"
     return out
 
 
