@@ -199,6 +199,7 @@ class ApiServer(ThreadingHTTPServer):
     it is handed) or binds ``address``."""
 
     daemon_threads = True
+    request_queue_size = 64  # a flood of connections waits in the backlog, to be turned away at once
 
     def __init__(self, app, token: str | None, sock: socket.socket | None = None,
                  address: tuple[str, int] = ("127.0.0.1", 0), max_connections: int = MAX_CONNECTIONS,
