@@ -33,15 +33,27 @@ def cmd_run(args) -> int:
     if args.check:
         print(json.dumps(spec, indent=2, sort_keys=True))
         return 0
-    failed = [c for c in doctor.checks() if c.required and not c.ok]
+    if args.allow_mismatch and not args.cluster:
+        print("caslab: --allow-mismatch only applies to a run with --cluster", file=sys.stderr)
+        return 2
+    failed = [] if args.cluster else [c for c in doctor.checks() if c.required and not c.ok]
     if failed:
         for check in failed:
             print(f"caslab: cannot run: {check.name}: {check.detail}", file=sys.stderr)
         return 3
+    from caslab.cluster_facts import ClusterRefused
     from caslab.netlab import LabError
 
+    execute = runner.run_locally
+    if args.cluster:
+        from caslab.cluster import ClusterExecutor
+
+        execute = ClusterExecutor(args.cluster, allow_mismatch=args.allow_mismatch)
     try:
-        analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force)
+        analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force, execute=execute)
+    except ClusterRefused as exc:
+        print(f"caslab: refused: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("caslab: interrupted; the lab was torn down and the events so far were kept", file=sys.stderr)
         return 130
@@ -59,18 +71,29 @@ def cmd_run(args) -> int:
 
 
 def print_table(analysis) -> None:
-    from caslab.columns import ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table
+    """The results tables that have rows (an HTTP-only run prints no empty Outlook table)."""
+    from caslab.columns import (
+        ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table, with_sessions,
+    )
 
-    print(terminal_table(analysis.rows))
+    tables = []
+    if with_sessions(analysis.rows):
+        tables.append(terminal_table(with_sessions(analysis.rows)))
     if shows_addresses(analysis.scenarios):
-        print("\nserved users by the address their server name resolved to:")
-        print(plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
-    if analysis.http_rows:
-        print("\nHTTP protocols")
-        print(terminal_table(analysis.http_rows, HTTP_COLUMNS))
+        tables.append("served users by the address their server name resolved to:\n"
+                      + plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
+    if with_sessions(analysis.http_rows):
+        tables.append("HTTP protocols\n" + terminal_table(with_sessions(analysis.http_rows), HTTP_COLUMNS))
+    print("\n\n".join(tables) if tables else "no client session in any scenario")
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")
+
+
+def cmd_worker(args) -> int:
+    from caslab import cluster_worker
+
+    return cluster_worker.main_cli(args)
 
 
 def cmd_report(args) -> int:
@@ -221,7 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a spec setting, e.g. --set nlb.fast_fail=false (repeatable)")
     run.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and stop")
     run.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    run.add_argument("--cluster", metavar="tcp://HOST:8786",
+                     help="run the repetitions on the lab workers of this Dask scheduler (caslab worker), "
+                          "merged into one result folder here")
+    run.add_argument("--allow-mismatch", action="store_true",
+                     help="with --cluster: accept workers whose commit, Python, packages or datapath differ from "
+                          "this machine's, recording each difference in the manifest")
     run.set_defaults(func=cmd_run)
+    worker = sub.add_parser("worker", help="serve this machine's lab to a cluster run: a Dask worker with one "
+                                           "'lab' resource (run as root, one per lab machine)")
+    worker.add_argument("--scheduler", required=True, metavar="tcp://HOST:8786")
+    worker.add_argument("--name", help="the worker's name in progress lines and the manifest (default: Dask's)")
+    worker.add_argument("--host", help="the address to listen on (default: Dask's choice); 127.0.0.1 for one machine")
+    worker.add_argument("--no-nanny", action="store_true", help="no Dask nanny process restarting the worker")
+    worker.add_argument("--dashboard", action="store_true", help="serve the worker's own Dask dashboard too")
+    worker.set_defaults(func=cmd_worker)
     rep = sub.add_parser("report", help="regenerate summary, CSV, plots and reports from a run's events")
     rep.add_argument("dir")
     rep.set_defaults(func=cmd_report)
@@ -234,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
     bench.add_argument("--sizes", nargs="+", choices=("48", "1000"), default=["48", "1000"],
                        help="failover: which sizes to run")
-    bench.add_argument("--reps", type=int, default=None, help="failover: repetitions (default: the specs')")
+    bench.add_argument("--reps", type=int, default=None,
+                       help="failover: repetitions per size and dataplane, at least 3 (default: 5 at 48 sessions, "
+                            "3 at 1,000)")
     bench.add_argument("--out", default=None, help="failover: result folder")
     bench.set_defaults(func=cmd_bench)
     soak = sub.add_parser("soak", help="N short runs back to back, checking after each that nothing is left or leaks")

@@ -6,7 +6,8 @@
         raw/            per-run process logs and configs (kept even when a run fails)
         summary.json, summary.csv, *.png, report.md, report.html   (caslab report DIR)
 
-Runs are sequential: one network at a time on a 2-core machine.
+Runs are sequential on one machine (one network at a time); ``caslab run --cluster``
+spreads the same repetitions over lab machines (caslab.cluster) into the same folder.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
-
 import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
 
 from caslab import report, scenario as scenario_mod, spec as spec_mod, system
 from caslab.netlab import LabError
@@ -91,8 +92,67 @@ def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = Non
     return analysis.run_dir
 
 
-def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False):
-    """Run every scenario and write the report; returns the analysis the report shows."""
+@dataclass(frozen=True)
+class RepTask:
+    """One scenario repetition: the unit a local run loops over and a cluster run submits
+    as one task. Its seeds come from the scenario and ``rep`` alone (services.py,
+    http_services.py), so whichever machine runs it draws the same operations."""
+
+    index: int          # 1-based position in the plan (progress shows [index/total])
+    scenario_id: str
+    label: str
+    rep: int            # 0-based, as events and seeds count it
+    scenario: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def raw_name(self) -> str:
+        """Its folder under raw/ (and its task key on a cluster)."""
+        return f"{self.scenario_id}-r{self.rep + 1}"
+
+
+def task_plan(scenarios: list[dict[str, Any]], metas: list[dict[str, Any]], reps: int,
+              order: str = "scenarios") -> list[RepTask]:
+    """Every repetition of every scenario, in the order a local run runs them
+    (``experiment.order``, see ``run_order``); a cluster submits them in that order."""
+    return [RepTask(count, metas[index]["id"], metas[index]["label"], rep, scenarios[index])
+            for count, (index, rep) in enumerate(run_order(len(scenarios), reps, order), start=1)]
+
+
+def run_repetition(task: RepTask, raw_dir: Path, events_out: TextIO, progress: Callable[[str], None]) -> None:
+    """The one-repetition path of every run, local or on a cluster worker: run the
+    scenario once, then append its raw logs (tagged, time-ordered) to ``events_out``,
+    whatever happened."""
+    try:
+        scenario_mod.run_scenario(task.scenario, task.rep, raw_dir, progress)
+    finally:
+        scenario_mod.merge_raw(raw_dir, events_out, task.scenario_id, task.rep)
+
+
+def failure_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+
+
+def run_locally(tasks: list[RepTask], run_dir: Path, manifest: dict[str, Any], events_out: TextIO,
+                progress: Progress) -> None:
+    """The repetitions one after another on this machine (one network at a time)."""
+    for task in tasks:
+        progress.run(task.index, task.label, task.rep)
+        try:
+            run_repetition(task, run_dir / "raw" / task.raw_name, events_out, progress)
+        except Exception as exc:
+            error = failure_text(exc)
+            manifest["failures"].append({"scenario": task.scenario_id, "rep": task.rep, "error": error})
+            progress(f"FAILED: {error}")
+            raise
+
+
+def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False,
+        execute: Callable[..., None] = run_locally):
+    """Run every scenario and write the report; returns the analysis the report shows.
+
+    ``execute(tasks, run_dir, manifest, events_out, progress)`` runs the repetitions:
+    here one after another, or spread over a cluster (caslab.cluster); the folder, the
+    manifest, the merged events and the report are this function's either way."""
     name = spec["experiment"]["name"]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) if out else results_dir() / f"{name}-{stamp}"
@@ -101,29 +161,15 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
     metas = scenario_metas(scenarios)
     manifest = new_manifest(run_dir, spec, spec_path, metas)
     write_manifest(run_dir, manifest)
-    reps = spec["experiment"]["repetitions"]
+    tasks = task_plan(scenarios, metas, spec["experiment"]["repetitions"], spec["experiment"]["order"])
     timing = spec["timing"]
-    progress = Progress(len(scenarios) * reps, estimate_s=STARTUP_S + timing["warmup_s"] + timing["observe_s"])
+    progress = Progress(len(tasks), estimate_s=STARTUP_S + timing["warmup_s"] + timing["observe_s"])
     events_path = run_dir / "events.jsonl"
     events_path.write_text("")
-    count = 0
     analysis = None
     try:
         with open(events_path, "a", encoding="utf-8") as events_out:
-            for scenario, meta in zip(scenarios, metas):
-                for rep in range(reps):
-                    count += 1
-                    progress.run(count, meta["label"], rep)
-                    raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
-                    try:
-                        scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
-                    except Exception as exc:
-                        error = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
-                        manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": error})
-                        progress(f"FAILED: {error}")
-                        raise
-                    finally:
-                        scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
+            execute(tasks, run_dir, manifest, events_out, progress)
         manifest["complete"] = True
     finally:
         write_manifest(run_dir, manifest)
@@ -135,6 +181,15 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
             system.give_to_invoking_user(str(run_dir))
             refresh_index(run_dir)
     return analysis
+
+
+def run_order(scenarios: int, reps: int, order: str = "scenarios") -> list[tuple[int, int]]:
+    """(scenario index, repetition) in the order they run (``experiment.order``):
+    ``scenarios`` runs each scenario's repetitions together; ``interleaved`` runs
+    repetition by repetition, every scenario in turn, so a comparison's sides alternate."""
+    if order == "interleaved":
+        return [(i, rep) for rep in range(reps) for i in range(scenarios)]
+    return [(i, rep) for i in range(scenarios) for rep in range(reps)]
 
 
 def refresh_index(run_dir: Path) -> None:

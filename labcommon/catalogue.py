@@ -116,12 +116,14 @@ CONNECT_FAIL = event("connect_fail", "client", "a connection attempt failed",
 CONNECT_OK = event("connect_ok", "client", "a TCP connection to a CAS (or the VIP) is established",
                    session=SESSION, addr=f("str", "address connected to"), lport=f("int", "local TCP port"),
                    laddr=f("str", "local (client) address"))
-LOGON = event("logon", "client", "the session is authenticated on a CAS",
+LOGON = event("logon", "client", "the session is authenticated on a CAS; ts is when the reply reached the host "
+                                 "(the kernel's receive stamp)",
               session=SESSION, cas=f("str|null", "the CAS that answered"), db=f("str", "the user's database"),
               reauth=f("bool", "credentials had to be given again (a CAS that did not know the session)"),
               resumed=f("bool", "the CAS still knew the session (no credentials needed)"),
               prompt=opt("bool", "with NTLM a re-authentication is a user-visible credential prompt"))
-OP = event("op", "client", "one operation finished; ts is when its reply arrived (or it failed)",
+OP = event("op", "client", "one operation finished; ts is when its reply reached the host (the kernel's receive "
+                           "stamp, however late the client's event loop read it) or when it failed",
            session=SESSION, op=f("str", "read / send / sync / ping"), ok=f("bool", "the reply said ok"),
            lat_us=f("int", "request to reply (or failure)", "us"), cas=f("str|null", "the CAS that answered"),
            msg_id=opt("str", "id of the message sent (op = send)"), error=opt("str|null", "error of a failed reply"))
@@ -150,7 +152,9 @@ HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RP
                      ok=f("bool", "a good answer"), status=f("int|null", "HTTP status (null: none arrived)"),
                      lat_us=f("int", "request to answer (or failure)", "us"),
                      cas=f("str|null", "the CAS that answered (its X-FEServer header)"),
-                     error=opt("str", "why it failed"))
+                     error=opt("str", "why it failed"),
+                     msg_id=opt("str", "id of the message sent (cmd = send): acknowledged mail the metrics look "
+                                       "for in the mailbox"))
 HTTP_LOGON = event("http_logon", "http client", "a session logged on at a CAS (OWA form login, Outlook Anywhere "
                                                 "logon over its channels)",
                    session=HTTP_SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),
@@ -335,13 +339,18 @@ RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServ
 RCAS = event("rcas", "runner", "each database's RpcClientAccessServer at start",
              servers=f("dict", "database -> server name"), arrays=f("dict", "site -> {name, fqdn}"))
 CPU = event("cpu", "runner", "CPU idle over the last second (Mininet-HiFi fidelity check)",
-            idle_pct=f("float", "idle share of all cores", "%"))
-PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost)",
+            idle_pct=f("float", "idle share of all cores: idle + iowait over user .. steal of /proc/stat "
+                                "(guest time is inside user and nice)", "%"))
+PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost): "
+                                           "every lab process that ran in it, ovs-vswitchd and the runner",
                     name=f("str", "process name (role host, controller, ovs-vswitchd, runner, ...)"),
-                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / "
-                                  "prober / capture / haproxy / ovs / runner / other"),
-                    cpu_ms=f("float", "user + system CPU time in the window", "ms"),
-                    window_ms=f("float", "the window", "ms"))
+                    pid=f("int", "its process id (a restarted process is another event with the same name)"),
+                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / wnlb / "
+                                  "prober / capture / haproxy / bench / ovs / runner / other"),
+                    cpu_ms=f("float", "user + system CPU time in the window (its own, not its children's)", "ms"),
+                    window_ms=f("float", "the window", "ms"),
+                    started_in_window=f("bool", "started after the window opened: counted from its start"),
+                    ended_in_window=f("bool", "ended before the window closed: counted up to its death"))
 WAN_FIREWALL = event("wan_firewall", "runner", "what the WAN router's firewall dropped (topology.wan_firewall): "
                                                "CAS connections to another site's mailbox servers",
                      dropped=f("int", "packets dropped over the whole run"), detail=f("str", "the rule, in words"))

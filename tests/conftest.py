@@ -31,6 +31,17 @@ os.environ["CASLAB_STRICT_EVENTS"] = "1"
 os.environ.setdefault("CASLAB_LOCK_WAIT_S", "3600")
 
 
+def free_tcp_port() -> int:
+    """A loopback port free a moment ago, for a test's own server that must be told its
+    port in advance (a Dask scheduler). The lab never picks ports so: its listeners are
+    bound by the runner and handed over (caslab/ofchannel.py)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @functools.cache
 def lab_prerequisites() -> str | None:
     if os.geteuid() != 0:

@@ -56,7 +56,7 @@ def test_machine_defaults_come_from_the_env_file_and_the_environment_wins(tmp_pa
 
 def test_vagrantfile_pins_one_box_version_and_keeps_the_venv_local():
     text = (ROOT / "Vagrantfile").read_text()
-    assert re.search(r'^BOX_VERSION = "\d{6}\.\d+\.\d+"$', text, re.M) and "config.vm.box_version = BOX_VERSION" in text
+    assert re.search(r'^BOX_VERSION = "\d{6}\.\d+\.\d+"$', text, re.M) and "vm.box_version = BOX_VERSION" in text
     assert "CASLAB_VENV=/var/lib/caslab/venv" in text and "/etc/caslab.env" in text and "./lab.sh setup" in text
 
 
