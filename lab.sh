@@ -80,8 +80,14 @@ install_debs() {
   fi
 }
 
+ovs_answers() {
+  # Both the database server and ovs-vswitchd itself: bridges need the daemon, and its
+  # database may run without it (a crashed or never started ovs-vswitchd).
+  ovs-vsctl --timeout=3 show >/dev/null 2>&1 && ovs-appctl --timeout=3 -t ovs-vswitchd version >/dev/null 2>&1
+}
+
 start_ovs() {
-  if ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
+  if ovs_answers; then
     return 0
   fi
   say "starting Open vSwitch"
@@ -92,7 +98,7 @@ start_ovs() {
       || /usr/share/openvswitch/scripts/ovs-ctl start
   fi
   for _ in $(seq 1 50); do
-    ovs-vsctl --timeout=3 show >/dev/null 2>&1 && return 0
+    ovs_answers && return 0
     sleep 0.2
   done
   say "Open vSwitch did not start; see /var/log/openvswitch/"

@@ -282,13 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     soak.add_argument("--out", default=None)
     soak.set_defaults(func=cmd_soak)
-    nlb = sub.add_parser("nlb", help="the SDN NLB's admin API: the live lab's (default) or, with --port, a run's")
+    nlb = sub.add_parser("nlb", allow_abbrev=False,  # no `--token` for --token-file: the token never on a command line
+                         help="the SDN NLB's admin API: the live lab's (default) or, with --port, a run's")
     nlb.add_argument("--port", type=int, default=None, help="admin API port on 127.0.0.1 (default: the live lab)")
     nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))
     nlb.add_argument("vip", nargs="?")
     nlb.add_argument("member_or_value", nargs="?")
     nlb.add_argument("--deadline", type=float, default=None)
-    nlb.add_argument("--token", default=None, help="the run's API token (in its raw/<run>/config/controller.json)")
+    nlb.add_argument("--token-file", default=None,
+                     help="with --port: a 0600 file holding the run's API token (default: $CASLAB_NLB_TOKEN); "
+                          "caslab up prints its path")
     nlb.set_defaults(func=cmd_nlb)
     return parser
 

@@ -41,6 +41,16 @@ def ovs_running() -> bool:
         return False
 
 
+def vswitchd_answers() -> bool:
+    """ovs-vswitchd itself answers (``ovs_running`` asks only its database server)."""
+    if not shutil.which("ovs-appctl"):
+        return False
+    try:
+        return run(["ovs-appctl", "--timeout=3", "-t", "ovs-vswitchd", "version"]).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def kernel_datapath_available() -> bool:
     """True where the openvswitch kernel module is loaded (a VM); the sandbox has none."""
     return os.path.isdir("/sys/module/openvswitch")

@@ -246,6 +246,11 @@ NLB_SWITCH_ERROR = event("nlb_switch_error", "nlb", "the switch refused a messag
                          code=f("int", "OpenFlow error code"), data=f("str", "start of the refused message, hex"))
 NLB_SWITCH_UNUSABLE = event("nlb_switch_unusable", "nlb", "the NLB cannot serve its VIP on this switch",
                             dpid=f("int", "datapath id"), reason=f("str", "why"))
+NLB_SWITCH_REFUSED = event("nlb_switch_refused", "nlb", "a second connection claimed the datapath id of a switch "
+                                                     "whose channel is live: closed, nothing it sent was used",
+                           dpid=f("int", "datapath id"))
+NLB_SWITCH_GONE = event("nlb_switch_gone", "nlb", "a switch's OpenFlow channel to the NLB died (it may connect again)",
+                        dpid=f("int", "datapath id"))
 NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (controller dataplane)",
                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
 NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",

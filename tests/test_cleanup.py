@@ -216,16 +216,25 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
     """After a restart the registry under /run is gone but Open vSwitch's database still
     holds the dead run's bridges: the next run removes them (it holds the lab lock, so
     no lab runs) and says so, instead of refusing to start."""
+    from caslab import ofchannel
+
     for bridge in ("clab1", "clab2"):
         subprocess.run(["ovs-vsctl", "--timeout=5", "add-br", bridge, "--", "set", "bridge", bridge,
                         "datapath_type=netdev"], check=True)
-    assert "bridge clab2" in lab_residue()
+    # and its OpenFlow channel's SSL configuration, which saved what was there before
+    found = ofchannel.current_ssl()
+    ofchannel._set_ssl({"private_key": "/run/caslab/labs/gone/tls/switch.key", "certificate": "/gone/switch.pem",
+                        "ca_cert": "/gone/ca.pem", "external_ids": {ofchannel.MARK: "1-1",
+                                                                   ofchannel.SAVED: ofchannel._encode(found)}})
+    assert "bridge clab2" in lab_residue() and "Open vSwitch's SSL configuration is still a lab's" in lab_residue()
     spec = tmp_path / "after-restart.toml"
     spec.write_text(RESTARTED_SPEC)
     result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(spec), "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed what a dead run left" in result.stderr and "clab2" in result.stderr, result.stderr[-3000:]
+    assert "restored the Open vSwitch SSL configuration" in result.stderr
+    assert ofchannel.current_ssl() == found, "the configuration from before the dead run is back"
     assert (tmp_path / "out" / "summary.json").exists()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from caslab import runner, spec as spec_mod
-from caslab.netlab import free_tcp_port
+from tests.conftest import free_tcp_port
 from labcommon.catalogue import SCENARIO_START
 from labcommon.events import read_events
 from tests.conftest import ROOT, lab_residue

@@ -209,7 +209,7 @@ def test_allow_mismatch_needs_a_cluster(tmp_path):
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
-    from caslab.netlab import free_tcp_port
+    from tests.conftest import free_tcp_port
 
     path = tmp_path / "plan.toml"
     path.write_text(SPEC)
@@ -226,7 +226,7 @@ def test_a_plain_dask_worker_that_cannot_run_a_lab_gets_no_lab_resource(tmp_path
     import os
     import shutil
 
-    from caslab.netlab import free_tcp_port
+    from tests.conftest import free_tcp_port
 
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to start the worker as an unprivileged user")
