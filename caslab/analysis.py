@@ -68,8 +68,8 @@ class Analysis:
         return runs[0].probe_availability.get(kind, []) if runs else []
 
     def recovery_curve(self, scenario_id: str, fault_index: int = 0) -> tuple[list[float], int]:
-        """When each affected session was served again (ms after the fault; sessions that
-        were never interrupted count at 0), and the number of affected sessions."""
+        """When each affected session was served again (ms after the fault; undisturbed
+        sessions, never cut off, count at 0), and the number of affected sessions."""
         times, affected = [], 0
         for run in self.runs_of(scenario_id):
             for fault in run.faults:
@@ -80,7 +80,9 @@ class Analysis:
                         continue
                     affected += 1
                     if s.recovered:
-                        times.append(s.reconnect_ms if s.reconnect_ms is not None else 0.0)
+                        times.append(s.reconnect_ms)
+                    elif s.undisturbed:
+                        times.append(0.0)
         return sorted(times), affected
 
 

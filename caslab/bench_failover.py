@@ -43,7 +43,7 @@ def row(size: str, analysis, scenario) -> dict:
     fault = scenario.faults[0]
     r = fault.reconnect_ms
     return {"size": size, "dataplane": scenario.params.get("nlb.dataplane"), "n": r.n, "p50": r.p50, "p99": r.p99,
-            "ci95": r.ci95_mean, "mean": r.mean_of_repetitions, "affected": fault.affected,
+            "ci95": r.ci95_of_repetition_means, "mean": r.mean_of_repetitions, "affected": fault.affected,
             "unrecovered": fault.unrecovered, "dip_unaffected": scenario.goodput.get("dip_unaffected"),
             "cpu_idle": scenario.cpu_idle_pct, "trusted": scenario.trustworthy,
             "phases": {p: fault.phases_ms.get(p) for p in PHASES}, "folder": str(analysis.run_dir)}

@@ -62,25 +62,37 @@ COLUMNS: list[Column] = [
     Column("mode", "mode", doc="HA mode"),
     Column("repetitions", "reps"),
     Column("sessions", "sessions", terminal=6, doc="client sessions, all repetitions"),
-    Column("affected", "affected", terminal=5, doc="on the failed element at the fault"),
-    Column("recovered", "recovered", terminal=5, doc="affected, and a success observed after the fault and the drop"),
-    Column("unrecovered", "unrecovered", terminal=6, doc="affected, no success before the window closed"),
-    Column("collateral", "collateral", terminal=5, doc="not affected, yet dropped, stalled or late"),
-    Column("stalled", "stalled", terminal=5, doc="no success for longer than the stall threshold"),
+    Column("affected", "affected", terminal=5, doc="on an element the fault failed at its instant (faults that only "
+                                                   "may disrupt: owns an outage of the session); METRICS.md 6"),
+    Column("recovered", "recovered", terminal=5, doc="affected, its outages belong to this fault and each ended with "
+                                                     "a success before the measurement's end: always equals n"),
+    Column("undisturbed", "undisturbed", doc="affected, yet no outage of it belongs to this fault and it was served "
+                                             "after the fault (a drained session that finished its work)"),
+    Column("unrecovered", "unrecovered", terminal=6, doc="affected, neither recovered nor undisturbed: not served again "
+                                                         "before the measurement's end (silence is never recovery)"),
+    Column("collateral", "collateral", terminal=5, doc="not affected, yet an outage no fault explains began in the "
+                                                       "fault's window, or an operation was late there"),
+    Column("stalled", "stalled", terminal=5, doc="of the outages counted, those that began by a stall: no success "
+                                                 "for longer than the stall threshold, no drop logged"),
     Column("reauth", "re-auth", doc="affected sessions' logons that needed credentials"),
     Column("prompts", "prompts", terminal=7, doc="of them, user-visible credential prompts (NTLM)"),
     Column("silent_reauth", "silent re-auth", doc="of them, silent re-authentications (Kerberos)"),
-    Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "affected sessions with a reconnect time: the n "
-                                                              "behind the percentiles"),
+    Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "recovered sessions (each has a reconnect time: the "
+                                                              "end of its first outage minus the fault instant)"),
     Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50"),
-    Column("reconnect_p95_ms", "p95", "ms", ".1f", 0, "reconnect_ms.p95"),
+    Column("reconnect_p95_ms", "p95", "ms", ".1f", 0, "reconnect_ms.p95",
+           "empty when n < 20: with fewer values the nearest-rank p95 is just the maximum"),
     Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99",
            "empty when n < 100: with fewer values the nearest-rank p99 is just the maximum"),
     Column("reconnect_max_ms", "max", "ms", ".1f", 9, "reconnect_ms.max"),
-    Column("ci95_mean_ms", "mean 95 % CI", "ms", ".1f", 0, "reconnect_ms.ci95_mean",
-           "of the per-repetition means"),
+    Column("mean_of_repetitions_ms", "mean of reps", "ms", ".1f", 0, "reconnect_ms.mean_of_repetitions",
+           "the mean of the per-repetition mean reconnect times"),
+    Column("ci95_mean_ms", "mean 95 % CI", "ms", ".1f", 0, "reconnect_ms.ci95_of_repetition_means",
+           "Student's t interval of the per-repetition means (>= 2 repetitions)"),
     Column("detection_p50_ms", "LB noticed", "ms", ".1f", 0, "detection_ms.p50",
-           "first load-balancer reaction after the fault (median over repetitions)"),
+           "first load-balancer reaction to a failed element inside the fault's window (median over repetitions)"),
+    Column("phases_n", "phases n", doc="recovered sessions with every reconnect milestone in causal order: the "
+                                       "subset the phase split is taken over"),
     Column("messages_acked", "msgs acked", source="messages.acked"),
     Column("messages_lost", "lost", terminal=4, source="messages.lost", doc="acked but missing from the active copy"),
     Column("messages_recovered", "dumpster recovered", source="messages.recovered",
@@ -120,8 +132,10 @@ COLUMNS: list[Column] = [
     Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
     Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process and OVS per successful "
                                                                 "operation in the window"),
-    Column("fidelity_ok", "fidelity", doc="CPU idle stayed above the fidelity threshold"),
-    Column("trustworthy", "trusted", terminal=7, doc="fidelity passed, the run completed, no lab process died"),
+    Column("fidelity_ok", "fidelity", doc="every repetition had CPU samples in its window and their mean idle was "
+                                          "at least the threshold (empty: a repetition had no sample: unknown)"),
+    Column("trustworthy", "trusted", terminal=7, doc="at least one repetition, fidelity passed, every repetition "
+                                                     "completed, no lab process died"),
 ]
 
 
@@ -138,18 +152,19 @@ HTTP_COLUMNS: list[Column] = [
     Column("requests", "requests", terminal=6, doc="requests in the window"),
     Column("failed", "failed", terminal=6, doc="requests that failed in the window"),
     Column("affected", "affected", terminal=5, doc="last served by the failed element before the fault"),
-    Column("recovered", "recovered", terminal=5, doc="affected, and a request succeeded after the drop"),
-    Column("unrecovered", "unrecovered", terminal=6, doc="affected, no success before the window closed"),
+    Column("recovered", "recovered", terminal=5, doc="affected, dropped in the window, and a request succeeded "
+                                                     "after the drop before the measurement's end"),
+    Column("undisturbed", "undisturbed", doc="affected, never dropped in the window, served after the fault"),
+    Column("unrecovered", "unrecovered", terminal=6, doc="affected, neither recovered nor undisturbed"),
     Column("relogins", "re-logins", terminal=6, doc="logons a CAS forced in the window (OWA 440: a login form)"),
     Column("pings_lost", "pings lost", terminal=6, doc="ActiveSync long-polls that ended without their answer"),
     Column("pings_reestablished", "re-established", terminal=6,
            doc="ActiveSync devices whose long-poll a later answered Ping re-established"),
     Column("disconnects", "disconnects", terminal=6, doc="broken long-lived exchanges: Outlook Anywhere channel "
                                                          "pairs, ActiveSync Pings"),
-    Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "affected sessions with a reconnect time: the n "
-                                                              "behind the percentiles"),
+    Column("reconnect_n", "n", "", "d", 4, "reconnect_ms.n", "recovered sessions: the n behind the percentiles"),
     Column("reconnect_p50_ms", "reconnect p50", "ms", ".1f", 9, "reconnect_ms.p50",
-           "fault to the first success after the drop, affected sessions"),
+           "fault to the first success after the drop, recovered sessions"),
     Column("reconnect_p99_ms", "p99", "ms", ".1f", 9, "reconnect_ms.p99",
            "empty when n < 100: with fewer values the nearest-rank p99 is just the maximum"),
     Column("reconnect_max_ms", "max", "ms", ".1f", 9, "reconnect_ms.max"),

@@ -22,8 +22,8 @@ FILES = [
                      "(per second, aligned on the first fault), CPU idle, `fidelity_ok`, `trustworthy` with "
                      "`untrustworthy_reasons`, notices, messages, probe gaps, capture check, process exits, "
                      "and `faults[]`: one row per fault with the columns below (reconnect and detection as "
-                     "distributions: n, p50, p95, p99, max, mean, ci95_mean, mean_of_repetitions; "
-                     "phases_ms)."),
+                     "distributions: n, p50, p95, p99, max, mean_pooled, ci95_of_repetition_means, mean_of_repetitions; "
+                     "phases_ms with phases_n; definitions: docs/METRICS.md)."),
     ("summary.csv", "The same rows as the report's table: one per scenario and fault (columns below)."),
     ("sessions.csv", "One row per session, fault and repetition (columns below): ready for pandas."),
     ("addresses.csv", "Per scenario, database and the address the users' server name resolved to: sessions, "

@@ -150,7 +150,9 @@ HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RP
                      ok=f("bool", "a good answer"), status=f("int|null", "HTTP status (null: none arrived)"),
                      lat_us=f("int", "request to answer (or failure)", "us"),
                      cas=f("str|null", "the CAS that answered (its X-FEServer header)"),
-                     error=opt("str", "why it failed"))
+                     error=opt("str", "why it failed"),
+                     msg_id=opt("str", "id of the message sent (cmd = send): acknowledged mail the metrics look "
+                                       "for in the mailbox"))
 HTTP_LOGON = event("http_logon", "http client", "a session logged on at a CAS (OWA form login, Outlook Anywhere "
                                                 "logon over its channels)",
                    session=HTTP_SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),

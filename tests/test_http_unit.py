@@ -179,11 +179,11 @@ def test_a_failover_costs_owa_a_relogin_and_eas_a_long_poll():
         "silence after a drop is never recovery"
 
 
-def test_an_affected_session_served_late_but_never_dropped_is_recovered():
+def test_an_affected_session_served_late_but_never_dropped_is_undisturbed():
     events = [e for e in events_of_a_failover() if e.get("session") != "ext1-owa0" or e["ts"] < 1000 * MS]
     events.append(req(2500, "ext1-owa0", "owa", "read", True, "cas2", lat_ms=2000))
     s = by_session(http_faults(events, [(0, "poweroff cas1", 1000 * MS, 4000 * MS, {"cas1"})])[0])["ext1-owa0"]
-    assert s.affected and s.recovered and not s.disrupted and s.reconnect_ms is None
+    assert s.affected and s.undisturbed and not s.recovered and not s.disrupted and s.reconnect_ms is None
 
 
 def test_a_run_without_faults_counts_disconnects_over_the_whole_window():

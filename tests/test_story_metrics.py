@@ -106,7 +106,7 @@ def test_async_replication_announces_closed_generations_and_ships_on_the_copier_
 
 
 def test_a_dismounted_database_is_not_recovered_by_pings():
-    from caslab.metrics.sessions import session_fault, tracks
+    from caslab.metrics.sessions import FaultWindow, outages, session_fault, tracks
 
     sid = "cl1-s0"
     events = [ev(0, "client_up", sessions=[sid], target={}),
@@ -114,8 +114,13 @@ def test_a_dismounted_database_is_not_recovered_by_pings():
               ev(10, "op", session=sid, op="read", ok=True, lat_us=1, cas="cas1"),
               ev(1100, "down", session=sid, reason="timeout")]
     events += [ev(1200 + 100 * k, "op", session=sid, op="ping", ok=True, lat_us=1, cas="cas2") for k in range(30)]
-    track = tracks(events, 500)[sid]
-    down = session_fault(track, 100 * MS, 5000 * MS, 5000 * MS, {"mbx1", "db:DB1"}, "on_elements", 1050 * MS, {})
+    track = tracks(events, 500, 5000 * MS)[sid]
+
+    def under(elements):
+        window = FaultWindow(0, 0, 100 * MS, 5000 * MS, frozenset(elements))
+        return session_fault(track, window, outages(track, [window], 0, 5000 * MS, 1050 * MS), 5000 * MS, {})
+
+    down = under({"mbx1", "db:DB1"})
     assert down.affected and not down.recovered, "only pings answered: the mailbox never did"
-    cas_fault = session_fault(track, 100 * MS, 5000 * MS, 5000 * MS, {"cas1"}, "on_elements", 1050 * MS, {})
+    cas_fault = under({"cas1"})
     assert cas_fault.recovered and cas_fault.reconnect_ms == 1100.0, "a CAS failure is over when a CAS answers"

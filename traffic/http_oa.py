@@ -116,11 +116,12 @@ class Channels:
             reply = await asyncio.wait_for(self.replies.get(), s.host.timing("request_timeout_ms") / 1000)
         except asyncio.TimeoutError:
             reply = Failure("timeout")
+        msg_id = frame.get("msg_id")
         if isinstance(reply, Failure):
-            s.finished(cmd, started, False, None, None, str(reply))
+            s.finished(cmd, started, False, None, None, str(reply), msg_id)
             raise reply
         s.finished(cmd, started, bool(reply.get("ok")), 200, reply.get("cas"),
-                   None if reply.get("ok") else str(reply.get("error")))
+                   None if reply.get("ok") else str(reply.get("error")), msg_id)
         return reply
 
     async def idle(self, seconds: float) -> None:

@@ -133,8 +133,10 @@ class HttpSession:
         self.log.emit(HTTP_DOWN, session=self.sid, protocol=self.protocol, reason=reason)
 
     def finished(self, cmd: str, started: int, ok: bool, status: int | None, cas: str | None,
-                 error: str | None = None) -> None:
+                 error: str | None = None, msg_id: str | None = None) -> None:
         fields: dict[str, Any] = {"error": error} if error else {}
+        if msg_id:  # a send: the message id lets the metrics find it in the mailbox
+            fields["msg_id"] = msg_id
         self.log.emit(HTTP_REQUEST, session=self.sid, protocol=self.protocol, cmd=cmd, ok=ok, status=status,
                       lat_us=(now_ns() - started) // 1000, cas=cas, **fields)
 
@@ -154,6 +156,8 @@ class HttpSession:
         """One request, logged with its latency; raises Failure unless the status is good."""
         started = now_ns()
         total_ms = total_ms or self.host.timing("request_timeout_ms")
+        data = kwargs.get("data")
+        msg_id = data.get("msg_id") if isinstance(data, dict) else None
         try:
             async with self.http.request(method, url, timeout=self.timeout(total_ms), allow_redirects=False,
                                          **kwargs) as response:
@@ -161,10 +165,10 @@ class HttpSession:
                 reply = Reply(response.status, body, response.headers.get("X-FEServer"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             reason = failure_reason(exc)
-            self.finished(cmd, started, False, None, None, reason)
+            self.finished(cmd, started, False, None, None, reason, msg_id)
             raise Failure(reason) from None
         ok = reply.status in self.ok_statuses
-        self.finished(cmd, started, ok, reply.status, reply.cas, None if ok else f"http {reply.status}")
+        self.finished(cmd, started, ok, reply.status, reply.cas, None if ok else f"http {reply.status}", msg_id)
         return reply
 
     async def start_jitter(self, interval_s: float) -> None:

@@ -53,7 +53,7 @@ def side(analysis: Any, scenario: Any) -> Side:
             rep_means.append(statistics.fmean(values))
     d = row.reconnect_ms
     return Side(row.fault, row.repetitions, row.affected, row.recovered, row.unrecovered, d.p50, d.n,
-                d.mean_of_repetitions, d.ci95_mean, rep_means)
+                d.mean_of_repetitions, d.ci95_of_repetition_means, rep_means)
 
 
 def compare(a: Any, b: Any) -> list[ScenarioComparison]:

@@ -9,9 +9,9 @@ window, the whole measurement):
 * affected      its last successful request before ``t`` was answered by a failed element;
 * dropped       a failed request, or a broken long-lived exchange (``http_down``), in the
                 window;
-* recovered     affected, and a request succeeded after the drop (after ``t`` if it never
-                dropped); **reconnect** is that success minus ``t``, for affected sessions
-                that dropped (a slow success is no drop: it has no reconnect time);
+* recovered     affected, dropped, and a request succeeded after the drop; **reconnect**
+                is that success minus ``t`` (a slow success is no drop: it has no
+                reconnect time); **undisturbed**: affected, never dropped, served after ``t``;
 * re-logins     logons a CAS forced (OWA's 440, RPC's auth_required) in the window; for
                 OWA every one is a login form the user sees;
 * long-polls    (ActiveSync) Pings that ended without their answer in the window (lost),
@@ -21,7 +21,8 @@ window, the whole measurement):
 * disconnects   broken long-lived exchanges in the window: the idle-timeout measure.
 
 Silence is never recovery: an affected session with no success after its drop is
-unrecovered.
+unrecovered. Nothing logged after the measurement's end counts. Definitions:
+docs/METRICS.md section 9.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class HttpTrack:
         return self.ok_cas[i - 1] if i else None
 
 
-def http_tracks(events: list[dict]) -> dict[str, HttpTrack]:
+def http_tracks(events: list[dict], end: int | None = None) -> dict[str, HttpTrack]:
+    """Every HTTP session with its events up to ``end`` (nothing after the window counts)."""
     out: dict[str, HttpTrack] = {}
     for e in events:
         if e["ev"] == HTTP_CLIENT_UP:
@@ -63,7 +65,7 @@ def http_tracks(events: list[dict]) -> dict[str, HttpTrack]:
     for e in sorted(events, key=lambda x: x["ts"]):
         track = out.get(e.get("session", "")) if e["ev"] in (HTTP_REQUEST, HTTP_DOWN, HTTP_LOGON,
                                                               HTTP_AUTODISCOVER) else None
-        if track is None:
+        if track is None or (end is not None and e["ts"] > end):
             continue
         ts = e["ts"]
         if e["ev"] == HTTP_REQUEST:
@@ -99,7 +101,8 @@ def session_fault(track: HttpTrack, t: int, window_end: int, elements: set[str])
     drops = sorted(_in(track.failed, t, window_end) + _in(track.downs, t, window_end))
     drop = drops[0] if drops else None
     i = bisect.bisect_right(track.ok_end, drop) if drop is not None else bisect.bisect_left(track.ok_end, t)
-    recovered_at = track.ok_end[i] if i < len(track.ok_end) else None  # never dropped: served after t
+    served_at = track.ok_end[i] if i < len(track.ok_end) else None  # after the drop; never dropped: after t
+    recovered = affected and drop is not None and served_at is not None
     lost = [p for p in track.pings if t <= p[1] < window_end and not p[2]]
     reestablished = None
     if lost:
@@ -108,8 +111,8 @@ def session_fault(track: HttpTrack, t: int, window_end: int, elements: set[str])
     return HttpSessionFault(
         session=track.sid, protocol=track.protocol, external=track.external, configured=track.configured,
         cas_at_fault=cas, affected=affected, dropped_ms=_ms(drop, t), disrupted=drop is not None,
-        recovered=affected and recovered_at is not None,
-        reconnect_ms=_ms(recovered_at, t) if affected and drop is not None else None,
+        recovered=recovered, undisturbed=affected and drop is None and served_at is not None,
+        reconnect_ms=_ms(served_at, t) if recovered else None,
         relogins=len(relogins), prompts=sum(1 for r in relogins if r[1]), pings_lost=len(lost),
         pings_reestablished=1 if lost and reestablished is not None else 0,
         reestablish_ms=_ms(reestablished, t), disconnects=len(_in(track.downs, t, window_end)),
@@ -118,9 +121,10 @@ def session_fault(track: HttpTrack, t: int, window_end: int, elements: set[str])
         latencies_ms=[round(ms, 3) for end, ms in track.latencies if t <= end < window_end])
 
 
-def http_faults(events: list[dict], windows: list[tuple[int, str, int, int, set[str]]]) -> list[HttpFaultRun]:
+def http_faults(events: list[dict], windows: list[tuple[int, str, int, int, set[str]]],
+                end: int | None = None) -> list[HttpFaultRun]:
     """One HttpFaultRun per window: (index, label, t, window end, failed elements)."""
-    tracks = http_tracks(events)
+    tracks = http_tracks(events, end)
     if not tracks:
         return []
     return [HttpFaultRun(index, label, t, end, [session_fault(tracks[sid], t, end, elements)

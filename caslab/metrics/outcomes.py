@@ -4,7 +4,7 @@ One ``SessionFault`` per session and fault, one ``FaultRun`` per fault and run, 
 ``RunOutcome`` per run (scenario repetition); ``FaultSummary`` aggregates a fault over a
 scenario's repetitions (one row of every table) and ``ScenarioSummary`` holds a scenario's
 rows plus what belongs to the whole run (goodput, CPU, probes, messages). Definitions:
-docs/ARCHITECTURE.md, "Metrics".
+docs/METRICS.md.
 """
 
 from __future__ import annotations
@@ -34,22 +34,21 @@ class SessionFault:
     stalled: bool                 # no successful operation for longer than the stall threshold
     longest_gap_ms: float
     late: bool                    # an operation slower than the late threshold in the window
-    disrupted: bool               # dropped or stalled
-    recovered: bool
-    reconnect_ms: float | None    # first success after the drop (or the stall), affected sessions only
+    disrupted: bool               # owns an outage (affected), or an outage no fault explains began in the window
+    recovered: bool               # affected, owns an outage, and every owned outage ended
+    reconnect_ms: float | None    # the first owned outage's end minus the fault instant (recovered only)
     cas_after: str | None         # the CAS of that success
     reauth: int                   # logons that needed credentials again, in the window
     prompts: int                  # of them, user-visible credential prompts (NTLM)
     phases: dict[str, float | None] | None = None
     silent_reauth: int = 0        # of them, silent re-authentications (Kerberos)
+    undisturbed: bool = False     # affected, owns no outage, and served after the fault
+    collateral: bool = False      # not affected, yet an outage no fault explains, or late, in the window
 
     @property
     def unrecovered(self) -> bool:
-        return self.affected and not self.recovered
-
-    @property
-    def collateral(self) -> bool:
-        return not self.affected and (self.disrupted or self.late)
+        """Affected, and neither served again after its outage nor undisturbed."""
+        return self.affected and not self.recovered and not self.undisturbed
 
 
 @dataclass
@@ -64,7 +63,7 @@ class HttpSessionFault:
     affected: bool
     dropped_ms: float | None
     disrupted: bool
-    recovered: bool
+    recovered: bool               # affected, dropped, and served after the drop
     reconnect_ms: float | None
     relogins: int                 # logons a CAS forced (OWA 440, RPC auth_required)
     prompts: int                  # of them, seen by the user
@@ -75,6 +74,7 @@ class HttpSessionFault:
     requests: int
     failed: int
     latencies_ms: list[float] = field(default_factory=list)  # successful requests in the window
+    undisturbed: bool = False     # affected, not dropped, served after the fault
 
 
 @dataclass
@@ -132,7 +132,7 @@ class RunOutcome:
     sessions: list[str]
     faults: list[FaultRun]
     goodput: Goodput
-    cpu_idle: dict[str, float | None]          # mean, min, pre_fault over the window
+    cpu_idle: dict[str, float | None]          # mean, min, pre_fault, samples over the window
     cpu_series: list[float]
     probe_gap_ms: float | None
     app_probe_gap_ms: float | None
@@ -175,7 +175,7 @@ class FaultSummary:
     app_probe_gap_ms: float | None
     capture_check: dict[str, Any] | None
     cpu_idle_pct: float | None
-    fidelity_ok: bool
+    fidelity_ok: bool | None      # None: some repetition had no CPU sample (unknown)
     trustworthy: bool
     goodput_dip_unaffected: float | None
     client_deaths: int
@@ -194,6 +194,8 @@ class FaultSummary:
     db_unmounted_ms: float | None = None  # longest time a failed database stayed unmounted (mounted ones)
     dbs_dismounted: int = 0               # failed databases no copy mounted before the window closed
     copy_missing: int | None = None       # rows the mounted copies knew they lacked (the copy queue)
+    undisturbed: int = 0                  # affected sessions that owned no outage and were served
+    phases_n: int = 0                     # recovered sessions with every milestone in causal order
 
 
 @dataclass
@@ -226,6 +228,7 @@ class ProtocolSummary:
     reestablish_ms: Distribution
     latency_ms: Distribution
     trustworthy: bool = True
+    undisturbed: int = 0
 
 
 @dataclass
@@ -240,7 +243,7 @@ class ScenarioSummary:
     goodput: dict[str, Any]
     cpu_idle_pct: float | None
     cpu_idle_min_pct: float | None
-    fidelity_ok: bool
+    fidelity_ok: bool | None
     trustworthy: bool
     untrustworthy_reasons: list[str]
     notices: list[str]
@@ -254,6 +257,7 @@ class ScenarioSummary:
     flood: dict[str, Any] = field(default_factory=dict)
     by_address: list[dict[str, Any]] = field(default_factory=list)  # caslab.metrics.addresses, all repetitions
     http: list[ProtocolSummary] = field(default_factory=list)
+    cpu_idle_by_repetition: list[float | None] = field(default_factory=list)
 
 
 def to_dict(obj: Any) -> Any:

@@ -2,6 +2,7 @@
 
 Inputs are the events of one scenario repetition (as merged in ``events.jsonl``) and the
 thresholds of ``RunParams``; nothing else. The same events give the same outcome.
+Definitions: docs/METRICS.md (sections 2, 8 and 9 here; 3-7 in ``sessions``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from labcommon.catalogue import (
-    APP_PROBE, CLIENTS_READY, CPU, FAULT, LB_MEMBER, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP,
-    PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
+    APP_PROBE, CLIENTS_READY, CPU, DB_ACTIVE, DB_DISMOUNTED, FAULT, FAULT_UNDONE, HTTP_REQUEST, LB_MEMBER,
+    MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
 from caslab.metrics.nlb import convergence, flooding
@@ -21,7 +22,7 @@ from caslab.metrics.addresses import by_address
 from caslab.metrics.databases import database_outages, dumpster
 from caslab.metrics.http import http_faults
 from caslab.metrics.outcomes import FaultRun, Goodput, RunOutcome
-from caslab.metrics.sessions import member_down_times, session_fault, tracks
+from caslab.metrics.sessions import FaultWindow, member_down_times, outages, session_fault, tracks
 
 NS = 1_000_000_000
 PRE_FAULT_S = 5  # goodput's pre-fault level: at most this many whole seconds before the fault
@@ -35,26 +36,28 @@ class RunParams:
 
 
 def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: int = 0) -> RunOutcome:
+    """One run's outcome (docs/METRICS.md sections 2-9)."""
     events = sorted(events, key=lambda e: e["ts"])
     start = next((e["ts"] for e in events if e["ev"] == MEASURE_START), events[0]["ts"] if events else 0)
     end_event = next((e for e in events if e["ev"] == MEASURE_END), None)
     end = end_event["ts"] if end_event else max((e["ts"] for e in events), default=start)
     complete = end_event is not None and any(e["ev"] == SCENARIO_END and e.get("ok") for e in events)
-    session_tracks = tracks(events, params.late_ms)
-    fault_events = [e for e in events if e["ev"] == FAULT]
+    session_tracks = tracks(events, params.late_ms, end)
+    windows = fault_windows(events, end)
     downs = member_down_times(events)
+    stall_ns = int(params.stall_ms * 1e6)
+    by_session = {sid: outages(track, windows, start, end, stall_ns) for sid, track in session_tracks.items()}
+    fault_events = [e for e in events if e["ev"] == FAULT]
     faults = []
-    for i, fe in enumerate(fault_events):
-        window_end = max(fe["ts"], min(fault_events[i + 1]["ts"], end)) if i + 1 < len(fault_events) else end
-        elements = set(fe.get("elements", []))
-        affects = fe.get("affects", "on_elements")
-        sessions = [session_fault(track, fe["ts"], window_end, end, elements, affects, int(params.stall_ms * 1e6),
-                                  downs) for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
-        faults.append(FaultRun(fe.get("index", i), fe["kind"], fe.get("label", fe["kind"]), fe["ts"],
-                               sorted(elements), affects, window_end, detection_ms(events, fe["ts"], elements),
-                               sessions, convergence=convergence(events, fe["ts"], window_end),
-                               databases=database_outages(events, fe["ts"], end, elements)))
-    windows = [(f.index, f.label, f.t_ns, f.window_end_ns, set(f.elements)) for f in faults] \
+    for window, fe in zip(windows, fault_events):
+        sessions = [session_fault(track, window, by_session[track.sid], end, downs)
+                    for track in sorted(session_tracks.values(), key=lambda t: t.sid)]
+        faults.append(FaultRun(window.index, fe["kind"], fe.get("label", fe["kind"]), window.t,
+                               sorted(window.elements), window.affects, window.end,
+                               detection_ms(events, window.t, window.end, set(window.elements)),
+                               sessions, convergence=convergence(events, window.t, window.end),
+                               databases=database_outages(events, window.t, end, set(window.elements))))
+    http_windows = [(f.index, f.label, f.t_ns, f.window_end_ns, set(f.elements)) for f in faults] \
         or [(-1, "no fault", start, end, set())]
     t0 = fault_events[0]["ts"] if fault_events else start
     ever_affected = {s.session for f in faults for s in f.sessions if s.affected}
@@ -63,13 +66,27 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
         goodput=goodput(events, t0, end, ever_affected), cpu_idle=cpu_idle(events, start, end, t0),
         cpu_series=[e["idle_pct"] for e in events if e["ev"] == CPU and start <= e["ts"] <= end],
         probe_gap_ms=failed_run_ms(events, PROBE, start, end), app_probe_gap_ms=failed_run_ms(events, APP_PROBE, start, end),
-        messages=message_integrity(events),
+        messages=message_integrity(events, end),
         process_exits=[{k: e.get(k) for k in ("name", "host", "returncode")} | {"at_ms": round((e["ts"] - t0) / 1e6, 1)}
                        for e in events if e["ev"] == PROCESS_EXIT],
         probe_availability={kind: availability(events, kind, t0) for kind in (PROBE, APP_PROBE)},
         cost=cost(events, start, end), never_served=never_served(session_tracks, start, end),
         flood=flooding(events),
-        by_address=by_address(events, start, end), http=http_faults(events, windows))
+        by_address=by_address(events, start, end), http=http_faults(events, http_windows, end))
+
+
+def fault_windows(events: list[dict], end: int) -> list[FaultWindow]:
+    """Every fault with its window [t_i, e_i) and its undo (docs/METRICS.md section 2)."""
+    fault_events = [e for e in events if e["ev"] == FAULT]
+    out = []
+    for i, fe in enumerate(fault_events):
+        window_end = max(fe["ts"], min(fault_events[i + 1]["ts"], end)) if i + 1 < len(fault_events) else end
+        index = fe.get("index", i)
+        undone = next((e["ts"] for e in events if e["ev"] == FAULT_UNDONE and e.get("index", index) == index
+                       and e["ts"] > fe["ts"]), None)
+        out.append(FaultWindow(i, index, fe["ts"], window_end, frozenset(fe.get("elements", [])),
+                               fe.get("affects", "on_elements"), undone))
+    return out
 
 
 def never_served(session_tracks, start: int, end: int) -> int:
@@ -92,10 +109,11 @@ def cost(events: list[dict], start: int, end: int) -> dict[str, Any]:
             "per_op_by_kind": {k: round(v / ops, 3) for k, v in sorted(by_kind.items())} if ops else {}}
 
 
-def detection_ms(events: list[dict], t_fault: int, elements: set[str]) -> float | None:
-    """First load-balancer reaction after the fault: a failed member stops taking new connections."""
+def detection_ms(events: list[dict], t_fault: int, window_end: int, elements: set[str]) -> float | None:
+    """First load-balancer reaction inside the fault's window: a failed member stops taking
+    new connections."""
     for e in events:
-        if e["ts"] >= t_fault and e["ev"] == LB_MEMBER and not e.get("accepts_new", True) \
+        if t_fault <= e["ts"] < window_end and e["ev"] == LB_MEMBER and not e.get("accepts_new", True) \
                 and e.get("member") in elements:
             return round((e["ts"] - t_fault) / 1e6, 1)
     return None
@@ -135,7 +153,7 @@ def cpu_idle(events: list[dict], start: int, end: int, t0: int) -> dict[str, flo
     pre = [e["idle_pct"] for e in window if e["ts"] < t0]
     return {"mean": round(statistics.fmean(values), 1) if values else None,
             "min": min(values) if values else None,
-            "pre_fault": round(statistics.fmean(pre), 1) if pre else None}
+            "pre_fault": round(statistics.fmean(pre), 1) if pre else None, "samples": len(values)}
 
 
 def failed_run_ms(events: list[dict], kind: str, start: int, end: int) -> float | None:
@@ -164,12 +182,19 @@ def availability(events: list[dict], kind: str, t0: int, bin_s: float = 0.25) ->
     return [(round(k * bin_s, 3), round(100 * sum(v) / len(v), 1)) for k, v in sorted(bins.items())]
 
 
-def message_integrity(events: list[dict]) -> dict[str, int]:
-    """Acknowledged sends against what the copy that is active at the end holds."""
-    acked = {e["msg_id"] for e in events if e["ev"] == OP and e.get("op") == "send" and e.get("ok")}
+def message_integrity(events: list[dict], end: int | None = None) -> dict[str, int]:
+    """Acknowledged sends (RPC and HTTP) against what the active copy of each database that is
+    available at the end holds (docs/METRICS.md section 8)."""
+    end = max((e["ts"] for e in events), default=0) if end is None else end
+    acked = {e["msg_id"] for e in events if e["ts"] <= end and e.get("ok") and e.get("msg_id")
+             and ((e["ev"] == OP and e.get("op") == "send") or (e["ev"] == HTTP_REQUEST and e.get("cmd") == "send"))}
+    last_state: dict[str, str] = {}
+    for e in sorted(events, key=lambda x: x["ts"]):
+        if e["ev"] in (DB_ACTIVE, DB_DISMOUNTED):
+            last_state[e["db"]] = e["ev"]
     stored_by_db: dict[str, set[str]] = defaultdict(set)
     for e in events:
-        if e["ev"] == MAILBOX_CONTENTS and e.get("active", True):
+        if e["ev"] == MAILBOX_CONTENTS and e.get("active", True) and last_state.get(e["db"]) != DB_DISMOUNTED:
             stored_by_db[e["db"]].update(e["msg_ids"])
     stored = set().union(*stored_by_db.values()) if stored_by_db else set()
     return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored),

@@ -2,9 +2,10 @@
 distributions with their n, Student's t confidence intervals over repetitions, and
 Welch's t for the difference of two runs' means (``caslab compare``).
 
-A p99 needs at least ``P99_MIN_N`` values: below that the nearest-rank p99 is simply the
-maximum, and printing it as "p99" would claim a tail the data cannot show. It is left out
-(None) and every table shows the maximum beside ``n``.
+A tail percentile is left out (None) where its nearest rank is n, i.e. where it is
+simply the maximum: p95 below 20 values, p99 below ``P99_MIN_N`` = 100. Printing it would
+claim a tail the data cannot show; every table shows the maximum beside ``n``.
+Definitions: docs/METRICS.md section 11.
 """
 
 from __future__ import annotations
@@ -13,25 +14,24 @@ import math
 import statistics
 from dataclasses import dataclass
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+def t95(dof: float) -> float:
+    """Two-sided 95 % Student's t quantile for any degrees of freedom (no table, no 1.96)."""
+    return t_quantile(0.975, dof)
 
 
-def t95(dof: int) -> float:
-    """Two-sided 95 % Student's t quantile (table values; 1.96 beyond 30 degrees of freedom)."""
-    if dof in T95:
-        return T95[dof]
-    if dof > 30:
-        return 1.96
-    return T95[max(k for k in T95 if k <= dof)]
+def tail_rank_shown(pct: int, n: int) -> bool:
+    """A tail percentile is shown only where its nearest rank is below n (else it is the
+    maximum): p95 from n >= 20, p99 from n >= 100."""
+    return n > 0 and -(-pct * n // 100) < n
 
 
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile (no interpolation: every value reported was observed)."""
+def percentile(values: list[float], pct: int) -> float | None:
+    """Nearest-rank percentile, rank ceil(pct * n / 100) in exact integer arithmetic (no
+    interpolation: every value reported was observed)."""
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    rank = max(1, -(-pct * len(ordered) // 100))
     return ordered[rank - 1]
 
 
@@ -44,22 +44,26 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 @dataclass
 class Distribution:
-    """n, nearest-rank p50 / p95 / p99, max and mean of some values (ms unless said)."""
+    """n, nearest-rank p50 / p95 / p99, max and both means of some values (ms unless
+    said): ``mean_pooled`` over every value, ``mean_of_repetitions`` over the
+    per-repetition means, which ``ci95_of_repetition_means`` brackets."""
 
     n: int = 0
     p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
+    p95: float | None = None                  # None where it would be the maximum (n < 20)
+    p99: float | None = None                  # None where it would be the maximum (n < 100)
     max: float | None = None
-    mean: float | None = None
-    ci95_mean: list[float] | None = None   # 95 % CI of the per-repetition means (>= 2 repetitions)
+    mean_pooled: float | None = None          # mean of all values of all repetitions
+    ci95_of_repetition_means: list[float] | None = None  # Student's t, >= 2 repetitions
     mean_of_repetitions: float | None = None  # the point that interval belongs to
 
     @classmethod
     def of(cls, values: list[float], rep_means: list[float] | None = None) -> "Distribution":
-        p99 = percentile(values, 99) if len(values) >= P99_MIN_N else None
-        return cls(len(values), _round(percentile(values, 50)), _round(percentile(values, 95)),
-                   _round(p99), _round(max(values) if values else None),
+        n = len(values)
+        return cls(n, _round(percentile(values, 50)),
+                   _round(percentile(values, 95)) if tail_rank_shown(95, n) else None,
+                   _round(percentile(values, 99)) if tail_rank_shown(99, n) else None,
+                   _round(max(values) if values else None),
                    _round(statistics.fmean(values) if values else None),
                    confidence_interval(rep_means or []),
                    _round(statistics.fmean(rep_means)) if rep_means else None)
@@ -75,7 +79,8 @@ def confidence_interval(samples: list[float]) -> list[float] | None:
 
 
 def median(values: list[float]) -> float | None:
-    return _round(statistics.median(values), 1) if values else None
+    """Nearest-rank median (p50), rounded like every statistic."""
+    return _round(percentile(values, 50))
 
 
 # ---------------------------------------------------------------- Student's t, Welch's test

@@ -2,8 +2,9 @@
 
 ``summarize`` turns the runs of every scenario into ``ScenarioSummary`` objects (one
 ``FaultSummary`` row per fault); ``summary.json`` is their ``to_dict``. A scenario whose
-fidelity check failed, or whose run is incomplete, or whose client processes died, is
-marked ``trustworthy: false`` with the reasons, and every table shows it.
+fidelity check failed or is unknown (no CPU sample), or that has no repetition, or whose
+run is incomplete, or whose lab processes died, is marked ``trustworthy: false`` with the
+reasons, and every table shows it. Definitions: docs/METRICS.md sections 10-12.
 """
 
 from __future__ import annotations
@@ -13,24 +14,54 @@ from typing import Any
 
 from caslab.metrics import addresses
 from caslab.metrics.outcomes import PHASES, FaultSummary, ProtocolSummary, RunOutcome, ScenarioSummary
+from caslab.metrics.sessions import in_causal_order
 from caslab.metrics.stats import Distribution, median
 
 
-def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pct: float,
-                       notices: list[str]) -> ScenarioSummary:
-    cpu_means = [r.cpu_idle["mean"] for r in runs if r.cpu_idle["mean"] is not None]
-    cpu_mean = round(statistics.fmean(cpu_means), 1) if cpu_means else None
-    cpu_min = min((r.cpu_idle["min"] for r in runs if r.cpu_idle["min"] is not None), default=None)
-    fidelity_ok = cpu_mean is None or cpu_mean >= min_idle_pct
-    exits = [dict(x, rep=r.rep) for r in runs for x in r.process_exits]
+def repetition_fidelity(run: RunOutcome, min_idle_pct: float) -> bool | None:
+    """None without a CPU sample in the window (unknown), else its mean idle passed."""
+    if not run.cpu_idle.get("samples") or run.cpu_idle.get("mean") is None:
+        return None
+    return run.cpu_idle["mean"] >= min_idle_pct
+
+
+def scenario_fidelity(runs: list[RunOutcome], min_idle_pct: float) -> bool | None:
+    """True only with evidence: every repetition has samples and passed (METRICS.md 12)."""
+    verdicts = [repetition_fidelity(r, min_idle_pct) for r in runs]
+    if any(v is False for v in verdicts):
+        return False
+    if not verdicts or any(v is None for v in verdicts):
+        return None
+    return True
+
+
+def untrusted_reasons(runs: list[RunOutcome], min_idle_pct: float, exits: list[dict[str, Any]]) -> list[str]:
+    """Every reason a scenario's numbers are not to be trusted (empty: trusted)."""
+    if not runs:
+        return ["no repetition ran: there is nothing to trust"]
     reasons = []
-    if not fidelity_ok:
-        reasons.append(f"CPU idle averaged {cpu_mean} % (< {min_idle_pct:g} %): the machine, not the design, "
-                       f"may have set these numbers")
+    for r in runs:
+        verdict = repetition_fidelity(r, min_idle_pct)
+        if verdict is None:
+            reasons.append(f"repetition {r.rep + 1}: no CPU sample in its window (fidelity unknown)")
+        elif not verdict:
+            reasons.append(f"repetition {r.rep + 1}: CPU idle averaged {r.cpu_idle['mean']} % (< {min_idle_pct:g} %): "
+                           f"the machine, not the design, may have set these numbers")
     if any(not r.complete for r in runs):
         reasons.append("a repetition did not complete")
     if exits:
         reasons.append(f"{len(exits)} lab process(es) died during the run: {sorted({x['name'] for x in exits})}")
+    return reasons
+
+
+def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pct: float,
+                       notices: list[str]) -> ScenarioSummary:
+    cpu_means = [r.cpu_idle["mean"] for r in runs if r.cpu_idle.get("mean") is not None]
+    cpu_mean = round(statistics.fmean(cpu_means), 1) if cpu_means else None
+    cpu_min = min((r.cpu_idle["min"] for r in runs if r.cpu_idle.get("min") is not None), default=None)
+    fidelity_ok = scenario_fidelity(runs, min_idle_pct)
+    exits = [dict(x, rep=r.rep) for r in runs for x in r.process_exits]
+    reasons = untrusted_reasons(runs, min_idle_pct, exits)
     messages = {k: sum(r.messages.get(k, 0) for r in runs) for k in ("acked", "stored", "lost", "recovered")}
     probe_gap = max((r.probe_gap_ms for r in runs if r.probe_gap_ms is not None), default=None)
     app_gap = max((r.app_probe_gap_ms for r in runs if r.app_probe_gap_ms is not None), default=None)
@@ -53,7 +84,7 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood,
         by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])],
-        http=protocol_rows(meta, runs, not reasons))
+        http=protocol_rows(meta, runs, not reasons), cpu_idle_by_repetition=[r.cpu_idle.get("mean") for r in runs])
 
 
 def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
@@ -102,8 +133,8 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
     sessions = [s for f in faults for s in f.sessions]
     reconnects = [v for f in faults for v in f.reconnect_ms]
     rep_means = [statistics.fmean(f.reconnect_ms) for f in faults if f.reconnect_ms]
-    phases = {p: median([s.phases[p] for s in sessions if s.phases and s.phases.get(p) is not None])
-              for p in PHASES}
+    subset = [s.phases for s in sessions if s.recovered and in_causal_order(s.phases, PHASES)]
+    phases = {p: median([m[p] for m in subset]) for p in PHASES}
     first = faults[0]
     dips = [r.goodput.dip_unaffected for r in runs if r.goodput.dip_unaffected is not None]
     conv = [f.convergence for f in faults]
@@ -111,6 +142,7 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=first.index, fault=first.label,
         kind=first.kind, repetitions=len(faults), sessions=len(sessions),
         affected=sum(s.affected for s in sessions), recovered=sum(s.recovered for s in sessions),
+        undisturbed=sum(s.undisturbed for s in sessions), phases_n=len(subset),
         unrecovered=sum(s.unrecovered for s in sessions), collateral=sum(s.collateral for s in sessions),
         disrupted=sum(s.disrupted for s in sessions), stalled=sum(s.stalled for s in sessions),
         reauth=sum(s.reauth for s in sessions if s.affected), prompts=sum(s.prompts for s in sessions if s.affected),
@@ -164,8 +196,8 @@ def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: boo
                 sessions=len(sessions), configured=sum(s.configured for s in sessions),
                 requests=sum(s.requests for s in sessions), failed=sum(s.failed for s in sessions),
                 affected=sum(s.affected for s in sessions), disrupted=sum(s.disrupted for s in sessions),
-                recovered=sum(s.recovered for s in sessions),
-                unrecovered=sum(s.affected and not s.recovered for s in sessions),
+                recovered=sum(s.recovered for s in sessions), undisturbed=sum(s.undisturbed for s in sessions),
+                unrecovered=sum(s.affected and not s.recovered and not s.undisturbed for s in sessions),
                 relogins=sum(s.relogins for s in sessions), prompts=sum(s.prompts for s in sessions),
                 pings_lost=sum(s.pings_lost for s in sessions),
                 pings_reestablished=sum(s.pings_reestablished for s in sessions),

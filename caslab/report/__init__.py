@@ -85,6 +85,10 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
     for s in analysis.scenarios:
         index = plots.headline_fault(s)
         row = next((r for r in s.faults if r.fault_index == index), None)
+        if not s.repetitions:
+            out.append({"label": s.label, "text": "no repetition ran: there is nothing to report.",
+                        "trustworthy": False})
+            continue
         if row is None:
             out.append({"label": s.label, "text": "no fault was injected." + served_text(s),
                         "trustworthy": s.trustworthy})
@@ -92,14 +96,16 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
         r = row.reconnect_ms
         if not row.affected:
             text = f"{row.fault} affected no session; {row.collateral} saw collateral damage."
-        elif row.recovered == 0:
+        elif row.recovered == 0 and row.undisturbed == 0:
             text = (f"{row.fault}: none of the {row.affected} affected sessions was served again within the "
                     f"{window:g} s window.")
         else:
             timing = f", median reconnect {r.p50:g} ms" if r.p50 is not None else ""
             worst = f", slowest {r.max:g} ms" if r.max is not None else ""
+            calm = f"; {row.undisturbed} never cut off" if row.undisturbed else ""
             never = f"; {row.unrecovered} never recovered" if row.unrecovered else ""
-            text = f"{row.fault}: {row.recovered} of {row.affected} affected sessions served again{timing}{worst}{never}."
+            text = (f"{row.fault}: {row.recovered} of {row.affected} affected sessions served again after an outage"
+                    f"{timing}{worst}{calm}{never}.")
         if row.prompts:
             text += f" {row.prompts} credential prompt(s)."
         if row.collateral:

@@ -133,9 +133,9 @@ def plot_means(analysis: Analysis, styles, out: Path) -> str | None:
     for x, (s, r) in enumerate(rows):
         st = styles[s.id]
         d = r.reconnect_ms
-        point = d.mean_of_repetitions if d.mean_of_repetitions is not None else d.mean
+        point = d.mean_of_repetitions if d.mean_of_repetitions is not None else d.mean_pooled
         if point is not None:
-            ci = d.ci95_mean
+            ci = d.ci95_of_repetition_means
             low, high = (max(point - max(ci[0], 0.1), 0), max(ci[1] - point, 0)) if ci else (0, 0)
             ax.errorbar([x], [point], yerr=[[low], [high]], fmt=st["marker"], capsize=6, color=st["color"])
             ax.annotate(f"{point:.0f} ms ({r.repetitions} rep{'s' if r.repetitions != 1 else ''}, n={d.n}"
