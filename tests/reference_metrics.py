@@ -246,6 +246,8 @@ class Run:
                 or f.affects == "disrupted")
 
     def owner(self, s: Session, onset: int) -> Fault | None:
+        if not any(x.ts < onset for x in s.successes):      # never served before: cut off by no fault
+            return None
         eligible = [f for f in self.faults if f.t <= onset and self.carries(s, f)
                     and not any(self.beyond(s, x, f) for x in s.successes if f.t <= x.ts < onset)]
         for kind in ("on_elements", "disrupted"):
@@ -354,7 +356,9 @@ def _probe_gap(probes: list[dict]) -> float | None:
             best, first_fail = max(best, p["ts"] - first_fail), None
     if first_fail is not None:
         best = max(best, probes[-1]["ts"] - first_fail)
-    return ms_after(best, 0)
+    # READING: METRICS.md does not say how a probe gap is rounded; it is a run's value in results, 1 decimal
+    # like the statistics (production's choice, see the differential test's report).
+    return round(best / 1e6, 1)
 
 
 def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str, Any]:
@@ -364,7 +368,7 @@ def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str
     outages = {sid: run.outages(s) for sid, s in run.sessions.items()}
     faults = []
     for f in run.faults:
-        faults.append({"index": f.index, "t": f.t, "e": f.e, "elements": f.elements, "affects": f.affects,
+        faults.append({"pos": f.pos, "index": f.index, "t": f.t, "e": f.e, "elements": f.elements, "affects": f.affects,
                        "detection_ms": run.detection_ms(f),
                        "sessions": [run.session_fault(s, f, outages[sid]) for sid, s in run.sessions.items()]})
     affected_any = {sf["session"] for fr in faults for sf in fr["sessions"] if sf["affected"]}
@@ -373,7 +377,7 @@ def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str
     ops = sum(1 for e in run.inside if e["ev"] == OP and e["ok"] and start <= e["ts"])
     # READING: process_cpu, mailbox_contents, db_active/db_dismounted and dumpster_resubmit are taken from the
     # whole run: the first two are logged after measure_end by design ("over the measurement window", "at the end").
-    cost: dict[str, float] = {}
+    cost: dict[str, float] | None = {} if run.of(PROCESS_CPU) else None   # READING: no process_cpu event: unknown
     for e in run.of(PROCESS_CPU):
         cost[e["kind"]] = cost.get(e["kind"], 0.0) + e["cpu_ms"]
     never = sum(1 for s in run.sessions.values() if not any(start <= x.ts <= end for x in s.successes))
@@ -440,10 +444,10 @@ def _http(run: Run) -> list[dict[str, Any]]:
     if not sessions:
         return []
     inside = [e for e in run.inside if e["ev"] in (HTTP_REQUEST, HTTP_DOWN, HTTP_LOGON)]
-    windows = ([(f.index, f.t, f.e, f.elements) for f in run.faults] if run.faults
-               else [(-1, run.start, run.end, set())])
+    windows = ([(f.pos, f.index, f.t, f.e, f.elements) for f in run.faults] if run.faults
+               else [(-1, -1, run.start, run.end, set())])
     out = []
-    for index, t, e, elements in windows:
+    for pos, index, t, e, elements in windows:
         rows = []
         for sid, (proto, external) in sessions.items():
             mine = [x for x in inside if x.get("session") == sid]
@@ -464,8 +468,9 @@ def _http(run: Run) -> list[dict[str, Any]]:
             re_ping = None
             if lost:
                 later = [x for x in is_ping if x["ok"] and x["ts"] - x["lat_us"] * 1000 >= lost[0]["ts"]]
-                # READING: "that Ping" is the earliest-starting one of them.
-                re_ping = min(later, key=lambda x: x["ts"] - x["lat_us"] * 1000) if later else None
+                # READING: "that Ping" is the first of them in the log (the first to end). One device's Pings
+                # do not overlap, so in a real log it is also the earliest to start.
+                re_ping = later[0] if later else None
             rows.append({"session": sid, "protocol": proto, "external": external, "affected": affected,
                          "dropped": dropped is not None, "recovered": recovered, "undisturbed": undisturbed,
                          "unrecovered": affected and not recovered and not undisturbed,
@@ -476,7 +481,7 @@ def _http(run: Run) -> list[dict[str, Any]]:
                          "latencies_ms": [x["lat_us"] / 1000 for x in in_win if x["ok"] and x not in is_ping],
                          "pings_lost": len(lost), "pings_reestablished": 1 if re_ping else 0,
                          "reestablish_ms": ms_after(re_ping["ts"] - re_ping["lat_us"] * 1000, t) if re_ping else None})
-        out.append({"index": index, "sessions": rows})
+        out.append({"pos": pos, "index": index, "sessions": rows})
     return out
 
 
@@ -500,30 +505,35 @@ def summarize(runs: list[dict[str, Any]], min_cpu_idle_pct: float) -> dict[str, 
     messages = {k: sum(r["messages"][k] for r in runs) for k in ("acked", "stored", "lost", "recovered")}
     gaps = {k: max((r[k] for r in runs if r[k] is not None), default=None)
             for k in ("probe_gap_ms", "app_probe_gap_ms")}
-    ops = sum(r["ops"] for r in runs)
-    total_cpu = sum(v for r in runs for v in r["cpu_ms"].values())
+    # READING: a repetition without process_cpu measured no cost: neither its CPU nor its operations count.
+    ops = sum(r["ops"] for r in runs if r["cpu_ms"] is not None)
+    measured = [r["cpu_ms"] for r in runs if r["cpu_ms"] is not None]
+    total_cpu = sum(v for c in measured for v in c.values())
     kinds: dict[str, float] = {}
-    for r in runs:
-        for k, v in r["cpu_ms"].items():
+    for c in measured:
+        for k, v in c.items():
             kinds[k] = kinds.get(k, 0.0) + v
     scenario = {"repetitions": len(runs), "sessions": sum(len(r["sessions"]) for r in runs),
-                "cpu_idle_pct": sum(means) / len(means) if means else None,
+                # READING: the document gives no rounding for CPU idle; 1 decimal, as production
+                "cpu_idle_pct": _r1(sum(means) / len(means)) if means else None,
                 "cpu_idle_min_pct": min(mins) if mins else None,
-                "cpu_idle_by_repetition": [r["cpu"]["mean"] for r in runs],
+                "cpu_idle_by_repetition": [_r1(r["cpu"]["mean"]) for r in runs],
                 "fidelity_ok": fidelity_ok, "trustworthy": trustworthy,
                 "messages": messages, **gaps, "never_served": sum(r["never_served"] for r in runs),
-                "cpu_ms": kinds, "cpu_ms_per_op": total_cpu / ops if ops else None,
+                # READING: rounding not given by the document; 3 decimals, as production. No process_cpu at all: none.
+                "cpu_ms": kinds, "cpu_ms_per_op": round(total_cpu / ops, 3) if ops and measured else None,
                 "per_op_by_kind": {k: v / ops for k, v in kinds.items()} if ops else None}
-    scenario["faults"] = [_row(runs, index, scenario) for index in
-                          sorted({f["index"] for r in runs for f in r["faults"]})]
+    # READING: section 10's "row i (fault i)" is fault i of section 2: the i-th fault in ts order (which
+    # is also its index when the spec's faults are in time order); its fault_index is the first run's.
+    scenario["faults"] = [_row(runs, pos, scenario) for pos in sorted({f["pos"] for r in runs for f in r["faults"]})]
     scenario["http"] = _http_rows(runs, trustworthy)
     return scenario
 
 
-def _row(runs: list[dict[str, Any]], index: int, scenario: dict[str, Any]) -> dict[str, Any]:
-    mine = [(r, f) for r in runs for f in r["faults"] if f["index"] == index]
+def _row(runs: list[dict[str, Any]], pos: int, scenario: dict[str, Any]) -> dict[str, Any]:
+    mine = [(r, f) for r in runs for f in r["faults"] if f["pos"] == pos]
     sessions = [sf for _, f in mine for sf in f["sessions"]]
-    row: dict[str, Any] = {"fault_index": index, "repetitions": len(mine), "sessions": len(sessions)}
+    row: dict[str, Any] = {"fault_index": mine[0][1]["index"], "repetitions": len(mine), "sessions": len(sessions)}
     for name in ("affected", "recovered", "undisturbed", "unrecovered", "collateral", "disrupted", "stalled"):
         row[name] = sum(1 for sf in sessions if sf[name])
     for name in ("reauth", "prompts", "silent_reauth"):
@@ -541,7 +551,8 @@ def _row(runs: list[dict[str, Any]], index: int, scenario: dict[str, Any]) -> di
     row["phases_n"] = len(subset)
     row["phases_ms"] = {m: _r1(percentile([p[m] for p in subset], 50)) for m in PHASES}
     dips = [r["goodput"]["dip_unaffected"] for r, _ in mine if r["goodput"]["dip_unaffected"] is not None]
-    row["goodput_dip_unaffected"] = min(dips) if dips else None
+    # READING: the document gives no rounding for the dip (a ratio); 3 decimals, as production.
+    row["goodput_dip_unaffected"] = round(min(dips), 3) if dips else None
     for name in ("messages", "probe_gap_ms", "app_probe_gap_ms", "cpu_idle_pct", "fidelity_ok", "trustworthy",
                  "cpu_ms_per_op"):
         row[name] = scenario[name]
@@ -549,13 +560,13 @@ def _row(runs: list[dict[str, Any]], index: int, scenario: dict[str, Any]) -> di
 
 
 def _http_rows(runs: list[dict[str, Any]], trustworthy: bool) -> list[dict[str, Any]]:
-    keys = sorted({(w["index"], s["protocol"], s["external"]) for r in runs for w in r["http"] for s in w["sessions"]})
+    keys = sorted({(w["pos"], s["protocol"], s["external"]) for r in runs for w in r["http"] for s in w["sessions"]})
     rows = []
-    for index, proto, external in keys:
-        per_rep = [[s for s in w["sessions"] if s["protocol"] == proto and s["external"] == external]
-                   for r in runs for w in r["http"] if w["index"] == index]
+    for pos, proto, external in keys:
+        windows = [w for r in runs for w in r["http"] if w["pos"] == pos]
+        per_rep = [[s for s in w["sessions"] if s["protocol"] == proto and s["external"] == external] for w in windows]
         flat = [s for rep in per_rep for s in rep]
-        row: dict[str, Any] = {"fault_index": index, "protocol": proto, "external": external,
+        row: dict[str, Any] = {"fault_index": windows[0]["index"], "protocol": proto, "external": external,
                                "sessions": len(flat), "trustworthy": trustworthy}
         for name in ("affected", "recovered", "undisturbed", "unrecovered"):
             row[name] = sum(1 for s in flat if s[name])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from caslab import analysis
 from tests import reference_metrics as ref
 from tests.metrics_logs import scenario_logs
 
-EXAMPLES = 150          # generated scenarios (0-3 repetitions each) per run: < 60 s on the 2-core lab machine
+EXAMPLES = 800          # generated scenarios (0-3 repetitions each) per run: < 60 s on the 2-core lab machine
 CI_TOLERANCE = 0.1      # the t quantile's last rounded digit; nothing else is tolerated
 
 # summary.json fields METRICS.md does not define, with why they are not compared.
@@ -40,6 +41,8 @@ NOT_DEFINED = {
         "Windows NLB convergence and flooding: not in METRICS.md",
     "scenario.by_address": "caslab/metrics/addresses.py: not in METRICS.md",
     "row.db_unmounted_ms / dbs_dismounted / copy_missing": "databases (caslab/metrics/databases.py): not in METRICS.md",
+    "scenario.cost": "section 8 defines cost per run and section 10 the rows' cpu_ms_per_op (compared); the "
+                     "scenario dict's contents are not defined",
     "scenario.process_exits": "the events themselves; METRICS.md uses only whether there is one (trustworthy)",
     "scenario.untrustworthy_reasons": "texts; compared only as 'empty exactly when trusted' (section 12)",
     "row.scenario / label / mode / fault / kind": "names copied from the scenario and the fault event",
@@ -103,12 +106,7 @@ MISSING = "<field missing>"
 def view(s: dict[str, Any], is_reference: bool) -> dict[str, Any]:
     """The compared fields, in the reference's names, from either side."""
     out = {k: s.get(k, MISSING) for k in SCENARIO_FIELDS}
-    if is_reference:
-        out["cost.cpu_ms_per_op"] = s["cpu_ms_per_op"]
-        out["untrusted_has_reasons"] = not s["trustworthy"]
-    else:
-        out["cost.cpu_ms_per_op"] = s.get("cost", {}).get("cpu_ms_per_op", MISSING)
-        out["untrusted_has_reasons"] = bool(s["untrustworthy_reasons"])
+    out["untrusted_has_reasons"] = (not s["trustworthy"]) if is_reference else bool(s["untrustworthy_reasons"])
     out["faults"] = []
     for row in s["faults"]:
         r = {k: row.get(k, MISSING) for k in ROW_FIELDS}
@@ -127,6 +125,19 @@ def view(s: dict[str, Any], is_reference: bool) -> dict[str, Any]:
         out["http"].append(r)
     out["http"].sort(key=lambda r: (r["fault_index"], r["protocol"], r["clients"]))
     return out
+
+
+# Disagreements found and judged production bugs: each has a strict xfail example below; the property
+# skips them so that it keeps looking for new ones. Remove an entry when production is fixed.
+KNOWN_PRODUCTION_BUGS: dict[str, str] = {
+    "detection without repetition means": r"^\.faults\[\d+\]\.detection_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
+    "HTTP distributions without repetition means": r"^\.http\[\d+\]\.\w+_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
+    "CPU idle mean of rounded repetition means": r"\.cpu_idle_pct:",
+}
+
+
+def known_bug(difference: str) -> str | None:
+    return next((name for name, pattern in KNOWN_PRODUCTION_BUGS.items() if re.search(pattern, difference)), None)
 
 
 def differences(prod: Any, want: Any, path: str = "") -> list[str]:
@@ -155,8 +166,10 @@ def differences(prod: Any, want: Any, path: str = "") -> list[str]:
     return [] if same else [f"{path}: production {prod!r}, reference {want!r}"]
 
 
-def assert_same(params: dict[str, Any], runs: list[list[dict]]) -> None:
+def assert_same(params: dict[str, Any], runs: list[list[dict]], skip_known: bool = False) -> None:
     diff = differences(view(production(params, runs), False), view(reference(params, runs), True))
+    if skip_known:
+        diff = [d for d in diff if not known_bug(d)]
     assert not diff, "production and reference disagree:\n" + "\n".join(diff[:40])
 
 
@@ -171,10 +184,245 @@ def test_production_equals_reference(log):
     params, runs = log
     CHECKED["logs"] += 1
     CHECKED["runs"] += len(runs)
-    assert_same(params, runs)
+    assert_same(params, runs, skip_known=True)
 
 
 def test_report_how_many_logs_were_checked():
     """Runs after the property (file order): prints how many generated logs it compared."""
     print(f"\ndifferential test: {CHECKED['logs']} generated scenarios ({CHECKED['runs']} repetitions) compared, "
           f"max_examples={EXAMPLES}")
+
+
+# ---------------------------------------------------------------- hand-made logs (METRICS.md section 14, issue 16)
+
+MS = 1_000_000
+PARAMS = {"late_ms": 500, "stall_ms": 400, "min_cpu_idle_pct": 35}
+
+
+def ev(ms: float, name: str, **fields: Any) -> dict:
+    return {"ts": int(ms * MS), "src": "t", "ev": name, **fields}
+
+
+def op(ms: float, sid: str, cas: str | None, ok: bool = True, name: str = "read", lat_ms: float = 2) -> dict:
+    return ev(ms, "op", session=sid, op=name, ok=ok, lat_us=int(lat_ms * 1000), cas=cas)
+
+
+def ops(sid: str, cas: str, start_ms: int, end_ms: int, every: int = 50) -> list[dict]:
+    return [op(t, sid, cas) for t in range(start_ms, end_ms, every)]
+
+
+def down(ms: float, sid: str) -> dict:
+    return ev(ms, "down", session=sid, reason="reset")
+
+
+def fault(ms: float, elements: list[str], index: int, kind: str = "poweroff", affects: str | None = None) -> dict:
+    extra = {"affects": affects} if affects else {}
+    return ev(ms, "fault", kind=kind, targets=elements, elements=elements, label=f"{kind} {elements}", index=index,
+              **extra)
+
+
+def run(*groups: Any, sessions: tuple[str, ...], end_ms: int = 3000, rep: int = 0, idle: float | None = 90,
+        measure_end: bool = True, ok: bool = True) -> list[dict]:
+    """One repetition: client_up, window [100 ms, end_ms), a CPU sample, and the given events."""
+    events = [ev(0, "client_up", sessions=list(sessions), target={}), ev(100, "measure_start", observe_s=3.0)]
+    if idle is not None:
+        events.append(ev(500, "cpu", idle_pct=idle))
+    if measure_end:
+        events.append(ev(end_ms, "measure_end"))
+    events.append(ev(end_ms + 1 if measure_end else end_ms, "scenario_end", ok=ok))
+    for g in groups:
+        events += g if isinstance(g, list) else [g]
+    for e in events:
+        e.update(scenario="s0", rep=rep)
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def pick(view_: dict[str, Any], path: str) -> Any:
+    node: Any = view_
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def expect(runs: list[list[dict]], params: dict[str, Any] = PARAMS, **expected: Any) -> None:
+    """Both the reference and production give the expected values (keys: paths, '__' for '.')."""
+    sides = {"reference": view(reference(params, runs), True), "production": view(production(params, runs), False)}
+    wrong = [f"{side} {key.replace('__', '.')}: {pick(v, key.replace('__', '.'))!r} != {want!r}"
+             for side, v in sides.items() for key, want in expected.items() if pick(v, key.replace("__", ".")) != want]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_silent_after_the_fault_is_an_unrecovered_stall():
+    """Section 14: no drop logged, the session went silent: an outage by a stall, unrecovered."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), ops("c1-s1", "cas2", 0, 3000), fault(1000, ["cas1"], 0),
+              sessions=("c1-s0", "c1-s1"))
+    expect([log], faults__0__affected=1, faults__0__recovered=0, faults__0__unrecovered=1, faults__0__stalled=1,
+           faults__0__undisturbed=0, faults__0__collateral=0, faults__0__reconnect_ms__n=0)
+
+
+def test_stall_reconnect_is_the_first_success_not_the_end_of_the_longest_gap():
+    """Section 14 / finding 4: served again at 1900 ms (900 after the fault), then a longer gap."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0), op(1900, "c1-s0", "cas2"),
+              ops("c1-s0", "cas2", 3900, 4500), end_ms=4500, sessions=("c1-s0",))
+    expect([log], faults__0__recovered=1, faults__0__reconnect_ms__p50=900.0, faults__0__stalled=1)
+
+
+def test_victim_of_the_first_fault_noticing_after_the_second_belongs_to_the_first():
+    """Finding 1: the client times out after a second fault (on another CAS): fault 0 owns the outage,
+    with its reconnect time; fault 1 neither affects nor counts it as collateral."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0), fault(2000, ["cas2"], 1),
+              down(2500, "c1-s0"), ops("c1-s0", "cas3", 2600, 3000), ops("c1-s1", "cas3", 0, 3000),
+              sessions=("c1-s0", "c1-s1"))
+    expect([log], {**PARAMS, "stall_ms": 2000}, faults__0__affected=1, faults__0__recovered=1,
+           faults__0__reconnect_ms__p50=1600.0, faults__1__affected=0, faults__1__collateral=0,
+           faults__1__disrupted=0)
+
+
+def test_controller_crash_after_a_poweroff_owns_nothing():
+    """Finding 1 / section 5: a controller crash that disrupts nobody, after a poweroff whose victim is
+    still cut off, has 0 affected; the poweroff keeps its victim."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0),
+              fault(1500, ["controller"], 1, kind="controller-crash", affects="disrupted"),
+              down(1800, "c1-s0"), ev(1850, "connect_ok", session="c1-s0", addr="vip", lport=1, laddr="c1"),
+              ev(1900, "logon", session="c1-s0", cas="cas2", db="DB1", reauth=True, resumed=False),
+              ops("c1-s0", "cas2", 2000, 3000), ops("c1-s1", "cas2", 0, 3000), sessions=("c1-s0", "c1-s1"))
+    expect([log], {**PARAMS, "stall_ms": 2000}, faults__0__affected=1, faults__0__recovered=1,
+           faults__0__reconnect_ms__p50=1000.0, faults__1__affected=0, faults__1__recovered=0,
+           faults__1__reconnect_ms__n=0)
+
+
+def test_success_after_measure_end_is_not_a_recovery():
+    """Section 14 / finding 3: on the drop path, the stall path and for HTTP sessions alike."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), ops("c1-s1", "cas1", 0, 1000), fault(1000, ["cas1"], 0),
+              down(1100, "c1-s0"), op(2100, "c1-s0", "cas2"), op(2100, "c1-s1", "cas2"),
+              ev(0, "http_client_up", sessions={"h1-owa0": "owa"}, external=False),
+              ev(900, "http_request", session="h1-owa0", protocol="owa", cmd="read", ok=True, status=200,
+                 lat_us=1000, cas="cas1"),
+              ev(1100, "http_down", session="h1-owa0", protocol="owa", reason="reset"),
+              ev(2100, "http_request", session="h1-owa0", protocol="owa", cmd="read", ok=True, status=200,
+                 lat_us=1000, cas="cas2"),
+              end_ms=2000, sessions=("c1-s0", "c1-s1"))
+    expect([log], faults__0__affected=2, faults__0__recovered=0, faults__0__unrecovered=2,
+           http__0__affected=1, http__0__recovered=0, http__0__unrecovered=1)
+
+
+def test_drain_keeps_served_sessions_undisturbed_and_n_equals_recovered():
+    """Section 14 / finding 7: served on the drained CAS throughout: undisturbed; connection closed and
+    served again elsewhere: recovered. reconnect n == recovered."""
+    log = run(ops("c1-s0", "cas1", 0, 3000), ops("c1-s1", "cas1", 0, 1000), fault(1000, ["cas1"], 0, kind="drain"),
+              down(1200, "c1-s1"), ops("c1-s1", "cas2", 1300, 3000), sessions=("c1-s0", "c1-s1"))
+    expect([log], faults__0__affected=2, faults__0__recovered=1, faults__0__undisturbed=1,
+           faults__0__unrecovered=0, faults__0__reconnect_ms__n=1, faults__0__reconnect_ms__p50=300.0)
+
+
+def test_dead_client_process_stalls_its_sessions():
+    """Section 14: its affected session is unrecovered, its unaffected one collateral; both stalled."""
+    log = run(ops("c2-s0", "cas1", 0, 800), ops("c2-s1", "cas2", 0, 800), fault(1000, ["cas1"], 0),
+              sessions=("c2-s0", "c2-s1"))
+    expect([log], faults__0__affected=1, faults__0__unrecovered=1, faults__0__collateral=1, faults__0__stalled=2,
+           faults__0__recovered=0)
+
+
+def test_controller_restart_owns_the_outage_no_other_fault_explains():
+    """Section 14: a disrupted-kind controller crash affects exactly the sessions it cut off."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), ops("c1-s1", "cas2", 0, 3000),
+              fault(1000, ["controller"], 0, kind="controller-crash", affects="disrupted"),
+              down(1100, "c1-s0"), ops("c1-s0", "cas1", 1300, 3000), sessions=("c1-s0", "c1-s1"))
+    expect([log], faults__0__affected=1, faults__0__recovered=1, faults__0__reconnect_ms__p50=300.0,
+           faults__0__collateral=0)
+
+
+def test_no_cpu_sample_is_not_trusted_and_one_failed_repetition_fails():
+    """Section 14 / finding 2: no sample: fidelity unknown, not trusted; 10 % and 61 % idle do not
+    average into a pass."""
+    quiet = [run(ops("c1-s0", "cas1", 0, 3000), sessions=("c1-s0",), idle=None)]
+    expect(quiet, fidelity_ok=None, trustworthy=False, untrusted_has_reasons=True, cpu_idle_pct=None)
+    mixed = [run(ops("c1-s0", "cas1", 0, 3000), sessions=("c1-s0",), idle=10, rep=0),
+             run(ops("c1-s0", "cas1", 0, 3000), sessions=("c1-s0",), idle=61, rep=1)]
+    expect(mixed, {**PARAMS, "min_cpu_idle_pct": 35}, fidelity_ok=False, trustworthy=False, cpu_idle_min_pct=10)
+
+
+def test_aborted_repetition_ends_at_its_last_event_and_is_not_trusted():
+    """Section 14: no measure_end: end is the last event (a success there counts); not trusted."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0), down(1100, "c1-s0"),
+              op(2500, "c1-s0", "cas2"), end_ms=2500, measure_end=False, ok=False, sessions=("c1-s0",))
+    expect([log], faults__0__recovered=1, faults__0__reconnect_ms__p50=1500.0, trustworthy=False,
+           untrusted_has_reasons=True)
+
+
+def test_scenario_without_repetition_has_no_rows_and_is_not_trusted():
+    expect([], repetitions=0, faults=[], trustworthy=False, fidelity_ok=None, untrusted_has_reasons=True)
+
+
+@pytest.mark.parametrize("n", [19, 20])
+def test_p95_only_from_n_20(n):
+    """Section 11: below n = 20 the nearest-rank p95 would be the maximum: not shown; p99 below 100 neither."""
+    ids = tuple(f"c1-s{i}" for i in range(n))
+    log = run([o for i, sid in enumerate(ids) for o in ops(sid, "cas1", 0, 1000) + [down(1010, sid)]
+               + ops(sid, "cas2", 1100 + 10 * i, 3000)], fault(1000, ["cas1"], 0), sessions=ids)
+    expect([log], faults__0__reconnect_ms__n=n, faults__0__reconnect_ms__p95=None if n < 20 else 280.0,
+           faults__0__reconnect_ms__p99=None, faults__0__reconnect_ms__max=100.0 + 10 * (n - 1))
+
+
+def test_phases_from_one_causal_subset():
+    """Finding 5: a session served again before the load balancer noticed is not in the phase subset;
+    the medians come from one subset (phases_n), in causal order."""
+    def story(sid: str, saw: int, conn: int, logon: int, first: int) -> list[dict]:
+        return ops(sid, "cas1", 0, 1000) + [down(saw, sid), ev(conn, "connect_ok", session=sid, addr="vip", lport=1,
+                                                                  laddr="c1"),
+                                             ev(logon, "logon", session=sid, cas="cas2", db="DB1", reauth=False,
+                                                resumed=True)] + ops(sid, "cas2", first, 3000)
+    log = run(story("c1-s0", 1020, 1030, 1040, 1050), story("c1-s1", 1005, 1006, 1007, 1008),
+              fault(1000, ["cas1"], 0),
+              ev(1010, "lb_member", member="cas1", reason="port_down", alive=False, accepts_new=False),
+              sessions=("c1-s0", "c1-s1"))
+    expect([log], faults__0__recovered=2, faults__0__phases_n=1, faults__0__reconnect_ms__p50=8.0,
+           faults__0__phases_ms={"lb_noticed": 10.0, "client_saw": 20.0, "connected": 30.0, "logged_on": 40.0,
+                                 "first_op": 50.0})
+
+
+def test_detection_is_bounded_by_the_fault_window():
+    """Finding 6: the load balancer reacting to cas1 after the next fault (or after measure_end) is not
+    this fault's detection."""
+    log = run(ops("c1-s0", "cas3", 0, 3000), fault(1000, ["cas1"], 0), fault(1500, ["cas2"], 1),
+              ev(1800, "lb_member", member="cas1", reason="drain", alive=True, accepts_new=False),
+              ev(1900, "lb_member", member="cas2", reason="port_down", alive=False, accepts_new=False),
+              ev(3500, "lb_member", member="cas2", reason="port_down", alive=False, accepts_new=False),
+              sessions=("c1-s0",))
+    expect([log], faults__0__detection_ms__n=0, faults__1__detection_ms__n=1, faults__1__detection_ms__p50=400.0)
+
+
+# ---------------------------------------------------------------- production bugs found by the differential test
+
+@pytest.mark.xfail(strict=True, reason="production bug: detection_ms has no mean_of_repetitions / CI (METRICS.md 11)")
+def test_detection_distribution_has_its_repetition_means():
+    """Section 11 defines every distribution with mean_of_repetitions and, from two repetitions, the CI of
+    the repetition means; section 10's detection_ms is the distribution of the runs' detection times, one
+    per repetition. Production leaves both null."""
+    runs = [run(ops("c1-s0", "cas2", 0, 3000), fault(1000, ["cas1"], 0),
+                ev(1000 + delay, "lb_member", member="cas1", reason="port_down", alive=False, accepts_new=False),
+                sessions=("c1-s0",), rep=rep) for rep, delay in enumerate((100, 300))]
+    expect(runs, faults__0__detection_ms__n=2, faults__0__detection_ms__mean_of_repetitions=200.0,
+           faults__0__detection_ms__ci95_of_repetition_means=[-1070.6, 1470.6])
+
+
+@pytest.mark.xfail(strict=True, reason="production bug: HTTP distributions have no mean_of_repetitions / CI "
+                                       "(METRICS.md 11)")
+def test_http_distributions_have_their_repetition_means():
+    """The HTTP rows' latency_ms (and reconnect_ms, reestablish_ms) are distributions (section 11) over
+    repetitions; production leaves mean_of_repetitions and the CI null."""
+    def rep_log(rep: int, lat_us: int) -> list[dict]:
+        return run(ev(0, "http_client_up", sessions={"h1-owa0": "owa"}, external=False),
+                   ev(500, "http_request", session="h1-owa0", protocol="owa", cmd="read", ok=True, status=200,
+                      lat_us=lat_us, cas="cas1"), sessions=(), rep=rep)
+    expect([rep_log(0, 10_000), rep_log(1, 30_000)], http__0__latency_ms__n=2,
+           http__0__latency_ms__mean_of_repetitions=20.0, http__0__latency_ms__ci95_of_repetition_means=[-107.1, 147.1])
+
+
+@pytest.mark.xfail(strict=True, reason="production bug: cpu_idle_pct averages repetition means rounded to 1 decimal")
+def test_cpu_idle_is_the_mean_of_the_repetition_means_not_of_their_rounded_values():
+    """Section 12: cpu_idle_pct is the mean of the repetitions' means: (1/3 + 0) / 2 = 0.1667 -> 0.2.
+    Production rounds each repetition's mean first (0.3, 0.0) and shows 0.1 (0.15 rounded)."""
+    def rep_log(rep: int, samples: list[int]) -> list[dict]:
+        return run(*[ev(600 + i, "cpu", idle_pct=v) for i, v in enumerate(samples)], sessions=(), rep=rep, idle=None)
+    expect([rep_log(0, [0, 0, 1]), rep_log(1, [0])], cpu_idle_pct=0.2)
