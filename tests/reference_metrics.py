@@ -550,7 +550,9 @@ def _row(runs: list[dict[str, Any]], pos: int, scenario: dict[str, Any]) -> dict
                 subset.append({m: ms_after(ph[m], f["t"]) for m in PHASES})
     row["phases_n"] = len(subset)
     row["phases_ms"] = {m: _r1(percentile([p[m] for p in subset], 50)) for m in PHASES}
-    dips = [r["goodput"]["dip_unaffected"] for r, _ in mine if r["goodput"]["dip_unaffected"] is not None]
+    # READING: goodput is a run's (around its first fault), not a fault's: "the smallest repetition's dip" is
+    # over all the scenario's repetitions, like the run-level messages and probe gaps, not only those with fault i.
+    dips = [r["goodput"]["dip_unaffected"] for r in runs if r["goodput"]["dip_unaffected"] is not None]
     # READING: the document gives no rounding for the dip (a ratio); 3 decimals, as production.
     row["goodput_dip_unaffected"] = round(min(dips), 3) if dips else None
     for name in ("messages", "probe_gap_ms", "app_probe_gap_ms", "cpu_idle_pct", "fidelity_ok", "trustworthy",

@@ -133,11 +133,19 @@ KNOWN_PRODUCTION_BUGS: dict[str, str] = {
     "detection without repetition means": r"^\.faults\[\d+\]\.detection_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
     "HTTP distributions without repetition means": r"^\.http\[\d+\]\.\w+_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
     "CPU idle mean of rounded repetition means": r"\.cpu_idle_pct:",
+    # only a small difference: a dip off by more than the rounding of the pre-fault level is still reported
+    "goodput dip over the rounded pre-fault level":
+        r"\.goodput_dip_unaffected: production ([\d.]+), reference ([\d.]+)$",
 }
+SMALL = {"goodput dip over the rounded pre-fault level": 0.01}
 
 
 def known_bug(difference: str) -> str | None:
-    return next((name for name, pattern in KNOWN_PRODUCTION_BUGS.items() if re.search(pattern, difference)), None)
+    for name, pattern in KNOWN_PRODUCTION_BUGS.items():
+        match = re.search(pattern, difference)
+        if match and (name not in SMALL or abs(float(match[1]) - float(match[2])) <= SMALL[name]):
+            return name
+    return None
 
 
 def differences(prod: Any, want: Any, path: str = "") -> list[str]:
@@ -426,3 +434,15 @@ def test_cpu_idle_is_the_mean_of_the_repetition_means_not_of_their_rounded_value
     def rep_log(rep: int, samples: list[int]) -> list[dict]:
         return run(*[ev(600 + i, "cpu", idle_pct=v) for i, v in enumerate(samples)], sessions=(), rep=rep, idle=None)
     expect([rep_log(0, [0, 0, 1]), rep_log(1, [0])], cpu_idle_pct=0.2)
+
+
+@pytest.mark.xfail(strict=True, reason="production bug: goodput dip divides by the pre-fault level rounded to 1 decimal")
+def test_goodput_dip_is_over_the_pre_fault_mean_not_its_rounded_value():
+    """Section 8: dip = the smallest bin at or after t0 over pre_fault, the mean of the bins before t0.
+    Bins 12, 10, 10 before the fault and 6 after: 6 / 10.667 = 0.5625 (0.562, 3 decimals as production
+    rounds dips). Production divides by pre_fault rounded to 10.7: 0.561."""
+    rate = {-3: 12, -2: 10, -1: 10, 0: 6, 1: 10}
+    events = [op(4000 + k * 1000 + i * (1000 // n), "c1-s0", "cas2") for k, n in rate.items() for i in range(n)]
+    log = run(ev(900, "clients_ready", sessions=1), events, fault(4000, ["cas1"], 0), end_ms=6000,
+              sessions=("c1-s0",))
+    expect([log], faults__0__goodput_dip_unaffected=0.562)
