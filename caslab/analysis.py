@@ -98,6 +98,11 @@ def run_params(meta: dict[str, Any], spec: dict[str, Any]) -> RunParams:
     return RunParams(late_ms=m["late_ms"], stall_ms=stall, min_cpu_idle_pct=m["min_cpu_idle_pct"])
 
 
+def captures_on(meta: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether the scenario asked for client-link captures (probe.capture, or its sweep value)."""
+    return bool(meta.get("params", {}).get("probe.capture", spec.get("probe", {}).get("capture", True)))
+
+
 def load_events(run_dir: Path) -> list[dict]:
     return list(read_events(run_dir / "events.jsonl"))
 
@@ -116,7 +121,7 @@ def analyze(run_dir: Path, with_captures: bool = True) -> Analysis:
         for key in keys:
             run = metrics.analyze_run(by_run[key], params, *key)
             if with_captures:
-                run.capture_check = capture_check(run_dir, key, by_run[key], run)
+                run.capture_check = capture_check(run_dir, key, by_run[key], run, captures_on(meta, spec))
             runs[key] = run
         notices = sorted({e["detail"] for k in keys for e in by_run[k] if e["ev"] == CAPABILITY_MISSING})
         notices += [f"{e['detail']}: {e['dropped']} packets dropped (repetition {k[1] + 1})"
@@ -134,16 +139,32 @@ def trace_of(events: list[dict], run: RunOutcome, spec: dict[str, Any]) -> Trace
                                  spec["timing"]["observe_s"], run.sessions, noticed)
 
 
-def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: RunOutcome) -> dict | None:
-    """Reconnect times on the wire against the events' (first fault of the run)."""
+def capture_check(run_dir: Path, key: tuple[str, int], events: list[dict], run: RunOutcome,
+                  captured: bool = True) -> dict[str, Any]:
+    """Reconnect times on the wire against the events' (first fault of the run: drops in
+    its window, reconnects by the measurement's end): {status, rep, ...}. ``status`` says
+    what happened, never a silent None: ``ok`` (``caslab.capture.cross_check``'s
+    reconnect comparison, one-sided sessions included), ``error`` (the capture could not be read or matched: ``error`` says why),
+    ``not_captured`` (the spec turned captures off), ``no_fault`` or ``no_sessions`` (no
+    Outlook session to check: HTTP clients only)."""
     from caslab import capture
 
+    rep = {"rep": key[1]}
+    if not run.faults:
+        return {"status": "no_fault", **rep}
+    if not run.faults[0].sessions:
+        return {"status": "no_sessions", **rep}
     pcaps = sorted((run_dir / "raw" / f"{key[0]}-r{key[1] + 1}").glob("*.pcap"))
-    if not pcaps or not run.faults:
-        return None
+    if not captured and not pcaps:
+        return {"status": "not_captured", **rep}
+    if not pcaps:
+        return {"status": "error", "error": "captures were on, but the run folder holds no client-link pcap", **rep}
     fault = run.faults[0]
-    reference = {s.session: s.reconnect_ms for s in fault.sessions if s.affected or s.disrupted}
+    reference = {s.session: s.reconnect_ms for s in fault.sessions if s.affected}
+    quiet = [s.session for s in fault.sessions if not s.affected and not s.disrupted]
     try:
-        return capture.cross_check(events, pcaps, reference, fault.t_ns)["reconnect"]
-    except capture.CaptureError:
-        return None
+        result = capture.cross_check(events, pcaps, reference, fault.t_ns, window_end_ns=fault.window_end_ns,
+                                     quiet=quiet)
+    except capture.CaptureError as exc:
+        return {"status": "error", "error": str(exc), **rep}
+    return {"status": "ok", **rep, **result["reconnect"]}

@@ -16,23 +16,29 @@ Three problems and how they are solved:
   fall back to the client's ``connect_ok`` events by local port (``lport``), else in
   time order, flagged ``ambiguous`` when two handshakes completed before one event.
 * **Two clocks.** pcap times are CLOCK_REALTIME; events are CLOCK_MONOTONIC, and tcpdump
-  cannot write the latter. Each client ``op``/``logon`` event is emitted right after a
-  reply arrived, so ``pcap_time - event_ts`` clusters at ``offset - delay`` (delay: the
-  wire-to-event latency, tens to hundreds of us). ``estimate_offset`` finds that cluster
+  cannot write the latter. The runner logs both clocks side by side (``clocks`` events,
+  ``offset_from_clocks``: exact to a few hundred ns). The client stamps each ``op``/``logon``
+  event with the kernel's receive time of the reply (``traffic.rxstamp``), the stamp tcpdump
+  records for the same packet, so the two agree to microseconds. For runs without ``clocks``
+  events, ``pcap_time - event_ts`` clusters at ``offset - delay`` (delay: the wire-to-event
+  latency, ~0 with kernel stamps). ``estimate_offset`` finds that cluster
   by voting over a sample of (event, reply) pairs with no prior, then takes the median
   over every event's nearest reply. Wire times shifted by it read "as the client would
   have logged them"; the bias is that median delay (sub-ms), reported as its spread.
-* **The same definitions as the metrics** (docs/ARCHITECTURE.md, "Metrics"): a session
-  drops at the first RST/FIN on its connection or failed operation reply after
-  ``t_fault``; it has reconnected at the first ``ok`` reply to an operation (not
-  logon/resume) after that.
+* **The same definitions as the metrics** (docs/METRICS.md): a session drops at the
+  first RST/FIN, failed operation reply or new connection in the fault's window; it has
+  reconnected at the first ``ok`` reply to an operation (not logon/resume) after that,
+  before the measurement's end.
+* **Disagreement is reported, not dropped.** ``one_sided`` lists the sessions one side saw
+  reconnect and the other did not; ``cross_check`` counts them beside n, the median and
+  the largest |difference|, and a capture it cannot read raises ``CaptureError``.
 
 Connections that carry no request (the SYN prober's, aborted connects) never count as a
 session's, so a prober running in a client host does not disturb the analysis.
 
 Public entry points: ``connection_events``, ``load_captures``, ``estimate_offset``,
-``offset_from_run``, ``assign_sessions``, ``reconnect_from_capture``, ``compare`` and
-``cross_check`` (all of it for one run). Times are ns (wall clock in
+``offset_from_run``, ``assign_sessions``, ``reconnect_from_capture``, ``compare``,
+``one_sided`` and ``cross_check`` (all of it for one run). Times are ns (wall clock in
 ``connection_events``, monotonic elsewhere) or ms after ``t_fault``.
 """
 
@@ -40,12 +46,14 @@ from __future__ import annotations
 
 import bisect
 import statistics
+import struct
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether  # noqa: F401  (registers the Ethernet link type for PcapReader)
+from scapy.error import Scapy_Exception
 from scapy.utils import PcapReader
 
 from caslab.metrics import percentile
@@ -236,8 +244,15 @@ def client_name(pcap_path: str | Path) -> str:
 
 
 def load_captures(pcap_paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """{client host name: its connections}, each capture parsed once."""
-    return {client_name(path): connection_events(path) for path in pcap_paths}
+    """{client host name: its connections}, each capture parsed once. A capture that
+    cannot be read (missing, empty, not a pcap) raises CaptureError naming it."""
+    out = {}
+    for path in pcap_paths:
+        try:
+            out[client_name(path)] = connection_events(path)
+        except (OSError, EOFError, ValueError, struct.error, Scapy_Exception) as exc:
+            raise CaptureError(f"{path}: cannot read the capture: {exc}") from None
+    return out
 
 
 def reply_event_ts(events: Iterable[dict], client: str) -> list[int]:
@@ -321,9 +336,11 @@ def _session_drop(conns: list[dict[str, Any]], t_fault: int, end: int) -> tuple[
     return min(marks) if marks else None
 
 
-def _first_ok_op(conns: list[dict[str, Any]], after: int) -> tuple[dict, dict] | None:
+def _first_ok_op(conns: list[dict[str, Any]], after: int, end: int) -> tuple[dict, dict] | None:
+    """The first ok operation reply completed after ``after`` and by ``end`` (the measurement's end)."""
     hits = [(x["reply_end_ns"], x, c) for c in conns for x in c["exchanges"]
-            if x["ok"] and x["op"] is not None and x["op"] not in SESSION_OPS and x["reply_ns"] > after]
+            if x["ok"] and x["op"] is not None and x["op"] not in SESSION_OPS and x["reply_ns"] > after
+            and x["reply_end_ns"] <= end]
     return min(hits, key=lambda h: h[0])[1:] if hits else None
 
 
@@ -331,13 +348,14 @@ def _ms(t: int | None, t_fault: int) -> float | None:
     return None if t is None else round((t - t_fault) / 1e6, 3)
 
 
-def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int) -> dict[str, Any] | None:
-    """Drop, reconnect and the milestones of the connection that brought the session
-    back (else of its first new connection after the drop)."""
-    drop = _session_drop(conns, t_fault, end)
+def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int, window_end: int) -> dict[str, Any] | None:
+    """Drop (in the fault's window), reconnect (by the end of the measurement) and the
+    milestones of the connection that brought the session back (else of its first new
+    connection after the drop)."""
+    drop = _session_drop(conns, t_fault, min(window_end, end))
     if drop is None:
         return None
-    hit = _first_ok_op(conns, drop[0])
+    hit = _first_ok_op(conns, drop[0], end)
     fresh = sorted((c for c in conns if c["syn_ns"] is not None and c["syn_ns"] >= drop[0]), key=lambda c: c["syn_ns"])
     conn = hit[1] if hit else (fresh[0] if fresh else None)
     new = conn is not None and any(conn is c for c in fresh)
@@ -352,10 +370,11 @@ def _session_timeline(conns: list[dict[str, Any]], t_fault: int, end: int) -> di
 
 def reconnect_from_capture(captures: dict[str, list[dict]] | Iterable[str | Path], t_fault_ns: int,
                            offset_ns: int | None = None, events: list[dict] | None = None,
-                           end_ns: int | None = None) -> dict[str, dict]:
-    """Per session the wire saw drop in [t_fault, end] (monotonic ns), in ms after t_fault:
-    the drop (``drop_by`` rst / fin / failed_op), the first ok operation reply after it
-    (``reconnect_ms``, the metrics' definition, None if none), and syn / synack /
+                           end_ns: int | None = None, window_end_ns: int | None = None) -> dict[str, dict]:
+    """Per session the wire saw drop in [t_fault, window_end] (monotonic ns; the fault's
+    window, default end), in ms after t_fault: the drop (``drop_by`` rst / fin /
+    failed_op / new_connection), the first ok operation reply after it by ``end_ns`` (the
+    measurement's end: ``reconnect_ms``, the metrics' definition, None if none), and syn / synack /
     first_reply of the connection that brought it back when that is a new one.
 
     captures: pcap paths or load_captures()' result. offset_ns = wall - mono; None:
@@ -375,43 +394,71 @@ def reconnect_from_capture(captures: dict[str, list[dict]] | Iterable[str | Path
             if conn["session"] is not None:
                 by_session.setdefault(conn["session"], []).append(_to_mono(conn, offset_ns))
     end = end_ns if end_ns is not None else 1 << 62
-    timelines = {sid: _session_timeline(by_session[sid], t_fault_ns, end) for sid in sorted(by_session)}
+    window_end = window_end_ns if window_end_ns is not None else end
+    timelines = {sid: _session_timeline(by_session[sid], t_fault_ns, end, window_end) for sid in sorted(by_session)}
     return {sid: t for sid, t in timelines.items() if t is not None}
 
 
 # ---------------------------------------------------------------- cross-check
 
 def compare(wire: dict[str, dict], reference: dict[str, float | None], field: str = "reconnect_ms") -> dict[str, Any]:
-    """{n, median_abs_diff_ms, max_abs_diff_ms, median_diff_ms} of wire[field] - reference
-    over sessions that have both; diff > 0: the wire milestone came later."""
-    diffs = [wire[s][field] - ref for s, ref in reference.items()
+    """{n, median_abs_diff_ms, max_abs_diff_ms, median_diff_ms, abs_diffs_ms} of
+    wire[field] - reference over sessions that have both; diff > 0: the wire milestone
+    came later. Sessions only one side has are not here: see ``one_sided``."""
+    diffs = [wire[s][field] - ref for s, ref in sorted(reference.items())
              if ref is not None and s in wire and wire[s].get(field) is not None]
-    absd = [abs(d) for d in diffs]
+    absd = [round(abs(d), 3) for d in diffs]
     return {"n": len(diffs),
             "median_abs_diff_ms": round(statistics.median(absd), 3) if absd else None,
             "max_abs_diff_ms": round(max(absd), 3) if absd else None,
-            "median_diff_ms": round(statistics.median(diffs), 3) if diffs else None}
+            "median_diff_ms": round(statistics.median(diffs), 3) if diffs else None,
+            "abs_diffs_ms": sorted(absd)}
+
+
+def one_sided(wire: dict[str, dict], reference: dict[str, float | None],
+              quiet: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Sessions that reconnected on one side only: a disagreement, never left out.
+
+    ``only_events``: the events give a reconnect time, the wire shows none (no drop in the
+    window, or no ok operation reply after it before the measurement's end). ``only_wire``: the wire shows a drop and
+    an ok reply after it, but the events give no reconnect time for an affected session
+    (reference value None), or saw a session neither affected nor disrupted (``quiet``).
+    Sessions in neither argument (collateral ones, whose reconnect the metrics do not
+    define; the application prober's) are not compared."""
+    on_wire = {s for s, v in wire.items() if v.get("reconnect_ms") is not None}
+    events = {s for s, v in reference.items() if v is not None}
+    expected_none = {s for s, v in reference.items() if v is None} | set(quiet)
+    return {"only_events": sorted(events - on_wire), "only_wire": sorted(on_wire & expected_none)}
 
 
 def cross_check(events: list[dict], pcap_paths: Iterable[str | Path], reference: dict[str, float | None],
-                t_fault_ns: int, offset_ns: int | None = None) -> dict[str, Any]:
+                t_fault_ns: int, offset_ns: int | None = None, end_ns: int | None = None,
+                window_end_ns: int | None = None, quiet: Iterable[str] = ()) -> dict[str, Any]:
     """The capture's view of one run (one scenario repetition) against the metrics'
-    reconnect times (``reference``: session -> ms after ``t_fault_ns``, from caslab.metrics).
+    reconnect times (``reference``: every affected session -> ms after ``t_fault_ns``,
+    None where the metrics give none; ``quiet``: sessions neither affected nor disrupted).
+    A drop counts in the fault's window (``window_end_ns``, default ``end_ns``), a
+    reconnect by the end of the measurement (``end_ns``, default its ``measure_end``), as
+    in docs/METRICS.md.
 
     ``reconnect`` compares like with like (first ok operation reply on the wire vs the
-    first ok op event: expect |diff| well under 1 ms); ``synack`` and ``first_reply``
-    show how much earlier the new connection was up (negative diffs). ``only_events`` /
-    ``only_wire``: sessions one side saw reconnect and the other did not."""
+    first ok op event, both stamped by the kernel on arrival: expect |diff| well under
+    1 ms) and counts ``one_sided`` sessions (``only_events`` / ``only_wire``) as
+    disagreements; ``synack`` and ``first_reply`` show how much earlier the new connection
+    was up (negative diffs). Raises CaptureError when a capture cannot be read or the
+    clocks cannot be matched."""
     captures = load_captures(pcap_paths)
     if offset_ns is not None:
         clock = {"offset_ns": offset_ns}
     else:
         clock = offset_from_clocks(events) or offset_from_run(events, captures)
-    end = next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
-    wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end)
-    with_ref = {s for s, v in reference.items() if v is not None}
-    with_wire = {s for s, v in wire.items() if v["reconnect_ms"] is not None}
+    end = end_ns if end_ns is not None else next((e["ts"] for e in events if e["ev"] == MEASURE_END), None)
+    wire = reconnect_from_capture(captures, t_fault_ns, clock["offset_ns"], events, end, window_end_ns)
+    quiet = set(quiet)
+    sides = one_sided(wire, reference, quiet)
+    compared = set(reference) | quiet
+    reconnect = compare(wire, reference) | sides | {"one_sided": len(sides["only_events"]) + len(sides["only_wire"]),
+                                                    "not_compared": len(set(wire) - compared)}
     return {"clock": clock, "sessions": {s: {"events_ms": reference.get(s), **wire[s]} for s in wire},
-            "reconnect": compare(wire, reference), "synack": compare(wire, reference, "synack_ms"),
-            "first_reply": compare(wire, reference, "first_reply_ms"),
-            "only_events": sorted(with_ref - with_wire), "only_wire": sorted(with_wire - with_ref)}
+            "reconnect": reconnect, "synack": compare(wire, reference, "synack_ms"),
+            "first_reply": compare(wire, reference, "first_reply_ms"), **sides}

@@ -59,15 +59,20 @@ def cmd_run(args) -> int:
 
 
 def print_table(analysis) -> None:
-    from caslab.columns import ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table
+    """The results tables that have rows (an HTTP-only run prints no empty Outlook table)."""
+    from caslab.columns import (
+        ADDRESS_COLUMNS, HTTP_COLUMNS, plain_table, shows_addresses, terminal_table, with_sessions,
+    )
 
-    print(terminal_table(analysis.rows))
+    tables = []
+    if with_sessions(analysis.rows):
+        tables.append(terminal_table(with_sessions(analysis.rows)))
     if shows_addresses(analysis.scenarios):
-        print("\nserved users by the address their server name resolved to:")
-        print(plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
-    if analysis.http_rows:
-        print("\nHTTP protocols")
-        print(terminal_table(analysis.http_rows, HTTP_COLUMNS))
+        tables.append("served users by the address their server name resolved to:\n"
+                      + plain_table(ADDRESS_COLUMNS, [row for s in analysis.scenarios for row in s.by_address]))
+    if with_sessions(analysis.http_rows):
+        tables.append("HTTP protocols\n" + terminal_table(with_sessions(analysis.http_rows), HTTP_COLUMNS))
+    print("\n\n".join(tables) if tables else "no client session in any scenario")
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")
@@ -234,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
     bench.add_argument("--sizes", nargs="+", choices=("48", "1000"), default=["48", "1000"],
                        help="failover: which sizes to run")
-    bench.add_argument("--reps", type=int, default=None, help="failover: repetitions (default: the specs')")
+    bench.add_argument("--reps", type=int, default=None,
+                       help="failover: repetitions per size and dataplane, at least 3 (default: 5 at 48 sessions, "
+                            "3 at 1,000)")
     bench.add_argument("--out", default=None, help="failover: result folder")
     bench.set_defaults(func=cmd_bench)
     soak = sub.add_parser("soak", help="N short runs back to back, checking after each that nothing is left or leaks")

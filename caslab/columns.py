@@ -105,8 +105,19 @@ COLUMNS: list[Column] = [
                                                   "(the copy queue the mount dial allowed)"),
     Column("probe_gap_ms", "SYN probe gap", "ms", ".1f", doc="longest run of failed SYN probes"),
     Column("app_probe_gap_ms", "app probe gap", "ms", ".1f", doc="longest run of failed application probes"),
+    Column("capture_status", "capture check", source="capture_check.status",
+           doc="the packet-capture cross-check of the first fault: ok, error (a capture could not be read or "
+               "matched: summary.json says why), not_captured (probe.capture off), no_fault, no_sessions (no "
+               "Outlook session)"),
+    Column("capture_n", "capture n", "", "d", 0, "capture_check.n",
+           "sessions whose reconnect time both the client-link capture and the client events give"),
+    Column("capture_median_diff_ms", "capture vs events median", "ms", ".3f", 0,
+           "capture_check.median_abs_diff_ms", "median |wire - events| reconnect time over those sessions"),
     Column("capture_max_diff_ms", "capture vs events", "ms", ".3f", 0, "capture_check.max_abs_diff_ms",
-           "largest difference of wire and event reconnect times"),
+           "largest |wire - events| reconnect time over those sessions"),
+    Column("capture_one_sided", "capture one-sided", "", "d", 0, "capture_check.one_sided",
+           "disagreements: affected sessions that reconnected on one side only (events or wire; which is in "
+           "summary.json), and sessions neither affected nor disrupted that the wire saw reconnect"),
     Column("goodput_dip_unaffected", "goodput dip", "", ".2f", 0, "goodput_dip_unaffected",
            "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
     Column("never_served", "never served", doc="sessions without one successful operation in the measurement "
@@ -175,6 +186,14 @@ HTTP_COLUMNS: list[Column] = [
     Column("latency_p99_ms", "latency p99", "ms", ".1f", 0, "latency_ms.p99"),
     Column("trustworthy", "trusted", terminal=7, doc="as the scenario's main row"),
 ]
+
+
+def with_sessions(rows: list[Any]) -> list[Any]:
+    """The rows a person should see: those with sessions. A run of HTTP clients only has a
+    row per fault with no Outlook session, which says nothing; a table of such rows is
+    not shown (the CSV keeps them)."""
+    sessions = path("sessions")
+    return [row for row in rows if sessions(row)]
 
 
 def terminal_table(rows: list[Any], columns: list[Column] | None = None) -> str:

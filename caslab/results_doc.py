@@ -20,7 +20,10 @@ FILES = [
                      "Schema: docs/EVENTS.md."),
     ("summary.json", "Per scenario (`scenarios[]`): id, label, mode, params, repetitions, sessions, goodput "
                      "(per second, aligned on the first fault), CPU idle, `fidelity_ok`, `trustworthy` with "
-                     "`untrustworthy_reasons`, notices, messages, probe gaps, capture check, process exits, "
+                     "`untrustworthy_reasons`, notices, messages, probe gaps, process exits, "
+                     "`capture_check` (the client-link captures against the events, first fault: `status` ok / "
+                     "error with `errors` / not_captured / no_fault / no_sessions, `n` compared, `median_abs_diff_ms`, "
+                     "`max_abs_diff_ms`, `one_sided` with the sessions in `only_events` / `only_wire`), "
                      "and `faults[]`: one row per fault with the columns below (reconnect and detection as "
                      "distributions: n, p50, p95, p99, max, mean_pooled, ci95_of_repetition_means, mean_of_repetitions; "
                      "phases_ms with phases_n; definitions: docs/METRICS.md)."),

@@ -110,20 +110,20 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
     analysis = None
     try:
         with open(events_path, "a", encoding="utf-8") as events_out:
-            for scenario, meta in zip(scenarios, metas):
-                for rep in range(reps):
-                    count += 1
-                    progress.run(count, meta["label"], rep)
-                    raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
-                    try:
-                        scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
-                    except Exception as exc:
-                        error = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
-                        manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": error})
-                        progress(f"FAILED: {error}")
-                        raise
-                    finally:
-                        scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
+            for index, rep in run_order(len(scenarios), reps, spec["experiment"]["order"]):
+                scenario, meta = scenarios[index], metas[index]
+                count += 1
+                progress.run(count, meta["label"], rep)
+                raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
+                try:
+                    scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
+                except Exception as exc:
+                    error = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+                    manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": error})
+                    progress(f"FAILED: {error}")
+                    raise
+                finally:
+                    scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
         manifest["complete"] = True
     finally:
         write_manifest(run_dir, manifest)
@@ -135,6 +135,15 @@ def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: b
             system.give_to_invoking_user(str(run_dir))
             refresh_index(run_dir)
     return analysis
+
+
+def run_order(scenarios: int, reps: int, order: str = "scenarios") -> list[tuple[int, int]]:
+    """(scenario index, repetition) in the order they run (``experiment.order``):
+    ``scenarios`` runs each scenario's repetitions together; ``interleaved`` runs
+    repetition by repetition, every scenario in turn, so a comparison's sides alternate."""
+    if order == "interleaved":
+        return [(i, rep) for rep in range(reps) for i in range(scenarios)]
+    return [(i, rep) for i in range(scenarios) for rep in range(reps)]
 
 
 def refresh_index(run_dir: Path) -> None:

@@ -44,6 +44,10 @@ CORE: dict[str, dict[str, Field]] = {
         "name": pattern("experiment", r"[A-Za-z0-9_.-]{1,64}", "a name of letters, digits, '_', '.', '-'"),
         "description": Field(str, ""),
         "repetitions": int_range(1, 1, 50),
+        "order": choice("scenarios", ("scenarios", "interleaved"),
+                        "scenarios: every repetition of one scenario, then the next; interleaved: repetition 1 "
+                        "of every scenario, then repetition 2, ...: scenarios compared side by side share the "
+                        "machine's drift (other load, warm caches) instead of one getting the quiet minutes"),
         "seed": Field(int, 1, lambda v: 0 <= v < 2**31, "an integer from 0 to 2147483647"),
         "modes": Field(list, ["sdn-nlb"], lambda v: bool(v) and len(set(v)) == len(v)
                        and list_of(str, lambda m: m in MODES)(v),
@@ -333,10 +337,35 @@ def scenarios(spec: dict[str, Any]) -> list[dict[str, Any]]:
             for key, value in scenario["params"].items():
                 section, name = key.split(".")
                 scenario[section][name] = value
-            scenario["label"] = mode + "".join(f" {k}={_show(v)}" for k, v in scenario["params"].items())
+            scenario["label"] = sweep_label(mode, scenario["params"])
             out.append(scenario)
     return out
 
 
+# Sweep keys whose values are tables or lists, by the name an Exchange admin knows them by.
+PARAM_NAMES = {"exchange.rpc_client_access_server": "RpcClientAccessServer",
+               "exchange.database_site": "database site", "exchange.created_before_array": "created before the array",
+               "topology.vm_placement": "VM placement", "clients.ops": "operation mix",
+               "clients.backoff_ms": "back-off ms"}
+
+
+def sweep_label(mode: str, params: dict[str, Any]) -> str:
+    """A scenario's label as a person reads it: the mode, then each sweep value. A scalar
+    reads ``key=value`` as in the spec (``nlb.dataplane=switch``, ``nlb.fast_fail=false``);
+    a table reads ``RpcClientAccessServer: DB1 -> array:Branch``, empty ``...: default``;
+    a list ``back-off ms: 0, 100``; several sweep keys are separated by ``;``."""
+    return " ".join([mode] + ["; ".join(_show_param(key, value) for key, value in params.items())]).strip()
+
+
+def _show_param(key: str, value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        name = PARAM_NAMES.get(key, key.split(".")[-1].replace("_", " "))
+        items = [f"{k} -> {_show(v)}" for k, v in value.items()] if isinstance(value, dict) else map(_show, value)
+        return f"{name}: {', '.join(items) or 'default'}"
+    return f"{key}={_show(value)}"
+
+
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -116,12 +116,14 @@ CONNECT_FAIL = event("connect_fail", "client", "a connection attempt failed",
 CONNECT_OK = event("connect_ok", "client", "a TCP connection to a CAS (or the VIP) is established",
                    session=SESSION, addr=f("str", "address connected to"), lport=f("int", "local TCP port"),
                    laddr=f("str", "local (client) address"))
-LOGON = event("logon", "client", "the session is authenticated on a CAS",
+LOGON = event("logon", "client", "the session is authenticated on a CAS; ts is when the reply reached the host "
+                                 "(the kernel's receive stamp)",
               session=SESSION, cas=f("str|null", "the CAS that answered"), db=f("str", "the user's database"),
               reauth=f("bool", "credentials had to be given again (a CAS that did not know the session)"),
               resumed=f("bool", "the CAS still knew the session (no credentials needed)"),
               prompt=opt("bool", "with NTLM a re-authentication is a user-visible credential prompt"))
-OP = event("op", "client", "one operation finished; ts is when its reply arrived (or it failed)",
+OP = event("op", "client", "one operation finished; ts is when its reply reached the host (the kernel's receive "
+                           "stamp, however late the client's event loop read it) or when it failed",
            session=SESSION, op=f("str", "read / send / sync / ping"), ok=f("bool", "the reply said ok"),
            lat_us=f("int", "request to reply (or failure)", "us"), cas=f("str|null", "the CAS that answered"),
            msg_id=opt("str", "id of the message sent (op = send)"), error=opt("str|null", "error of a failed reply"))

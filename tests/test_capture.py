@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -255,3 +256,116 @@ def test_probe_connections_do_not_disturb_sessions(tmp_path):
         link.close(t + 420_000, 20000 + i, "client")
     result = capture.cross_check(events, [link.write(tmp_path / "cl1.pcap")], metrics_reference(events), T_FAULT)
     assert set(result["sessions"]) == {"cl1-s0"} and result["reconnect"]["n"] == 1
+
+
+# ---------------------------------------------------------------- disagreement is reported, never dropped
+
+def test_a_reconnect_the_wire_did_not_see_is_one_sided_on_the_events_side(tmp_path):
+    events, pcap, _ = failover_run(tmp_path)
+    reference = metrics_reference(events) | {"cl1-s1": 50.0}  # the wire saw cl1-s1 carry on undisturbed
+    result = capture.cross_check(events, [pcap], reference, T_FAULT)
+    r = result["reconnect"]
+    assert (r["n"], r["only_events"], r["only_wire"], r["one_sided"]) == (1, ["cl1-s1"], [], 1)
+
+
+@pytest.mark.parametrize("how", ["affected without a reconnect time", "neither affected nor disrupted"])
+def test_a_reconnect_only_the_wire_saw_is_one_sided_on_the_wire_side(tmp_path, how):
+    events, pcap, _ = failover_run(tmp_path)
+    if how == "neither affected nor disrupted":
+        result = capture.cross_check(events, [pcap], {}, T_FAULT, quiet=["cl1-s0", "cl1-s1"])
+    else:
+        result = capture.cross_check(events, [pcap], {"cl1-s0": None, "cl1-s1": None}, T_FAULT)
+    r = result["reconnect"]
+    assert (r["n"], r["only_events"], r["only_wire"], r["one_sided"]) == (0, [], ["cl1-s0"], 1)
+    assert r["median_abs_diff_ms"] is None and r["not_compared"] == 0
+
+
+def test_sessions_the_metrics_give_no_reconnect_for_are_not_compared(tmp_path):
+    """A wire session in neither reference nor quiet (collateral, or the application
+    prober's) is counted as not compared, not as agreement or disagreement."""
+    events, pcap, _ = failover_run(tmp_path)
+    r = capture.cross_check(events, [pcap], {}, T_FAULT)["reconnect"]
+    assert (r["n"], r["one_sided"], r["not_compared"]) == (0, 0, 1)
+
+
+def test_a_reply_after_the_measurement_is_no_reconnect_on_the_wire(tmp_path):
+    events, pcap, _ = failover_run(tmp_path)
+    reference = metrics_reference(events)
+    end = T_FAULT + int(reference["cl1-s0"] * MS) - MS  # the measurement ends 1 ms before the recovering reply
+    r = capture.cross_check(events, [pcap], reference, T_FAULT, end_ns=end)["reconnect"]
+    assert (r["n"], r["only_events"]) == (0, ["cl1-s0"])
+
+
+def test_a_drop_after_the_faults_window_is_another_faults_but_a_late_reconnect_counts(tmp_path):
+    """Drops count in the fault's window; the reconnect may come after it (before the
+    measurement's end), as the metrics own an outage by when it began."""
+    events, pcap, _ = failover_run(tmp_path)
+    reference = metrics_reference(events)
+    wire = capture.reconnect_from_capture([pcap], T_FAULT, OFFSET, end_ns=T_FAULT + 600 * MS,
+                                          window_end_ns=T_FAULT + 15 * MS + 1)  # the reset at +15 ms is inside
+    assert wire["cl1-s0"]["reconnect_ms"] == pytest.approx(reference["cl1-s0"], abs=0.3)
+    assert capture.reconnect_from_capture([pcap], T_FAULT, OFFSET, end_ns=T_FAULT + 600 * MS,
+                                          window_end_ns=T_FAULT + 14 * MS) == {}  # the reset is after the window
+
+
+@pytest.mark.parametrize("content", [b"", b"not a capture at all, just text\n" * 4])
+def test_an_unreadable_capture_is_an_error_naming_it(tmp_path, content):
+    events, _, _ = failover_run(tmp_path)
+    bad = tmp_path / "cl2.pcap"
+    bad.write_bytes(content)
+    with pytest.raises(capture.CaptureError, match="cl2.pcap"):
+        capture.cross_check(events, [bad], metrics_reference(events), T_FAULT)
+
+
+def _run_folder(tmp_path, pcap_bytes: bytes | None):
+    events, pcap, _ = failover_run(tmp_path)
+    raw = tmp_path / "run" / "raw" / "s1-r1"
+    raw.mkdir(parents=True)
+    if pcap_bytes is not None:
+        (raw / "cl1.pcap").write_bytes(pcap_bytes)
+    return tmp_path / "run", events, analyze_run(events, RunParams()), Path(pcap).read_bytes()
+
+
+def test_analysis_says_what_became_of_the_check(tmp_path):
+    from caslab.analysis import capture_check
+
+    run_dir, events, run, good = _run_folder(tmp_path, None)
+    assert capture_check(run_dir, ("s1", 0), events, run, captured=False) == {"status": "not_captured", "rep": 0}
+    missing = capture_check(run_dir, ("s1", 0), events, run, captured=True)
+    assert missing["status"] == "error" and "no client-link pcap" in missing["error"]
+    (run_dir / "raw" / "s1-r1" / "cl1.pcap").write_bytes(good[:10])  # cut inside the file header
+    broken = capture_check(run_dir, ("s1", 0), events, run)
+    assert broken["status"] == "error" and "cl1.pcap" in broken["error"]
+    (run_dir / "raw" / "s1-r1" / "cl1.pcap").write_bytes(good)
+    ok = capture_check(run_dir, ("s1", 0), events, run)
+    assert (ok["status"], ok["n"], ok["one_sided"]) == ("ok", 1, 0) and ok["max_abs_diff_ms"] < 0.3
+
+
+def _check(rep, diffs, only_events=(), only_wire=(), status="ok"):
+    return {"status": status, "rep": rep, "n": len(diffs), "abs_diffs_ms": sorted(diffs),
+            "only_events": list(only_events), "only_wire": list(only_wire),
+            "one_sided": len(only_events) + len(only_wire), "not_compared": 1}
+
+
+def test_merged_check_pools_every_session_and_keeps_every_disagreement():
+    from caslab.metrics.summary import merge_capture_checks
+
+    merged = merge_capture_checks([_check(0, [0.1, 0.2, 0.3]), _check(1, [5.0], only_events=["cl1-s4"]),
+                                   _check(2, [0.4, 0.5, 0.6, 0.7], only_wire=["cl2-s1", "cl2-s2"])])
+    assert merged["status"] == "ok" and merged["n"] == 8 and merged["repetitions"] == 3
+    assert merged["median_abs_diff_ms"] == 0.45  # of all 8 sessions, not the median of the 3 medians (0.35)
+    assert merged["max_abs_diff_ms"] == 5.0
+    assert merged["one_sided"] == 3 and merged["not_compared"] == 3
+    assert merged["only_events"] == [{"rep": 1, "session": "cl1-s4"}]
+    assert merged["only_wire"] == [{"rep": 2, "session": "cl2-s1"}, {"rep": 2, "session": "cl2-s2"}]
+
+
+def test_merged_check_reports_a_repetition_it_could_not_check():
+    from caslab.metrics.summary import merge_capture_checks
+
+    merged = merge_capture_checks([_check(0, [0.1]), {"status": "error", "rep": 1, "error": "cl1.pcap: bad magic"}])
+    assert merged["status"] == "error" and merged["n"] == 1
+    assert merged["errors"] == ["repetition 2: cl1.pcap: bad magic"]
+    assert merge_capture_checks([{"status": "not_captured", "rep": 0}])["status"] == "not_captured"
+    assert merge_capture_checks([{"status": "no_fault", "rep": 0}])["status"] == "no_fault"
+    assert merge_capture_checks([None, None]) is None  # analysed without captures (caslab compare)

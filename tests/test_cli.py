@@ -47,9 +47,9 @@ def test_eta_counts_the_spec_estimate_then_the_runs_done():
     assert runner.eta_s(now=130, run_started=100, done=2, total=3, elapsed_done=100, estimate_s=20) == 20
     stream = io.StringIO()
     progress = runner.Progress(2, stream, estimate_s=30)
-    progress.run(1, "sdn-nlb exchange.rpc_client_access_server={'DB2': 'array:Branch'}", 0)
+    progress.run(1, "sdn-nlb RpcClientAccessServer: DB2 -> array:Branch", 0)
     progress("building network")
-    assert "(ETA 1m00s)" in stream.getvalue() and "'array:Branch'}" in stream.getvalue(), "full label, an ETA"
+    assert "(ETA 1m00s)" in stream.getvalue() and "DB2 -> array:Branch" in stream.getvalue(), "full label, an ETA"
 
 
 def outcome(reconnect_ms: int, rep: int):

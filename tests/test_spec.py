@@ -164,10 +164,26 @@ def test_sweep_and_modes_expand_to_scenarios():
     scenarios = spec_mod.scenarios(spec)
     assert len(scenarios) == 6, "a sweep over nlb.* multiplies only sdn-nlb's scenarios"
     labels = {s["label"] for s in scenarios}
-    assert "sdn-nlb clients.interval_ms=20 nlb.fast_fail=False" in labels
+    assert "sdn-nlb clients.interval_ms=20; nlb.fast_fail=false" in labels
     assert {"haproxy clients.interval_ms=20", "haproxy clients.interval_ms=50"} <= labels
-    chosen = next(s for s in scenarios if s["label"] == "sdn-nlb clients.interval_ms=50 nlb.fast_fail=True")
+    chosen = next(s for s in scenarios if s["label"] == "sdn-nlb clients.interval_ms=50; nlb.fast_fail=true")
     assert chosen["clients"]["interval_ms"] == 50 and chosen["nlb"]["fast_fail"] is True
+
+
+def test_sweep_labels_read_as_a_person_would_say_them():
+    """Tables and lists are not Python reprs (issue 16: one-cas-user's scenarios were
+    labelled ``exchange.rpc_client_access_server={}`` and ``{'DB1': 'array:Branch'}``)."""
+    spec, _ = spec_mod.load("one-cas-user")
+    assert [s["label"] for s in spec_mod.scenarios(spec)] == [
+        "dns-rr RpcClientAccessServer: default", "dns-rr RpcClientAccessServer: DB1 -> array:Branch"]
+    assert spec_mod.sweep_label("sdn-nlb", {}) == "sdn-nlb"
+    assert spec_mod.sweep_label("m", {"exchange.rpc_client_access_server": {"DB1": "cas2", "DB2": "array:HQ"},
+                                      "clients.backoff_ms": [0, 100], "timing.observe_s": 2.5,
+                                      "http.publish_autodiscover": False}) == (
+        "m RpcClientAccessServer: DB1 -> cas2, DB2 -> array:HQ; back-off ms: 0, 100; timing.observe_s=2.5; "
+        "http.publish_autodiscover=false")
+    assert spec_mod.sweep_label("m", {"topology.vm_placement": {}}) == "m VM placement: default"
+    assert spec_mod.sweep_label("m", {"x.some_list": []}) == "m some list: default"
 
 
 def test_cli_rejects_bad_spec_before_building_anything(tmp_path):

@@ -80,11 +80,11 @@ def test_a_user_works_only_through_the_cas_of_his_database_site(tmp_path, no_res
         "arrays": [{"name": "HQ", "fqdn": "outlook.hq.lab.test", "site": "HQ", "records": ["cas1", "cas2"]},
                    {"name": "Branch", "fqdn": "outlook.branch.lab.test", "site": "Branch"}],
         "sweep": {"exchange.rpc_client_access_server": [{}, {"DB1": "array:Branch"}]}})
-    broken = {r["host"]: r for r in scenarios["dns-rr exchange.rpc_client_access_server={}"]["by_address"]}
+    broken = {r["host"]: r for r in scenarios["dns-rr RpcClientAccessServer: default"]["by_address"]}
     assert set(broken) == {"cas1", "cas2"}, "the round robin sent users to a CAS in each site"
     assert broken["cas1"]["served"] == 0 < broken["cas1"]["sessions"], "HQ's CAS cannot reach Branch's mailbox"
     assert broken["cas2"]["served"] == broken["cas2"]["sessions"] > 0, "Branch's CAS serves its own database"
-    fixed = scenarios["dns-rr exchange.rpc_client_access_server={'DB1': 'array:Branch'}"]["by_address"]
+    fixed = scenarios["dns-rr RpcClientAccessServer: DB1 -> array:Branch"]["by_address"]
     assert [r["host"] for r in fixed] == ["cas2"] and fixed[0]["served"] == fixed[0]["sessions"] == 4
     assert any(e["ev"] == "wan_firewall" and e["dropped"] > 0 for e in events), "the cause is on record"
 

@@ -27,6 +27,7 @@ from labcommon.catalogue import (
 from labcommon.events import now_ns
 from labcommon.protocol import FramedLink, ProtocolError, read_frame, write_frame
 from roles.service import load_config, open_log, run_forever
+from traffic import rxstamp
 from traffic.resolver import ResolveError, target_from_config
 
 DEFAULT_OPS = {"read": 4, "send": 2, "sync": 1, "ping": 3}
@@ -80,9 +81,11 @@ class Session:
         self.address_index = 0
         self.sent = 0
         self.ops, self.weights = zip(*sorted(cfg.ops.items()))
+        self.sock: rxstamp.StampedSocket | None = None
+        self.reply_ns = 0  # when the last reply reached the host (kernel stamp, monotonic ns)
 
-    def emit(self, ev: EventType, **fields: Any) -> None:
-        self.client.log.emit(ev, session=self.sid, **fields)
+    def emit(self, ev: EventType, ts: int | None = None, **fields: Any) -> None:
+        self.client.log.emit(ev, ts=ts, session=self.sid, **fields)
 
     async def profile_server(self) -> str | None:
         """The profile's RpcClientAccessServer from autodiscover, refreshed like Outlook does.
@@ -130,9 +133,8 @@ class Session:
         address = addresses[(start + self.address_index) % len(addresses)]
         local = (self.source_ip, 0) if self.source_ip else None
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, cfg.port, local_addr=local), cfg.connect_timeout_ms / 1000
-            )
+            reader, writer, self.sock = await rxstamp.open_connection(address, cfg.port, local,
+                                                                      cfg.connect_timeout_ms / 1000)
         except (OSError, asyncio.TimeoutError) as exc:
             if cfg.select == "next_on_fail":
                 self.address_index += 1
@@ -145,10 +147,16 @@ class Session:
         return reader, writer, address
 
     async def call(self, reader, writer, message: dict[str, Any]) -> dict[str, Any]:
+        """One request and its reply; ``self.reply_ns`` is then when the reply reached the
+        host (the kernel's stamp: the loop may run later under a burst, see traffic.rxstamp)."""
         timeout = self.client.config.op_timeout_ms / 1000
+        if self.sock is not None:
+            self.sock.rx_wall_ns = None
         try:
             await write_frame(writer, message)
             reply = await asyncio.wait_for(read_frame(reader), timeout)
+            stamp = self.sock.arrival_ns() if self.sock is not None else None
+            self.reply_ns = stamp if stamp is not None else now_ns()
         except asyncio.TimeoutError:
             raise SessionDown("timeout") from None
         except (OSError, ProtocolError) as exc:
@@ -161,7 +169,8 @@ class Session:
         if self.logged_on:
             reply = await self.call(reader, writer, {"op": "resume", "session": self.sid})
             if reply.get("ok"):
-                self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=False, resumed=True, prompt=False)
+                self.emit(LOGON, self.reply_ns, cas=reply.get("cas"), db=self.db, reauth=False, resumed=True,
+                          prompt=False)
                 return
         reauth = self.logged_on
         prompt = reauth and self.client.config.auth == "ntlm"
@@ -174,7 +183,8 @@ class Session:
         if not reply.get("ok"):
             raise SessionDown(f"logon: {reply.get('error')}")
         self.logged_on = True
-        self.emit(LOGON, cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False, prompt=prompt)
+        self.emit(LOGON, self.reply_ns, cas=reply.get("cas"), db=self.db, reauth=reauth, resumed=False,
+                  prompt=prompt)
 
     def next_request(self) -> dict[str, Any]:
         op = self.rng.choices(self.ops, self.weights)[0]
@@ -193,13 +203,13 @@ class Session:
             request = self.next_request()
             started = now_ns()
             reply = await self.call(reader, writer, request)
-            latency_us = (now_ns() - started) // 1000
+            latency_us = max(0, self.reply_ns - started) // 1000
             fields = {"op": request["op"], "ok": bool(reply.get("ok")), "lat_us": latency_us, "cas": reply.get("cas")}
             if request["op"] == "send":
                 fields["msg_id"] = request["msg_id"]
             if not reply.get("ok"):
                 fields["error"] = reply.get("error")
-            self.emit(OP, **fields)
+            self.emit(OP, self.reply_ns, **fields)
             if reply.get("error") == "auth_required":
                 raise SessionDown("auth_required")
             next_at = max(next_at + interval, loop.time())

@@ -1,4 +1,4 @@
-"""Metrics computed from the event log alone (definitions: docs/ARCHITECTURE.md, "Metrics").
+"""Metrics computed from the event log alone (definitions: docs/METRICS.md).
 
 ``analyze_run`` turns one run's events into a typed ``RunOutcome``; ``summarize_scenario``
 aggregates a scenario's runs into a ``ScenarioSummary`` with one ``FaultSummary`` row per

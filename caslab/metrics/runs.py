@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labcommon.catalogue import (
-    APP_PROBE, CLIENTS_READY, CPU, DB_ACTIVE, DB_DISMOUNTED, FAULT, FAULT_UNDONE, HTTP_REQUEST, LB_MEMBER,
+    APP_PROBE, CLIENTS_READY, CPU, DB_ACTIVE, DB_DISMOUNTED, FAULT, HTTP_REQUEST, LB_MEMBER,
     MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
@@ -76,16 +76,13 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
 
 
 def fault_windows(events: list[dict], end: int) -> list[FaultWindow]:
-    """Every fault with its window [t_i, e_i) and its undo (docs/METRICS.md section 2)."""
+    """Every fault with its window [t_i, e_i) (docs/METRICS.md section 2)."""
     fault_events = [e for e in events if e["ev"] == FAULT]
     out = []
     for i, fe in enumerate(fault_events):
         window_end = max(fe["ts"], min(fault_events[i + 1]["ts"], end)) if i + 1 < len(fault_events) else end
-        index = fe.get("index", i)
-        undone = next((e["ts"] for e in events if e["ev"] == FAULT_UNDONE and e.get("index", index) == index
-                       and e["ts"] > fe["ts"]), None)
-        out.append(FaultWindow(i, index, fe["ts"], window_end, frozenset(fe.get("elements", [])),
-                               fe.get("affects", "on_elements"), undone))
+        out.append(FaultWindow(i, fe.get("index", i), fe["ts"], window_end, frozenset(fe.get("elements", [])),
+                               fe.get("affects", "on_elements")))
     return out
 
 

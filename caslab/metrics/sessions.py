@@ -26,6 +26,7 @@ class Success:
     ts: int
     cas: str | None
     op: str | None
+    sent: int = 0            # when its request was sent: ts - lat_us
 
     @property
     def mailbox(self) -> bool:
@@ -43,7 +44,6 @@ class FaultWindow:
     end: int                 # its window's end e (exclusive)
     elements: frozenset[str]
     affects: str = "on_elements"
-    undone_at: int | None = None
 
     @property
     def weak(self) -> bool:
@@ -89,12 +89,12 @@ class SessionTrack:
         return f"db:{self.db}" in fault.elements and self.cas_at(fault.t) not in fault.elements
 
     def beyond(self, success: Success, fault: FaultWindow) -> bool:
-        """Service the fault did not fail (section 5)."""
-        if fault.weak or (fault.undone_at is not None and success.ts > fault.undone_at):
-            return True
-        if success.cas in fault.elements:
+        """Service after the fault (section 5): a request sent after its instant was answered
+        (a reply already on its way proves nothing), and by the mailbox if the fault failed
+        the session's database."""
+        if success.sent < fault.t:
             return False
-        return not (f"db:{self.db}" in fault.elements and not success.mailbox)
+        return success.mailbox or f"db:{self.db}" not in fault.elements
 
     def first_ok_after(self, t: int, mailbox: bool = False) -> Success | None:
         i = bisect.bisect_right(self.ok_ts, t)
@@ -138,7 +138,7 @@ def tracks(events: list[dict], late_ms: float, end: int) -> dict[str, SessionTra
         ts = e["ts"]
         if e["ev"] == OP:
             if e.get("ok"):
-                track.ok.append(Success(ts, e.get("cas"), e.get("op")))
+                track.ok.append(Success(ts, e.get("cas"), e.get("op"), ts - int(e.get("lat_us", 0)) * 1000))
             else:
                 track.drop_ts.append(ts)
             if e.get("lat_us", 0) > late_us:
@@ -154,12 +154,13 @@ def tracks(events: list[dict], late_ms: float, end: int) -> dict[str, SessionTra
     return out
 
 
-def owner_of(track: SessionTrack, onset: int, faults: list[FaultWindow]) -> FaultWindow | None:
-    """The fault an outage beginning at ``onset`` belongs to (section 5)."""
+def owner_of(track: SessionTrack, onset: int, faults: list[FaultWindow], owners: set[int]) -> FaultWindow | None:
+    """The fault an outage beginning at ``onset`` belongs to (section 5); ``owners``: faults
+    that already own an outage of this session (a fault owns one at most)."""
     if not track.ok or track.ok[0].ts >= onset:
         return None  # never served before: no fault cut it off
-    eligible = [f for f in faults if f.t <= onset and track.carried_by(f)
-                and not any(track.beyond(s, f) for s in track.ok_between(f.t, onset))]
+    eligible = [f for f in faults if f.t <= onset and f.position not in owners and track.carried_by(f)
+                and (onset < f.end or not any(track.beyond(s, f) for s in track.ok_between(f.t, onset)))]
     strong = [f for f in eligible if not f.weak]
     chosen = strong or eligible
     return max(chosen, key=lambda f: (f.t, f.position)) if chosen else None
@@ -183,7 +184,7 @@ def outages(track: SessionTrack, faults: list[FaultWindow], start: int, end: int
             anchor = q
             continue
         onset = d if s is None or (d is not None and d <= s) else s
-        owner = owner_of(track, onset, faults)
+        owner = owner_of(track, onset, faults, {o.owner for o in out if o.owner is not None})
         end_success = track.first_ok_after(onset, mailbox=owner is not None and track.mailbox_only(owner))
         stop = end_success.ts if end_success else None
         first_drop = _first(track.drop_ts, onset, stop)

@@ -231,9 +231,35 @@ def goodput_summary(runs: list[RunOutcome]) -> dict[str, Any]:
 
 
 def merge_capture_checks(checks: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    compared = [c for c in checks if c and c.get("n")]
-    if not compared:
+    """The capture cross-check of a scenario's repetitions (``caslab.analysis.capture_check``
+    per repetition), pooled: ``n`` sessions compared, the median and largest |wire - events|
+    reconnect difference over all of them, and ``one_sided`` sessions (``only_events`` /
+    ``only_wire``, listed with their repetition), which are disagreements. ``status``:
+    ``ok`` when every repetition was checked, ``error`` when any capture could not be read
+    or matched (``errors`` says which and why; the numbers cover the others),
+    ``not_captured`` / ``no_fault`` / ``no_sessions`` when no repetition had anything to
+    check (the first such status of the repetitions). None only
+    when no repetition was checked at all (an analysis without captures)."""
+    checked = [c for c in checks if c is not None]
+    if not checked:
         return None
-    return {"n": sum(c["n"] for c in compared),
-            "median_abs_diff_ms": round(statistics.median(c["median_abs_diff_ms"] for c in compared), 3),
-            "max_abs_diff_ms": round(max(c["max_abs_diff_ms"] for c in compared), 3)}
+    done = [c for c in checked if c.get("status") == "ok"]
+    errors = [f"repetition {c.get('rep', 0) + 1}: {c.get('error')}" for c in checked if c.get("status") == "error"]
+    if errors:
+        status = "error"
+    elif done:
+        status = "ok"
+    else:
+        status = checked[0].get("status")
+    diffs = sorted(d for c in done for d in c.get("abs_diffs_ms", []))
+    sides = {side: [{"rep": c.get("rep", 0), "session": sid} for c in done for sid in c.get(side, [])]
+             for side in ("only_events", "only_wire")}
+    out: dict[str, Any] = {
+        "status": status, "repetitions": len(done), "n": len(diffs),
+        "median_abs_diff_ms": round(statistics.median(diffs), 3) if diffs else None,
+        "max_abs_diff_ms": round(max(diffs), 3) if diffs else None,
+        "one_sided": sum(len(v) for v in sides.values()), **sides,
+        "not_compared": sum(c.get("not_compared", 0) for c in done)}
+    if errors:
+        out["errors"] = errors
+    return out

@@ -20,7 +20,9 @@ from jinja2 import Environment, FileSystemLoader
 
 from caslab import metrics
 from caslab.analysis import Analysis, analyze
-from caslab.columns import ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses
+from caslab.columns import (
+    ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses, with_sessions,
+)
 from caslab.report import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -31,8 +33,9 @@ CAPTIONS = {
                          "at the recovered fraction, and a marker at the window's end shows the never-recovered.",
     "reconnect-means.png": "Mean of the repetitions' mean reconnect times with its 95 % confidence interval "
                            "(Student's t); triangles at the window's end count sessions that never recovered.",
-    "phases.png": "Median milestones of a reconnect, from the fault: load balancer noticed, client saw its reset "
-                  "or timeout, connected, logged on, first successful operation.",
+    "phases.png": "Median milestones of a reconnect in causal order, from the fault: load balancer noticed, client "
+                  "saw its reset or timeout, connected, logged on, first successful operation; one panel per "
+                  "scenario, each on its own time axis, naming the sessions the medians were taken over.",
     "goodput.png": "Successful operations per second around the fault (mean over repetitions; thin: unaffected "
                    "sessions only), and CPU idle with the fidelity threshold.",
     "probes.png": "Share of SYN probes (a new connection's handshake) and application probes (resolve, connect, "
@@ -94,6 +97,10 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
                         "trustworthy": s.trustworthy})
             continue
         r = row.reconnect_ms
+        http = [h for h in s.http if h.fault_index == index and h.sessions]
+        if not row.sessions and http:  # HTTP clients only: the verdict is theirs
+            out.append({"label": s.label, "text": http_verdict(row.fault, http), "trustworthy": s.trustworthy})
+            continue
         if not row.affected:
             text = f"{row.fault} affected no session; {row.collateral} saw collateral damage."
         elif row.recovered == 0 and row.undisturbed == 0:
@@ -114,6 +121,20 @@ def verdicts(analysis: Analysis) -> list[dict[str, Any]]:
     return out
 
 
+def http_verdict(fault: str, rows: list[Any]) -> str:
+    """One sentence for a fault over HTTP protocol rows (a scenario without Outlook sessions)."""
+    parts = []
+    for h in rows:
+        who = f"{h.protocol} ({h.clients})"
+        if not h.affected:
+            parts.append(f"{who}: none of {h.sessions} sessions affected")
+            continue
+        median = f", median {h.reconnect_ms.p50:g} ms" if h.reconnect_ms.p50 is not None else ""
+        never = f", {h.unrecovered} never" if h.unrecovered else ""
+        parts.append(f"{who}: {h.recovered} of {h.affected} affected served again{median}{never}")
+    return f"{fault}: " + "; ".join(parts) + "."
+
+
 def served_text(s) -> str:
     """Who was served, per address the users' server name resolved to (where that matters)."""
     if not s.by_address:
@@ -122,6 +143,29 @@ def served_text(s) -> str:
     parts = [f"{r['served']} of {r['sessions']} whose name resolved to {r['host'] or r['address']}"
              + (f" ({r['site']})" if r["site"] else "") for r in s.by_address]
     return f" {served} of {total} sessions were served: " + "; ".join(parts) + "."
+
+
+def capture_lines(analysis: Analysis) -> list[dict[str, Any]]:
+    """One sentence per scenario on the packet-capture cross-check (what was compared, and
+    every disagreement), or why there is none; nothing for scenarios without captures."""
+    out = []
+    for s in analysis.scenarios:
+        c = s.capture_check
+        if not c or c.get("status") in ("not_captured", "no_fault", "no_sessions"):
+            continue
+        parts = []
+        if c.get("n"):
+            parts.append(f"{c['n']} sessions compared, |wire - events| reconnect median "
+                         f"{c['median_abs_diff_ms']:g} ms, max {c['max_abs_diff_ms']:g} ms")
+        elif c.get("status") == "ok":
+            parts.append("no session reconnected on both sides")
+        sides = [f"{len(c.get(k, []))} only in the {name}" for k, name in (("only_events", "events"),
+                                                                            ("only_wire", "capture")) if c.get(k)]
+        parts.append(f"{c.get('one_sided', 0)} one-sided" + (f" ({', '.join(sides)})" if sides else ""))
+        parts += [f"not checked: {e}" for e in c.get("errors", [])]
+        out.append({"label": s.label, "text": "; ".join(parts) + ".", "ok": c.get("status") == "ok"
+                    and not c.get("one_sided")})
+    return out
 
 
 def _md(value: Any) -> str:
@@ -140,10 +184,11 @@ def write_report(run_dir: Path) -> Analysis:
     if analysis.http_rows:
         write_csv(run_dir / "http.csv", HTTP_COLUMNS, analysis.http_rows)
     figures = plots.make_all(analysis, run_dir)
-    context = {"analysis": analysis, "manifest": analysis.manifest, "rows": analysis.rows, "columns": COLUMNS,
-               "http_rows": analysis.http_rows, "http_columns": HTTP_COLUMNS,
+    context = {"analysis": analysis, "manifest": analysis.manifest, "rows": with_sessions(analysis.rows),
+               "columns": COLUMNS, "http_rows": with_sessions(analysis.http_rows), "http_columns": HTTP_COLUMNS,
                "scenarios": analysis.scenarios, "figures": figures, "verdicts": verdicts(analysis),
                "complete": analysis.complete, "address_columns": ADDRESS_COLUMNS,
+               "capture_lines": capture_lines(analysis),
                "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
     md.filters.update(caption=caption, md=_md)

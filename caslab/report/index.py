@@ -44,7 +44,7 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per scenario, its headline fault's row: the first that affected anyone, else the first."""
     rows = []
     for scenario in summary.get("scenarios", []):
-        faults = scenario.get("faults") or []
+        faults = [f for f in scenario.get("faults") or [] if f.get("sessions")]  # HTTP-only runs: none
         if faults:
             rows.append(next((f for f in faults if f.get("affected")), faults[0]))
     return rows

@@ -8,7 +8,8 @@ computed here, every number comes from the typed outcomes.
     reconnect-cdf.png      reconnect times incl. the never-recovered, at the window's edge
     reconnect-means.png    mean of the repetitions' means with its 95 % CI
     goodput.png            successful operations per second, and CPU idle, around the fault
-    phases.png             where a reconnect's time goes (median milestones per scenario)
+    phases.png             where a reconnect's time goes: median milestones in causal order,
+                           one panel and time axis per scenario
     probes.png             SYN and application probes answered around the fault
 
 Every figure is written as PNG and SVG.
@@ -41,7 +42,8 @@ def make_all(analysis: Analysis, out: Path) -> list[str]:
         if name:
             names.append(name)
     for scenario in analysis.scenarios:
-        if scenario.id in analysis.traces:
+        trace = analysis.traces.get(scenario.id)
+        if trace is not None and trace.sessions:  # no Outlook session (HTTP clients only): no timeline
             names.append(plot_timeline(analysis, scenario, out))
     return names
 
@@ -158,6 +160,12 @@ def plot_means(analysis: Analysis, styles, out: Path) -> str | None:
 
 
 def plot_phases(analysis: Analysis, styles, out: Path) -> str | None:
+    """A waterfall per scenario: one lane per milestone in causal order (``PHASES``), each
+    bar from the previous milestone to this one, never sorted by value, so a milestone
+    whose median lies before the previous one shows as a bar drawn backwards (hatched).
+    Each scenario has its own panel and time axis: a 24 ms reconnect and a 10 s one are
+    both readable. The panel names the sessions the medians were taken over
+    (``phases_n`` where the summary gives it)."""
     rows = []
     for s in analysis.scenarios:
         row = next((r for r in s.faults if r.fault_index == headline_fault(s)), None)
@@ -165,30 +173,52 @@ def plot_phases(analysis: Analysis, styles, out: Path) -> str | None:
             rows.append((s, row))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.8))
-    shades = ["#999999", "#D55E00", "#E69F00", "#56B4E9", "#009E73"]
-    for y, (s, row) in enumerate(rows):
-        milestones = sorted((row.phases_ms[p], p) for p in PHASES if row.phases_ms.get(p) is not None)
-        start = 0.0
-        for value, phase in milestones:
-            width = max(value - start, 0.0)
-            ax.barh(y, width, left=start, color=shades[PHASES.index(phase)], edgecolor="white",
-                    label=PHASE_LABELS[phase] if y == 0 else None)
-            start = max(start, value)
-        ax.annotate(f"{start:.0f} ms", (start, y), xytext=(4, -3), textcoords="offset points", fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=shades[i]) for i in range(len(PHASES))]
-    ax.legend(handles, [f"until {PHASE_LABELS[p]}" for p in PHASES], fontsize=7, loc="lower right")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([s.label for s, _ in rows], fontsize=8)
-    ax.set_xlabel("ms after the fault (median over the affected sessions that dropped)")
-    ax.set_title("Where a reconnect's time goes")
-    ax.grid(True, axis="x", alpha=0.25)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.6 * len(rows) + 0.9), squeeze=False)
+    for ax, (s, row) in zip(axes[:, 0], rows):
+        backwards = _phase_lanes(ax, row.phases_ms)
+        n = getattr(row, "phases_n", None)
+        subset = (f"medians over n = {n} sessions with every milestone" if n is not None
+                  else "medians over the affected sessions that dropped")
+        warn = "; hatched: a median before the previous milestone's" if backwards else ""
+        ax.set_title(f"{s.label}: {subset}{warn}", fontsize=8, loc="left")
+        ax.grid(True, axis="x", alpha=0.25)
+    axes[-1, 0].set_xlabel("ms after the fault (each panel its own scale)")
+    fig.suptitle("Where a reconnect's time goes: milestones in causal order", fontsize=10)
     fig.tight_layout()
     return save(fig, out / "phases.png")[0]
 
 
+PHASE_SHADES = ["#999999", "#D55E00", "#E69F00", "#56B4E9", "#009E73"]
+
+
+def _phase_lanes(ax, phases_ms: dict) -> bool:
+    """One lane per milestone (top: the first), a bar from the previous milestone to this
+    one, labelled with the milestone's time. Returns whether one lay before the previous."""
+    start, end, backwards = 0.0, 1.0, False
+    for i, phase in enumerate(PHASES):
+        value = phases_ms.get(phase)
+        if value is None:
+            continue
+        width = value - start
+        ax.barh(i, width, left=start, color=PHASE_SHADES[i], height=0.7, hatch="///" if width < 0 else None,
+                edgecolor="white" if width >= 0 else "black")
+        ax.annotate(_ms_text(value), (max(value, start), i), xytext=(3, 0), textcoords="offset points",
+                    fontsize=7, va="center")
+        backwards = backwards or width < 0
+        start, end = value, max(end, value)
+    ax.set_yticks(range(len(PHASES)))
+    ax.set_yticklabels([PHASE_LABELS[p] for p in PHASES], fontsize=7)
+    ax.set_ylim(len(PHASES) - 0.5, -0.5)
+    ax.set_xlim(0, end * 1.15)
+    return backwards
+
+
+def _ms_text(value: float) -> str:
+    return f"{value:.0f} ms" if abs(value) >= 10 else f"{value:.1f} ms"
+
+
 def plot_goodput(analysis: Analysis, styles, out: Path) -> str | None:
-    series = [(s, s.goodput) for s in analysis.scenarios if s.goodput.get("ops_per_s")]
+    series = [(s, s.goodput) for s in analysis.scenarios if any(s.goodput.get("ops_per_s") or [])]
     if not series:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})

@@ -1,0 +1,106 @@
+"""``caslab bench failover``'s plan: the two dataplanes alternate repetition by
+repetition, every size has at least three repetitions, and the table shows affected
+and collateral beside n. Pure: the specs are built and validated, nothing is run."""
+
+from __future__ import annotations
+
+import pytest
+
+from caslab import bench_failover, runner, spec as spec_mod
+
+
+def test_run_order_interleaves_repetitions_or_keeps_scenarios_together():
+    assert runner.run_order(2, 3, "interleaved") == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    assert runner.run_order(2, 3, "scenarios") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert runner.run_order(3, 1, "interleaved") == runner.run_order(3, 1) == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_order_is_a_validated_spec_key():
+    assert spec_mod.validate({}, "x.toml")["experiment"]["order"] == "scenarios"
+    with pytest.raises(spec_mod.SpecError, match="experiment.order"):
+        spec_mod.validate({"experiment": {"order": "random"}}, "x.toml")
+
+
+@pytest.mark.parametrize("reps", [None, 3, 4])
+def test_every_size_alternates_the_dataplanes_with_at_least_three_repetitions(reps):
+    plans = bench_failover.specs(["48", "1000"], reps)
+    assert [size for size, _, _ in plans] == ["48", "1000"]
+    for size, spec, _ in plans:
+        assert spec["experiment"]["repetitions"] >= bench_failover.MIN_REPS
+        if reps:
+            assert spec["experiment"]["repetitions"] == reps
+        scenarios = spec_mod.scenarios(spec)
+        planes = [s["params"]["nlb.dataplane"] for s in scenarios]
+        assert sorted(planes) == ["controller", "switch"]
+        runs = runner.run_order(len(scenarios), spec["experiment"]["repetitions"], spec["experiment"]["order"])
+        sequence = [planes[i] for i, _ in runs]
+        assert all(a != b for a, b in zip(sequence, sequence[1:])), sequence  # never twice in a row
+        assert len(runs) == 2 * spec["experiment"]["repetitions"]
+
+
+def test_fewer_than_three_repetitions_is_refused_before_anything_runs(capsys):
+    with pytest.raises(bench_failover.BenchError, match="at least 3"):
+        bench_failover.specs(["48"], 2)
+    assert bench_failover.main_cli(["1000"], 1, None) == 2
+    assert "at least 3 repetitions" in capsys.readouterr().err
+
+
+def test_table_shows_affected_and_collateral_beside_n():
+    row = {"size": "48", "dataplane": "switch", "repetitions": 3, "affected": 41, "collateral": 2, "n": 39,
+           "p50": 70.5, "p99": None, "ci95": [60.0, 80.0], "mean": 70.0, "unrecovered": 2,
+           "dip_unaffected": 0.98, "cpu_idle": 50.0, "trusted": True,
+           "phases": {p: 1.0 for p in bench_failover.PHASES}}
+    head, line = bench_failover.show([row]).splitlines()
+    columns = dict(zip(head.split()[:7], line.split()[:7]))
+    assert columns == {"sessions": "48", "dataplane": "switch", "reps": "3", "affected": "41", "collat": "2",
+                       "n": "39", "p50": "70.5"}
+
+
+TINY = """
+[experiment]
+name = "interleaved"
+repetitions = 2
+order = "interleaved"
+modes = ["sdn-nlb"]
+[topology]
+cas = 2
+mailboxes = 1
+client_hosts = 1
+databases = 1
+[clients]
+sessions_per_host = 4
+[probe]
+capture = false
+[timing]
+warmup_s = 1.0
+observe_s = 2.0
+[sweep]
+"nlb.dataplane" = ["switch", "controller"]
+[[faults]]
+kind = "poweroff"
+target = "cas1"
+at_s = 0.5
+"""
+
+
+@pytest.mark.require_root
+def test_a_real_run_alternates_its_scenarios_repetition_by_repetition(tmp_path, no_residue):
+    import json
+
+    from tests.conftest import lab_residue
+
+    path = tmp_path / "interleaved.toml"
+    path.write_text(TINY)
+    spec, path = spec_mod.load(str(path))
+    run_dir = runner.run_experiment(spec, path, tmp_path / "out")
+    first: dict[tuple[str, int], int] = {}
+    with open(run_dir / "events.jsonl") as events:
+        for line in events:
+            e = json.loads(line)
+            first.setdefault((e["scenario"], e["rep"]), e["ts"])
+    started = [key for key, _ in sorted(first.items(), key=lambda kv: kv[1])]
+    ids = [m["id"] for m in json.loads((run_dir / "manifest.json").read_text())["scenarios"]]
+    assert started == [(ids[0], 0), (ids[1], 0), (ids[0], 1), (ids[1], 1)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [s["repetitions"] for s in summary["scenarios"]] == [2, 2]
+    assert not lab_residue(str(tmp_path))
