@@ -20,7 +20,7 @@ from typing import Any
 
 from labcommon.catalogue import (
     APP_PROBE, CLIENT_UP, CLIENTS_READY, CONNECT_OK, CPU, DB_ACTIVE, DB_DISMOUNTED, DOWN, DUMPSTER_RESUBMIT,
-    FAULT, FAULT_UNDONE, HTTP_CLIENT_UP, HTTP_DOWN, HTTP_LOGON, HTTP_REQUEST, LB_MEMBER, LOGON,
+    FAULT, HTTP_CLIENT_UP, HTTP_DOWN, HTTP_LOGON, HTTP_REQUEST, LB_MEMBER, LOGON,
     MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
@@ -133,7 +133,6 @@ class Fault:
     kind: str
     label: str
     e: int = 0
-    undo: int | None = None
 
 
 @dataclass
@@ -141,6 +140,11 @@ class Success:
     ts: int
     cas: str | None
     op: str
+    lat_us: int = 0
+
+    @property
+    def sent(self) -> int:
+        return self.ts - self.lat_us * 1000
 
 
 @dataclass
@@ -192,9 +196,6 @@ class Run:
                                      ev["index"] if ev.get("index") is not None else pos,
                                      ev.get("kind", ""), ev.get("label", "")))
         _window(self.faults, self.end)
-        for f in self.faults:
-            f.undo = next((u["ts"] for u in self.of(FAULT_UNDONE)
-                           if u.get("index") == f.index and u["ts"] > f.t), None)
         self.inside = [e for e in self.evs if e["ts"] <= self.end]   # "nothing logged after end counts"
         self.sessions = self._sessions()
 
@@ -220,7 +221,7 @@ class Run:
             if e["ev"] == OP:
                 s.ops.append(e)
                 if e["ok"]:
-                    s.successes.append(Success(e["ts"], e.get("cas"), e["op"]))
+                    s.successes.append(Success(e["ts"], e.get("cas"), e["op"], e.get("lat_us", 0)))
                 else:
                     s.drops.append(e["ts"])
             elif e["ev"] == DOWN:
@@ -241,15 +242,16 @@ class Run:
         return s.cas_at(f.t) in f.elements or self.db_failed(s, f) or "controller" in f.elements
 
     def beyond(self, s: Session, x: Success, f: Fault) -> bool:
-        return ((f.undo is not None and x.ts > f.undo)
-                or (x.cas not in f.elements and not (self.db_failed(s, f) and x.op == "ping"))
-                or f.affects == "disrupted")
+        """Sent after the fault (a reply in flight proves nothing); a mailbox success if it fails the db."""
+        return x.sent >= f.t and not (self.db_failed(s, f) and x.op == "ping")
 
-    def owner(self, s: Session, onset: int) -> Fault | None:
+    def owner(self, s: Session, onset: int, owning: set) -> Fault | None:
+        """``owning``: positions of the faults that already own an earlier outage of this session."""
         if not any(x.ts < onset for x in s.successes):      # never served before: cut off by no fault
             return None
-        eligible = [f for f in self.faults if f.t <= onset and self.carries(s, f)
-                    and not any(self.beyond(s, x, f) for x in s.successes if f.t <= x.ts < onset)]
+        eligible = [f for f in self.faults if f.t <= onset and self.carries(s, f) and f.pos not in owning
+                    and (onset < f.e
+                         or not any(self.beyond(s, x, f) for x in s.successes if f.t <= x.ts < onset))]
         for kind in ("on_elements", "disrupted"):
             of_kind = [f for f in eligible if f.affects == kind]
             if of_kind:
@@ -277,7 +279,7 @@ class Run:
                 anchor = q.ts
                 continue
             onset, by = (d, "drop") if d is not None and (st is None or d <= st) else (st, "stall")
-            owner = self.owner(s, onset)
+            owner = self.owner(s, onset, {o.owner for o in out if o.owner is not None})
             mailbox = self.mailbox_only(s, owner)
             r = next((x for x in succ if x.ts > onset and not (mailbox and x.op == "ping")), None)
             first_drop = next((x for x in s.drops if onset <= x and (x < r.ts if r else x <= end)), None)

@@ -400,15 +400,28 @@ def test_database_fault_ends_at_a_mailbox_success_not_a_ping():
     expect([log], faults__0__affected=1, faults__0__recovered=1, faults__0__reconnect_ms__p50=600.0)
 
 
-def test_success_after_the_undo_is_beyond_the_fault():
-    """Section 5: once the fault is undone, a success (even on the same CAS) is service beyond it: a later
-    outage is not the fault's."""
+def test_a_fault_owns_at_most_one_outage_per_session():
+    """Section 5: served again, then cut off again inside the same fault's window: the second outage is
+    not the fault's (it owns its first); the reconnect time is the first outage's."""
     log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0, kind="link-cut"),
               ev(1300, "fault_undone", kind="link-cut", targets=["cas1"], index=0), op(1400, "c1-s0", "cas1"),
               ops("c1-s0", "cas1", 1450, 1600), down(1600, "c1-s0"), ops("c1-s0", "cas1", 1700, 3000),
               sessions=("c1-s0",))
     expect([log], faults__0__affected=1, faults__0__recovered=1, faults__0__reconnect_ms__p50=400.0,
            faults__0__stalled=1, faults__0__disrupted=1)
+
+
+@pytest.mark.parametrize("lat_ms, owned", [(50, True), (2, False)])
+def test_a_reply_in_flight_at_the_fault_is_not_service_beyond_it(lat_ms, owned):
+    """Section 5: a reply that arrives 10 ms after the fault but was sent 50 ms before it does not clear
+    the fault: the drop after the next fault is still the first fault's. Sent after it (2 ms), it is
+    service beyond the fault: the session was undisturbed by it, and the later drop is nobody's."""
+    log = run(ops("c1-s0", "cas1", 0, 1000), fault(1000, ["cas1"], 0, kind="drain"), fault(1500, ["cas3"], 1),
+              op(1010, "c1-s0", "cas1", lat_ms=lat_ms), down(1700, "c1-s0"), ops("c1-s0", "cas2", 1800, 3000),
+              sessions=("c1-s0",))
+    expect([log], {**PARAMS, "stall_ms": 2000}, faults__0__affected=1, faults__0__recovered=int(owned),
+           faults__0__undisturbed=int(not owned), faults__0__reconnect_ms__n=int(owned),
+           faults__1__affected=0, faults__1__collateral=int(not owned))
 
 
 def test_drop_and_stall_at_the_same_instant_is_a_drop():
