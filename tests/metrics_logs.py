@@ -101,7 +101,7 @@ def session_events(draw, sid: str, end_slot: int, plan: list[dict]) -> list[dict
             ts = at(slot, draw(st.sampled_from((0, 0, 0, 2))))
             kind = draw(st.sampled_from(("ok", "ok", "ok", "ping", "send", "fail", "down", "logon", "connect",
                                          "switch")))
-            lat = draw(st.sampled_from((2_000, 40_000, 250_000, 1_500_000)))
+            lat = draw(st.sampled_from((2_000, 40_000, 250_000, 1_500_000, 200_000, 1_000_000)))
             if kind == "switch":
                 cas = draw(st.sampled_from(CAS))
             elif kind in ("ok", "ping", "send", "fail"):
@@ -234,7 +234,8 @@ def run_events(draw, scenario: str, rep: int, plan: list[dict], explicit_index: 
     for c in range(draw(st.integers(1, 2))):
         host = f"c{c + 1}"
         ids = [f"{host}-s{j}" for j in range(draw(st.integers(0, 3)))]
-        events.append({"ev": "client_up", "ts": at(1), "sessions": ids, "target": {}})
+        declared = ids if draw(st.integers(0, 5)) != 5 else ids[:-1]    # a session seen only in its own events
+        events.append({"ev": "client_up", "ts": at(1), "sessions": declared, "target": {}})
         client = [e for sid in ids for e in draw(session_events(sid, end_slot, plan))]
         if ids and draw(st.integers(0, 3)) == 3:                      # the client process dies: its sessions go silent
             death = at(draw(st.integers(START_SLOT, end_slot)))
@@ -253,7 +254,7 @@ def run_events(draw, scenario: str, rep: int, plan: list[dict], explicit_index: 
                        "accepts_new": draw(st.booleans())})
     for _ in range(draw(st.sampled_from((3, 6, 1, 0, 0)))):
         events.append({"ev": "cpu", "ts": draw(when(START_SLOT - 10, end_slot + 10)),
-                       "idle_pct": 100 - draw(st.integers(0, 100))})
+                       "idle_pct": 100 - draw(st.integers(0, 400)) / 4})
     for name, kind in draw(st.lists(st.sampled_from((("c1", "client"), ("cas1", "cas"), ("controller", "controller"),
                                                      ("ovs-vswitchd", "ovs"))), max_size=4)):
         events.append({"ev": "process_cpu", "ts": at(end_slot + draw(st.integers(0, 2))), "name": name, "kind": kind,
@@ -298,7 +299,7 @@ def run_events(draw, scenario: str, rep: int, plan: list[dict], explicit_index: 
 @st.composite
 def scenario_logs(draw) -> tuple[dict, list[list[dict]]]:
     """Thresholds and 0-3 repetitions of one scenario."""
-    params = {"late_ms": draw(st.sampled_from((200, 1000))), "stall_ms": draw(st.sampled_from((400, 1000, 2000))),
+    params = {"late_ms": draw(st.sampled_from((200, 1000))), "stall_ms": draw(st.sampled_from((400, 1000, 2000, 425))),
               "min_cpu_idle_pct": draw(st.sampled_from((20, 50)))}
     reps = draw(st.sampled_from((2, 1, 3, 0)))
     plan, explicit = draw(fault_plan()), draw(st.integers(0, 3)) > 0
