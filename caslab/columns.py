@@ -141,8 +141,9 @@ COLUMNS: list[Column] = [
     Column("heartbeat_bytes", "heartbeat bytes", "bytes", ",d", doc="Windows NLB: heartbeat frames those hosts "
                                                                     "received"),
     Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
-    Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process and OVS per successful "
-                                                                "operation in the window"),
+    Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process that ran in the window "
+                                                                "(up to its death, from its start), OVS and the runner, "
+                                                                "per successful operation in the window"),
     Column("fidelity_ok", "fidelity", doc="every repetition had CPU samples in its window and their mean idle was "
                                           "at least the threshold (empty: a repetition had no sample: unknown)"),
     Column("trustworthy", "trusted", terminal=7, doc="at least one repetition, fidelity passed, every repetition "

@@ -1,10 +1,28 @@
 """The lab's own cost: how much CPU each process used over the measurement window.
 
-The runner reads ``/proc/<pid>/stat`` (user + system time) of every process the lab
-started, of ovs-vswitchd (which forwards every packet of the userspace datapath) and of
-itself, when the window opens and when it closes, and logs one ``process_cpu`` event per
-process. The metrics divide by the successful operations of the window: CPU ms per
-operation, per kind of process, is where a lighter lab has to save.
+Every process the lab started that ran during the window counts for the CPU it used
+inside it, plus ovs-vswitchd (which forwards every packet of the userspace datapath) and
+the runner itself; one ``process_cpu`` event per process. The metrics divide by the
+successful operations of the window: CPU ms per operation, per kind of process, is where
+a lighter lab has to save.
+
+* Lived through the window: user + system time (``/proc/<pid>/stat``) at its close
+  minus at its opening.
+* Died in the window (a powered-off CAS, a crashed controller, a client that crashed):
+  counted up to its death, from the same counter read on its zombie: the lab reaps its
+  processes in one place (``LabProcess.alive``), which first asks the kernel whether the
+  child ended without reaping it (``waitid(WNOWAIT)``) and then reads its
+  ``/proc/<pid>/stat``. A zombie cannot run again, so that figure is its final one, and
+  it is the counter read at the opening, so the difference is exact to the clock tick
+  of each read. Why not the alternatives: a read just before the lab kills a process
+  misses what it does between the read and its death and every process that dies on its
+  own; ``os.wait4``'s rusage adds, besides the process's own time, the CPU of every child
+  it ever reaped (the kernel's RUSAGE_BOTH), which the opening read does not hold.
+* Started in the window (a restarted controller, with a new pid): counted from its start,
+  i.e. all its CPU. A process that ended before the window opened is not counted.
+
+Only a process's own time counts, never its reaped children's (``cutime``): the runner
+reaps the lab's processes, so counting them would count each twice.
 """
 
 from __future__ import annotations
@@ -12,29 +30,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from caslab.procstat import process_cpu_ms
 from labcommon.catalogue import PROCESS_CPU
 
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ms(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_MS  # utime + stime
+# Every name the lab gives a process it starts, by how the name begins, with the kind its
+# CPU counts under (the other processes are a role's service named after its host, and
+# an HTTP client named "<host>-http"). tests/test_cost.py reads every place the lab starts
+# a process and fails when a name is not covered here; labcommon.catalogue's
+# ``process_cpu`` lists the kinds.
+NAME_KINDS = (("mailbox-", "mailbox"), ("controller", "controller"), ("health-", "health"), ("wnlb-", "wnlb"),
+              ("probe-", "prober"), ("appprobe-", "prober"), ("tcpdump-", "capture"), ("haproxy-", "haproxy"),
+              ("dnsmasq", "dns"), ("iperf3", "bench"), ("ovs-vswitchd", "ovs"), ("runner", "runner"))
+SUFFIX_KINDS = (("-http", "client"),)  # a host's HTTP clients (traffic.http_client)
+ROLE_KINDS = {"client": "client", "cas": "cas", "mailbox": "mailbox", "autodiscover": "autodiscover"}
 
 
 def kind_of(name: str, host_roles: dict[str, str]) -> str:
+    """The kind a process's CPU counts under; ``other`` for a name the lab does not give."""
     if name in host_roles:
-        return {"client": "client", "cas": "cas", "mailbox": "mailbox", "autodiscover": "autodiscover"}.get(
-            host_roles[name], "other")
-    if name.endswith("-http"):  # a host's HTTP clients (traffic.http_client)
-        return "client"
-    for prefix, kind in (("mailbox-", "mailbox"), ("controller", "controller"), ("health-", "health"), ("probe-", "prober"),
-                         ("appprobe-", "prober"), ("tcpdump-", "capture"), ("haproxy-", "haproxy"),
-                         ("dnsmasq", "dns"), ("ovs-vswitchd", "ovs"), ("runner", "runner")):
+        return ROLE_KINDS.get(host_roles[name], "other")
+    for suffix, kind in SUFFIX_KINDS:
+        if name.endswith(suffix):
+            return kind
+    for prefix, kind in NAME_KINDS:
         if name.startswith(prefix):
             return kind
     return "other"
@@ -53,22 +71,39 @@ class CostMeter:
     def __init__(self, lab, plan):
         self.lab = lab
         self.roles = {h.name: h.role for h in plan.hosts}
-        self.before: dict[tuple[str, int], float] = {}
+        self.before: dict[object, float] = {}  # LabProcess -> its CPU when the window opened
+        self.outside: dict[tuple[str, int], float] = {}  # (name, pid) of ovs-vswitchd and the runner
         self.started_ns = 0
 
-    def _pids(self) -> list[tuple[str, int]]:
-        pids = [(p.name, p.pid) for p in self.lab.processes if p.alive()]
+    @staticmethod
+    def _outside_pids() -> list[tuple[str, int]]:
         ovs = ovs_pid()
-        return pids + ([("ovs-vswitchd", ovs)] if ovs else []) + [("runner", os.getpid())]
+        return ([("ovs-vswitchd", ovs)] if ovs else []) + [("runner", os.getpid())]
 
     def start(self, now_ns: int) -> None:
         self.started_ns = now_ns
-        self.before = {key: value for key in self._pids() if (value := cpu_ms(key[1])) is not None}
+        self.before = {proc: value for proc in list(self.lab.processes)
+                       if proc.started_ns < now_ns and proc.alive() and (value := proc.cpu_ms()) is not None}
+        self.outside = {key: value for key in self._outside_pids() if (value := process_cpu_ms(key[1])) is not None}
 
     def stop(self, log, now_ns: int) -> None:
-        window = (now_ns - self.started_ns) / 1e6
-        for key, before in sorted(self.before.items()):
-            after = cpu_ms(key[1])
+        rows = []
+        for proc in list(self.lab.processes):
+            ended = not proc.alive()  # reaps it if it just ended, keeping its final CPU
+            if proc in self.before:
+                before, started = self.before[proc], False
+            elif proc.started_ns >= self.started_ns:
+                before, started = 0.0, True
+            else:
+                continue  # ended before the window opened
+            after = proc.cpu_ms()
             if after is not None:
-                log.emit(PROCESS_CPU, name=key[0], kind=kind_of(key[0], self.roles), cpu_ms=round(after - before, 1),
-                         window_ms=round(window, 1))
+                rows.append((proc.name, proc.pid, after - before, started, ended))
+        for (name, pid), before in self.outside.items():
+            after = process_cpu_ms(pid)
+            if after is not None:
+                rows.append((name, pid, after - before, False, False))
+        window_ms = round((now_ns - self.started_ns) / 1e6, 1)
+        for name, pid, used, started, ended in sorted(rows):
+            log.emit(PROCESS_CPU, name=name, pid=pid, kind=kind_of(name, self.roles), cpu_ms=round(used, 1),
+                     window_ms=window_ms, started_in_window=started, ended_in_window=ended)

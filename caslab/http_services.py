@@ -122,6 +122,11 @@ def source_addresses(ctx: RunContext, host: HostPlan, count: int) -> list[str]:
     return addresses
 
 
+def process_name(host: HostPlan) -> str:
+    """A host's HTTP client process, and its event source."""
+    return f"{host.name}-http"
+
+
 def client_config(ctx: RunContext, host: HostPlan, index: int) -> dict[str, Any]:
     http, clients = ctx.spec["http"], ctx.spec["clients"]
     sessions = session_specs(ctx, host)
@@ -130,7 +135,7 @@ def client_config(ctx: RunContext, host: HostPlan, index: int) -> dict[str, Any]
     for spec in sessions:
         spec["server"] = ctx.rcas.get(spec["db"], "")
     config = {
-        "name": f"{host.name}-http", "events": ctx.events_path(f"{host.name}-http"), "external": host.role == "external",
+        "name": process_name(host), "events": ctx.events_path(process_name(host)), "external": host.role == "external",
         "ca": str(ctx.tls.ca), "dns": ctx.dns_server, "domain": LAB_DOMAIN, "sessions": sessions, "ops": clients["ops"],
         "seed": ctx.spec["experiment"]["seed"] * 1000 + 500 + index + ctx.repetition * 100,
         "timing": {key: http[key] for key in ("owa_interval_ms", "eas_sync_interval_ms", "oa_interval_ms",
@@ -149,7 +154,7 @@ def start_clients(ctx: RunContext) -> tuple[list[LabProcess], list[str], set[str
     procs, sources, sessions = [], [], set()
     for index, host in enumerate(http_hosts(ctx)):
         config = client_config(ctx, host, index)
-        procs.append(ctx.start_module(host.name, config["name"], "traffic.http_client", config))
+        procs.append(ctx.start_module(host.name, process_name(host), "traffic.http_client", config))
         sources.append(config["name"])
         sessions.update(s["sid"] for s in config["sessions"])
     return procs, sources, sessions

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from caslab import interrupts, system
+from caslab.procstat import process_cpu_ms
 from caslab.registry import LabRecord
 from topologies.plan import SWITCH_PREFIX, LabPlan
 
@@ -100,41 +101,76 @@ def existing_bridges() -> list[str]:
     return res.stdout.split()
 
 
-@dataclass
+@dataclass(eq=False)
 class LabProcess:
-    """A process the lab started, in a host's namespace or in the root namespace."""
+    """A process the lab started, in a host's namespace or in the root namespace.
+
+    It is reaped in ``alive`` and nowhere else (``stop`` and ``signal`` go through it),
+    and only after its final CPU was read from its zombie (``final_cpu_ms``): the cost
+    meter (``caslab.cost``) counts a process that died in the window up to its death.
+    """
 
     name: str
     host: str | None
     popen: subprocess.Popen
     log: IO | None = None
     ended_on_purpose: bool = False  # the lab (a fault, teardown) stopped or killed it
+    started_ns: int = field(default_factory=time.monotonic_ns)  # when the lab started it
+    final_cpu_ms: float | None = None  # its whole CPU, read from its zombie before it was reaped
+    _reaping: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        """Whether it still runs; an ended process is reaped here, its final CPU kept."""
+        with self._reaping:
+            if self.popen.returncode is not None:
+                return False
+            try:  # WNOWAIT: has it ended? (it stays a zombie, its /proc/<pid>/stat readable)
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    return True
+                self.final_cpu_ms = process_cpu_ms(self.pid)  # the zombie's: its final account
+            except ChildProcessError:
+                pass  # reaped behind the lab's back: its final CPU is unknown
+            self.popen.poll()
+            return self.popen.returncode is None
+
+    def cpu_ms(self) -> float | None:
+        """Its CPU so far: read now while it runs, its final CPU once it ended."""
+        with self._reaping:  # not reaped while this reads: the pid is still this process
+            return process_cpu_ms(self.pid) if self.popen.returncode is None else self.final_cpu_ms
 
     def signal(self, signum: int) -> None:
         """Signal the process group (mnexec -d and start_new_session give each its own)."""
         if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
             self.ended_on_purpose = True
-        if self.alive():
-            try:
-                os.killpg(self.popen.pid, signum)
-            except ProcessLookupError:
-                pass
+        with self._reaping:  # not reaped meanwhile: the group is still this process's
+            if self.popen.returncode is None:
+                try:
+                    os.killpg(self.popen.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for it to end; True when it did."""
+        deadline, delay = time.monotonic() + timeout_s, 0.0005
+        while self.alive():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(delay, remaining))
+            delay = min(2 * delay, 0.05)
+        return True
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
         self.signal(signal.SIGTERM)
-        try:
-            self.popen.wait(grace_s)
-        except subprocess.TimeoutExpired:
+        if not self.wait(grace_s):
             self.signal(signal.SIGKILL)
-            self.popen.wait(5)
+            if not self.wait(5):
+                raise LabError(f"{self.name} (pid {self.pid}) still runs 5 s after SIGKILL")
         if self.log is not None:
             self.log.close()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from caslab import faults, http_services, hypervisor, services, system, wan
+from caslab import faults, http_services, hypervisor, procstat, services, system, wan
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
@@ -106,19 +106,14 @@ class CpuSampler(threading.Thread):
         self.log = log
         self.halt = threading.Event()
 
-    @staticmethod
-    def _times() -> tuple[int, int]:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-        return values[3] + values[4], sum(values)
-
     def run(self) -> None:
-        idle0, total0 = self._times()
+        earlier = procstat.read_machine_times()
         while not self.halt.wait(1.0):
-            idle1, total1 = self._times()
-            if total1 > total0:
-                self.log.emit(CPU, idle_pct=round(100.0 * (idle1 - idle0) / (total1 - total0), 1))
-            idle0, total0 = idle1, total1
+            later = procstat.read_machine_times()
+            idle = procstat.idle_pct(earlier, later)
+            if idle is not None:
+                self.log.emit(CPU, idle_pct=round(idle, 1))
+            earlier = later
 
 
 class ExitWatcher(threading.Thread):

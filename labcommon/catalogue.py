@@ -334,13 +334,18 @@ RCAS_SET = event("rcas_set", "runner", "Set-MailboxDatabase -RpcClientAccessServ
 RCAS = event("rcas", "runner", "each database's RpcClientAccessServer at start",
              servers=f("dict", "database -> server name"), arrays=f("dict", "site -> {name, fqdn}"))
 CPU = event("cpu", "runner", "CPU idle over the last second (Mininet-HiFi fidelity check)",
-            idle_pct=f("float", "idle share of all cores", "%"))
-PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost)",
+            idle_pct=f("float", "idle share of all cores: idle + iowait over user .. steal of /proc/stat "
+                                "(guest time is inside user and nice)", "%"))
+PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost): "
+                                           "every lab process that ran in it, ovs-vswitchd and the runner",
                     name=f("str", "process name (role host, controller, ovs-vswitchd, runner, ...)"),
-                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / "
-                                  "prober / capture / haproxy / ovs / runner / other"),
-                    cpu_ms=f("float", "user + system CPU time in the window", "ms"),
-                    window_ms=f("float", "the window", "ms"))
+                    pid=f("int", "its process id (a restarted process is another event with the same name)"),
+                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / wnlb / "
+                                  "prober / capture / haproxy / bench / ovs / runner / other"),
+                    cpu_ms=f("float", "user + system CPU time in the window (its own, not its children's)", "ms"),
+                    window_ms=f("float", "the window", "ms"),
+                    started_in_window=f("bool", "started after the window opened: counted from its start"),
+                    ended_in_window=f("bool", "ended before the window closed: counted up to its death"))
 WAN_FIREWALL = event("wan_firewall", "runner", "what the WAN router's firewall dropped (topology.wan_firewall): "
                                                "CAS connections to another site's mailbox servers",
                      dropped=f("int", "packets dropped over the whole run"), detail=f("str", "the rule, in words"))

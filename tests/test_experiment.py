@@ -61,6 +61,16 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     assert scenario["reconnect_ms"]["n"] == scenario["affected"]
     assert scenario["reauth"] == scenario["affected"], "a session moved to a CAS that does not know it logs on again"
     assert scenario["messages"]["lost"] == 0 and scenario["messages"]["acked"] > 0
+    # The lab's cost counts the powered-off CAS up to its death (issue 16 item 10), and
+    # every process the lab started has a kind of its own.
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    cpu = {e["name"]: e for e in events if e["ev"] == "process_cpu"}
+    victim = scenario["fault"].split()[1]
+    assert victim in cpu, f"the powered-off {victim} is missing from the cost: {sorted(cpu)}"
+    assert cpu[victim]["ended_in_window"] and not cpu[victim]["started_in_window"]
+    assert cpu[victim]["cpu_ms"] > 0 and cpu[victim]["kind"] == "cas"
+    assert {"ovs-vswitchd", "runner", "controller"} <= set(cpu)
+    assert [e["name"] for e in cpu.values() if e["kind"] == "other"] == []
     for name in ("events.jsonl", "manifest.json", "summary.csv", "report.html", "report.md",
                  "timeline-s1-sdn-nlb.png"):
         assert (run_dir / name).stat().st_size > 0, name

@@ -115,6 +115,12 @@ def test_sdn_nlb_controller_crash_keeps_sessions_flowing(tmp_path, no_residue):
     assert s["disrupted"] == 0, "secure fail mode keeps the pinned flows forwarding"
     relearned = [e for e in events if e["ev"] == "nlb_relearn" and e["conns"] > 0]
     assert relearned and relearned[-1]["conns"] >= s["sessions"], relearned
+    # The lab's cost counts both controllers: the killed one up to its death, the restarted
+    # one (a new pid) from its start (issue 16 item 10).
+    controllers = [e for e in events if e["ev"] == "process_cpu" and e["name"] == "controller"]
+    assert [(e["ended_in_window"], e["started_in_window"]) for e in controllers] in \
+        ([(True, False), (False, True)], [(False, True), (True, False)]), controllers
+    assert len({e["pid"] for e in controllers}) == 2 and all(e["kind"] == "controller" for e in controllers)
 
 
 def test_dag_switchover_under_load_loses_no_acked_message(tmp_path, no_residue):

@@ -10,8 +10,34 @@ import socket
 import threading
 import time
 
+import pytest
+
 from labcommon.protocol import read_frame, write_frame
 from traffic import rxstamp
+
+
+@pytest.fixture(autouse=True)
+def kernel_stamps_on():
+    """The kernel switches receive timestamping on for the whole machine a moment after
+    the first socket asks for it (a deferred static key): packets received in between
+    carry no stamp, and the client falls back to the loop's clock. In a lab tcpdump has
+    long asked; here a socket asks and the test waits until a loopback packet is stamped."""
+    holder = rxstamp.StampedSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.enable()
+    holder.bind(("127.0.0.1", 0))
+    holder.settimeout(1.0)
+    deadline = time.monotonic() + 5
+    try:
+        while True:
+            holder.sendto(b"x", holder.getsockname())
+            holder.recv(16)
+            if holder.rx_wall_ns is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert holder.rx_wall_ns is not None, "the kernel never stamped a received packet"
+        yield
+    finally:
+        holder.close()
 
 
 def _echo_server() -> tuple[socket.socket, threading.Thread]:

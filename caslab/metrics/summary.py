@@ -149,7 +149,8 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         silent_reauth=sum(s.silent_reauth for s in sessions if s.affected), **database_row(faults),
         reconnect_ms=Distribution.of(reconnects, rep_means),
         detection_ms=Distribution.of([f.detection_ms for f in faults if f.detection_ms is not None]),
-        phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
+        phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap,
+        capture_check=capture if index == 0 else None,  # the wire is read for each run's first fault only
         cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
         client_deaths=deaths,
         convergence_ms=Distribution.of([c.converged_ms for c in conv if c.converged_ms is not None]),
