@@ -258,7 +258,8 @@ def run_events(draw, scenario: str, rep: int, plan: list[dict], explicit_index: 
     for name, kind in draw(st.lists(st.sampled_from((("c1", "client"), ("cas1", "cas"), ("controller", "controller"),
                                                      ("ovs-vswitchd", "ovs"))), max_size=4)):
         events.append({"ev": "process_cpu", "ts": at(end_slot + draw(st.integers(0, 2))), "name": name, "kind": kind,
-                       "cpu_ms": draw(st.integers(0, 4000)) / 2, "window_ms": 6000.0})
+                       "pid": 100 + len(events), "cpu_ms": draw(st.integers(0, 4000)) / 2, "window_ms": 6000.0,
+                       "started_in_window": draw(st.booleans()), "ended_in_window": draw(st.booleans())})
     if draw(st.integers(0, 7)) == 7:
         events.append({"ev": "process_exit", "ts": draw(when(START_SLOT, end_slot + 5)), "name": "cas2",
                        "host": "cas2", "returncode": 1})

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from caslab import analysis
+from labcommon.catalogue import problems
 from tests import reference_metrics as ref
 from tests.metrics_logs import scenario_logs
 
@@ -136,8 +137,11 @@ KNOWN_PRODUCTION_BUGS: dict[str, str] = {
     # only a small difference: a dip off by more than the rounding of the pre-fault level is still reported
     "goodput dip over the rounded pre-fault level":
         r"\.goodput_dip_unaffected: production ([\d.]+), reference ([\d.]+)$",
+    "detection times rounded to 1 decimal before their mean":
+        r"^\.faults\[\d+\]\.detection_ms\.mean_pooled: production ([\d.-]+), reference ([\d.-]+)$",
 }
-SMALL = {"goodput dip over the rounded pre-fault level": 0.01}
+SMALL = {"goodput dip over the rounded pre-fault level": 0.01,
+         "detection times rounded to 1 decimal before their mean": 0.1 + 1e-9}
 
 
 def known_bug(difference: str) -> str | None:
@@ -190,13 +194,18 @@ CHECKED = {"logs": 0, "runs": 0}
 @given(scenario_logs())
 def test_production_equals_reference(log):
     params, runs = log
+    bad = [(e, problems(e)) for events in runs for e in events if problems(e)]
+    assert not bad, f"the generator wrote events EVENTS.md does not describe: {bad[:3]}"
     CHECKED["logs"] += 1
     CHECKED["runs"] += len(runs)
     assert_same(params, runs, skip_known=True)
 
 
 def test_report_how_many_logs_were_checked():
-    """Runs after the property (file order): prints how many generated logs it compared."""
+    """Runs after the property (file order): prints how many generated logs it compared (with -s), and
+    fails if the property ran but compared fewer than EXAMPLES."""
+    if CHECKED["logs"]:
+        assert CHECKED["logs"] >= EXAMPLES
     print(f"\ndifferential test: {CHECKED['logs']} generated scenarios ({CHECKED['runs']} repetitions) compared, "
           f"max_examples={EXAMPLES}")
 
@@ -497,3 +506,14 @@ def test_fidelity_compares_the_mean_idle_itself_with_the_threshold():
     log = run(*[ev(600 + i, "cpu", idle_pct=v) for i, v in enumerate([35] * 24 + [34])],
               ops("c1-s0", "cas1", 0, 3000), sessions=("c1-s0",), idle=None)
     expect([log], {**PARAMS, "min_cpu_idle_pct": 35}, fidelity_ok=False, trustworthy=False)
+
+
+@pytest.mark.xfail(strict=True, reason="production bug: a run's detection time is rounded to 1 decimal before the mean")
+def test_detection_mean_is_over_the_detection_times_not_their_rounded_values():
+    """Sections 1 and 11: a run's detection time is a value statistics are computed from (like a session's,
+    3 decimals); the mean is rounded once. 0, 0 and 0.75 ms: mean 0.25 -> 0.2 (Python's round, as every
+    other statistic). Production rounds 0.75 to 0.8 first and shows 0.3 (0.267)."""
+    runs = [run(ops("c1-s0", "cas2", 0, 3000), fault(1000, ["cas1"], 0),
+                ev(1000 + delay, "lb_member", member="cas1", reason="port_down", alive=False, accepts_new=False),
+                sessions=("c1-s0",), rep=rep) for rep, delay in enumerate((0, 0, 0.75))]
+    expect(runs, faults__0__detection_ms__n=3, faults__0__detection_ms__mean_pooled=0.2)
