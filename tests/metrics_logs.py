@@ -66,7 +66,7 @@ def session_events(draw, sid: str, end_slot: int, plan: list[dict]) -> list[dict
     if draw(st.integers(0, 4)) != 4:
         out.append(_connect(at(first), sid))
         out.append(_logon(at(first), sid, cas, db, False, None))
-    story = draw(st.sampled_from(("failover", "failover", "failover", "steady", "walk", "silent")))
+    story = draw(st.sampled_from(("failover", "failover", "failover", "failover", "failover", "steady", "walk", "silent")))
     every = draw(st.sampled_from((1, 2, 5)))
     mailbox = st.sampled_from(("read", "read", "ping", "send"))
     if story == "steady":                               # a drain if its CAS is failed: it keeps being served there

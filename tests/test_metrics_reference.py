@@ -178,8 +178,32 @@ def differences(prod: Any, want: Any, path: str = "") -> list[str]:
     return [] if same else [f"{path}: production {prod!r}, reference {want!r}"]
 
 
+SEEN: dict[str, int] = {}
+
+
+def situations(want: dict[str, Any]) -> set[str]:
+    """What a generated scenario exercised (from the reference's view), so that the property cannot pass
+    by generating only trivial logs."""
+    seen = {"no repetition"} if not want["repetitions"] else set()
+    seen |= {f"fidelity {want['fidelity_ok']}", f"trusted {want['trustworthy']}"}
+    for row in want["faults"]:
+        seen |= {f"row {k}" for k in ("recovered", "undisturbed", "unrecovered", "collateral", "stalled", "phases_n",
+                                       "reauth", "silent_reauth") if row[k]}
+        seen |= {"reconnect CI"} if row["reconnect_ms"]["ci95_of_repetition_means"] else set()
+        seen |= {"detection"} if row["detection_ms"]["n"] else set()
+    for row in want["http"]:
+        seen |= {f"http {k}" for k in ("recovered", "undisturbed", "unrecovered", "pings_reestablished", "relogins")
+                 if row[k]}
+    seen |= {f"messages {k}" for k in ("stored", "lost", "recovered") if want["messages"][k]}
+    seen |= {"probe gap"} if want["probe_gap_ms"] else set()
+    return seen
+
+
 def assert_same(params: dict[str, Any], runs: list[list[dict]], skip_known: bool = False) -> None:
-    diff = differences(view(production(params, runs), False), view(reference(params, runs), True))
+    want = view(reference(params, runs), True)
+    for name in situations(want):
+        SEEN[name] = SEEN.get(name, 0) + 1
+    diff = differences(view(production(params, runs), False), want)
     if skip_known:
         diff = [d for d in diff if not known_bug(d)]
     assert not diff, "production and reference disagree:\n" + "\n".join(diff[:40])
@@ -206,6 +230,13 @@ def test_report_how_many_logs_were_checked():
     fails if the property ran but compared fewer than EXAMPLES."""
     if CHECKED["logs"]:
         assert CHECKED["logs"] >= EXAMPLES
+        wanted = {"no repetition", "fidelity None", "fidelity False", "fidelity True", "trusted True", "trusted False",
+                  "row recovered", "row undisturbed", "row unrecovered", "row collateral", "row stalled",
+                  "row phases_n", "row reauth", "row silent_reauth", "reconnect CI", "detection", "http recovered",
+                  "http undisturbed", "http unrecovered", "http pings_reestablished", "http relogins",
+                  "messages stored", "messages lost", "messages recovered", "probe gap"}
+        assert not wanted - set(SEEN), f"the generator never produced: {sorted(wanted - set(SEEN))}"
+        print("\nscenarios exercising each situation: " + ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
     print(f"\ndifferential test: {CHECKED['logs']} generated scenarios ({CHECKED['runs']} repetitions) compared, "
           f"max_examples={EXAMPLES}")
 
