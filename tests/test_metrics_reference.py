@@ -131,20 +131,10 @@ def view(s: dict[str, Any], is_reference: bool) -> dict[str, Any]:
     return out
 
 
-# Disagreements found and judged production bugs: each has a strict xfail example below; the property
+# Disagreements found and judged production bugs: each had a strict xfail example below (now fixed); the property
 # skips them so that it keeps looking for new ones. Remove an entry when production is fixed.
-KNOWN_PRODUCTION_BUGS: dict[str, str] = {
-    "detection without repetition means": r"^\.faults\[\d+\]\.detection_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
-    "HTTP distributions without repetition means": r"^\.http\[\d+\]\.\w+_ms\.(mean_of_repetitions|ci95_of_repetition_means)",
-    "CPU idle mean of rounded repetition means": r"\.cpu_idle_pct:",
-    # only a small difference: a dip off by more than the rounding of the pre-fault level is still reported
-    "goodput dip over the rounded pre-fault level":
-        r"\.goodput_dip_unaffected: production ([\d.]+), reference ([\d.]+)$",
-    "detection times rounded to 1 decimal before their mean":
-        r"^\.faults\[\d+\]\.detection_ms\.mean_pooled: production ([\d.-]+), reference ([\d.-]+)$",
-}
-SMALL = {"goodput dip over the rounded pre-fault level": 0.01,
-         "detection times rounded to 1 decimal before their mean": 0.1 + 1e-9}
+KNOWN_PRODUCTION_BUGS: dict[str, str] = {}   # none left: the six found were fixed in caslab/metrics
+SMALL: dict[str, float] = {}
 
 
 def known_bug(difference: str) -> str | None:
@@ -495,9 +485,9 @@ def test_detection_is_bounded_by_the_fault_window():
     expect([log], faults__0__detection_ms__n=0, faults__1__detection_ms__n=1, faults__1__detection_ms__p50=400.0)
 
 
-# ---------------------------------------------------------------- production bugs found by the differential test
+# ---------------------------------------------------------------- production bugs the differential test found
+# (each was a strict xfail until caslab/metrics was fixed; they now guard the fixes)
 
-@pytest.mark.xfail(strict=True, reason="production bug: detection_ms has no mean_of_repetitions / CI (METRICS.md 11)")
 def test_detection_distribution_has_its_repetition_means():
     """Section 11 defines every distribution with mean_of_repetitions and, from two repetitions, the CI of
     the repetition means; section 10's detection_ms is the distribution of the runs' detection times, one
@@ -509,8 +499,6 @@ def test_detection_distribution_has_its_repetition_means():
            faults__0__detection_ms__ci95_of_repetition_means=[-1070.6, 1470.6])
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: HTTP distributions have no mean_of_repetitions / CI "
-                                       "(METRICS.md 11)")
 def test_http_distributions_have_their_repetition_means():
     """The HTTP rows' latency_ms (and reconnect_ms, reestablish_ms) are distributions (section 11) over
     repetitions; production leaves mean_of_repetitions and the CI null."""
@@ -522,7 +510,6 @@ def test_http_distributions_have_their_repetition_means():
            http__0__latency_ms__mean_of_repetitions=20.0, http__0__latency_ms__ci95_of_repetition_means=[-107.1, 147.1])
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: cpu_idle_pct averages repetition means rounded to 1 decimal")
 def test_cpu_idle_is_the_mean_of_the_repetition_means_not_of_their_rounded_values():
     """Section 12: cpu_idle_pct is the mean of the repetitions' means: (1/3 + 0) / 2 = 0.1667 -> 0.2.
     Production rounds each repetition's mean first (0.3, 0.0) and shows 0.1 (0.15 rounded)."""
@@ -531,7 +518,6 @@ def test_cpu_idle_is_the_mean_of_the_repetition_means_not_of_their_rounded_value
     expect([rep_log(0, [0, 0, 1]), rep_log(1, [0])], cpu_idle_pct=0.2)
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: goodput dip divides by the pre-fault level rounded to 1 decimal")
 def test_goodput_dip_is_over_the_pre_fault_mean_not_its_rounded_value():
     """Section 8: dip = the smallest bin at or after t0 over pre_fault, the mean of the bins before t0.
     Bins 12, 10, 10 before the fault and 6 after: 6 / 10.667 = 0.5625 (0.562, 3 decimals as production
@@ -543,7 +529,6 @@ def test_goodput_dip_is_over_the_pre_fault_mean_not_its_rounded_value():
     expect([log], faults__0__goodput_dip_unaffected=0.562)
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: fidelity compares the rounded mean idle with the threshold")
 def test_fidelity_compares_the_mean_idle_itself_with_the_threshold():
     """Section 12: passed if the mean idle of its samples is at least min_cpu_idle_pct. 24 samples at 35 %
     and one at 34 %: mean 34.96 < 35, failed (not trusted). Production passes it (34.96 rounds to 35.0)."""
@@ -552,7 +537,6 @@ def test_fidelity_compares_the_mean_idle_itself_with_the_threshold():
     expect([log], {**PARAMS, "min_cpu_idle_pct": 35}, fidelity_ok=False, trustworthy=False)
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: a run's detection time is rounded to 1 decimal before the mean")
 def test_detection_mean_is_over_the_detection_times_not_their_rounded_values():
     """Sections 1 and 11: a run's detection time is a value statistics are computed from (like a session's,
     3 decimals); the mean is rounded once. 0, 0 and 0.75 ms: mean 0.25 -> 0.2 (Python's round, as every
