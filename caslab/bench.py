@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from caslab.context import RunContext
 from caslab.modes import mode_for
-from caslab.netlab import LabNetwork, free_tcp_port
-from caslab.scenario import port_listening, wait_until
+from caslab.netlab import LabNetwork
+from caslab.scenario import start_controller, wait_until
 from caslab.spec import validate
 from labcommon.events import NullLog
 from labcommon.ports import CAS_PORT
@@ -35,17 +34,12 @@ def iperf(lab: LabNetwork, host: str, address: str, seconds: int) -> float:
 def run(seconds: int = 5, rounds: int = 3) -> dict:
     plan = LabPlan.build([{"name": "HQ", "cas": 1, "mailboxes": 0, "clients": 1}])
     work = Path(tempfile.mkdtemp(prefix="caslab-bench-"))
-    port = free_tcp_port()
-    lab = LabNetwork(plan, work, port)
+    lab = LabNetwork(plan, work)
     spec = validate({}, "bench")
-    ctx = RunContext(spec | {"mode": "sdn-nlb"}, plan, lab, work, NullLog(), nlb_api_port=free_tcp_port())
+    ctx = RunContext(spec | {"mode": "sdn-nlb"}, plan, lab, work, NullLog())
     try:
         lab.build()
-        config = mode_for("sdn-nlb").controller_config(ctx)
-        path = ctx.write_config("controller", config)
-        lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher", "--port", str(port),
-                                      "controllers.sdn_nlb"], env={"CASLAB_NLB_CONFIG": str(path)})
-        wait_until(lambda: port_listening(port), 30, "the controller")
+        start_controller(ctx, mode_for("sdn-nlb"))
         lab.start()
         lab.wait_connected()
         cas, client = plan.by_role("cas")[0], plan.by_role("client")[0].name

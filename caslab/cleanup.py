@@ -6,18 +6,20 @@ against their recorded start time, so a recycled pid is never hit), the bridge a
 interface names of its plan, and its conntrack zones. A lab whose runner is still alive
 is refused: cleanup never tears down a running experiment. While one runs, a dead lab's
 processes are still ended (each is checked by pid and start time), but no bridge,
-interface or conntrack zone is touched: the names are fixed (``clab<k>``), so the live
+interface, conntrack zone or Open vSwitch SSL configuration is touched: the names are fixed (``clab<k>``), so the live
 lab owns them now. Never Mininet's global clean-up, never a kill by process name.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
 
-from caslab.netlab import LOCK_PATH, flush_lab_conntrack, sweep_lab_names
+from caslab import system
+from caslab import netlab
+from caslab.netlab import LabError, LabLock, flush_lab_conntrack, sweep_lab_names
+from caslab.ofchannel import ChannelError, restore_ssl
 from caslab.registry import live_labs, same_process
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
 
@@ -40,19 +42,6 @@ def _running(lab: dict) -> bool:
     return isinstance(runner, int) and same_process(runner, lab.get("runner_start"))
 
 
-def lab_lock_held() -> bool:
-    """Another process holds the lab lock: a lab is being built or runs right now."""
-    if not LOCK_PATH.exists():
-        return False
-    with open(LOCK_PATH, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
 def sweep_dead_labs(say=print) -> int:
     """Remove what dead labs left; the caller holds the lab lock, so no lab runs now.
 
@@ -67,6 +56,12 @@ def sweep_dead_labs(say=print) -> int:
     for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
         say(f"removed {name}")
         found += 1
+    try:
+        if system.ovs_running() and restore_ssl():
+            say("restored the Open vSwitch SSL configuration a dead run had replaced")
+            found += 1
+    except ChannelError as exc:
+        say(f"could not restore Open vSwitch's SSL configuration: {exc}")
     return found
 
 
@@ -88,19 +83,28 @@ def _end_dead_lab(folder, lab: dict, procs: list[dict], sweep_names: bool, say=p
 
 
 def run() -> int:
+    """Refuse while a lab runs; otherwise sweep, holding the lab lock throughout, so a run
+    that starts meanwhile waits instead of losing its new bridges to the sweep."""
     labs = live_labs()
     running = [lab for _, lab, _ in labs if _running(lab)]
     for lab in running:
         print(f"refused: the run writing {lab.get('run_dir')} is still running (pid {lab['runner_pid']}); "
               f"stop it first (Ctrl-C or kill -TERM {lab['runner_pid']})")
-    if not running and lab_lock_held():
-        print(f"refused: a lab holds {LOCK_PATH} right now")
-        running = [{}]
-    if running:
-        found = sum(_end_dead_lab(folder, lab, procs, sweep_names=False)
-                    for folder, lab, procs in labs if not _running(lab))
-        print("kept the lab's bridges and interfaces: the running lab owns those names now")
-    else:
-        found = sweep_dead_labs()
+    lock = LabLock(wait_s=0)
+    if not running:
+        try:
+            lock.acquire()
+        except LabError:
+            print(f"refused: a lab holds {netlab.LOCK_PATH} right now")
+            running = [{}]
+    try:
+        if running:
+            found = sum(_end_dead_lab(folder, lab, procs, sweep_names=False)
+                        for folder, lab, procs in labs if not _running(lab))
+            print("kept the lab's bridges and interfaces: the running lab owns those names now")
+        else:
+            found = sweep_dead_labs()
+    finally:
+        lock.release()
     print("nothing of the lab was left" if not found else f"removed {found} leftover(s)")
     return 1 if running else 0

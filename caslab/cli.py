@@ -33,15 +33,27 @@ def cmd_run(args) -> int:
     if args.check:
         print(json.dumps(spec, indent=2, sort_keys=True))
         return 0
-    failed = [c for c in doctor.checks() if c.required and not c.ok]
+    if args.allow_mismatch and not args.cluster:
+        print("caslab: --allow-mismatch only applies to a run with --cluster", file=sys.stderr)
+        return 2
+    failed = [] if args.cluster else [c for c in doctor.checks() if c.required and not c.ok]
     if failed:
         for check in failed:
             print(f"caslab: cannot run: {check.name}: {check.detail}", file=sys.stderr)
         return 3
+    from caslab.cluster_facts import ClusterRefused
     from caslab.netlab import LabError
 
+    execute = runner.run_locally
+    if args.cluster:
+        from caslab.cluster import ClusterExecutor
+
+        execute = ClusterExecutor(args.cluster, allow_mismatch=args.allow_mismatch)
     try:
-        analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force)
+        analysis = runner.run(spec, path, Path(args.out) if args.out else None, force=args.force, execute=execute)
+    except ClusterRefused as exc:
+        print(f"caslab: refused: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("caslab: interrupted; the lab was torn down and the events so far were kept", file=sys.stderr)
         return 130
@@ -76,6 +88,12 @@ def print_table(analysis) -> None:
     for s in analysis.scenarios:
         if not s.trustworthy:
             print(f"UNTRUSTWORTHY {s.label}: {'; '.join(s.untrustworthy_reasons)}")
+
+
+def cmd_worker(args) -> int:
+    from caslab import cluster_worker
+
+    return cluster_worker.main_cli(args)
 
 
 def cmd_report(args) -> int:
@@ -204,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", help="the HA mode (default: sdn-nlb if the spec has it, else its first mode)")
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     up.add_argument("--out", help="result folder (default results/live-<mode>-<timestamp>)")
-    up.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    up.add_argument("--force", action="store_true", help="empty an existing --out folder first (a caslab result folder only)")
     up.add_argument("--no-cli", action="store_true", help="no CLI: stay up until SIGTERM, Ctrl-C or caslab down")
     up.add_argument("--no-clients", action="store_true", help="start no client sessions")
     up.set_defaults(func=cmd_up)
@@ -225,8 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec setting, e.g. --set nlb.fast_fail=false (repeatable)")
     run.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and stop")
-    run.add_argument("--force", action="store_true", help="empty an existing --out folder first")
+    run.add_argument("--force", action="store_true", help="empty an existing --out folder first (a caslab result folder only)")
+    run.add_argument("--cluster", metavar="tcp://HOST:8786",
+                     help="run the repetitions on the lab workers of this Dask scheduler (caslab worker), "
+                          "merged into one result folder here")
+    run.add_argument("--allow-mismatch", action="store_true",
+                     help="with --cluster: accept workers whose commit, Python, packages or datapath differ from "
+                          "this machine's, recording each difference in the manifest")
     run.set_defaults(func=cmd_run)
+    worker = sub.add_parser("worker", help="serve this machine's lab to a cluster run: a Dask worker with one "
+                                           "'lab' resource (run as root, one per lab machine)")
+    worker.add_argument("--scheduler", required=True, metavar="tcp://HOST:8786")
+    worker.add_argument("--name", help="the worker's name in progress lines and the manifest (default: Dask's)")
+    worker.add_argument("--host", help="the address to listen on (default: Dask's choice); 127.0.0.1 for one machine")
+    worker.add_argument("--no-nanny", action="store_true", help="no Dask nanny process restarting the worker")
+    worker.add_argument("--dashboard", action="store_true", help="serve the worker's own Dask dashboard too")
+    worker.set_defaults(func=cmd_worker)
     rep = sub.add_parser("report", help="regenerate summary, CSV, plots and reports from a run's events")
     rep.add_argument("dir")
     rep.set_defaults(func=cmd_report)
@@ -250,13 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     soak.add_argument("--out", default=None)
     soak.set_defaults(func=cmd_soak)
-    nlb = sub.add_parser("nlb", help="the SDN NLB's admin API: the live lab's (default) or, with --port, a run's")
+    nlb = sub.add_parser("nlb", allow_abbrev=False,  # no `--token` for --token-file: the token never on a command line
+                         help="the SDN NLB's admin API: the live lab's (default) or, with --port, a run's")
     nlb.add_argument("--port", type=int, default=None, help="admin API port on 127.0.0.1 (default: the live lab)")
     nlb.add_argument("action", choices=("show", "drain", "rejoin", "down", "up", "affinity"))
     nlb.add_argument("vip", nargs="?")
     nlb.add_argument("member_or_value", nargs="?")
     nlb.add_argument("--deadline", type=float, default=None)
-    nlb.add_argument("--token", default=None, help="the run's API token (in its raw/<run>/config/controller.json)")
+    nlb.add_argument("--token-file", default=None,
+                     help="with --port: a 0600 file holding the run's API token (default: $CASLAB_NLB_TOKEN); "
+                          "caslab up prints its path")
     nlb.set_defaults(func=cmd_nlb)
     return parser
 

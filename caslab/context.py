@@ -8,7 +8,9 @@ It replaces a bag of string keys with named fields whose writer and readers are 
     rcas                services.start_autodiscover      faults.rebind
     dns_server          services.start_dns               modes (client targets)
     nlb_socket          modes.sdn_nlb (config)           modes.sdn_nlb (health agents)
-    nlb_api_port        scenario.lab_up                  modes.sdn_nlb, bench, `caslab nlb`, live lab
+    nlb_api_socket      RunContext (bound on creation)   scenario.start_controller (handed to the controller)
+    nlb_api_port        its port                         modes.sdn_nlb, bench, live lab
+    nlb_token_file()    modes.sdn_nlb (config)           the controller, `caslab nlb --token-file`
     controller          scenario.start_controller        faults.controller_crash
     restart_controller  scenario.start_controller        faults.controller_crash
     timers              faults (delayed actions)         scenario (cancelled at teardown)
@@ -24,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from caslab.netlab import LabNetwork, LabProcess
+from caslab.ofchannel import listening_socket, write_private
 from labcommon.catalogue import HTTP_REQUEST, OP
 from topologies.plan import LabPlan
 
@@ -57,7 +61,9 @@ class RunContext:
     raw_dir: Path
     log: Any
     repetition: int = 0
-    nlb_api_port: int | None = None
+    # the admin API's socket, bound and listening now: no other user can take its port
+    # before the controller serves on it (and be handed the token)
+    nlb_api_socket: socket.socket | None = field(default_factory=listening_socket)
     nlb_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     controller: LabProcess | None = None
     restart_controller: Callable[[], None] | None = None
@@ -77,6 +83,18 @@ class RunContext:
     @property
     def mode(self) -> str:
         return self.spec["mode"]
+
+    @property
+    def nlb_api_port(self) -> int | None:
+        return self.nlb_api_socket.getsockname()[1] if self.nlb_api_socket is not None else None
+
+    def nlb_token_file(self) -> Path:
+        """The admin API's token in a 0600 file of the run's registry entry (under
+        /run/caslab, root's; removed at teardown): never in a config or on a command line."""
+        path = self.lab.record.folder / "nlb-token"
+        if not path.exists():
+            write_private(path, f"{self.nlb_api_token}\n".encode())
+        return path
 
     def store_dir(self) -> Path:
         """Where the mailbox copies keep their SQLite stores while the lab runs: a local
@@ -184,5 +202,7 @@ class RunContext:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
+        if self.nlb_api_socket is not None:
+            self.nlb_api_socket.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)

@@ -10,9 +10,15 @@ from caslab.system import Check
 
 def checks() -> list[Check]:
     out = [Check("root", system.is_root(), "running as root" if system.is_root() else "run as root (sudo)")]
-    ovs = system.ovs_running()
-    out.append(Check("openvswitch", ovs, "ovs-vswitchd answers" if ovs else
-                     "Open vSwitch is not running: start it with /usr/share/openvswitch/scripts/ovs-ctl start"))
+    database, daemon = system.ovs_running(), system.vswitchd_answers()
+    if database and daemon:
+        detail = "ovsdb-server and ovs-vswitchd answer"
+    elif database:
+        detail = ("ovs-vswitchd does not answer (only its database server does): start it with "
+                  "/usr/share/openvswitch/scripts/ovs-ctl start")
+    else:
+        detail = "Open vSwitch is not running: start it with /usr/share/openvswitch/scripts/ovs-ctl start"
+    out.append(Check("openvswitch", database and daemon, detail))
     datapath = system.preferred_datapath()
     out.append(Check("datapath", True, f"{datapath} ({'kernel module loaded' if datapath == 'kernel' else 'no openvswitch kernel module: userspace netdev datapath'})"))
     mnexec = shutil.which("mnexec")

@@ -38,7 +38,7 @@ def prepare_tls(ctx: RunContext) -> None:
     names = [ctx.spec["http"]["external_host"], AUTODISCOVER_NAME]
     names += [a["fqdn"] for a in ctx.arrays().values()]
     names += [h.fqdn for h in ctx.plan.by_role("cas")]
-    ctx.tls = make_lab_tls(ctx.raw_dir / "tls", names)
+    ctx.tls = make_lab_tls(ctx.raw_dir / "tls", names, key_folder=ctx.socket_dir() / "tls")
 
 
 def http_hosts(ctx: RunContext) -> list[HostPlan]:
@@ -107,7 +107,9 @@ def cas_config(ctx: RunContext) -> dict[str, Any] | None:
     users = {u["user"]: u["db"] for c in ctx.plan.by_role("client") for u in users_for(ctx, c) + [probe_user(c)]}
     users.update(http_users(ctx))
     return {"port": HTTPS_PORT, "cert": str(ctx.tls.cert), "key": str(ctx.tls.key), "users": users,
-            "external_url": f"https://{ctx.spec['http']['external_host']}", "time_scale": ctx.spec["http"]["time_scale"]}
+            "external_url": f"https://{ctx.spec['http']['external_host']}", "time_scale": ctx.spec["http"]["time_scale"],
+            # an IN channel is silent at most one keep-alive period: twice that, and some
+            "channel_idle_s": 2 * ctx.spec["http"]["oa_keepalive_s"] * ctx.spec["http"]["time_scale"] + 30}
 
 
 def source_addresses(ctx: RunContext, host: HostPlan, count: int) -> list[str]:

@@ -6,7 +6,8 @@ process running and unknown to the teardown (seen: a mailbox server outlived a r
 stopped during "starting Exchange roles"). Inside ``deferred()`` the handler only notes
 the signal; the interrupt is raised when the section ends, once the pid is recorded.
 Only the main thread defers: a signal handler runs there, and the interrupt must be
-raised there too.
+raised there too. ``caslab up`` installs the same handler with SIGTERM and SIGHUP raising
+its own ``Terminated`` (Mininet's CLI swallows KeyboardInterrupt), so it keeps the deferral.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from typing import Iterator
 
 _depth = 0
 _pending: int | None = None
+_terminate: type[BaseException] | None = None  # what SIGTERM and SIGHUP raise (None: KeyboardInterrupt)
+
+
+def _interrupt(signum: int) -> BaseException:
+    if _terminate is not None and signum in (signal.SIGTERM, signal.SIGHUP):
+        return _terminate(signal.Signals(signum).name)
+    return KeyboardInterrupt(f"signal {signum}")
 
 
 def _handler(signum, _frame) -> None:
@@ -25,13 +33,18 @@ def _handler(signum, _frame) -> None:
     if _depth:
         _pending = signum
         return
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise _interrupt(signum)
 
 
-def install() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (deferrable)."""
+def install(terminate: type[BaseException] | None = None) -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (deferrable); with
+    ``terminate``, SIGTERM and SIGHUP raise that instead (deferrable all the same)."""
+    global _terminate
+    _terminate = terminate
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    if terminate is not None:
+        signal.signal(signal.SIGHUP, _handler)
 
 
 @contextmanager
@@ -48,4 +61,4 @@ def deferred() -> Iterator[None]:
         _depth -= 1
         if _depth == 0 and _pending is not None:
             signum, _pending = _pending, None
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise _interrupt(signum)

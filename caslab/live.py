@@ -3,7 +3,8 @@
 ``caslab up [SPEC] [--mode M]`` builds the network of one scenario of a spec (its first
 sweep point, in the chosen mode) with ``caslab.scenario.lab_up``, so every role, the
 mode's load balancer, the probes and the clients start exactly as in a run. Then it
-prints who is where (host, role, site, address, pids; the NLB admin API's URL and token)
+prints who is where (host, role, site, address, pids; the NLB admin API's URL and the
+0600 file that holds its token)
 and opens the Mininet CLI on the network (``cl1 ping outlook.hq.lab.test``: each host's
 ``/etc/resolv.conf`` is bind-mounted, inside that host's own mount namespace, to the lab's
 DNS server). From a second shell ``caslab fault KIND TARGET``, ``caslab nlb ...`` and
@@ -31,7 +32,7 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
-from caslab import nlb_client, plan_view, runner, scenario as scenario_mod, spec as spec_mod, system
+from caslab import interrupts, nlb_client, plan_view, runner, scenario as scenario_mod, spec as spec_mod, system
 from caslab.live_control import ControlServer
 from caslab.netlab import LabError
 from caslab.scenario_check import check_fault_in
@@ -89,13 +90,10 @@ def describe(request: dict[str, Any]) -> str:
     return op
 
 
-def _raise_terminated(signum, _frame):
-    raise Terminated(signal.Signals(signum).name)
-
-
 def catch_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    """SIGTERM and SIGHUP raise Terminated, held back while the lab records a process it
+    starts (caslab/interrupts.py), as every command's SIGTERM is."""
+    interrupts.install(terminate=Terminated)
 
 
 def mute_signals() -> None:
@@ -130,12 +128,13 @@ class LiveLab:
         rows = plan_view.host_rows(plan, self.pids)
         rows += [["r1", "router", "-", "-"] + self.pids("r1")] if plan.routed else []
         ctl = self.ctx.controller
-        rows.append(["(root)", "controller", "-", f"127.0.0.1:{self.up.of_port}",
+        rows.append(["(root)", "controller", "-", f"ssl:127.0.0.1:{self.up.of_port}",
                      f"{ctl.name}:{ctl.pid}" if ctl is not None and ctl.alive() else "-"])
         lines = [plan_view.table(["host", "role", "site", "address", "pids"], rows), ""]
         lines += plan_view.arrays_lines(self.scenario, plan)
         if self.has_api:
-            lines.append(f"admin API: http://127.0.0.1:{self.ctx.nlb_api_port}/nlb  token: {self.ctx.nlb_api_token}")
+            lines.append(f"admin API: http://127.0.0.1:{self.ctx.nlb_api_port}/nlb  "
+                         f"token file (0600): {self.ctx.nlb_token_file()}")
         lines.append(f"results:   {self.run_dir}   (written when the lab goes down; then: caslab report DIR)")
         lines.append(f"datapath:  {lab.datapath}; names resolve in every host (search {LAB_DOMAIN})")
         return "\n".join(lines)
@@ -224,7 +223,8 @@ class LiveLab:
         path.write_text(f"nameserver {self.ctx.dns_server}\nsearch {LAB_DOMAIN}\noptions timeout:1 attempts:2\n")
         failed = []
         for node in self.ctx.lab.net.hosts:
-            code, out = self.ctx.lab.run_in(node.name, ["mount", "--bind", str(path), "/etc/resolv.conf"])
+            code, out = self.ctx.lab.run_in(node.name, ["mount", "--bind", "--", str(path.absolute()),
+                                                        "/etc/resolv.conf"])
             if code != 0:
                 failed.append(f"{node.name}: {out.strip()[:80]}")
         if failed:
@@ -274,7 +274,7 @@ def main_cli(args) -> int:
     if failed:
         return 3
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.out) if args.out else runner.results_dir() / f"live-{scenario['mode']}-{stamp}"
+    run_dir = runner.result_folder(args.out, f"live-{scenario['mode']}-{stamp}")
     try:
         runner.prepare_folder(run_dir, args.force)
     except LabError as exc:

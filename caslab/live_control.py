@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from caslab.registry import running_live_lab
+from labcommon.protocol import MAX_DEPTH, nesting_depth
 
 MAX_REQUEST = 65536
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -50,16 +51,29 @@ class ControlServer(threading.Thread):
                 return
             with conn:
                 conn.settimeout(10)
-                try:
-                    request = json.loads(read_line(conn))
-                    reply = self.handler(request) if isinstance(request, dict) else {"ok": False,
-                                                                                     "error": "a JSON object"}
-                except (OSError, ValueError) as exc:
-                    reply = {"ok": False, "error": f"bad request: {exc}"}
+                reply = self.answer(conn)
                 try:
                     conn.sendall((json.dumps(reply) + "\n").encode())
                 except OSError:
                     continue
+
+    def answer(self, conn: socket.socket) -> dict[str, Any]:
+        """The reply to one request; nothing a request holds ends this thread (deep
+        nesting, bytes that are not UTF-8, a bug in the handler), or ``caslab down``
+        would wait for an answer that never comes."""
+        try:
+            text = read_line(conn).decode("utf-8")
+            if nesting_depth(text) > MAX_DEPTH:
+                raise ValueError(f"JSON nests deeper than {MAX_DEPTH}")
+            request = json.loads(text)
+        except (OSError, ValueError, RecursionError) as exc:
+            return {"ok": False, "error": f"bad request: {str(exc)[:200]}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "bad request: a JSON object"}
+        try:
+            return self.handler(request)
+        except Exception as exc:  # noqa: BLE001 - refused, and the next request is served
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
     def close(self) -> None:
         self.closed.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from caslab import interrupts, system
+from caslab.ofchannel import Channel, ChannelError
 from caslab.procstat import process_cpu_ms
 from caslab.registry import LabRecord
 from topologies.plan import SWITCH_PREFIX, LabPlan
@@ -42,6 +43,13 @@ class LabLock:
     fails at once with a clear error) instead of tearing into the first one's bridges.
     Re-entrant within a process: ``caslab soak`` holds it across its runs and checks, so
     no other lab can appear between a run and the check that the run left nothing.
+
+    The lock file is root's, 0600, in a folder only root may write to: no other user can
+    open it, so none can flock it and block every run. A lock file others may open (an
+    older caslab made it 0644) is replaced by a private one unless a process of root's
+    holds it (a lab of that older caslab, which is respected); whoever held the old file
+    then holds nothing. After taking the lock a holder checks that the path still names
+    the file it locked, so a replacement never lets two labs in.
     """
 
     _handle = None  # the process's one open lock file while any holder has it
@@ -58,19 +66,21 @@ class LabLock:
         self.held = True
 
     def _lock_file(self):
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(LOCK_PATH, "a+")
         deadline = time.monotonic() + self.wait_s
         while True:
+            handle = _open_lock_file()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
             except BlockingIOError:
+                handle.close()
                 if time.monotonic() >= deadline:
-                    handle.close()
                     raise LabError("another caslab network is running on this machine (lock "
                                    f"{LOCK_PATH}); wait for it, or set CASLAB_LOCK_WAIT_S to queue") from None
                 time.sleep(0.2)
+                continue
+            if _same_file(handle, LOCK_PATH):
+                return handle
+            handle.close()  # replaced meanwhile: lock the file the path names now
 
     def release(self) -> None:
         if not self.held:
@@ -90,10 +100,55 @@ class LabLock:
         self.release()
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _same_file(handle, path: Path) -> bool:
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _private(info: os.stat_result) -> bool:
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def _open_lock_file():
+    """The lock file, opened; made private first if it was not (see LabLock)."""
+    folder = LOCK_PATH.parent
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise LabError(f"{folder}: must be a folder of the user running the lab (uid {os.geteuid()}), "
+                       f"not a link or another user's (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        os.chmod(folder, stat.S_IMODE(info.st_mode) & ~0o022)
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    info = os.fstat(fd)
+    if not _private(info) and not any(uid == os.geteuid() for uid in _lock_holders(info)):
+        fresh = folder / f".lab.lock.{os.getpid()}"
+        new_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.replace(fresh, LOCK_PATH)
+        os.close(fd)
+        fd = new_fd
+    return os.fdopen(fd, "r+")
+
+
+def _lock_holders(info: os.stat_result) -> list[int]:
+    """The uids of the processes holding a lock on this file (from /proc/locks)."""
+    node = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    uids = []
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return [os.geteuid()]  # cannot tell: assume a lab holds it
+    for line in lines:
+        fields = line.replace("->", "").split()
+        if len(fields) >= 6 and fields[5] == node:
+            try:
+                uids.append(os.stat(f"/proc/{fields[4]}").st_uid)
+            except (OSError, ValueError):
+                continue
+    return uids
 
 
 def existing_bridges() -> list[str]:
@@ -181,13 +236,17 @@ class LabNetwork:
 
     plan: LabPlan
     run_dir: Path
-    controller_port: int
     datapath: str = field(default_factory=system.preferred_datapath)
     topo_options: dict = field(default_factory=dict)
     net: object = None
     processes: list[LabProcess] = field(default_factory=list)
     lock: LabLock = field(default_factory=LabLock)
     record: LabRecord | None = None
+    channel: Channel | None = None  # the OpenFlow channel (caslab/ofchannel.py), from build() on
+
+    @property
+    def controller_port(self) -> int | None:
+        return self.channel.port if self.channel is not None else None
 
     # ---- build -----------------------------------------------------------------------
 
@@ -207,9 +266,13 @@ class LabNetwork:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
                            f"or a killed run left them (remove with: caslab cleanup)")
         self.record = LabRecord.create(self.run_dir, self.plan.switch_names(), self.datapath_name)
+        try:
+            self.channel = Channel.open(self.record.folder / "tls", owner=self.record.folder.name)
+        except ChannelError as exc:
+            raise LabError(str(exc)) from None
         switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
                          reconnectms=1000)
-        controller = partial(RemoteController, ip="127.0.0.1", port=self.controller_port)
+        controller = partial(RemoteController, ip="127.0.0.1", port=self.channel.port, protocol="ssl")
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
         self.net.build()
@@ -305,13 +368,13 @@ class LabNetwork:
         switches = self.plan.switch_names()
         while time.monotonic() < deadline:
             rows = system.run(["ovs-vsctl", "--timeout=3", "--columns=is_connected", "find", "Controller",
-                               f"target=\"tcp:127.0.0.1:{self.controller_port}\""]).stdout
+                               f"target=\"{self.channel.target}\""]).stdout
             connected = rows.count("true")
             if connected >= len(switches):
                 return
             time.sleep(0.1)
-        raise LabError(f"switches {switches} did not connect to the controller on port "
-                       f"{self.controller_port} within {timeout_s:.0f} s")
+        raise LabError(f"switches {switches} did not connect to the controller at {self.channel.target} "
+                       f"within {timeout_s:.0f} s (see logs/controller.log)")
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -333,16 +396,25 @@ class LabNetwork:
             threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
 
-    def popen_root(self, name: str, argv: list[str], env: dict | None = None) -> LabProcess:
-        """Start argv in the root namespace (the controller), in its own process group."""
+    def popen_root(self, name: str, argv: list[str], env: dict | None = None,
+                   pass_fds: tuple[int, ...] = ()) -> LabProcess:
+        """Start argv in the root namespace (the controller), in its own process group;
+        ``pass_fds``: the listening sockets it inherits."""
         log = self._log_file(name)
         with interrupts.deferred():
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
+                                     start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
             proc = LabProcess(name, None, popen, log)
             self.processes.append(proc)
             self._register(proc)
         return proc
+
+    def popen_controller(self, app: str, env: dict | None = None, pass_fds: tuple[int, ...] = ()) -> LabProcess:
+        """Start the controller app on the lab's OpenFlow channel (after ``build``): it
+        inherits the listening socket and speaks TLS with the channel's certificates;
+        ``pass_fds``: further sockets it inherits (the admin API's)."""
+        argv = [sys.executable, "-m", "controllers.launcher", *self.channel.controller_args(), app]
+        return self.popen_root("controller", argv, env=env, pass_fds=(self.channel.sock.fileno(), *pass_fds))
 
     def _register(self, proc: LabProcess) -> None:
         """Record the process the moment it exists, so a hard-killed run can be cleaned up."""
@@ -383,6 +455,12 @@ class LabNetwork:
                     shell.wait(5)
         sweep_lab_names(self.plan.switch_names())
         flush_lab_conntrack(self.datapath_name, len(self.plan.sites))
+        if self.channel is not None:
+            try:
+                self.channel.close()  # Open vSwitch's SSL configuration back as it was
+            except ChannelError as exc:
+                errors.append(f"OpenFlow channel: {exc}")
+            self.channel = None
         if self.record is not None:
             self.record.remove()
         self.lock.release()

@@ -40,7 +40,8 @@ def host_rows(plan: LabPlan, extra: Callable[[str], list[str]] | None = None) ->
 
 def dry_context(scenario: dict[str, Any], plan: LabPlan) -> RunContext:
     """A run context without a network: enough for the mode's and Exchange's pure answers."""
-    ctx = RunContext(scenario, plan, lab=None, raw_dir=None, log=None)  # type: ignore[arg-type]
+    ctx = RunContext(scenario, plan, lab=None, raw_dir=None, log=None,  # type: ignore[arg-type]
+                     nlb_api_socket=None)  # no controller: no socket to bind
     ctx.databases = services.database_layout(scenario, plan)
     return ctx
 

@@ -14,9 +14,16 @@ FILES = [
                       "HAProxy, dnsmasq), `packages` (every installed Python distribution and its version), "
                       "`python`, `platform` (OS: name, version, kernel, machine), `git` (commit, dirty), "
                       "`complete`, `failures`; `live: true` for a live lab (`caslab up`), whose "
-                      "`spec.timing.observe_s` is then the time it was up."),
-    ("events.jsonl", "Every event of every process of every run, one JSON object per line, sorted by `ts` "
-                     "(CLOCK_MONOTONIC ns), tagged with `scenario` and `rep`: the single source of truth. "
+                      "`spec.timing.observe_s` is then the time it was up. A cluster run (`caslab run "
+                      "--cluster`) records the runner's machine there and adds `cluster`: `scheduler`, "
+                      "`dashboard`, `allow_mismatch`, `runner` (host, git, python, datapath), `workers` (per "
+                      "worker name: host, git, python, datapath, versions, platform, the compared `packages`), "
+                      "`runs` (per repetition: scenario, rep, worker, host, address, `attempts` (every worker "
+                      "that started it, in order), seconds, error, `differences` from the runner, empty "
+                      "unless `--allow-mismatch`), `lost` (repetitions re-run after their worker left)."),
+    ("events.jsonl", "Every event of every process of every run, one JSON object per line, each run's sorted "
+                     "by `ts` (CLOCK_MONOTONIC ns of the machine that ran it), tagged with `scenario` and `rep`, "
+                     "runs in the order they ended: the single source of truth. "
                      "Schema: docs/EVENTS.md."),
     ("summary.json", "Per scenario (`scenarios[]`): id, label, mode, params, repetitions, sessions, goodput "
                      "(per second, aligned on the first fault), CPU idle, `fidelity_ok`, `trustworthy` with "

@@ -6,7 +6,8 @@
         raw/            per-run process logs and configs (kept even when a run fails)
         summary.json, summary.csv, *.png, report.md, report.html   (caslab report DIR)
 
-Runs are sequential: one network at a time on a 2-core machine.
+Runs are sequential on one machine (one network at a time); ``caslab run --cluster``
+spreads the same repetitions over lab machines (caslab.cluster) into the same folder.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
-
 import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
 
 from caslab import report, scenario as scenario_mod, spec as spec_mod, system
 from caslab.netlab import LabError
 from caslab.plan_view import STARTUP_S, duration_text
+from caslab.safefs import write_file
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -76,13 +78,37 @@ class Progress:
 def prepare_folder(out: Path, force: bool) -> None:
     """A result folder starts empty: reusing a run's folder would mix its events and
     mailbox stores with the new run's (message ids repeat, a lost message looks stored)."""
-    if out.exists() and not out.is_dir():
-        raise LabError(f"{out} exists and is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise LabError(f"{out} exists and is not a folder (a symlink is not one either)")
+    if out.exists() and os.geteuid() == 0:
+        owner, sudo_uid = out.stat().st_uid, os.environ.get("SUDO_UID", "")
+        if owner != 0 and str(owner) != sudo_uid:
+            raise LabError(f"{out} belongs to uid {owner}: root writes a run only into a new folder, or one "
+                           f"of root or of the user who ran sudo (another account could plant links in it)")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise LabError(f"{out} is not empty: choose a new folder, or --force to empty it first")
+        if not is_result_folder(out):
+            raise LabError(f"{out} is not a caslab result folder (no manifest.json of a run): --force empties "
+                           f"only those; choose a new folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def result_folder(out: str | Path | None, default_name: str) -> Path:
+    """The run's folder as an absolute path: ``--out`` as given (``-x`` too, a folder name
+    like any other) or results/NAME. Absolute, so no path handed to a program (mount, a
+    role's config) can start with "-" and be read as an option."""
+    return (Path(out) if out else results_dir() / default_name).absolute()
+
+
+def is_result_folder(folder: Path) -> bool:
+    """A folder a run wrote: its manifest.json is a JSON object with the run's spec."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("spec"), dict) and "run_id" in manifest
 
 
 def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False) -> Path:
@@ -91,39 +117,84 @@ def run_experiment(spec: dict[str, Any], spec_path: Path, out: Path | None = Non
     return analysis.run_dir
 
 
-def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False):
-    """Run every scenario and write the report; returns the analysis the report shows."""
+@dataclass(frozen=True)
+class RepTask:
+    """One scenario repetition: the unit a local run loops over and a cluster run submits
+    as one task. Its seeds come from the scenario and ``rep`` alone (services.py,
+    http_services.py), so whichever machine runs it draws the same operations."""
+
+    index: int          # 1-based position in the plan (progress shows [index/total])
+    scenario_id: str
+    label: str
+    rep: int            # 0-based, as events and seeds count it
+    scenario: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def raw_name(self) -> str:
+        """Its folder under raw/ (and its task key on a cluster)."""
+        return f"{self.scenario_id}-r{self.rep + 1}"
+
+
+def task_plan(scenarios: list[dict[str, Any]], metas: list[dict[str, Any]], reps: int,
+              order: str = "scenarios") -> list[RepTask]:
+    """Every repetition of every scenario, in the order a local run runs them
+    (``experiment.order``, see ``run_order``); a cluster submits them in that order."""
+    return [RepTask(count, metas[index]["id"], metas[index]["label"], rep, scenarios[index])
+            for count, (index, rep) in enumerate(run_order(len(scenarios), reps, order), start=1)]
+
+
+def run_repetition(task: RepTask, raw_dir: Path, events_out: TextIO, progress: Callable[[str], None]) -> None:
+    """The one-repetition path of every run, local or on a cluster worker: run the
+    scenario once, then append its raw logs (tagged, time-ordered) to ``events_out``,
+    whatever happened."""
+    try:
+        scenario_mod.run_scenario(task.scenario, task.rep, raw_dir, progress)
+    finally:
+        scenario_mod.merge_raw(raw_dir, events_out, task.scenario_id, task.rep)
+
+
+def failure_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+
+
+def run_locally(tasks: list[RepTask], run_dir: Path, manifest: dict[str, Any], events_out: TextIO,
+                progress: Progress) -> None:
+    """The repetitions one after another on this machine (one network at a time)."""
+    for task in tasks:
+        progress.run(task.index, task.label, task.rep)
+        try:
+            run_repetition(task, run_dir / "raw" / task.raw_name, events_out, progress)
+        except Exception as exc:
+            error = failure_text(exc)
+            manifest["failures"].append({"scenario": task.scenario_id, "rep": task.rep, "error": error})
+            progress(f"FAILED: {error}")
+            raise
+
+
+def run(spec: dict[str, Any], spec_path: Path, out: Path | None = None, force: bool = False,
+        execute: Callable[..., None] = run_locally):
+    """Run every scenario and write the report; returns the analysis the report shows.
+
+    ``execute(tasks, run_dir, manifest, events_out, progress)`` runs the repetitions:
+    here one after another, or spread over a cluster (caslab.cluster); the folder, the
+    manifest, the merged events and the report are this function's either way."""
     name = spec["experiment"]["name"]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out else results_dir() / f"{name}-{stamp}"
+    run_dir = result_folder(out, f"{name}-{stamp}")
     prepare_folder(run_dir, force)
     scenarios = spec_mod.scenarios(spec)
     metas = scenario_metas(scenarios)
     manifest = new_manifest(run_dir, spec, spec_path, metas)
     write_manifest(run_dir, manifest)
-    reps = spec["experiment"]["repetitions"]
+    tasks = task_plan(scenarios, metas, spec["experiment"]["repetitions"], spec["experiment"]["order"])
     timing = spec["timing"]
-    progress = Progress(len(scenarios) * reps, estimate_s=STARTUP_S + timing["warmup_s"] + timing["observe_s"])
+    progress = Progress(len(tasks), estimate_s=STARTUP_S + timing["warmup_s"] + timing["observe_s"])
     events_path = run_dir / "events.jsonl"
     events_path.write_text("")
-    count = 0
     analysis = None
     try:
         with open(events_path, "a", encoding="utf-8") as events_out:
-            for index, rep in run_order(len(scenarios), reps, spec["experiment"]["order"]):
-                scenario, meta = scenarios[index], metas[index]
-                count += 1
-                progress.run(count, meta["label"], rep)
-                raw_dir = run_dir / "raw" / f"{meta['id']}-r{rep + 1}"
-                try:
-                    scenario_mod.run_scenario(scenario, rep, raw_dir, progress)
-                except Exception as exc:
-                    error = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
-                    manifest["failures"].append({"scenario": meta["id"], "rep": rep, "error": error})
-                    progress(f"FAILED: {error}")
-                    raise
-                finally:
-                    scenario_mod.merge_raw(raw_dir, events_out, meta["id"], rep)
+            execute(tasks, run_dir, manifest, events_out, progress)
         manifest["complete"] = True
     finally:
         write_manifest(run_dir, manifest)
@@ -156,7 +227,7 @@ def refresh_index(run_dir: Path) -> None:
         return
     try:
         index.write_index(folder)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # a neighbour's, not this run's
         print(f"caslab: could not update {folder / 'index.html'}: {exc}", file=sys.stderr)
 
 
@@ -175,4 +246,4 @@ def new_manifest(run_dir: Path, spec: dict[str, Any], spec_path: Path, metas: li
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    write_file(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -12,9 +12,7 @@ event logs written so far stay on disk.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -26,7 +24,7 @@ from caslab import faults, http_services, hypervisor, procstat, services, system
 from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
-from caslab.netlab import LabError, LabNetwork, LabProcess, free_tcp_port
+from caslab.netlab import LabError, LabNetwork, LabProcess
 from labcommon.catalogue import (
     CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, HTTP_AUTODISCOVER, HTTP_REQUEST, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
     OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP, WAN_FIREWALL,
@@ -92,12 +90,6 @@ def wait_for_events(tail: LogTail, want: int, key: Callable[[str, dict], str | N
     return seen
 
 
-def port_listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 class CpuSampler(threading.Thread):
     """Logs CPU idle % once a second (Mininet-HiFi's fidelity check wants >= 35 %)."""
 
@@ -158,20 +150,24 @@ def ready_session(source: str, ev: dict) -> str | None:
     return None
 
 
-def start_controller(ctx: RunContext, mode: Mode, port: int) -> None:
+def start_controller(ctx: RunContext, mode: Mode) -> None:
+    """Start the mode's controller app on the lab's OpenFlow channel (after ``lab.build``).
+    It inherits the channel's listening socket and, with an admin API, the API's: both stay
+    bound by the runner, so a restarted controller (``controller-crash``) gets them again
+    and nobody else can take either port meanwhile."""
     config = mode.controller_config(ctx)
-    env = {}
+    env, fds = {}, ()
     if config is not None:
         env["CASLAB_NLB_CONFIG"] = str(ctx.write_config("controller", config))
+        if config.get("api"):
+            fds = (ctx.nlb_api_socket.fileno(),)
 
     def launch():
-        ctx.controller = ctx.lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher",
-                                                          "--port", str(port), mode.controller_app], env=env)
+        ctx.controller = ctx.lab.popen_controller(mode.controller_app, env=env, pass_fds=fds)
         ctx.log.emit(CONTROLLER_START, app=mode.controller_app, pid=ctx.controller.pid)
 
     launch()
     ctx.restart_controller = launch
-    wait_until(lambda: port_listening(port), 30, f"the controller to listen on 127.0.0.1:{port}")
 
 
 def start_captures(ctx: RunContext) -> None:
@@ -247,10 +243,9 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
     raw_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_from_topology(scenario["topology"])
     mode = mode_for(scenario["mode"])
-    of_port = free_tcp_port()
     log = EventLog(raw_dir / "runner.jsonl", "runner")
-    lab = LabNetwork(plan, raw_dir, of_port, topo_options=wan_options(scenario, log, progress))
-    ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition, nlb_api_port=free_tcp_port())
+    lab = LabNetwork(plan, raw_dir, topo_options=wan_options(scenario, log, progress))
+    ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition)
     sampler, watcher = CpuSampler(log), ExitWatcher(ctx)
     timing = scenario["timing"]
     log.emit(SCENARIO_START, mode=scenario["mode"], label=scenario["label"], repetition=repetition,
@@ -259,7 +254,7 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         sampler.start()
         progress("building network")
         lab.build()
-        start_controller(ctx, mode, of_port)
+        start_controller(ctx, mode)
         lab.start()
         lab.wait_connected()
         mode.prepare(ctx)
@@ -281,7 +276,7 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         if scenario["probe"]["capture"]:
             start_captures(ctx)
         start_probers(ctx, mode)
-        up = LabUp(ctx, mode, of_port, [], watcher)
+        up = LabUp(ctx, mode, lab.controller_port, [], watcher)
         watcher.start()
         if clients:
             progress("starting clients")

@@ -129,16 +129,25 @@ def dns_records(ctx: RunContext, array_addresses: dict[str, list[str]]) -> dict[
     return records
 
 
-def start_dns(ctx: RunContext, records: dict[str, list[str]]) -> LabProcess:
-    """A real DNS server (dnsmasq) in dns1, authoritative for the lab's names only."""
-    dns = ctx.plan.by_role("dns")[0]
-    ttl = ctx.spec["dns"]["ttl_s"]
+DNS_USER, DNS_GROUP = "nobody", "nogroup"  # dnsmasq binds port 53, then runs as these
+
+
+def dnsmasq_argv(listen_ip: str, records: dict[str, list[str]], ttl: int) -> list[str]:
+    """dnsmasq authoritative for ``records`` only, on one address, as an unprivileged user
+    once its socket is bound (a parser of network input never runs as root)."""
     argv = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
-            "--bind-interfaces", f"--listen-address={dns.ip}", "--port=53", "--user=root", "--pid-file=",
-            "--log-facility=-"]
+            "--bind-interfaces", f"--listen-address={listen_ip}", "--port=53", f"--user={DNS_USER}",
+            f"--group={DNS_GROUP}", "--pid-file=", "--log-facility=-"]
     for name in sorted(records):
         for ip in records[name]:
             argv.append(f"--host-record={name},{ip},{ttl}")
+    return argv
+
+
+def start_dns(ctx: RunContext, records: dict[str, list[str]]) -> LabProcess:
+    """A real DNS server (dnsmasq) in dns1, authoritative for the lab's names only."""
+    dns = ctx.plan.by_role("dns")[0]
+    argv = dnsmasq_argv(dns.ip, records, ctx.spec["dns"]["ttl_s"])
     ctx.dns_server = dns.ip
     (ctx.raw_dir / "dns-records.json").write_text(json.dumps(records, indent=1, sort_keys=True))
     return ctx.lab.popen_in(dns.name, "dnsmasq", argv)

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from caslab import safefs
+
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 
 
@@ -35,6 +37,16 @@ def ovs_running() -> bool:
         return False
     try:
         return run(["ovs-vsctl", "--timeout=3", "show"]).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def vswitchd_answers() -> bool:
+    """ovs-vswitchd itself answers (``ovs_running`` asks only its database server)."""
+    if not shutil.which("ovs-appctl"):
+        return False
+    try:
+        return run(["ovs-appctl", "--timeout=3", "-t", "ovs-vswitchd", "version"]).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -123,23 +135,13 @@ def installed_packages() -> dict[str, str]:
 
 def give_to_invoking_user(path: str, recursive: bool = True) -> None:
     """Under sudo, hand a result folder (or file) to the user who ran sudo (SUDO_UID), not
-    to root. ``recursive=False``: the folder itself only (``results/``, made by a run)."""
+    to root. ``recursive=False``: the folder itself only (``results/``, made by a run).
+    Never through a symlink, even one swapped in meanwhile (``caslab.safefs``)."""
     uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
     if os.geteuid() != 0 or not uid or not uid.isdigit():
         return
     gid_n = int(gid) if gid and gid.isdigit() else -1
-    if not recursive or not os.path.isdir(path):
-        try:
-            os.lchown(path, int(uid), gid_n)
-        except OSError:
-            pass
-        return
-    for root, dirs, files in os.walk(path):
-        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-            try:
-                os.lchown(name, int(uid), gid_n)
-            except OSError:
-                continue
+    safefs.chown_tree(path, int(uid), gid_n, recursive=recursive and os.path.isdir(path))
 
 
 def versions() -> dict[str, str | None]:

@@ -13,7 +13,9 @@ _WANT = os.environ.get("CASLAB_FRAMEWORK", "os_ken")
 if _WANT == "ryu":
     from ryu.base import app_manager  # type: ignore[no-redef]
     from ryu.controller import ofp_event  # type: ignore[no-redef]
-    from ryu.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls  # type: ignore[no-redef]
+    from ryu.controller.handler import (  # type: ignore[no-redef]
+        CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls,
+    )
     from ryu.lib import hub  # type: ignore[no-redef]
     from ryu.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp  # type: ignore[no-redef]
     from ryu.ofproto import ofproto_v1_3, ofproto_v1_5  # type: ignore[no-redef]
@@ -23,7 +25,7 @@ if _WANT == "ryu":
 else:
     from os_ken.base import app_manager
     from os_ken.controller import ofp_event
-    from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+    from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
     from os_ken.lib import hub
     from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp
     from os_ken.ofproto import ofproto_v1_3, ofproto_v1_5
@@ -32,6 +34,6 @@ else:
     FRAMEWORK = "os_ken"
 
 __all__ = [
-    "BaseApp", "CONFIG_DISPATCHER", "FRAMEWORK", "MAIN_DISPATCHER", "app_manager", "arp", "ethernet",
+    "BaseApp", "CONFIG_DISPATCHER", "DEAD_DISPATCHER", "FRAMEWORK", "MAIN_DISPATCHER", "app_manager", "arp", "ethernet",
     "hub", "icmp", "ipv4", "ofp_event", "ofproto_v1_3", "ofproto_v1_5", "packet", "set_ev_cls", "tcp",
 ]

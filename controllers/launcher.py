@@ -5,6 +5,12 @@ parse options, load apps, instantiate, join, and always ``close()``. It avoids
 ``AppManager.run_apps()``, whose shutdown breaks on native threads.
 
     python -m controllers.launcher --port 6653 [--framework os_ken|ryu] controllers.sdn_nlb
+    python -m controllers.launcher --listen-fd 5 --ctl-privkey K --ctl-cert C --ca-certs CA controllers.sdn_nlb
+
+The lab uses the second form (caslab/ofchannel.py): the runner binds the listening socket
+and the controller inherits it (no moment in which another user could take the port), and
+the switches must present a certificate of the run's CA (mutual TLS). An accepted
+connection that has not finished its TLS handshake within HANDSHAKE_S is dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
+
+HANDSHAKE_S = 5.0
 
 
 def patch_ryu_for_modern_python() -> None:
@@ -23,7 +32,34 @@ def patch_ryu_for_modern_python() -> None:
         eventlet.wsgi.ALREADY_HANDLED = object()
 
 
-def run(apps: list[str], port: int, host: str, framework: str) -> None:
+class InheritedListener:
+    """The listening socket the runner bound, as os-ken's StreamServer uses it (``accept``):
+    each accepted connection gets a deadline for its TLS handshake (os-ken's Datapath
+    sets its own socket timeout once the handshake is done)."""
+
+    def __init__(self, fd: int):
+        self.sock = socket.socket(fileno=fd)
+        if self.sock.type != socket.SOCK_STREAM:
+            raise SystemExit(f"--listen-fd {fd}: not a stream socket")
+
+    def accept(self):
+        conn, addr = self.sock.accept()
+        conn.settimeout(HANDSHAKE_S)
+        return conn, addr
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def serve_on_inherited(hub, fd: int) -> int:
+    """Make os-ken's OpenFlow server use the inherited socket; returns its port."""
+    listener = InheritedListener(fd)
+    hub.listen = lambda *args, **kwargs: listener  # what hub.StreamServer calls to bind
+    return listener.sock.getsockname()[1]
+
+
+def run(apps: list[str], port: int | None, host: str, framework: str, listen_fd: int | None = None,
+        tls: dict[str, str] | None = None) -> None:
     os.environ["CASLAB_FRAMEWORK"] = framework
     # The controller's threads (OpenFlow, health, API, challenges) hand the GIL over every
     # 0.5 ms instead of 5: a failover's handler waits less for an unrelated thread.
@@ -42,7 +78,17 @@ def run(apps: list[str], port: int, host: str, framework: str) -> None:
         from os_ken.lib import hub
         project = "os_ken"
 
-    cfg.CONF([f"--ofp-tcp-listen-port={port}", f"--ofp-listen-host={host}"], project=project)
+    if listen_fd is not None:
+        if framework != "os_ken":
+            raise SystemExit("--listen-fd needs os-ken (the lab's framework)")
+        port = serve_on_inherited(hub, listen_fd)
+    options = [f"--ofp-listen-host={host}"]
+    if tls:
+        options += [f"--ofp-ssl-listen-port={port}", f"--ctl-privkey={tls['privkey']}", f"--ctl-cert={tls['cert']}",
+                    f"--ca-certs={tls['ca']}"]
+    else:
+        options.append(f"--ofp-tcp-listen-port={port}")
+    cfg.CONF(options, project=project)
     manager = AppManager.get_instance()
     manager.load_apps(apps + [f"{project}.controller.ofp_handler"])
     contexts = manager.create_contexts()
@@ -56,17 +102,25 @@ def run(apps: list[str], port: int, host: str, framework: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("apps", nargs="+", help="app modules, e.g. controllers.sdn_nlb")
-    parser.add_argument("--port", type=int, default=6653, help="OpenFlow listen port")
+    parser.add_argument("--port", type=int, default=6653, help="OpenFlow listen port (without --listen-fd)")
+    parser.add_argument("--listen-fd", type=int, default=None, help="an inherited listening socket to serve on")
+    parser.add_argument("--ctl-privkey", help="TLS: the controller's private key")
+    parser.add_argument("--ctl-cert", help="TLS: the controller's certificate")
+    parser.add_argument("--ca-certs", help="TLS: the CA a switch's certificate must be signed by")
     parser.add_argument("--host", default="127.0.0.1", help="OpenFlow listen address (loopback)")
     parser.add_argument("--framework", choices=("os_ken", "ryu"), default="os_ken")
     args = parser.parse_args(argv)
+    tls_args = (args.ctl_privkey, args.ctl_cert, args.ca_certs)
+    if any(tls_args) and not all(tls_args):
+        parser.error("TLS needs all of --ctl-privkey, --ctl-cert and --ca-certs")
+    tls = dict(zip(("privkey", "cert", "ca"), tls_args)) if all(tls_args) else None
 
     def stop(signum, _frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        run(args.apps, args.port, args.host, args.framework)
+        run(args.apps, args.port, args.host, args.framework, args.listen_fd, tls)
     except (SystemExit, KeyboardInterrupt):
         pass
     finally:

@@ -52,6 +52,8 @@ class FailoverMixin:
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply_handler(self, ev):
+        if not self._live(ev.msg.datapath):
+            return
         applied = self.barriers.pop((ev.msg.datapath.id, ev.msg.xid), None)
         if applied is not None:
             applied.set()

@@ -37,7 +37,7 @@ from controllers.nlb_failover import FailoverMixin
 from controllers.nlb_membership import MembershipMixin
 from controllers.nlb_probes import HealthMixin
 from controllers.compat import (
-    CONFIG_DISPATCHER, MAIN_DISPATCHER, BaseApp, hub, ofp_event, ofproto_v1_3, ofproto_v1_5, set_ev_cls,
+    CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, BaseApp, hub, ofp_event, ofproto_v1_3, ofproto_v1_5, set_ev_cls,
 )
 from controllers.nlb_flows import FORWARD, REVERSE, Cookie, FlowBuilder
 from controllers.nlb_logic import Connection
@@ -46,7 +46,7 @@ from controllers.nlb_state import (
 )
 from labcommon.catalogue import (
     NLB_CONN, NLB_RELEARN, NLB_RESET,
-    NLB_SWITCH, NLB_SWITCH_ERROR, NLB_SWITCH_UNUSABLE, NLB_UP,
+    NLB_SWITCH, NLB_SWITCH_ERROR, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED, NLB_SWITCH_UNUSABLE, NLB_UP,
 )
 from labcommon.events import EventLog, NullLog, now_ns
 
@@ -80,7 +80,8 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
                      for i, spec in enumerate(c["vips"])]
         self.admin = AdminState.load(c.get("state_file"))
         self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
-        self.datapaths: dict[int, object] = {}
+        self.channels: dict[int, object] = {}  # dpid -> the one live connection that claimed it
+        self.datapaths: dict[int, object] = {}  # the switches among them the NLB programs
         self.challenger = Challenger(self._send_challenge, self.challenge_delays_s, event_factory=hub.Event)
         self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event
         self.failovers = hub.Queue()  # served by one waiting thread (green or native, as the hub is)
@@ -120,6 +121,16 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def switch_features_handler(self, ev):
         dp = ev.msg.datapath
+        with self.lock:
+            live = self.channels.get(dp.id)
+            if live is not None and live is not dp:
+                # One connection per datapath id: a second claim (an impostor, or a switch
+                # reconnecting before its old channel's death arrived) is hung up on; the
+                # switch retries, and gets in once the old channel is gone.
+                self.event_log.emit(NLB_SWITCH_REFUSED, dpid=dp.id)
+                dp.close()
+                return
+            self.channels[dp.id] = dp
         build = FlowBuilder(dp)
         msgs = build.table_miss()
         mine = self.vips_on(dp.id)
@@ -142,6 +153,26 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
             self._send(dp, msgs)
         self.event_log.emit(NLB_SWITCH, dpid=dp.id)
 
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def channel_dead_handler(self, ev):
+        """A switch's channel died: the switch is forgotten until it connects again (a
+        message still queued from the dead channel is ignored by ``_live``)."""
+        dp = ev.datapath
+        with self.lock:
+            if dp.id is None or self.channels.get(dp.id) is not dp:
+                return  # never claimed a datapath id, or a refused duplicate
+            del self.channels[dp.id]
+            self.datapaths.pop(dp.id, None)
+        self.event_log.emit(NLB_SWITCH_GONE, dpid=dp.id)
+
+    def _live(self, dp) -> bool:
+        """The message came over the channel that holds its datapath id."""
+        return dp.id is not None and self.channels.get(dp.id) is dp
+
+    def _programmed(self, dp) -> bool:
+        """The message came from a switch the NLB programs, over its live channel."""
+        return dp.id is not None and self.datapaths.get(dp.id) is dp
+
     def vips_on(self, dpid: int) -> list[Vip]:
         return [vip for vip in self.vips if vip.dpid == dpid]
 
@@ -152,8 +183,8 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def port_desc_handler(self, ev):
         dp = ev.msg.datapath
-        if dp.id not in self.datapaths:
-            return  # a switch the NLB could not use (see switch_features_handler)
+        if not self._programmed(dp):
+            return  # a switch the NLB could not use (see switch_features_handler), or not its live channel
         with self.lock:
             for port in ev.msg.body:
                 self._note_port(dp, port, install=False)
@@ -187,6 +218,8 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     def error_handler(self, ev):
         """A message the switch refused: logged, so a broken pipeline is never silent."""
         msg = ev.msg
+        if not self._live(msg.datapath):
+            return
         # an experimenter error (Open vSwitch's NX errors) has no code, its exp_type instead
         code = msg.code if msg.code is not None else getattr(msg, "exp_type", None) or 0
         self.event_log.emit(NLB_SWITCH_ERROR, dpid=msg.datapath.id, type=int(msg.type), code=int(code),
@@ -195,7 +228,7 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status_handler(self, ev):
         dp, msg = ev.msg.datapath, ev.msg
-        if dp.id not in self.datapaths:
+        if not self._programmed(dp):
             return
         with self.lock:
             self._note_port(dp, msg.desc, gone=msg.reason == dp.ofproto.OFPPR_DELETE)
@@ -223,7 +256,7 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     def packet_in_handler(self, ev):
         msg = ev.msg
         dp = msg.datapath
-        if not self.limiter.allow():
+        if not self._live(dp) or not self.limiter.allow():
             return
         frame = frames.parse(msg.data)
         if frame is None:
@@ -307,7 +340,7 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     def flow_removed_handler(self, ev):
         msg = ev.msg
         cookie = Cookie.decode(msg.cookie)
-        if cookie is None or cookie.kind != FORWARD or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
+        if not self._live(msg.datapath) or cookie is None or cookie.kind != FORWARD or msg.reason != msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT:
             return
         m = msg.match
         with self.lock:
@@ -318,6 +351,8 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
     def flow_stats_handler(self, ev):
         """Controller dataplane: re-learn the connections a previous controller pinned."""
         dp = ev.msg.datapath
+        if not self._live(dp):
+            return
         learned = 0
         with self.lock:
             for stat in ev.msg.body:

@@ -41,9 +41,11 @@ from controllers import wnlb_nft
 from controllers.wnlb_logic import ETHERTYPE, bucket_of, cluster_mac, masked_mac
 from controllers.wnlb_membership import Change, Membership, decode, encode
 from labcommon.catalogue import LB_MEMBER, WNLB_CONVERGED, WNLB_CONVERGING, WNLB_DRAIN, WNLB_UP
+from labcommon.protocol import nesting_depth
 from roles.service import load_config, open_log
 
 BROADCAST = b"\xff" * 6
+MAX_DEADLINE_S = 86_400.0  # a drain deadline beyond a day is no deadline
 TCP_ESTABLISHED = "01"
 
 
@@ -174,14 +176,23 @@ class Agent:
         self.update_dirty()
 
     def on_command(self, data: bytes) -> None:
+        """An admin command: a flat JSON object; anything else (deep, not finite, not an
+        object) is ignored, never fatal."""
         try:
-            command = json.loads(data)
-        except ValueError:
+            text = data.decode()
+            if nesting_depth(text) > 1:
+                return
+            command = json.loads(text, parse_constant=lambda name: None)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(command, dict):
             return
         now = time.monotonic_ns()
         if command.get("cmd") == "drainstop":
             deadline = command.get("deadline_s")
-            self.deadline_ns = now + int(deadline * 1e9) if isinstance(deadline, (int, float)) else None
+            finite = isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and \
+                0 <= deadline <= MAX_DEADLINE_S
+            self.deadline_ns = now + int(deadline * 1e9) if finite else None
             self.membership.draining, self.drained = True, False
             self.member_event(self.config["host"], "drainstop", alive=True, accepts_new=False, draining=True)
             self.log.emit(WNLB_DRAIN, vip=self.vip, state="draining", conns=sum(self.conns.values()))

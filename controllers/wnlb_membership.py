@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllers.wnlb_logic import BUCKETS, BucketMap, moved, owned_by, rebalance
+from labcommon.protocol import nesting_depth
 
 VERSION = 1
 View = tuple  # tuple[tuple[int, bool], ...]: (host id, draining), sorted by id
@@ -63,24 +64,60 @@ def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
+MAX_HOSTS_ID = 2**31    # host ids (Windows NLB: 1-32), view entries and counters stay in range
+MAX_NAME = 255
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a heartbeat carries")
+
+
+def _count(value: Any, limit: int = 2**62) -> int:
+    """An integer (not a bool, not a float) in [0, limit); ValueError otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
+        raise ValueError(f"not an integer in range: {value!r}"[:80])
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise ValueError("not a short string")
+    return value
+
+
 def decode(data: bytes) -> dict[str, Any] | None:
-    """A heartbeat's payload, or None if it is not one (bounded: frames are at most 1500
-    bytes; anything that does not parse is ignored, as a driver would)."""
+    """A heartbeat's payload, or None if it is not one. Frames come from anyone on the
+    segment: nothing in one may raise (Infinity, NaN, deep nesting, huge numbers, wrong
+    types are all "not a heartbeat", as a driver would ignore them)."""
     try:
-        payload = json.loads(data.rstrip(b"\0").decode())
-    except (ValueError, UnicodeDecodeError):
+        text = data.rstrip(b"\0").decode()
+        if len(text) > 2048 or nesting_depth(text) > 3:  # a heartbeat nests 3 deep (view entries)
+            return None
+        payload = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         return None
     try:
-        view = tuple((int(i), bool(d)) for i, d in payload["view"])
-        bucket_map = payload["map"]
-        if not (bucket_map == [] or (len(bucket_map) == BUCKETS and all(x is None or isinstance(x, int)
-                                                                         for x in bucket_map))):
+        entries = payload["view"]
+        if not isinstance(entries, list) or len(entries) > BUCKETS or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[1], bool) for e in entries):
             return None
-        return {"id": int(payload["id"]), "name": str(payload["name"]), "vip": str(payload["vip"]),
-                "state": str(payload["state"]), "view": view, "drain": bool(payload["drain"]),
-                "map": list(bucket_map), "busy": [int(b) for b in payload["busy"]], "conns": int(payload["conns"])}
+        view = tuple((_count(i, MAX_HOSTS_ID), d) for i, d in entries)
+        bucket_map = payload["map"]
+        if not (bucket_map == [] or (isinstance(bucket_map, list) and len(bucket_map) == BUCKETS and all(
+                x is None or (isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_HOSTS_ID)
+                for x in bucket_map))):
+            return None
+        busy = payload["busy"]
+        if not isinstance(busy, list) or len(busy) > BUCKETS:
+            return None
+        if not isinstance(payload["drain"], bool):
+            return None
+        return {"id": _count(payload["id"], MAX_HOSTS_ID), "name": _text(payload["name"]),
+                "vip": _text(payload["vip"]), "state": _text(payload["state"]), "view": view,
+                "drain": payload["drain"], "map": list(bucket_map), "busy": [_count(b, BUCKETS) for b in busy],
+                "conns": _count(payload["conns"])}
     except (KeyError, TypeError, ValueError):
         return None
 

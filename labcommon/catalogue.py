@@ -210,8 +210,11 @@ RPC_CHANNEL = event("rpc_channel", "role", "an Outlook Anywhere channel (RPC_IN_
                     reason=opt("str", "why it closed"))
 RCAS_CHANGED = event("rcas_changed", "role", "autodiscover's RpcClientAccessServer for a database changed",
                      db=f("str", "database"), server=f("str", "new server name"), previous=f("str", "old server name"))
-REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take a replicated message in time",
-                           db=f("str", "database"), peer=f("str", "address of the copy"), reason=f("str", "exception"))
+REPLICATION_FAILED = event("replication_failed", "role", "a passive copy did not take the log (no answer in time, a "
+                                                          "refusal, a frame that could not be read or written, a "
+                                                          "shipper error): marked failed, retried; said once",
+                           db=f("str", "database"), peer=f("str", "address of the copy"),
+                           reason=f("str", "exception and its message"))
 REPLICATION_RESUMED = event("replication_resumed", "role", "a copy that had failed was resynced",
                             db=f("str", "database"), peer=f("str", "address of the copy"), rows=f("int", "rows sent"))
 DB_ROLE = event("db_role", "role", "a database copy became active or passive on this server",
@@ -243,6 +246,11 @@ NLB_SWITCH_ERROR = event("nlb_switch_error", "nlb", "the switch refused a messag
                          code=f("int", "OpenFlow error code"), data=f("str", "start of the refused message, hex"))
 NLB_SWITCH_UNUSABLE = event("nlb_switch_unusable", "nlb", "the NLB cannot serve its VIP on this switch",
                             dpid=f("int", "datapath id"), reason=f("str", "why"))
+NLB_SWITCH_REFUSED = event("nlb_switch_refused", "nlb", "a second connection claimed the datapath id of a switch "
+                                                     "whose channel is live: closed, nothing it sent was used",
+                           dpid=f("int", "datapath id"))
+NLB_SWITCH_GONE = event("nlb_switch_gone", "nlb", "a switch's OpenFlow channel to the NLB died (it may connect again)",
+                        dpid=f("int", "datapath id"))
 NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (controller dataplane)",
                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
 NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",

@@ -22,8 +22,14 @@ WBXML; the autodiscover answer is XML as in Exchange):
 
 Every answer names the CAS in an ``X-FEServer`` header.
 
+Bounds (``ConnectionGuard``), as IIS has them: a connection that has no request under way
+for ``idle_timeout_s`` (120 s, IIS's connectionTimeout: a TLS handshake, a request head,
+the pause between two requests) is closed; at most ``max_connections`` are open at once
+(more are closed at once); an Outlook Anywhere IN channel with no frame for ``channel_idle_s`` is closed
+(``roles.rpc_proxy``); ActiveSync devices are kept per user, at most ``max_devices``.
+
 Config keys: those of ``roles.cas`` plus ``http``: {port, cert, key, users {user: db},
-external_url, time_scale}.
+external_url, time_scale, idle_timeout_s, max_connections, channel_idle_s, max_devices}.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ OWA_COOKIE = "cadata"
 LOGIN_TIMEOUT = 440  # OWA's "Login Timeout": the session is unknown here, log in again
 HEARTBEAT_BOUNDS_S = (60, 3540)  # Exchange 2010's MinHeartbeatInterval / MaxHeartbeatInterval
 MAX_OWA_SESSIONS = 50_000
+MAX_DEVICES = 50_000
+IDLE_TIMEOUT_S = 120.0  # IIS's connectionTimeout default
+MAX_CONNECTIONS = 8192
 AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
 ERRORS = {"mailbox_unavailable": 503, "auth_required": 401, "auth_failed": 401, "unknown_db": 404,
           "bad_request": 400}
@@ -99,8 +108,9 @@ class CasHttp:
         self.external_url: str = http.get("external_url", "")
         self.time_scale = float(http.get("time_scale", 1.0))
         self.owa: OrderedDict[str, dict[str, Any]] = OrderedDict()  # cookie -> request state (LRU)
-        self.devices: dict[str, dict[str, Any]] = {}               # ActiveSync DeviceId -> request state
-        self.rpc = RpcProxy(cas, log, close_links)
+        self.devices: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()  # (user, DeviceId) -> state
+        self.max_devices = int(http.get("max_devices", MAX_DEVICES))
+        self.rpc = RpcProxy(cas, log, close_links, float(http.get("channel_idle_s", 300.0)))
 
     # ---- OWA ---------------------------------------------------------------------------
 
@@ -154,9 +164,13 @@ class CasHttp:
             return web.json_response({"Status": 1, "HeartbeatInterval": heartbeat})
         if command != "Sync":
             return web.json_response({"Status": 2, "error": "unknown command"}, status=400)
-        state = self.devices.setdefault(device, {})
+        key = (user, device)  # a DeviceId is the device's word: another user's is another device
+        state = self.devices.setdefault(key, {})
+        self.devices.move_to_end(key)
+        while len(self.devices) > self.max_devices:
+            close_links(self.devices.popitem(last=False)[1])  # the least recently seen logs on again
         if "session" not in state:
-            reply = await self.cas.handle({"op": "logon", "session": f"eas:{device}", "user": user,
+            reply = await self.cas.handle({"op": "logon", "session": f"eas:{user}:{device}", "user": user,
                                            "db": self.users[user], "password": credentials[1]}, state)
             if not reply.get("ok"):
                 return web.json_response(reply, status=status_of(reply))
@@ -205,26 +219,102 @@ class CasHttp:
         return app
 
 
-async def start_https(service: CasHttp, config: dict[str, Any]) -> web.AppRunner:
+class Guarded(asyncio.Protocol):
+    """One connection: aiohttp's protocol (slotted, so wrapped, not patched), counted."""
+
+    def __init__(self, guard: "ConnectionGuard", inner: asyncio.Protocol):
+        self.guard, self.inner, self.counted = guard, inner, False
+
+    def connection_made(self, transport) -> None:
+        self.inner.connection_made(transport)
+        if self.guard.open >= self.guard.limit:
+            transport.abort()  # over the cap: closed at once, never served
+            return
+        self.guard.open += 1
+        self.counted = True
+        self.guard.arm(self.inner)
+
+    def connection_lost(self, exc) -> None:
+        if self.counted:
+            self.counted = False
+            self.guard.open -= 1
+        self.guard.disarm(self.inner)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class ConnectionGuard:
+    """The HTTPS listener's protocol factory around aiohttp's: caps open connections and
+    closes one that has no request under way for ``idle_s`` (aiohttp has no deadline for a
+    request head, and keeps a connection that never sends one)."""
+
+    def __init__(self, factory, idle_s: float, limit: int):
+        self.factory, self.idle_s, self.limit = factory, idle_s, limit
+        self.open = 0
+        self.timers: dict[Any, asyncio.TimerHandle] = {}
+
+    def __call__(self) -> asyncio.Protocol:
+        return Guarded(self, self.factory())
+
+    def arm(self, protocol) -> None:
+        """No request under way: close the connection unless one starts within idle_s."""
+        self.disarm(protocol)
+        transport = protocol.transport
+        if transport is not None and not transport.is_closing():
+            self.timers[protocol] = asyncio.get_running_loop().call_later(self.idle_s, transport.close)
+
+    def disarm(self, protocol) -> None:
+        timer = self.timers.pop(protocol, None)
+        if timer is not None:
+            timer.cancel()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        """A request under way (a long poll, a streaming channel) is the handler's to bound."""
+        self.disarm(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            self.arm(request.protocol)
+
+
+async def start_https(service: CasHttp, config: dict[str, Any]) -> tuple[web.AppRunner, asyncio.AbstractServer]:
     http = config["http"]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(http["cert"], http["key"])
-    runner = web.AppRunner(service.app(), access_log=None, handler_cancellation=True)
+    idle = float(http.get("idle_timeout_s", IDLE_TIMEOUT_S))
+    app = service.app()
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    guard = ConnectionGuard(None, idle, int(http.get("max_connections", MAX_CONNECTIONS)))
+    app.middlewares.append(guard.middleware)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", http["port"], ssl_context=context, backlog=1024,
-                      reuse_address=True).start()
-    return runner
+    guard.factory = runner.server
+    server = await asyncio.get_running_loop().create_server(
+        guard, "0.0.0.0", http["port"], ssl=context, backlog=1024, reuse_address=True, ssl_handshake_timeout=idle)
+    return runner, server
 
 
 async def serve(config: dict[str, Any]) -> None:
     log = open_log(config, config["name"])
     cas = CasServer(config, log)
-    runner = await start_https(CasHttp(cas, config, log), config)
+    runner, server = await start_https(CasHttp(cas, config, log), config)
     log.emit(SERVICE_UP, role="cas-http", port=config["http"]["port"])
     try:
         admin = cas.admin if cas.dumpster.per_database else None  # only a dumpster has admin requests
         await listen(config, "cas", log, cas.handle, on_close=close_links, admin=admin)
     finally:
+        server.close()
         await runner.cleanup()
 
 

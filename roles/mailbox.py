@@ -10,6 +10,8 @@ active: on a switchover the old active copy is named (``catch_up_from``) and the
 first fetches every row it lacks from it, so a switchover loses nothing; on a failover
 (the old copy is gone) the copy says how many rows it knows it lacks (``missing``), and
 with ``max_missing`` (AutoDatabaseMountDial) it refuses to mount when it lacks more.
+A synchronous send that a copy did not confirm is acknowledged with that copy named in
+``unreplicated``: stored on the active copy only, and said so.
 Admin requests come only over the host's loopback (roles/service.py).
 
 Config keys: name, listen_port, store_dir, events, replication (sync|async),
@@ -24,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from labcommon.catalogue import DB_ROLE
-from labcommon.protocol import FramedLink, error
-from roles.dag import BATCH, REPLICATION_TIMEOUT_S, DatabaseCopy, Shipper, valid_row
+from labcommon.protocol import FramedLink, ProtocolError, error
+from roles.dag import REPLICATION_TIMEOUT_S, DatabaseCopy, Shipper, valid_row
 from roles.service import listen, open_log, run_role
 
 CATCH_UP_TIMEOUT_S = 3.0
@@ -51,7 +53,7 @@ class MailboxServer:
     def start(self) -> None:
         for shippers in self.shippers.values():
             for shipper in shippers:
-                asyncio.get_running_loop().create_task(shipper.run())
+                asyncio.get_running_loop().create_task(shipper.supervise())
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -107,23 +109,38 @@ class MailboxServer:
             return {"ok": True, "msg_id": row["msg_id"], "server": self.name, "duplicate": True}
         for shipper in self.shippers[db]:
             shipper.notify()
+        reply = {"ok": True, "msg_id": row["msg_id"], "server": self.name}
         if self.sync:
-            await asyncio.gather(*(s.wait_for(row["seq"], REPLICATION_TIMEOUT_S) for s in self.shippers[db]))
-        return {"ok": True, "msg_id": row["msg_id"], "server": self.name}
+            shippers = self.shippers[db]
+            confirmed = await asyncio.gather(*(s.wait_for(row["seq"], REPLICATION_TIMEOUT_S) for s in shippers))
+            unreplicated = [s.address for s, ok in zip(shippers, confirmed) if not ok]
+            if unreplicated:  # stored here only: the client is told, never left to assume a copy
+                reply["unreplicated"] = unreplicated
+        return reply
 
     def replicate(self, db: str, copy: DatabaseCopy, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply shipped rows. With ``prev_seq``/``prev_chain`` (what a Shipper sends) the
+        rows continue the active copy's log there; a copy whose log differs says "diverged"."""
         rows, head = request.get("rows"), request.get("head")
         if not isinstance(rows, list) or not all(valid_row(r) for r in rows) or not isinstance(head, int):
             return error("bad_request")
+        prev_seq, prev_chain = request.get("prev_seq"), request.get("prev_chain")
+        if prev_seq is not None and (not isinstance(prev_seq, int) or isinstance(prev_seq, bool) or prev_seq < 0
+                                     or not isinstance(prev_chain, str)):
+            return error("bad_request")
         if copy.active:
             return error("active", last_seq=copy.last_seq)  # two actives: refuse, never merge silently
-        applied = copy.apply(rows, head)
-        return {"ok": applied, "last_seq": copy.last_seq, **({} if applied else {"error": "gap"})}
+        outcome = copy.apply(rows, head, prev_seq, prev_chain)
+        return {"ok": outcome == "ok", "last_seq": copy.last_seq, **({} if outcome == "ok" else {"error": outcome})}
 
     def fetch(self, copy: DatabaseCopy, request: dict[str, Any]) -> dict[str, Any]:
-        after = request.get("after")
-        if not isinstance(after, int):
+        """Rows after ``after``, as many as fit one frame; with ``after_chain``, only if this
+        copy's log is the asker's up to there ("diverged" otherwise)."""
+        after, after_chain = request.get("after"), request.get("after_chain")
+        if not isinstance(after, int) or (after_chain is not None and not isinstance(after_chain, str)):
             return error("bad_request")
+        if after_chain is not None and copy.chain_at(after) != after_chain:
+            return error("diverged", head=copy.last_seq)
         return {"ok": True, "rows": copy.rows_after(after), "head": copy.last_seq}
 
     async def answer_admin(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -164,14 +181,14 @@ class MailboxServer:
         deadline = loop.time() + CATCH_UP_TIMEOUT_S
         try:
             while loop.time() < deadline:
-                reply = await link.call({"op": "fetch", "db": db, "after": copy.last_seq})
-                rows = reply.get("rows")
-                if not reply.get("ok") or not isinstance(rows, list) or not all(valid_row(r) for r in rows):
+                reply = await link.call({"op": "fetch", "db": db, "after": copy.last_seq, "after_chain": copy.tip})
+                rows, head = reply.get("rows"), reply.get("head")
+                if not reply.get("ok") or not isinstance(rows, list) or not all(valid_row(r) for r in rows) \
+                        or not isinstance(head, int):
                     return
-                copy.apply(rows, int(reply.get("head", 0)))
-                if len(rows) < BATCH:
-                    return
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+                if copy.apply(rows, head) != "ok" or not rows or copy.last_seq >= head:
+                    return  # done, or no progress (the frame is bounded by bytes, not rows)
+        except (OSError, asyncio.TimeoutError, ConnectionError, ProtocolError):
             return
         finally:
             link.close()

@@ -27,7 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from labcommon.catalogue import HTTP_SESSION_UNKNOWN, RPC_CHANNEL
-from labcommon.protocol import HEADER, ProtocolError, decode_body, encode, read_frame
+from labcommon.protocol import HEADER, ProtocolError, decode_body, encode
+from roles.service import PARTIAL_TIMEOUT_S, read_bounded
 
 CHANNEL_LENGTH = 1 << 30  # what Outlook and the RPC proxy announce: 1 GB, never reached
 MAX_CHANNELS = 4096
@@ -43,10 +44,11 @@ class OutChannel:
 
 
 class RpcProxy:
-    def __init__(self, cas, log, close_links):
+    def __init__(self, cas, log, close_links, channel_idle_s: float = 300.0):
         self.cas = cas
         self.log = log
         self.close_links = close_links
+        self.channel_idle_s = channel_idle_s  # an IN channel with no frame (not even rts_ping) this long is closed
         self.channels: dict[str, OutChannel] = {}
 
     async def out_data(self, request: web.Request) -> web.StreamResponse:
@@ -84,8 +86,8 @@ class RpcProxy:
     async def in_data(self, request: web.Request) -> web.StreamResponse:
         """RPC_IN_DATA: CONN/B1 names the OUT channel; every later frame is an RPC."""
         try:
-            first = await read_frame(request.content)
-        except ProtocolError:
+            first = await read_bounded(request.content, PARTIAL_TIMEOUT_S, PARTIAL_TIMEOUT_S)
+        except (ProtocolError, asyncio.TimeoutError):
             first = None
         cookie = first.get("cookie") if first and first.get("rts") == "CONN/B1" else None
         channel = self.channels.get(cookie) if isinstance(cookie, str) else None
@@ -100,7 +102,7 @@ class RpcProxy:
         reason = "client"
         try:
             while True:
-                frame = await read_frame(request.content)
+                frame = await read_bounded(request.content, self.channel_idle_s, PARTIAL_TIMEOUT_S)
                 if frame is None:
                     break
                 if frame.get("op") == "rts_ping":
@@ -110,6 +112,9 @@ class RpcProxy:
                 await channel.queue.put(encode(reply))
         except ProtocolError as exc:
             reason = f"protocol: {exc}"
+        except asyncio.TimeoutError as exc:  # silent for channel_idle_s, or a frame cut short
+            reason = str(exc) or "idle"
+            request.transport.close()
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             reason = "reset"
         finally:

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from labcommon.catalogue import IDLE_CLOSED, INTERNAL_ERROR, PROTOCOL_ERROR, SERVICE_UP
 from labcommon.events import EventLog, NullLog
 from labcommon.ports import ADMIN_PORT
-from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, error, write_frame
+from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, write_frame
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 IDLE_TIMEOUT_S = 300.0
@@ -104,7 +104,14 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
                 log.emit(INTERNAL_ERROR, peer=str(state["peer"]), reason=f"{type(exc).__name__}: {exc}"[:200])
                 await write_frame(writer, error("internal", close=True))
                 return
-            await write_frame(writer, reply)
+            try:
+                data = encode(reply)
+            except ProtocolError as exc:  # a reply too large for a frame: a bug, not the peer's doing
+                log.emit(INTERNAL_ERROR, peer=str(state["peer"]), reason=f"ProtocolError: {exc}"[:200])
+                await write_frame(writer, error("internal", close=True))
+                return
+            writer.write(data)
+            await writer.drain()
             if reply.get("close"):
                 return
     except (asyncio.TimeoutError, ConnectionError, OSError):

@@ -31,6 +31,17 @@ os.environ["CASLAB_STRICT_EVENTS"] = "1"
 os.environ.setdefault("CASLAB_LOCK_WAIT_S", "3600")
 
 
+def free_tcp_port() -> int:
+    """A loopback port free a moment ago, for a test's own server that must be told its
+    port in advance (a Dask scheduler). The lab never picks ports so: its listeners are
+    bound by the runner and handed over (caslab/ofchannel.py)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @functools.cache
 def lab_prerequisites() -> str | None:
     if os.geteuid() != 0:
@@ -95,7 +106,8 @@ def wait_for_other_labs() -> None:
 
 
 def lab_residue(marker: str | None = None) -> list[str]:
-    """The lab's own leftovers: its bridges and veths, mininet shells, lab processes."""
+    """The lab's own leftovers: its bridges and veths, Open vSwitch's SSL configuration, mininet
+    shells, lab processes."""
     found = []
     bridges = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True).stdout.split()
     found += [f"bridge {b}" for b in bridges if b.startswith(SWITCH_PREFIX)]
@@ -104,6 +116,10 @@ def lab_residue(marker: str | None = None) -> list[str]:
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(SWITCH_PREFIX):
             found.append(f"link {name}")
+    ssl = subprocess.run(["ovs-vsctl", "--timeout=5", "--columns=external_ids", "list", "SSL"], capture_output=True,
+                         text=True).stdout
+    if "caslab-lab" in ssl:
+        found.append("Open vSwitch's SSL configuration is still a lab's")
     me = os.getpid()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == me:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER
 from os_ken.ofproto import ofproto_parser as any_parser
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_5, ofproto_v1_5_parser
 from scapy.layers.inet import ICMP, IP, TCP
@@ -233,6 +234,11 @@ class FakeDatapath:
         self.xid = 0
         self.sent: list = []
         self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        """As os-ken's: the app hangs up on this connection (its DEAD notice is the test's to deliver)."""
+        self.closed = True
 
     def set_xid(self, msg) -> int:
         self.xid = (self.xid + 1) & self.ofproto.MAX_XID
@@ -279,6 +285,18 @@ def deliver(app, ev) -> list:
 
 def event(msg):
     return ofp_event.ofp_msg_to_ev(msg)
+
+
+def channel_dead(app, dp) -> list:
+    """os-ken's notice that ``dp``'s connection ended (its state became DEAD_DISPATCHER),
+    handed to the app's handlers as os-ken would; returns what the app sent meanwhile."""
+    ev = ofp_event.EventOFPStateChange(dp)
+    ev.state = DEAD_DISPATCHER
+    names = handler_names(type(app), type(ev))
+    assert names, f"no handler of {type(app).__name__} for EventOFPStateChange"
+    for name in names:
+        getattr(app, name)(ev)
+    return dp.take()
 
 
 def ofport(dp, name: str, port_no: int, link_down: bool = False, admin_down: bool = False):

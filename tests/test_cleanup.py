@@ -4,6 +4,7 @@ A run that is still alive is never touched. A result folder is never reused by a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_an_existing_result_folder_is_refused_unless_forced(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "events.jsonl").write_text('{"ev":"op"}\n')
+    (out / "manifest.json").write_text(json.dumps({"run_id": "run", "spec": {"experiment": {"name": "x"}}}))
     with pytest.raises(LabError, match="not empty"):
         runner.prepare_folder(out, force=False)
     assert (out / "events.jsonl").exists(), "nothing of the old run is touched"
@@ -127,6 +129,31 @@ def test_an_existing_result_folder_is_refused_unless_forced(tmp_path):
     assert out.is_dir() and not any(out.iterdir()), "--force starts it empty"
     runner.prepare_folder(tmp_path / "new" / "deep", force=False)
     assert (tmp_path / "new" / "deep").is_dir()
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[]", '{"run_id": "x"}'],
+                         ids=["no_manifest", "bad_json", "not_an_object", "no_spec"])
+def test_force_empties_only_a_folder_that_is_a_caslab_result(tmp_path, content):
+    # Old behaviour: --force deleted any non-empty folder (--out ~ would have taken a home).
+    out = tmp_path / "mine"
+    (out / "thesis").mkdir(parents=True)
+    (out / "thesis" / "chapter1.tex").write_text("years of work")
+    if content is not None:
+        (out / "manifest.json").write_text(content)
+    with pytest.raises(LabError, match="not a caslab result folder"):
+        runner.prepare_folder(out, force=True)
+    assert (out / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+
+def test_an_out_folder_named_like_an_option_becomes_an_absolute_path(tmp_path, monkeypatch):
+    # Old behaviour: --out=-x stayed "-x": the live lab's resolv.conf bind mount ran
+    # "mount --bind -x/raw/.../resolv.conf ...", and mount read the path as options.
+    monkeypatch.chdir(tmp_path)
+    folder = runner.result_folder("-x", "unused")
+    assert folder == tmp_path / "-x" and folder.is_absolute()
+    assert runner.result_folder(None, "name-1").is_absolute()
+    live = (ROOT / "caslab" / "live.py").read_text()
+    assert '"mount", "--bind", "--",' in live, "paths after -- are never options"
 
 
 def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_path, monkeypatch):
@@ -189,16 +216,25 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
     """After a restart the registry under /run is gone but Open vSwitch's database still
     holds the dead run's bridges: the next run removes them (it holds the lab lock, so
     no lab runs) and says so, instead of refusing to start."""
+    from caslab import ofchannel
+
     for bridge in ("clab1", "clab2"):
         subprocess.run(["ovs-vsctl", "--timeout=5", "add-br", bridge, "--", "set", "bridge", bridge,
                         "datapath_type=netdev"], check=True)
-    assert "bridge clab2" in lab_residue()
+    # and its OpenFlow channel's SSL configuration, which saved what was there before
+    found = ofchannel.current_ssl()
+    ofchannel._set_ssl({"private_key": "/run/caslab/labs/gone/tls/switch.key", "certificate": "/gone/switch.pem",
+                        "ca_cert": "/gone/ca.pem", "external_ids": {ofchannel.MARK: "1-1",
+                                                                   ofchannel.SAVED: ofchannel._encode(found)}})
+    assert "bridge clab2" in lab_residue() and "Open vSwitch's SSL configuration is still a lab's" in lab_residue()
     spec = tmp_path / "after-restart.toml"
     spec.write_text(RESTARTED_SPEC)
     result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(spec), "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed what a dead run left" in result.stderr and "clab2" in result.stderr, result.stderr[-3000:]
+    assert "restored the Open vSwitch SSL configuration" in result.stderr
+    assert ofchannel.current_ssl() == found, "the configuration from before the dead run is back"
     assert (tmp_path / "out" / "summary.json").exists()
 
 

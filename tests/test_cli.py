@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from caslab import runner, spec as spec_mod
 from caslab.metrics import analyze_run, summarize_scenario
@@ -85,6 +88,37 @@ def test_compare_takes_the_difference_of_repetition_means_with_welch():
     assert one_rep.difference.diff == -250.0 and one_rep.difference.ci95 is None
 
 
+def test_an_index_link_is_never_a_javascript_url(tmp_path):
+    # Old behaviour: the link was the folder's name as it was: a folder named
+    # "javascript:alert(1)%2F%2F" made a link that ran script in results/index.html.
+    for name in ("javascript:alert(1)%2F%2F", "data:text,x", "a b#?c"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "manifest.json").write_text(json.dumps({"spec": {"experiment": {"name": "x"}}, "complete": True}))
+    html = index.write_index(tmp_path).read_text()
+    links = sorted(re.findall(r'href="([^"]*)"', html))
+    assert links == ["./a%20b%23%3Fc/", "./data%3Atext%2Cx/", "./javascript%3Aalert%281%29%252F%252F/"], links
+
+
+@pytest.mark.parametrize("manifest,summary", [("[]", "{}"), ('{"spec": "x", "git": 1}', "[1]"),
+                                              ('{"spec": {"experiment": []}}', '{"scenarios": 5}'),
+                                              ('{"spec": {"experiment": {}}, "git": {"commit": 7}}',
+                                               '{"scenarios": [{"faults": [1]}]}')],
+                         ids=["list", "wrong_types", "experiment_list", "odd_values"])
+def test_a_malformed_neighbour_does_not_break_the_index(tmp_path, manifest, summary):
+    # Old behaviour: one neighbour's manifest that was JSON but not the expected shape
+    # raised AttributeError in write_index: a run that had completed exited 1.
+    good = tmp_path / "good-run"
+    good.mkdir()
+    (good / "manifest.json").write_text(json.dumps({"spec": {"experiment": {"name": "good"}}, "complete": True}))
+    bad = tmp_path / "bad-run"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(manifest)
+    (bad / "summary.json").write_text(summary)
+    html = index.write_index(tmp_path).read_text()
+    assert 'href="./good-run/"' in html
+
+
 def test_index_links_every_run_with_its_headline_row(tmp_path):
     for name, affected in (("default-20260101-000000", 3), ("live-sdn-nlb-20260102-000000", 0)):
         run = tmp_path / name
@@ -99,6 +133,6 @@ def test_index_links_every_run_with_its_headline_row(tmp_path):
         (run / "summary.json").write_text(json.dumps({"scenarios": [{"faults": faults}]}))
     (tmp_path / "default-20260101-000000" / "report.html").write_text("<html></html>")
     html = index.write_index(tmp_path).read_text()
-    assert 'href="default-20260101-000000/report.html"' in html and 'href="live-sdn-nlb-20260102-000000/"' in html
+    assert 'href="./default-20260101-000000/report.html"' in html and 'href="./live-sdn-nlb-20260102-000000/"' in html
     assert "(live lab)" in html and "abcdef1234 (dirty)" in html and "d &lt;b&gt;x&lt;/b&gt;" in html
     assert "<td>35.0</td>" in html and "<td>53.0</td>" in html and "<td>-</td>" in html

@@ -32,7 +32,7 @@ BURN = [sys.executable, "-c", "import time\nwhile time.process_time() < 0.3: pas
 @pytest.fixture
 def lab(tmp_path):
     plan = LabPlan.build([{"name": "HQ", "cas": 1, "mailboxes": 1, "clients": 1}])
-    lab = LabNetwork(plan, tmp_path, 0, datapath="user")
+    lab = LabNetwork(plan, tmp_path, datapath="user")
     yield lab
     for proc in lab.processes:
         proc.stop()

@@ -4,6 +4,8 @@ HAProxy itself) and the HTTP metrics on hand-made events."""
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import socket
 import ssl
@@ -58,6 +60,22 @@ def test_lab_ca_certificate_is_trusted_for_its_names_only(tmp_path):
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
         handshake(files, "evil.lab.test")
     assert oct(files.key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_private_keys_are_private_from_their_creation_and_kept_out_of_the_results(tmp_path, monkeypatch):
+    # Old behaviour: the keys were written with the umask's mode (0644), made 0600 only
+    # afterwards, and stayed in the run's raw/tls folder, which is handed to the user.
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)  # no late repair
+    old = os.umask(0o022)
+    try:
+        files = make_lab_tls(tmp_path / "raw" / "tls", ["mail.lab.test"], key_folder=tmp_path / "private")
+    finally:
+        os.umask(old)
+    for key in (files.key, files.combined):
+        assert key.parent == tmp_path / "private" and oct(key.stat().st_mode & 0o777) == "0o600", key
+    for path in (tmp_path / "raw").rglob("*"):
+        assert path.is_dir() or b"PRIVATE KEY" not in path.read_bytes(), f"a private key in the results: {path}"
+    assert handshake(files, "mail.lab.test").startswith("TLS")
 
 
 def test_a_second_run_gets_its_own_ca(tmp_path):

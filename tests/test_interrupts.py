@@ -45,3 +45,30 @@ def test_nested_sections_raise_once_at_the_outermost_end(installed):
                 os.kill(os.getpid(), signal.SIGINT)
             reached.append("inner ended without raising")
     assert reached == ["inner ended without raising"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_caslab_up_keeps_the_deferral_and_still_leaves_the_cli(signum):
+    """``caslab up`` needs SIGTERM and SIGHUP as ``Terminated`` (Mininet's CLI swallows a
+    KeyboardInterrupt), but what it installs must still hold the signal back while a
+    process is being recorded (issue 18 item 11)."""
+    from caslab import live
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    live.catch_signals()
+    try:
+        done = []
+        with pytest.raises(live.Terminated, match=signal.Signals(signum).name):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signum)
+                done.append("recorded")
+        assert done == ["recorded"]
+        with pytest.raises(live.Terminated):  # outside a section: at once
+            os.kill(os.getpid(), signum)
+            signal.sigtimedwait([], 0)
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C stays what the CLI expects
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -76,9 +76,17 @@ def test_live_lab_takes_commands_from_a_second_shell_and_leaves_nothing(tmp_path
     try:
         lab.wait_for("live lab ready", float(os.environ["CASLAB_LOCK_WAIT_S"]) + 120)
         table = "".join(lab.seen)
-        assert "admin API: http://127.0.0.1:" in table and "token: " in table and "cl1" in table
+        assert "admin API: http://127.0.0.1:" in table and "cl1" in table
+        # the token is not printed: the path of its 0600 file is, which `caslab nlb --token-file` reads
+        [line] = [line for line in table.splitlines() if line.startswith("admin API:")]
+        port, token_file = line.split("127.0.0.1:")[1].split("/")[0], line.split("token file (0600): ")[1].strip()
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600 and os.stat(token_file).st_uid == 0
+        assert Path(token_file).read_text().strip() not in table
         shown = caslab("nlb", "show")
         assert shown.returncode == 0 and json.loads(shown.stdout)["vips"], shown.stderr
+        direct = caslab("nlb", "--port", port, "--token-file", token_file, "show")
+        assert direct.returncode == 0, direct.stderr
+        assert [v["ip"] for v in json.loads(direct.stdout)["vips"]] == [v["ip"] for v in json.loads(shown.stdout)["vips"]]
         wrong = caslab("fault", "crash", "cas9")
         assert wrong.returncode == 1 and "did you mean" in wrong.stderr, wrong.stderr
         hit = caslab("fault", "crash", "@busiest")
@@ -174,3 +182,30 @@ def test_control_socket_is_private_and_answers_one_line(tmp_path, monkeypatch):
     finally:
         server.close()
     assert not server.path.exists()
+
+
+@pytest.mark.parametrize("bad", [b"[" * 30_000 + b"]" * 30_000 + b"\n", b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"\n",
+                                 b"\xff\xfe\n", b'{"op": "boom"}\n'])
+def test_no_request_ends_the_control_thread(tmp_path, bad):
+    """Deeply nested JSON (RecursionError), bytes that are not UTF-8, or a handler that
+    raises: each is answered as refused and the next request is still served (a dead
+    control thread left ``caslab down`` waiting 120 s)."""
+    def handler(request):
+        if request.get("op") == "boom":
+            raise RuntimeError("a bug in the handler")
+        return {"ok": True, "answer": f"got {request['op']}"}
+
+    server = live_control.ControlServer(tmp_path / "control.sock", handler)
+    server.start()
+    try:
+        for request in (bad, b'{"op": "status"}\n'):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(str(server.path))
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                answer = json.loads(live_control.read_line(sock))
+            assert answer["ok"] is (request != bad), answer
+        assert answer == {"ok": True, "answer": "got status"} and server.is_alive()
+    finally:
+        server.close()

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from caslab.netlab import LabNetwork, free_tcp_port
-from caslab.scenario import port_listening, wait_until
+from caslab.netlab import LabNetwork
+from caslab.ofchannel import listening_socket, write_private
+from caslab.scenario import wait_until
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
@@ -23,10 +24,11 @@ ECHO_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],6001),
                "c.sendall(b'hello');print(c.recv(100).decode())")
 
 
-def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2, clients: int = 1):
+def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2, clients: int = 1, api=None):
+    """A lab network with ``app`` on its OpenFlow channel; ``api``: a listening socket the
+    controller inherits for its admin API."""
     plan = LabPlan.build([{"name": "HQ", "cas": cas, "mailboxes": 1, "clients": clients}])
-    port = free_tcp_port()
-    lab = LabNetwork(plan, tmp_path, port)
+    lab = LabNetwork(plan, tmp_path)
     lab.build()
     env = {}
     if config is not None:
@@ -40,8 +42,7 @@ def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2, 
         path = tmp_path / "nlb.json"
         path.write_text(json.dumps(config))
         env["CASLAB_NLB_CONFIG"] = str(path)
-    lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher", "--port", str(port), app], env=env)
-    wait_until(lambda: port_listening(port), 30, "controller")
+    lab.popen_controller(app, env=env, pass_fds=(api.fileno(),) if api is not None else ())
     lab.start()
     lab.wait_connected()
     return lab, plan
@@ -66,10 +67,11 @@ def test_live_network_carries_tcp(tmp_path, no_residue):
         lab.stop()
 
 
-def nlb_cli(port: int, token: str, *args: str) -> dict:
+def nlb_cli(port: int, token_file, *args: str) -> dict:
     from tests.conftest import ROOT
 
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), "--token", token, *args],
+    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), "--token-file",
+                             str(token_file), *args],
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -81,10 +83,13 @@ def dump(kind: str) -> str:
 
 @pytest.mark.parametrize("dataplane", ["switch", "controller"])
 def test_vip_answers_arp_icmp_and_tcp(tmp_path, no_residue, dataplane):
-    api_port, token = free_tcp_port(), "t0ken"
-    lab, plan = start_network(tmp_path, "controllers.sdn_nlb",
+    api = listening_socket()
+    api_port, token = api.getsockname()[1], tmp_path / "nlb-token"
+    write_private(token, b"t0ken")
+    lab, plan = start_network(tmp_path, "controllers.sdn_nlb", api=api,
                               config={"fast_fail": True, "dataplane": dataplane,
-                                      "api": {"host": "127.0.0.1", "port": api_port, "token": token}})
+                                      "api": {"host": "127.0.0.1", "port": api_port, "fd": api.fileno(),
+                                              "token_file": str(token)}})
     try:
         for cas in plan.by_role("cas"):
             start_echo(lab, cas.name)
@@ -124,6 +129,7 @@ def test_vip_answers_arp_icmp_and_tcp(tmp_path, no_residue, dataplane):
         assert next(m for m in rejoined["vips"][0]["members"] if m["name"] == "cas1")["accepts_new"]
     finally:
         lab.stop()
+        api.close()
 
 
 ABUSE_SCRIPT = '''

@@ -51,10 +51,8 @@ class FakeApp:
 def server():
     """A real server of the API on an ephemeral loopback port, for the module."""
     app = FakeApp()
-    httpd = nlb_api.ThreadingHTTPServer(("127.0.0.1", 0), nlb_api.BaseHTTPRequestHandler)
+    httpd = nlb_api.ApiServer(app, TOKEN, max_connections=64)
     port = httpd.server_address[1]
-    httpd.RequestHandlerClass = nlb_api.make_handler(app, port, TOKEN)
-    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield port, app
@@ -236,28 +234,105 @@ def test_unknown_resources_and_values_are_4xx(api, method, path, body, status):
     assert call(port, method, path, body)[0] == status and app.calls == []
 
 
-def test_serve_api_serves_on_the_configured_port(monkeypatch):
-    servers = []
+# ---- no token, no service; bounded connections and a whole-request deadline (issue 18 items 4, 7) ---------
 
-    class Recorded(nlb_api.ThreadingHTTPServer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            servers.append(self)
 
-    monkeypatch.setattr(nlb_api, "ThreadingHTTPServer", Recorded)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def start_server(app, token, **kwargs):
+    """An ApiServer on its own ephemeral loopback port, serving in a thread: (server, port)."""
+    httpd = nlb_api.ApiServer(app, token, **kwargs)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd, httpd.server_address[1]
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_without_a_configured_token_every_request_is_refused(token):
     app = FakeApp()
-    thread = threading.Thread(target=nlb_api.serve_api, args=(app, {"port": port, "token": TOKEN}), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not servers and time.monotonic() < deadline:
-        time.sleep(0.01)
+    httpd, port = start_server(app, token)
     try:
-        assert servers and servers[0].daemon_threads and servers[0].server_address == ("127.0.0.1", port)
-        assert call(port, "POST", "/nlb/HQ/members/cas1/down", {})[0] == 200 and app.calls
+        for authorization in ("", "Bearer ", "Bearer None"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("POST", "/nlb/HQ/members/cas1/down", body=b"{}",
+                         headers={"Authorization": authorization, "Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 503 and "no token" in json.loads(response.read())["error"]
+            conn.close()
+        assert app.calls == []
     finally:
-        servers[0].shutdown()
-        servers[0].server_close()
-        thread.join(5)
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_trickling_callers_hold_a_bounded_number_of_threads_for_a_bounded_time():
+    """100 sockets sending a byte every 0.2 s: at most max_connections are served at once,
+    the rest are turned away at once, and none is held past the whole-request deadline."""
+    app = FakeApp()
+    httpd, port = start_server(app, TOKEN, max_connections=4, deadline_s=1.0)
+    threads_before = threading.active_count()
+    socks = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+            sock.sendall(b"G")
+            socks.append(sock)
+        start = time.monotonic()
+        peak = 0
+        open_socks = list(socks)
+        while open_socks and time.monotonic() - start < 3.0:
+            peak = max(peak, threading.active_count() - threads_before)
+            still = []
+            for sock in open_socks:
+                try:
+                    sock.sendall(b"E")  # one byte at a time, never a whole request line
+                    still.append(sock)
+                except OSError:
+                    pass
+            open_socks = still
+            time.sleep(0.2)
+        held = time.monotonic() - start
+        assert peak <= 2 * 4 + 1, f"{peak} threads for 4 allowed connections"  # a handler and its deadline timer each
+        assert not open_socks, f"{len(open_socks)} trickling connections still open after {held:.1f} s"
+        # a proper caller is served again at once
+        assert call(port, "GET", "/nlb")[0] == 200
+    finally:
+        for sock in socks:
+            sock.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_caller_over_the_connection_cap_gets_503_at_once():
+    app = FakeApp()
+    httpd, port = start_server(app, TOKEN, max_connections=1, deadline_s=2.0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as hog:
+            hog.sendall(b"GET /n")
+            time.sleep(0.2)  # the hog holds the one slot
+            status, body, elapsed = raw(port, f"GET /nlb HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            assert status == 503 and "busy" in body["error"] and elapsed < 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_serve_api_serves_on_the_socket_it_is_handed_with_the_token_from_a_private_file(tmp_path):
+    from caslab.ofchannel import listening_socket, write_private
+
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    token_file = tmp_path / "nlb-token"
+    write_private(token_file, f"{TOKEN}\n".encode())
+    app = FakeApp()
+    thread = threading.Thread(target=nlb_api.serve_api, args=(app, {"fd": sock.fileno(), "port": port,
+                                                                     "token_file": str(token_file)}), daemon=True)
+    thread.start()
+    assert call(port, "POST", "/nlb/HQ/members/cas1/down", {})[0] == 200 and app.calls
+
+
+def test_a_token_file_others_may_read_is_not_used(tmp_path):
+    token_file = tmp_path / "nlb-token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    assert nlb_api.read_token({"token_file": str(token_file)}) is None
+    token_file.chmod(0o600)
+    assert nlb_api.read_token({"token_file": str(token_file)}) == TOKEN
+    assert nlb_api.read_token({"token": TOKEN}) is None  # never from the (0644) config itself

@@ -56,7 +56,7 @@ def test_machine_defaults_come_from_the_env_file_and_the_environment_wins(tmp_pa
 
 def test_vagrantfile_pins_one_box_version_and_keeps_the_venv_local():
     text = (ROOT / "Vagrantfile").read_text()
-    assert re.search(r'^BOX_VERSION = "\d{6}\.\d+\.\d+"$', text, re.M) and "config.vm.box_version = BOX_VERSION" in text
+    assert re.search(r'^BOX_VERSION = "\d{6}\.\d+\.\d+"$', text, re.M) and "vm.box_version = BOX_VERSION" in text
     assert "CASLAB_VENV=/var/lib/caslab/venv" in text and "/etc/caslab.env" in text and "./lab.sh setup" in text
 
 
@@ -85,3 +85,43 @@ def test_every_imported_package_is_declared():
     missing = {name: sorted(files) for name, files in imported().items()
                if IMPORT_TO_DIST.get(name, name).lower().replace("_", "-") not in have and name not in RYU_VENV_ONLY}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+# ---- Open vSwitch is running only when ovs-vswitchd itself answers (issue 18) ---------------------------
+
+
+def fake_ovs(tmp_path, vsctl_rc: int, appctl_rc: int) -> str:
+    """A PATH whose ovs-vsctl (the database server) and ovs-appctl (the daemon) exit as told."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    for name, rc in (("ovs-vsctl", vsctl_rc), ("ovs-appctl", appctl_rc)):
+        (folder / name).write_text(f"#!/bin/sh\nexit {rc}\n")
+        (folder / name).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def lab_sh_function(name: str) -> str:
+    text = (ROOT / "lab.sh").read_text()
+    match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", text, re.S | re.M)
+    assert match, f"lab.sh has no function {name}"
+    return match.group(0)
+
+
+def test_lab_sh_starts_open_vswitch_until_ovs_vswitchd_answers(tmp_path):
+    check = lab_sh_function("ovs_answers")
+    for vsctl, appctl, answers in ((0, 0, True), (0, 1, False), (1, 0, False)):
+        rc = subprocess.run(["bash", "-c", f"{check}\novs_answers"], env={"PATH": fake_ovs(tmp_path, vsctl, appctl)}).returncode
+        assert (rc == 0) is answers, (vsctl, appctl, rc)
+    start = lab_sh_function("start_ovs")
+    assert start.count("ovs_answers") == 2 and "ovs-vsctl" not in start, start  # before starting and while waiting
+
+
+def test_doctor_fails_when_only_the_database_server_answers(tmp_path, monkeypatch):
+    from caslab import doctor
+
+    monkeypatch.setenv("PATH", fake_ovs(tmp_path, 0, 1))
+    [check] = [c for c in doctor.checks() if c.name == "openvswitch"]
+    assert not check.ok and check.required and "ovs-vswitchd" in check.detail and "not" in check.detail
+    monkeypatch.setenv("PATH", fake_ovs(tmp_path, 0, 0))
+    [check] = [c for c in doctor.checks() if c.name == "openvswitch"]
+    assert check.ok

@@ -53,10 +53,13 @@ def chromium(tmp_path, monkeypatch):
 # ---- a synthetic result folder ---------------------------------------------------------------
 
 
-def synthetic_spec() -> dict:
+DESCRIPTION = "Synthetic events: cas1 of three is <b>powered off</b> under two HA designs."
+
+
+def synthetic_spec(description: str = DESCRIPTION) -> dict:
     return spec_mod.validate({
         "experiment": {"name": "synthetic-report", "repetitions": 2, "seed": 7, "modes": ["sdn-nlb", "haproxy"],
-                       "description": "Synthetic events: cas1 of three is <b>powered off</b> under two HA designs."},
+                       "description": description},
         "topology": {"cas": 3, "mailboxes": 2, "client_hosts": 2, "databases": 2},
         "clients": {"sessions_per_host": 6, "interval_ms": 100},
         "faults": [{"kind": "poweroff", "target": "cas1", "at_s": 1.0}],
@@ -139,8 +142,8 @@ def run_events(mode: str, scenario_id: str, rep: int, rng: random.Random) -> lis
     return events
 
 
-def build_run(run_dir: Path) -> dict:
-    spec = synthetic_spec()
+def build_run(run_dir: Path, description: str = DESCRIPTION) -> dict:
+    spec = synthetic_spec(description)
     scenarios = spec_mod.scenarios(spec)
     metas = [{"id": runner.scenario_id(i, s["label"]), "label": s["label"], "mode": s["mode"], "params": s["params"]}
              for i, s in enumerate(scenarios)]
@@ -272,3 +275,16 @@ def test_report_html_opens_in_headless_chromium_with_plots_visible(tmp_path, chr
     data = shot.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 20_000, len(data)
     assert png_size(shot)[1] >= min(height, 15000) * 0.9
+
+
+def test_report_md_shows_the_description_as_text(tmp_path):
+    # Old behaviour: report.md embedded the spec's description raw: a Markdown viewer
+    # rendered its HTML and links (a javascript: link, a script) as the report's own.
+    description = '<script>alert(1)</script> [click](javascript:alert(2)) <img src=x onerror=alert(3)> # not a title'
+    run_dir = tmp_path / "run"
+    build_run(run_dir, description)
+    report.write_report(run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert "<script" not in md and "<img" not in md, md[:400]
+    assert "](javascript:" not in md, md[:400]
+    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in md and "\\[click\\]\\(javascript:alert\\(2\\)\\)" in md

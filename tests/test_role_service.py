@@ -7,6 +7,7 @@ process must stay alive and keep serving a fresh, well-formed session.
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import struct
@@ -180,3 +181,36 @@ def test_cas_has_no_admin_listener(tmp_path, started):
     assert admin_port not in {s["port"] for s in tcp_sockets() if s["state"] == "0A"}
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", admin_port), timeout=2).close()
+
+
+def test_a_reply_too_large_for_a_frame_is_answered_with_an_error(tmp_path):
+    # Old behaviour: encode raised ProtocolError while writing the reply, outside
+    # serve_frames' error handling: the connection closed without a word and nothing was
+    # logged (an exception in a task nobody awaited).
+    import asyncio
+
+    from labcommon.events import EventLog
+    from labcommon.protocol import MAX_FRAME, encode, read_frame
+    from roles.service import serve_frames
+
+    async def handler(request, state):
+        return {"ok": True, "blob": "x" * (MAX_FRAME + 1)}
+
+    async def scenario():
+        log = EventLog(str(tmp_path / "events.jsonl"), "svc")
+        server = await asyncio.start_server(lambda r, w: serve_frames(r, w, handler, log), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode({"op": "big"}))
+        reply = await asyncio.wait_for(read_frame(reader), 5)
+        closed = await asyncio.wait_for(read_frame(reader), 5)
+        writer.close()
+        server.close()
+        log.close()
+        return reply, closed
+
+    reply, closed = asyncio.run(scenario())
+    assert reply == {"ok": False, "error": "internal", "close": True}, reply
+    assert closed is None, "the connection stays open after an unusable reply"
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["ev"] for e in events] == ["internal_error"] and "ProtocolError" in events[0]["reason"], events

@@ -8,6 +8,8 @@ dial; a failed copy is caught up by its Shipper, never on a client's send path.
 
 from __future__ import annotations
 
+import json
+import socket
 import sqlite3
 import threading
 import time
@@ -17,8 +19,8 @@ from typing import Any
 
 from roles.dag import BATCH, REPLICA_RETRY_S, SCHEMA
 from tests.roles_support import (
-    PROXY_TIMEOUT_S, Conn, Service, admin, assert_refused, cas_config, db_status, free_ports, logon, mailbox_config,
-    send_direct, start_service, stored_ids, tcp_sockets, wait_until,
+    PROXY_TIMEOUT_S, Conn, Service, admin, assert_refused, cas_config, db_status, frame, free_ports, logon,
+    mailbox_config, send_direct, start_service, stored_ids, tcp_sockets, wait_until,
 )
 from tests.roles_support import started
 
@@ -336,3 +338,216 @@ def test_async_replication_ships_log_generations(tmp_path, started):
         waited = time.monotonic() - shipped
         assert interval - 0.2 <= waited <= interval + 0.5, f"the full generation came after {waited:.2f} s"
     assert db_status(dag.b) == {"active": False, "last_seq": 9, "behind": 0}
+
+
+# ---- frame sizes, shipper failures, diverged logs (issue 18, items 2 and 9) ---------------
+
+LONG = "\U0001d11e" * 200  # 200 astral characters: 2,400 bytes of JSON escapes per field
+
+
+def test_rows_too_long_for_one_frame_together_still_reach_a_lagging_copy(tmp_path, started):
+    # Old behaviour: a resync batch was 200 rows whatever their size; 60 rows of long
+    # non-ASCII subjects made a frame over 64 KiB, encode raised ProtocolError, the shipper
+    # task died unseen and the copy never took another row.
+    dag = start_dag(tmp_path, started, with_cas=False)
+    with Conn(dag.a.port) as conn:
+        send_direct(conn, "warm")
+        caught_up(dag.b, 1)
+        dag.b.freeze()
+        for i in range(60):
+            reply = conn.call({"op": "send", "db": "DB1", "user": "alice", "msg_id": f"{LONG[:150]}-{i}",
+                               "subject": LONG})
+            assert reply and reply.get("ok") is True, reply
+        dag.b.thaw()
+    caught_up(dag.b, 61, timeout=REPLICA_RETRY_S + 10)
+    assert set(stored_ids(dag.a.store_dir)) == set(stored_ids(dag.b.store_dir))
+    wait_until(lambda: dag.a.events("replication_resumed"), 5, "replication_resumed logged")
+    assert not dag.a.events("internal_error") + dag.b.events("internal_error")
+
+
+def test_a_switchover_catch_up_takes_long_rows_in_frames_that_fit(tmp_path, started):
+    # Old behaviour: a fetch reply was 200 rows whatever their size: over 64 KiB it could
+    # not be encoded, the catch-up stopped and the switchover mounted with rows missing.
+    dag = start_dag(tmp_path, started, with_cas=False)
+    with Conn(dag.a.port) as conn:
+        send_direct(conn, "warm")
+        caught_up(dag.b, 1)
+        dag.b.freeze()
+        for i in range(60):
+            assert conn.call({"op": "send", "db": "DB1", "user": "alice", "msg_id": f"long-{i}",
+                              "subject": LONG})["ok"] is True
+    head = admin(dag.a, {"op": "deactivate", "db": "DB1"})["head"]
+    dag.b.thaw()
+    reply = admin(dag.b, {"op": "activate", "db": "DB1", "catch_up_from": dag.a.address, "head": head,
+                          "max_missing": 0}, expect_ok=False)
+    assert reply == {"ok": True, "active": True, "missing": 0, "last_seq": 61}, reply
+    assert set(stored_ids(dag.b.store_dir)) == set(stored_ids(dag.a.store_dir))
+
+
+class FakeCopy(threading.Thread):
+    """A passive copy on loopback that answers ``replicate`` like a real one (it keeps the
+    rows it was sent) until ``garble`` is set: then it answers with bytes that are no frame."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.garble = threading.Event()
+        self.halt = threading.Event()
+        self.ids: list[str] = []
+        self.last_seq = 0
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                sock, _ = self.server.accept()
+            except OSError:
+                continue
+            with sock:
+                sock.settimeout(0.5)
+                self.serve(sock)
+        self.server.close()
+
+    def serve(self, sock) -> None:
+        while not self.halt.is_set():
+            try:
+                header = sock.recv(4, socket.MSG_WAITALL)
+                if len(header) < 4:
+                    return
+                body = sock.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+            except OSError:
+                continue
+            if self.garble.is_set():
+                sock.sendall(b"\x00\x00\x00\x05{{{{{")
+                return
+            request = json.loads(body)
+            for row in request.get("rows", []):
+                if row["seq"] == self.last_seq + 1:
+                    self.ids.append(row["msg_id"])
+                    self.last_seq = row["seq"]
+            sock.sendall(frame({"ok": True, "last_seq": self.last_seq}))
+
+
+def test_a_shipper_failure_is_logged_reported_to_the_sender_and_retried(tmp_path, started):
+    # Old behaviour: an unreadable reply raised ProtocolError, which the shipper did not
+    # catch: the task died unseen (no replication_failed), the copy was never retried, and
+    # every later sync send was acknowledged after 100 ms as if replicated.
+    fake = FakeCopy()
+    fake.start()
+    try:
+        port_a, admin_a = free_ports(2)
+        a = start_service("roles.mailbox", mailbox_config("mbxA", port_a, admin_a, tmp_path, True, [fake.port]),
+                          tmp_path, started)
+        peer = f"127.0.0.1:{fake.port}"
+        with Conn(port_a) as conn:
+            first = send_direct(conn, "confirmed")
+            assert "unreplicated" not in first, f"a send the copy confirmed was reported unreplicated: {first}"
+            wait_until(lambda: fake.ids == ["confirmed"], 5, "the fake copy holds the first row")
+            fake.garble.set()
+            reply = send_direct(conn, "not-confirmed")
+            assert reply.get("unreplicated") == [peer], \
+                f"a sync send no copy confirmed was acknowledged as replicated: {reply}"
+            [failed] = wait_until(lambda: a.events("replication_failed"), 5, "replication_failed logged")
+            assert failed["peer"] == peer and failed["reason"], failed
+            fake.garble.clear()
+            wait_until(lambda: fake.ids == ["confirmed", "not-confirmed"], REPLICA_RETRY_S + 5,
+                       "the shipper retried and shipped the row")
+            wait_until(lambda: a.events("replication_resumed"), 5, "replication_resumed logged")
+            assert "unreplicated" not in send_direct(conn, "confirmed-again")
+        a.assert_alive()
+    finally:
+        fake.halt.set()
+        fake.join(timeout=5)
+
+
+def test_after_an_unfinished_catch_up_the_old_copy_takes_the_new_log_and_a_failover_counts_honestly(
+        tmp_path, started):
+    # Old behaviour: B mounted without the rows A had after B's position (its catch-up did
+    # not finish), then wrote its own rows at those positions. A (passive now) still held
+    # its own rows there, so it "confirmed" B's rows by position: sync sends were
+    # acknowledged as replicated though A never had them, and a failover back to A under
+    # the lossless dial mounted with missing = 0 and B's acknowledged mail gone.
+    dag = start_dag(tmp_path, started, with_cas=False)
+    with Conn(dag.a.port) as conn:
+        for i in range(5):
+            send_direct(conn, f"shared-{i}")
+        caught_up(dag.b, 5)
+        dag.b.freeze()
+        for i in range(5):
+            send_direct(conn, f"only-on-a-{i}")
+    head = admin(dag.a, {"op": "deactivate", "db": "DB1"})["head"]
+    assert head == 10
+    dag.b.thaw()
+    dead = free_ports(1)[0]  # the catch-up cannot reach the old active copy: it does not finish
+    mounted = admin(dag.b, {"op": "activate", "db": "DB1", "catch_up_from": f"127.0.0.1:{dead}", "head": head})
+    base = mounted["last_seq"]  # B may have read one frame queued while it was frozen
+    assert mounted["missing"] == head - base > 0, mounted
+    acked = []
+    with Conn(dag.b.port) as conn:
+        for i in range(3):
+            reply = send_direct(conn, f"on-b-{i}")
+            if "unreplicated" not in reply:
+                acked.append(reply["msg_id"])
+    # every send acknowledged as replicated is on A; A's log is B's now
+    on_a = set(stored_ids(dag.a.store_dir))
+    assert set(acked) <= on_a, f"acknowledged as replicated, not on A: {sorted(set(acked) - on_a)}"
+    wait_until(lambda: db_status(dag.a)["last_seq"] == base + 3 and {f"on-b-{i}" for i in range(3)} <=
+               set(stored_ids(dag.a.store_dir)), 10, "A took B's log")
+    assert not {f"only-on-a-{i}" for i in range(base - 5, 5)} & set(stored_ids(dag.a.store_dir)), \
+        "A kept rows at positions B's log gave to other messages"
+    with Conn(dag.b.port) as conn:
+        send_direct(conn, "last-on-b")
+    dag.b.proc.kill()
+    dag.b.proc.wait(timeout=5)
+    # a failover to A under the lossless dial: it mounts only if it lacks nothing B acknowledged
+    reply = admin(dag.a, {"op": "activate", "db": "DB1", "max_missing": 0}, expect_ok=False)
+    lacking = {"last-on-b", *acked} - set(stored_ids(dag.a.store_dir))
+    if reply.get("ok"):
+        assert not lacking, f"mounted with missing=0 under the lossless dial, lacking {sorted(lacking)}"
+    else:
+        assert reply["error"] == "too_far_behind" and reply["missing"] == len(lacking) > 0, (reply, lacking)
+
+
+def test_a_batch_of_the_longest_rows_fits_one_frame():
+    # Old behaviour: 200 rows per frame whatever their size (encode raised over 64 KiB).
+    from labcommon.protocol import MAX_FRAME, encode
+    from roles.dag import fit, valid_row
+    rows = [{"msg_id": f"{i}{LONG}"[:200], "seq": i + 1, "user": LONG, "folder": LONG, "subject": LONG}
+            for i in range(BATCH)]
+    assert all(valid_row(r) for r in rows)
+    batch = fit(rows)
+    assert 1 <= len(batch) < BATCH and batch == rows[:len(batch)]
+    frame_ = encode({"op": "replicate", "db": "D" * 200, "rows": batch, "head": 2**61, "prev_seq": 2**61,
+                     "prev_chain": "0" * 16})
+    assert MAX_FRAME - 20_000 < len(frame_) <= MAX_FRAME + 4, len(frame_)
+
+
+def test_a_copy_whose_log_diverged_drops_the_foreign_rows_and_takes_the_active_log(tmp_path):
+    # Old behaviour: positions alone: a copy holding other rows at the active copy's
+    # positions "had" them, and said so.
+    from roles.dag import DatabaseCopy
+
+    def row(seq, msg_id):
+        return {"msg_id": msg_id, "seq": seq, "user": "alice", "folder": "Inbox", "subject": ""}
+
+    old = DatabaseCopy(tmp_path / "old.sqlite", active=True, peers=[])
+    new = DatabaseCopy(tmp_path / "new.sqlite", active=True, peers=[])
+    for i in range(1, 4):
+        old.append(row(0, f"shared-{i}"))
+        new.append(row(0, f"shared-{i}"))
+    for i in range(2):
+        old.append(row(0, f"only-old-{i}"))      # positions 4, 5 on the old log
+    for i in range(3):
+        new.append(row(0, f"only-new-{i}"))      # positions 4, 5, 6 on the new log
+    old.active = False
+    # the new active copy continues from position 5: the old copy's chain there differs
+    assert old.apply([row(6, "only-new-2")], 6, 5, new.chain_at(5)) == "diverged"
+    assert old.last_seq == 4 and old.behind == 2
+    assert old.apply(new.rows_after(4), 6, 4, new.chain_at(4)) == "diverged"
+    assert old.last_seq == 3 and old.behind == 3, "it knows it lacks everything after the common rows"
+    assert old.apply(new.rows_after(3), 6, 3, new.chain_at(3)) == "ok"
+    assert (old.last_seq, old.behind, old.tip) == (6, 0, new.tip)
+    assert [r["msg_id"] for r in old.rows_after(0)] == [r["msg_id"] for r in new.rows_after(0)]
+    # a shipment re-sent from an earlier position replaces, never duplicates
+    assert old.apply(new.rows_after(2), 6, 2, new.chain_at(2)) == "ok" and old.last_seq == 6

@@ -83,9 +83,15 @@ def test_async_replication_announces_closed_generations_and_ships_on_the_copier_
         active = DatabaseCopy(tmp_path / "a.sqlite", True, ["127.0.0.1:9"])
         passive = DatabaseCopy(tmp_path / "p.sqlite", False, [])
 
-        class Link:  # the passive copy's side of the wire, in process
+        class Link:  # the passive copy's side of the wire, in process (as roles.mailbox answers it)
             async def call(self, message):
-                return {"ok": passive.apply(message["rows"], message["head"]), "last_seq": passive.last_seq}
+                outcome = passive.apply(message["rows"], message["head"], message.get("prev_seq"),
+                                        message.get("prev_chain"))
+                return {"ok": outcome == "ok", "last_seq": passive.last_seq,
+                        **({} if outcome == "ok" else {"error": outcome})}
+
+            def close(self):
+                pass
 
         shipper = Shipper("DB1", active, "127.0.0.1:9", NullLog(), "async", log_messages=5, log_interval_s=0.4)
         shipper.link = Link()

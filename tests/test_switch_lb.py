@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from caslab import nlb_client, system
-from caslab.netlab import LabNetwork, free_tcp_port
-from caslab.scenario import port_listening, wait_until
+from caslab.netlab import LabNetwork
+from caslab.ofchannel import listening_socket, write_private
+from caslab.scenario import wait_until
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
@@ -82,8 +83,11 @@ class Lab:
     def __init__(self, tmp_path, cas: int = 4, affinity: str = "single"):
         self.plan = LabPlan.build([{"name": "HQ", "cas": cas, "mailboxes": 1, "clients": 1}])
         self.tmp = tmp_path
-        self.port, self.api, self.token = free_tcp_port(), free_tcp_port(), "tok"
-        self.lab = LabNetwork(self.plan, tmp_path, self.port)
+        self.api_socket, self.token = listening_socket(), "tok"
+        self.api = self.api_socket.getsockname()[1]
+        self.token_file = tmp_path / "nlb-token"
+        write_private(self.token_file, self.token.encode())
+        self.lab = LabNetwork(self.plan, tmp_path)
         self.affinity = affinity
         self.site = self.plan.sites[0]
         self.client = self.plan.by_role("client")[0]
@@ -96,17 +100,16 @@ class Lab:
                   "prefixes": [f"{self.client.ip}/32", f"{self.base}.0/24", TRACE_BLOCK]}
         return {"events": str(self.tmp / "nlb.jsonl"), "dataplane": "switch", "fast_fail": True,
                 "datapath_name": self.lab.datapath_name, "state_file": str(self.tmp / "state.json"),
-                "api": {"host": "127.0.0.1", "port": self.api, "token": self.token},
+                "api": {"host": "127.0.0.1", "port": self.api, "fd": self.api_socket.fileno(),
+                        "token_file": str(self.token_file)},
                 "vips": [{"name": "HQ", "ip": self.site.vip, "mac": self.site.vip_mac, "dpid": 1, "ports": [6001],
                           "affinity": self.affinity, "members": members, "sources": [source]}]}
 
     def start_controller(self) -> None:
         path = self.tmp / "nlb.json"
         path.write_text(json.dumps(self.config()))
-        self.controller = self.lab.popen_root("controller", [sys.executable, "-m", "controllers.launcher", "--port",
-                                                             str(self.port), "controllers.sdn_nlb"],
-                                              env={"CASLAB_NLB_CONFIG": str(path)})
-        wait_until(lambda: port_listening(self.port), 30, "controller")
+        self.controller = self.lab.popen_controller("controllers.sdn_nlb", env={"CASLAB_NLB_CONFIG": str(path)},
+                                                    pass_fds=(self.api_socket.fileno(),))
 
     def __enter__(self):
         self.lab.build()
@@ -122,7 +125,10 @@ class Lab:
         return self
 
     def __exit__(self, *exc):
-        self.lab.stop()
+        try:
+            self.lab.stop()
+        finally:
+            self.api_socket.close()
 
     def once(self, count: int = 200) -> dict[str, str]:
         code, out = self.lab.run_in(self.client.name, [sys.executable, "-c", CLIENT, self.site.vip, str(count),

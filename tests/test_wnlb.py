@@ -205,3 +205,65 @@ def test_the_kernel_hashes_every_affinity_as_python_does():
     for affinity, rows in found.items():
         assert len(rows) == 16, affinity
         assert [r[2] for r in rows] == [r[3] for r in rows], affinity
+
+
+CRAFTED_PROBE = r'''
+import json, socket, subprocess, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from controllers.wnlb_logic import ETHERTYPE
+from controllers.wnlb_membership import Membership, encode
+from tests.test_wnlb_logic import crafted_heartbeats
+
+work = Path(sys.argv[1])
+for args in (["link", "set", "lo", "up"], ["link", "add", "cx0", "type", "veth", "peer", "name", "cx1"],
+             ["link", "set", "cx0", "mtu", "9000", "up"], ["link", "set", "cx1", "mtu", "9000", "up"]):
+    subprocess.run(["ip", *args], check=True)
+events = work / "agent.jsonl"
+config = {"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "cx0",
+          "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 100, "missed": 3,
+          "stable": 2, "control": str(work / "agent.sock"), "events": str(events)}
+(work / "agent.json").write_text(json.dumps(config))
+agent = subprocess.Popen([sys.executable, "-m", "controllers.wnlb_agent", str(work / "agent.json")],
+                         cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(work / "agent.stderr", "wb"))
+try:
+    def evs(kind):
+        return [e for e in map(json.loads, events.read_text().splitlines()) if e["ev"] == kind] if events.exists() else []
+    deadline = time.monotonic() + 10
+    while not evs("wnlb_up") and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+    raw.bind(("cx1", ETHERTYPE))
+    header = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x02" + ETHERTYPE.to_bytes(2, "big")
+    for payload in crafted_heartbeats().values():
+        raw.send(header + payload)
+    time.sleep(0.5)  # five of the agent's periods
+    alive_after_crafted = agent.poll() is None
+    peer = Membership(2, "cas2", "10.1.0.100", 3, 2)
+    for _ in range(10):
+        raw.send(header + encode(peer.heartbeat()))
+        time.sleep(0.1)
+    result = {"up": bool(evs("wnlb_up")), "alive_after_crafted": alive_after_crafted,
+              "alive": agent.poll() is None, "members_up": [e["member"] for e in evs("lb_member") if e["alive"]],
+              "stderr": (work / "agent.stderr").read_text()[-2000:]}
+finally:
+    agent.terminate()
+    agent.wait(timeout=10)
+print(json.dumps(result))
+'''
+
+
+def test_a_running_agent_survives_crafted_heartbeat_frames(tmp_path):
+    # Old behaviour: one frame with Infinity (OverflowError) or deep nesting (RecursionError)
+    # killed the agent, on every CAS of the segment at once (heartbeats are broadcast).
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", CRAFTED_PROBE, str(tmp_path), str(root)],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["up"], result
+    assert result["alive_after_crafted"] and result["alive"], f"the agent died: {result['stderr']}"
+    assert "cas2" in result["members_up"], f"the agent no longer hears its peer: {result}"

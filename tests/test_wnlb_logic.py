@@ -196,6 +196,68 @@ def test_a_heartbeat_that_is_not_one_is_ignored():
     assert other.receive(decode(encode(good))) == [], "another cluster's heartbeat"
 
 
+def crafted_heartbeats() -> dict[str, bytes]:
+    """Heartbeat payloads a hostile host on the segment could send (each fits the 2,048
+    bytes the agent reads of a frame)."""
+    good = Membership(2, "cas2", "10.1.0.100", 5, 3).heartbeat()
+    text = encode(good).decode()
+    return {
+        "infinite_id": text.replace('"id":2', '"id":Infinity').encode(),
+        "infinite_conns": text.replace('"conns":0', '"conns":-Infinity').encode(),
+        "nan_id": text.replace('"id":2', '"id":NaN').encode(),
+        "overflowing_float": text.replace('"conns":0', '"conns":1e400').encode(),
+        "huge_int": text.replace('"conns":0', '"conns":' + "9" * 1800).encode(),
+        "deep_array": b"[" * 1017 + b"]" * 1017,
+        "deep_busy": text.replace('"busy":[]', '"busy":' + "[" * 900 + "]" * 900).encode(),
+        "deep_name": text.replace('"name":"cas2"', '"name":' + "{\"a\":" * 200 + "1" + "}" * 200).encode(),
+        "float_id": text.replace('"id":2', '"id":2.5').encode(),
+        "bool_id": text.replace('"id":2', '"id":true').encode(),
+        "busy_out_of_range": text.replace('"busy":[]', '"busy":[-1,60,99999]').encode(),
+        "busy_string": text.replace('"busy":[]', '"busy":"123"').encode(),
+        "map_of_strings": encode({**good, "map": ["x"] * 60}),
+        "view_of_triples": text.replace('"view":[[2,false]]', '"view":[[2,false,1]]').encode(),
+        "view_huge_id": text.replace('"view":[[2,false]]', '"view":[[1e300,false]]').encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(crafted_heartbeats()))
+def test_a_crafted_heartbeat_is_dropped_not_fatal(name):
+    # Old behaviour: json.loads raised RecursionError on deep nesting and int() raised
+    # OverflowError on Infinity: neither was caught, and the agent of every CAS died.
+    payload = crafted_heartbeats()[name]
+    assert len(payload) <= 2048 - 14, "a crafted heartbeat must fit what the agent reads of a frame"
+    assert decode(payload) is None
+    assert decode(encode(Membership(2, "cas2", "10.1.0.100", 5, 3).heartbeat()))["id"] == 2, "the untouched one"
+
+
+@pytest.mark.parametrize("name", list(crafted_heartbeats()))
+def test_the_agent_survives_a_crafted_frame_and_still_hears_its_peers(tmp_path, name):
+    from controllers.wnlb_agent import Agent
+    from controllers.wnlb_logic import ETHERTYPE
+    agent = Agent({"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "lo",
+                   "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 1000,
+                   "missed": 5, "stable": 3, "events": str(tmp_path / "events.jsonl")})
+    header = b"\xff" * 6 + b"\x02" * 6 + ETHERTYPE.to_bytes(2, "big")
+    agent.on_frame(header + crafted_heartbeats()[name])
+    assert agent.membership.peers == {}
+    agent.on_frame(header + encode(Membership(2, "cas2", "10.1.0.100", 5, 3).heartbeat()))
+    assert [p.name for p in agent.membership.peers.values() if p.alive] == ["cas2"]
+
+
+@pytest.mark.parametrize("command", [b"[" * 5000 + b"]" * 5000, b"[1]", b'"drainstop"', b"\xff\xfe",
+                                     b'{"cmd": "drainstop", "deadline_s": 1e308}',
+                                     b'{"cmd": "drainstop", "deadline_s": Infinity}',
+                                     b'{"cmd": "drainstop", "deadline_s": NaN}'],
+                         ids=["deep", "list", "string", "not_utf8", "huge_deadline", "infinite_deadline", "nan"])
+def test_the_agent_survives_a_crafted_admin_command(tmp_path, command):
+    from controllers.wnlb_agent import Agent
+    agent = Agent({"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "lo",
+                   "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 1000,
+                   "missed": 5, "stable": 3, "events": str(tmp_path / "events.jsonl")})
+    agent.on_command(command)
+    assert agent.deadline_ns is None
+
+
 # ---------------------------------------------------------------- rulesets
 
 

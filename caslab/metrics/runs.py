@@ -112,7 +112,7 @@ def detection_ms(events: list[dict], t_fault: int, window_end: int, elements: se
     for e in events:
         if t_fault <= e["ts"] < window_end and e["ev"] == LB_MEMBER and not e.get("accepts_new", True) \
                 and e.get("member") in elements:
-            return round((e["ts"] - t_fault) / 1e6, 1)
+            return round((e["ts"] - t_fault) / 1e6, 3)
     return None
 
 
@@ -135,12 +135,12 @@ def goodput(events: list[dict], t0: int, end: int, affected: set[str]) -> Goodpu
     pre = -first_bin
     out = Goodput(first_bin=first_bin, all_sessions=all_counts, unaffected=unaffected)
     if pre > 0 and size > pre:
-        out.pre_fault = round(statistics.fmean(all_counts[:pre]), 1)
-        out.pre_fault_unaffected = round(statistics.fmean(unaffected[:pre]), 1)
-        if out.pre_fault:
-            out.dip = round(min(all_counts[pre:]) / out.pre_fault, 3)
-        if out.pre_fault_unaffected:
-            out.dip_unaffected = round(min(unaffected[pre:]) / out.pre_fault_unaffected, 3)
+        level, level_unaffected = statistics.fmean(all_counts[:pre]), statistics.fmean(unaffected[:pre])
+        out.pre_fault, out.pre_fault_unaffected = round(level, 1), round(level_unaffected, 1)
+        if level:  # the dip divides by the level itself, not by its rounded display
+            out.dip = round(min(all_counts[pre:]) / level, 3)
+        if level_unaffected:
+            out.dip_unaffected = round(min(unaffected[pre:]) / level_unaffected, 3)
     return out
 
 
@@ -148,7 +148,7 @@ def cpu_idle(events: list[dict], start: int, end: int, t0: int) -> dict[str, flo
     window = [e for e in events if e["ev"] == CPU and start <= e["ts"] <= end]
     values = [e["idle_pct"] for e in window]
     pre = [e["idle_pct"] for e in window if e["ts"] < t0]
-    return {"mean": round(statistics.fmean(values), 1) if values else None,
+    return {"mean": statistics.fmean(values) if values else None,  # unrounded: the fidelity check compares it
             "min": min(values) if values else None,
             "pre_fault": round(statistics.fmean(pre), 1) if pre else None, "samples": len(values)}
 

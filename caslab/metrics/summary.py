@@ -45,7 +45,7 @@ def untrusted_reasons(runs: list[RunOutcome], min_idle_pct: float, exits: list[d
         if verdict is None:
             reasons.append(f"repetition {r.rep + 1}: no CPU sample in its window (fidelity unknown)")
         elif not verdict:
-            reasons.append(f"repetition {r.rep + 1}: CPU idle averaged {r.cpu_idle['mean']} % (< {min_idle_pct:g} %): "
+            reasons.append(f"repetition {r.rep + 1}: CPU idle averaged {r.cpu_idle['mean']:.1f} % (< {min_idle_pct:g} %): "
                            f"the machine, not the design, may have set these numbers")
     if any(not r.complete for r in runs):
         reasons.append("a repetition did not complete")
@@ -84,7 +84,8 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
         notices=notices, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap, capture_check=capture,
         process_exits=exits, cost=scenario_cost, never_served=sum(r.never_served for r in runs), flood=flood,
         by_address=[{"label": meta["label"], **row} for row in addresses.merge([r.by_address for r in runs])],
-        http=protocol_rows(meta, runs, not reasons), cpu_idle_by_repetition=[r.cpu_idle.get("mean") for r in runs])
+        http=protocol_rows(meta, runs, not reasons),
+        cpu_idle_by_repetition=[None if r.cpu_idle.get("mean") is None else round(r.cpu_idle["mean"], 1) for r in runs])
 
 
 def flood_summary(runs: list[RunOutcome]) -> dict[str, Any]:
@@ -134,6 +135,7 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
     reconnects = [v for f in faults for v in f.reconnect_ms]
     rep_means = [statistics.fmean(f.reconnect_ms) for f in faults if f.reconnect_ms]
     subset = [s.phases for s in sessions if s.recovered and in_causal_order(s.phases, PHASES)]
+    detections = [f.detection_ms for f in faults if f.detection_ms is not None]
     phases = {p: median([m[p] for m in subset]) for p in PHASES}
     first = faults[0]
     dips = [r.goodput.dip_unaffected for r in runs if r.goodput.dip_unaffected is not None]
@@ -148,7 +150,7 @@ def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages
         reauth=sum(s.reauth for s in sessions if s.affected), prompts=sum(s.prompts for s in sessions if s.affected),
         silent_reauth=sum(s.silent_reauth for s in sessions if s.affected), **database_row(faults),
         reconnect_ms=Distribution.of(reconnects, rep_means),
-        detection_ms=Distribution.of([f.detection_ms for f in faults if f.detection_ms is not None]),
+        detection_ms=Distribution.of(detections, rep_means=detections),  # one detection per repetition
         phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap,
         capture_check=capture if index == 0 else None,  # the wire is read for each run's first fault only
         cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
@@ -188,9 +190,14 @@ def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: boo
             def mine(s) -> bool:
                 return s.protocol == protocol and s.external == external
             sessions = [s for f in faults for s in f.sessions if mine(s)]
-            rep_means = [statistics.fmean(v) for f in faults
-                         if (v := [s.reconnect_ms for s in f.sessions if mine(s) and s.affected
-                                   and s.reconnect_ms is not None])]
+
+            def per_repetition(values_of) -> list[float]:
+                """Each repetition's mean (repetitions with at least one value)."""
+                return [statistics.fmean(v) for f in faults if (v := [x for s in f.sessions if mine(s)
+                                                                       for x in values_of(s)])]
+            reconnects = lambda s: [s.reconnect_ms] if s.affected and s.reconnect_ms is not None else []  # noqa: E731
+            reestablished = lambda s: [s.reestablish_ms] if s.reestablish_ms is not None else []  # noqa: E731
+            latencies = lambda s: s.latencies_ms  # noqa: E731
             rows.append(ProtocolSummary(
                 scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=index, fault=faults[0].label,
                 protocol=protocol, clients="Internet" if external else "internal", repetitions=len(faults),
@@ -203,10 +210,11 @@ def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: boo
                 pings_lost=sum(s.pings_lost for s in sessions),
                 pings_reestablished=sum(s.pings_reestablished for s in sessions),
                 disconnects=sum(s.disconnects for s in sessions),
-                reconnect_ms=Distribution.of([s.reconnect_ms for s in sessions
-                                              if s.affected and s.reconnect_ms is not None], rep_means),
-                reestablish_ms=Distribution.of([s.reestablish_ms for s in sessions if s.reestablish_ms is not None]),
-                latency_ms=Distribution.of([v for s in sessions for v in s.latencies_ms]), trustworthy=trustworthy))
+                reconnect_ms=Distribution.of([x for s in sessions for x in reconnects(s)], per_repetition(reconnects)),
+                reestablish_ms=Distribution.of([x for s in sessions for x in reestablished(s)],
+                                               per_repetition(reestablished)),
+                latency_ms=Distribution.of([x for s in sessions for x in latencies(s)], per_repetition(latencies)),
+                trustworthy=trustworthy))
     return rows
 
 

@@ -80,7 +80,8 @@ class SdnNlb(VipMode):
             "events": ctx.events_path("nlb"), "vips": vips, "datapath_name": ctx.lab.datapath_name,
             "state_file": str(ctx.raw_dir / "nlb-admin-state.json"),
             "health": {"socket": ctx.nlb_socket, "fall": nlb["fall"], "rise": nlb["rise"]},
-            "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port, "token": ctx.nlb_api_token}, **settings,
+            "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port, "fd": ctx.nlb_api_socket.fileno(),
+                    "token_file": str(ctx.nlb_token_file())}, **settings,
         }
 
     def start(self, ctx):

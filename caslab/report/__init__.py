@@ -24,6 +24,7 @@ from caslab.columns import (
     ADDRESS_COLUMNS, COLUMNS, HTTP_COLUMNS, SESSION_COLUMNS, Column, shows_addresses, with_sessions,
 )
 from caslab.report import plots
+from caslab.safefs import write_file
 
 TEMPLATES = Path(__file__).parent / "templates"
 CAPTIONS = {
@@ -65,7 +66,7 @@ def write_csv(path: Path, columns: list[Column], rows: list[Any]) -> None:
     writer.writerow([c.key for c in columns])
     for row in rows:
         writer.writerow([csv_value(c.value(row)) for c in columns])
-    path.write_text(buffer.getvalue())
+    write_file(path, buffer.getvalue())
 
 
 def session_rows(analysis: Analysis) -> list[dict[str, Any]]:
@@ -145,6 +146,16 @@ def served_text(s) -> str:
     return f" {served} of {total} sessions were served: " + "; ".join(parts) + "."
 
 
+MD_SPECIAL = "\\`*_{}[]()#+-.!|~"
+
+
+def md_text(value: Any) -> str:
+    """Text (a spec's description) in Markdown as text: no HTML, link, heading or emphasis
+    of its own (HTML's &, <, > as entities, Markdown's punctuation escaped)."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{ch}" if ch in MD_SPECIAL else ch for ch in text)
+
+
 def capture_lines(analysis: Analysis) -> list[dict[str, Any]]:
     """One sentence per scenario on the packet-capture cross-check (what was compared, and
     every disagreement), or why there is none; nothing for scenarios without captures."""
@@ -176,7 +187,7 @@ def _md(value: Any) -> str:
 def write_report(run_dir: Path) -> Analysis:
     run_dir = Path(run_dir)
     analysis = analyze(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
+    write_file(run_dir / "summary.json", json.dumps(analysis.summary(), indent=2, sort_keys=True) + "\n")
     write_csv(run_dir / "summary.csv", COLUMNS, analysis.rows)
     write_csv(run_dir / "sessions.csv", SESSION_COLUMNS, session_rows(analysis))
     address_rows = [row for s in analysis.scenarios for row in s.by_address]
@@ -191,10 +202,10 @@ def write_report(run_dir: Path) -> Analysis:
                "capture_lines": capture_lines(analysis),
                "address_rows": address_rows if shows_addresses(analysis.scenarios) else []}
     md = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    md.filters.update(caption=caption, md=_md)
-    (run_dir / "report.md").write_text(md.get_template("report.md.j2").render(**context))
+    md.filters.update(caption=caption, md=_md, md_text=md_text)
+    write_file(run_dir / "report.md", md.get_template("report.md.j2").render(**context))
     html = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     html.filters.update(caption=caption)
     embedded = {name: base64.b64encode((run_dir / name).read_bytes()).decode() for name in figures}
-    (run_dir / "report.html").write_text(html.get_template("report.html.j2").render(embedded=embedded, **context))
+    write_file(run_dir / "report.html", html.get_template("report.html.j2").render(embedded=embedded, **context))
     return analysis

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 from jinja2 import Environment
 
 from caslab import system
 from caslab.columns import COLUMNS
+from caslab.safefs import write_file
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>caslab results</title>
@@ -32,7 +34,7 @@ th { background: #eee; } td:first-child, td:nth-child(2) { text-align: left; }
 {% if run.git %} &middot; commit {{ run.git }}{% endif %}</p>
 {% if run.rows %}
 <table><tr>{% for c in columns %}<th>{{ c.title }}</th>{% endfor %}</tr>
-{% for row in run.rows %}<tr>{% for c in columns %}<td>{{ c.text(row) }}</td>{% endfor %}</tr>
+{% for cells in run.rows %}<tr>{% for cell in cells %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% else %}<p class="meta">no summary (the run wrote no report)</p>{% endif %}
 {% endfor %}
@@ -50,23 +52,44 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_entry(folder: Path) -> dict[str, Any] | None:
+def _object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object; None when it is missing, not JSON or not an object."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _get(value: Any, *keys: str) -> Any:
+    """value[k1][k2]..., None wherever a level is missing or not an object."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def run_entry(folder: Path) -> dict[str, Any] | None:
+    """One run's line in the index; None for a folder that is no run. A neighbour's files
+    may be anything: a field of the wrong type shows as missing, never as an error."""
+    manifest = _object(folder / "manifest.json")
+    if manifest is None:
+        return None
+    summary = _object(folder / "summary.json") or {}
+    commit, dirty = _get(manifest, "git", "commit"), _get(manifest, "git", "dirty")
+    commit = commit if isinstance(commit, str) else None
+    # "./" and quoting: a folder's name is a relative path, never a scheme (javascript:)
+    link = f"./{quote(folder.name, safe='')}/"
+    shown = [c for c in COLUMNS if c.terminal]
     try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    spec = manifest.get("spec", {}).get("experiment", {})
-    commit = (manifest.get("git") or {}).get("commit")
-    dirty = (manifest.get("git") or {}).get("dirty")
-    return {"name": folder.name, "link": f"{folder.name}/report.html" if (folder / "report.html").exists()
-            else f"{folder.name}/", "experiment": spec.get("name", "?"), "description": spec.get("description", ""),
-            "complete": manifest.get("complete", False), "live": manifest.get("live", False),
+        rows = [[c.text(r) for c in shown] for r in headline_rows(summary)]
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        rows = []
+    return {"name": folder.name, "link": f"{link}report.html" if (folder / "report.html").exists() else link,
+            "experiment": str(_get(manifest, "spec", "experiment", "name") or "?"),
+            "description": str(_get(manifest, "spec", "experiment", "description") or ""),
+            "complete": manifest.get("complete") is True, "live": manifest.get("live") is True,
             "git": f"{commit[:10]}{' (dirty)' if dirty else ''}" if commit else None,
-            "rows": headline_rows(summary), "mtime": (folder / "manifest.json").stat().st_mtime}
+            "rows": rows, "mtime": (folder / "manifest.json").stat().st_mtime}
 
 
 def write_index(folder: Path) -> Path:
@@ -76,7 +99,7 @@ def write_index(folder: Path) -> Path:
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         runs=runs, folder=str(folder), columns=[c for c in COLUMNS if c.terminal])
     path = folder / "index.html"
-    path.write_text(html)
+    write_file(path, html)
     system.give_to_invoking_user(str(path))
     system.give_to_invoking_user(str(folder), recursive=False)
     return path

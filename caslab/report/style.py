@@ -5,12 +5,15 @@ carry no dates, so ``caslab report`` rebuilds them byte for byte)."""
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from caslab.safefs import write_file  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 MODE_STYLE = {
@@ -50,8 +53,11 @@ def scenario_styles(scenarios) -> dict[str, dict]:
 
 def save(fig, path: Path) -> list[str]:
     """PNG and SVG beside it, without timestamps; returns the file names."""
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    png, svg_data = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
     svg = path.with_suffix(".svg")
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    fig.savefig(svg_data, format="svg", metadata={"Date": None, "Creator": None})
+    write_file(path, png.getvalue())
+    write_file(svg, svg_data.getvalue())
     plt.close(fig)
     return [path.name, svg.name]

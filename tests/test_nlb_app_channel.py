@@ -1,0 +1,72 @@
+"""The SDN NLB app's OpenFlow channels (issue 18 item 1): one live connection per datapath
+id, and a datapath dropped when its channel dies. A second FEATURES_REPLY naming a
+connected switch's datapath id (an impostor, or a reconnect racing the old channel's
+death) is closed and ignored: it never replaces the live switch, and nothing it sends
+(port status, packet-ins) changes the NLB or reaches its replies. OpenFlow 1.3 and 1.5."""
+
+from __future__ import annotations
+
+from labcommon.catalogue import NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED
+from tests.fakes import (
+    FakeDatapath, VIP_IP, all_ports, arp_frame, channel_dead, events, features, flow_mods, member_port, packet_in,
+    packet_outs, port_desc, ready,
+)
+
+
+def test_a_second_connection_with_a_connected_dpid_is_closed_and_changes_nothing(make_app, version):
+    app = make_app(fast_fail=True)
+    dp = ready(app, version)
+    impostor = FakeDatapath(1, version)
+
+    assert features(app, impostor) == []  # nothing programmed through it
+    assert impostor.closed and not dp.closed
+    assert app.datapaths[1] is dp
+    assert [e["dpid"] for e in events(app, NLB_SWITCH_REFUSED)] == [1]
+
+    # what the impostor says is not believed: its port list, a forged link down, packet-ins
+    assert port_desc(app, impostor, all_ports(impostor)) == []
+    assert member_port(app, impostor, "cas1", link_down=True) == []
+    assert app.vips[0].pool.members["cas1"].in_service
+    before = dict(app.stats)
+    assert packet_in(app, impostor, arp_frame(1, VIP_IP)) == []
+    assert app.stats == before and app.limiter.tokens > 0
+
+    # the real switch is still the one the NLB programs and answers
+    assert packet_outs(packet_in(app, dp, arp_frame(1, VIP_IP)))
+    member_port(app, dp, "cas2", link_down=True)
+    assert not app.vips[0].pool.members["cas2"].in_service
+    assert impostor.take() == []
+
+
+def test_the_refused_connection_dying_leaves_the_live_switch(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    impostor = FakeDatapath(1, version)
+    features(app, impostor)
+    channel_dead(app, impostor)
+    assert app.datapaths[1] is dp
+    assert events(app, NLB_SWITCH_GONE) == []
+
+
+def test_a_dead_channel_drops_its_datapath_and_the_switch_may_connect_again(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    assert channel_dead(app, dp) == []
+    assert 1 not in app.datapaths
+    assert [e["dpid"] for e in events(app, NLB_SWITCH_GONE)] == [1]
+    member_port(app, dp, "cas1", link_down=True)  # a late message of the dead channel
+    assert app.vips[0].pool.members["cas1"].in_service
+
+    again = FakeDatapath(1, version)
+    assert flow_mods(features(app, again))  # programmed afresh
+    assert app.datapaths[1] is again and not again.closed
+    assert [e["dpid"] for e in events(app, NLB_SWITCH)] == [1, 1]
+
+
+def test_a_channel_that_dies_before_its_features_reply_is_ignored(make_app, version):
+    app = make_app()
+    dp = ready(app, version)
+    early = FakeDatapath(1, version)
+    early.id = None  # os-ken learns the id from FEATURES_REPLY
+    channel_dead(app, early)
+    assert app.datapaths[1] is dp and events(app, NLB_SWITCH_GONE) == []
