@@ -97,7 +97,8 @@ def make_handler(app, port: int, token: str | None, deadline_s: float = REQUEST_
             if not token:
                 raise ApiError(503, "no token is configured for this API: it refuses every request")
             if self.headers.get("Host") not in allowed_hosts:
-                raise ApiError(403, "the Host header must name this loopback address")
+                raise ApiError(403, f"the Host header must name this loopback address ({sorted(allowed_hosts)[0]}), "
+                                    f"not {str(self.headers.get('Host'))[:80]!r}")
             if self.headers.get("Origin") is not None:
                 raise ApiError(403, "requests from web pages are refused")
             given = self.headers.get("Authorization", "")
@@ -251,9 +252,13 @@ def read_token(api: dict[str, Any]) -> str | None:
     return os.environ.get("CASLAB_NLB_TOKEN") or None
 
 
-def serve_api(app, api: dict[str, Any]) -> None:
-    """Serve the API as the config's ``api`` says: on the inherited socket ``fd`` (the
-    lab's way), else bound to ``host``:``port``."""
+def api_server(app, api: dict[str, Any]) -> ApiServer:
+    """The API server the config's ``api`` asks for: on the inherited socket ``fd`` (the
+    lab's way; the server owns that descriptor from now on), else bound to ``host``:``port``."""
     sock = socket.socket(fileno=int(api["fd"])) if api.get("fd") is not None else None
-    server = ApiServer(app, read_token(api), sock=sock, address=(api.get("host", "127.0.0.1"), int(api.get("port", 0))))
-    server.serve_forever()
+    return ApiServer(app, read_token(api), sock=sock, address=(api.get("host", "127.0.0.1"), int(api.get("port", 0))))
+
+
+def serve_api(app, api: dict[str, Any]) -> None:
+    """Serve the API for good (the controller's thread)."""
+    api_server(app, api).serve_forever()

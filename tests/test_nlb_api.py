@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -322,10 +323,19 @@ def test_serve_api_serves_on_the_socket_it_is_handed_with_the_token_from_a_priva
     token_file = tmp_path / "nlb-token"
     write_private(token_file, f"{TOKEN}\n".encode())
     app = FakeApp()
-    thread = threading.Thread(target=nlb_api.serve_api, args=(app, {"fd": sock.fileno(), "port": port,
-                                                                     "token_file": str(token_file)}), daemon=True)
+    # The server owns the descriptor it is handed, as in the controller: give it its own copy,
+    # and stop it at the end (a server left running on a closed descriptor number would serve
+    # whatever socket a later test opens under that number).
+    httpd = nlb_api.api_server(app, {"fd": os.dup(sock.fileno()), "port": port, "token_file": str(token_file)})
+    sock.close()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    assert call(port, "POST", "/nlb/HQ/members/cas1/down", {})[0] == 200 and app.calls
+    try:
+        assert httpd.server_address[1] == port
+        assert call(port, "POST", "/nlb/HQ/members/cas1/down", {})[0] == 200 and app.calls
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_token_file_others_may_read_is_not_used(tmp_path):
