@@ -345,19 +345,24 @@ def test_async_replication_ships_log_generations(tmp_path, started):
 LONG = "\U0001d11e" * 200  # 200 astral characters: 2,400 bytes of JSON escapes per field
 
 
+def send_long_rows_while_b_is_frozen(dag, conn, msg_id) -> None:
+    """One short row both copies take, then 60 rows of long non-ASCII subjects while copy b
+    is frozen (far more than one 64 KiB frame holds)."""
+    send_direct(conn, "warm")
+    caught_up(dag.b, 1)
+    dag.b.freeze()
+    for i in range(60):
+        reply = conn.call({"op": "send", "db": "DB1", "user": "alice", "msg_id": msg_id(i), "subject": LONG})
+        assert reply and reply.get("ok") is True, reply
+
+
 def test_rows_too_long_for_one_frame_together_still_reach_a_lagging_copy(tmp_path, started):
     # Old behaviour: a resync batch was 200 rows whatever their size; 60 rows of long
     # non-ASCII subjects made a frame over 64 KiB, encode raised ProtocolError, the shipper
     # task died unseen and the copy never took another row.
     dag = start_dag(tmp_path, started, with_cas=False)
     with Conn(dag.a.port) as conn:
-        send_direct(conn, "warm")
-        caught_up(dag.b, 1)
-        dag.b.freeze()
-        for i in range(60):
-            reply = conn.call({"op": "send", "db": "DB1", "user": "alice", "msg_id": f"{LONG[:150]}-{i}",
-                               "subject": LONG})
-            assert reply and reply.get("ok") is True, reply
+        send_long_rows_while_b_is_frozen(dag, conn, lambda i: f"{LONG[:150]}-{i}")
         dag.b.thaw()
     caught_up(dag.b, 61, timeout=REPLICA_RETRY_S + 10)
     assert set(stored_ids(dag.a.store_dir)) == set(stored_ids(dag.b.store_dir))
@@ -370,12 +375,7 @@ def test_a_switchover_catch_up_takes_long_rows_in_frames_that_fit(tmp_path, star
     # not be encoded, the catch-up stopped and the switchover mounted with rows missing.
     dag = start_dag(tmp_path, started, with_cas=False)
     with Conn(dag.a.port) as conn:
-        send_direct(conn, "warm")
-        caught_up(dag.b, 1)
-        dag.b.freeze()
-        for i in range(60):
-            assert conn.call({"op": "send", "db": "DB1", "user": "alice", "msg_id": f"long-{i}",
-                              "subject": LONG})["ok"] is True
+        send_long_rows_while_b_is_frozen(dag, conn, lambda i: f"long-{i}")
     head = admin(dag.a, {"op": "deactivate", "db": "DB1"})["head"]
     dag.b.thaw()
     reply = admin(dag.b, {"op": "activate", "db": "DB1", "catch_up_from": dag.a.address, "head": head,
