@@ -95,6 +95,8 @@ COLUMNS: list[Column] = [
                                        "subset the phase split is taken over"),
     Column("messages_acked", "msgs acked", source="messages.acked"),
     Column("messages_lost", "lost", terminal=4, source="messages.lost", doc="acked but missing from the active copy"),
+    Column("messages_unreplicated", "single copy", source="messages.unreplicated",
+           doc="acked while a passive copy had not confirmed them (synchronous replication): held by one copy"),
     Column("messages_recovered", "dumpster recovered", source="messages.recovered",
            doc="messages the transport dumpster resubmitted that the mounted copy lacked"),
     Column("db_unmounted_ms", "DB unmounted", "ms", ".1f", doc="longest a failed database stayed unmounted "

@@ -68,7 +68,7 @@ class LabLock:
     def _lock_file(self):
         deadline = time.monotonic() + self.wait_s
         while True:
-            handle = _open_lock_file()
+            handle = open_private_lock()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -112,9 +112,11 @@ def _private(info: os.stat_result) -> bool:
     return info.st_uid == os.geteuid() and not info.st_mode & 0o077
 
 
-def _open_lock_file():
-    """The lock file, opened; made private first if it was not (see LabLock)."""
-    folder = LOCK_PATH.parent
+def open_private_lock(path: Path | None = None):
+    """A lock file (the lab lock unless ``path``), opened; made private first if it was not
+    (see LabLock): a file others can open is a lock others can take."""
+    path = LOCK_PATH if path is None else path
+    folder = path.parent
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
@@ -122,12 +124,12 @@ def _open_lock_file():
                        f"not a link or another user's (uid {info.st_uid})")
     if info.st_mode & 0o022:
         os.chmod(folder, stat.S_IMODE(info.st_mode) & ~0o022)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     info = os.fstat(fd)
     if not _private(info) and not any(uid == os.geteuid() for uid in _lock_holders(info)):
-        fresh = folder / f".lab.lock.{os.getpid()}"
+        fresh = folder / f".{path.name}.{os.getpid()}"
         new_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.replace(fresh, LOCK_PATH)
+        os.replace(fresh, path)
         os.close(fd)
         fd = new_fd
     return os.fdopen(fd, "r+")

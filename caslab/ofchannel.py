@@ -237,7 +237,8 @@ class Channel:
         """The launcher's options: the inherited socket and the TLS files."""
         f = self.files
         return ["--listen-fd", str(self.sock.fileno()), "--ctl-privkey", str(f.controller_key),
-                "--ctl-cert", str(f.controller_cert), "--ca-certs", str(f.ca)]
+                "--ctl-cert", str(f.controller_cert), "--ca-certs", str(f.ca),
+                "--switch-uid", str(system.vswitchd_uid())]
 
     def close(self) -> None:
         """Restore Open vSwitch's SSL configuration, then drop the socket and the keys."""

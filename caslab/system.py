@@ -51,6 +51,19 @@ def vswitchd_answers() -> bool:
         return False
 
 
+def vswitchd_uid() -> int:
+    """The account ovs-vswitchd runs as (its sockets are the only ones the controller's
+    OpenFlow listener admits); root where its pid file cannot be read."""
+    for folder in ("/run/openvswitch", "/var/run/openvswitch"):
+        try:
+            with open(os.path.join(folder, "ovs-vswitchd.pid")) as handle:
+                pid = int(handle.read().strip())
+            return os.stat(f"/proc/{pid}").st_uid
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 def kernel_datapath_available() -> bool:
     """True where the openvswitch kernel module is loaded (a VM); the sandbox has none."""
     return os.path.isdir("/sys/module/openvswitch")

@@ -9,8 +9,9 @@ parse options, load apps, instantiate, join, and always ``close()``. It avoids
 
 The lab uses the second form (caslab/ofchannel.py): the runner binds the listening socket
 and the controller inherits it (no moment in which another user could take the port), and
-the switches must present a certificate of the run's CA (mutual TLS). An accepted
-connection that has not finished its TLS handshake within HANDSHAKE_S is dropped.
+the switches must present a certificate of the run's CA (mutual TLS). The handshakes are
+the launcher's own (controllers/tls_listener.py: only the switch's account, few at once,
+one deadline each); os-ken, configured for plain TCP, gets connections whose handshake is done.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import socket
 import sys
 
-HANDSHAKE_S = 5.0
+from controllers.tls_listener import HANDSHAKE_S, TlsListener, tls_context
 
 
 def patch_ryu_for_modern_python() -> None:
@@ -51,15 +52,23 @@ class InheritedListener:
         self.sock.close()
 
 
-def serve_on_inherited(hub, fd: int) -> int:
-    """Make os-ken's OpenFlow server use the inherited socket; returns its port."""
-    listener = InheritedListener(fd)
+def serve_on_inherited(hub, fd: int, tls: dict[str, str] | None = None, switch_uid: int = 0) -> int:
+    """Make os-ken's OpenFlow server use the inherited socket; returns its port. With ``tls``
+    the listener itself completes each switch's mutual TLS handshake first."""
+    listener: InheritedListener | TlsListener = InheritedListener(fd)
+    if tls:
+        context = tls_context(tls["cert"], tls["privkey"], tls["ca"])
+        listener = TlsListener(listener.sock, context, switch_uid, on_refused=say_refused)
     hub.listen = lambda *args, **kwargs: listener  # what hub.StreamServer calls to bind
     return listener.sock.getsockname()[1]
 
 
+def say_refused(reason: str, addr) -> None:
+    print(f"openflow: refused {addr[0]}:{addr[1]}: {reason}", file=sys.stderr, flush=True)
+
+
 def run(apps: list[str], port: int | None, host: str, framework: str, listen_fd: int | None = None,
-        tls: dict[str, str] | None = None) -> None:
+        tls: dict[str, str] | None = None, switch_uid: int = 0) -> None:
     os.environ["CASLAB_FRAMEWORK"] = framework
     # The controller's threads (OpenFlow, health, API, challenges) hand the GIL over every
     # 0.5 ms instead of 5: a failover's handler waits less for an unrelated thread.
@@ -81,9 +90,9 @@ def run(apps: list[str], port: int | None, host: str, framework: str, listen_fd:
     if listen_fd is not None:
         if framework != "os_ken":
             raise SystemExit("--listen-fd needs os-ken (the lab's framework)")
-        port = serve_on_inherited(hub, listen_fd)
+        port = serve_on_inherited(hub, listen_fd, tls, switch_uid)
     options = [f"--ofp-listen-host={host}"]
-    if tls:
+    if tls and listen_fd is None:
         options += [f"--ofp-ssl-listen-port={port}", f"--ctl-privkey={tls['privkey']}", f"--ctl-cert={tls['cert']}",
                     f"--ca-certs={tls['ca']}"]
     else:
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctl-privkey", help="TLS: the controller's private key")
     parser.add_argument("--ctl-cert", help="TLS: the controller's certificate")
     parser.add_argument("--ca-certs", help="TLS: the CA a switch's certificate must be signed by")
+    parser.add_argument("--switch-uid", type=int, default=0,
+                        help="with --listen-fd and TLS: the account whose sockets may connect (ovs-vswitchd's)")
     parser.add_argument("--host", default="127.0.0.1", help="OpenFlow listen address (loopback)")
     parser.add_argument("--framework", choices=("os_ken", "ryu"), default="os_ken")
     args = parser.parse_args(argv)
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        run(args.apps, args.port, args.host, args.framework, args.listen_fd, tls)
+        run(args.apps, args.port, args.host, args.framework, args.listen_fd, tls, args.switch_uid)
     except (SystemExit, KeyboardInterrupt):
         pass
     finally:

@@ -126,7 +126,9 @@ OP = event("op", "client", "one operation finished; ts is when its reply reached
                            "stamp, however late the client's event loop read it) or when it failed",
            session=SESSION, op=f("str", "read / send / sync / ping"), ok=f("bool", "the reply said ok"),
            lat_us=f("int", "request to reply (or failure)", "us"), cas=f("str|null", "the CAS that answered"),
-           msg_id=opt("str", "id of the message sent (op = send)"), error=opt("str|null", "error of a failed reply"))
+           msg_id=opt("str", "id of the message sent (op = send)"), error=opt("str|null", "error of a failed reply"),
+           unreplicated=opt("list", "passive copies (addresses) that did not confirm this acknowledged send in time: "
+                                    "it was stored on the active copy only"))
 DOWN = event("down", "client", "the session's connection became unusable and was closed",
              session=SESSION, reason=f("str", "reset / timeout / eof / auth_required / ..."))
 
@@ -154,7 +156,9 @@ HTTP_REQUEST = event("http_request", "http client", "one HTTP request (or one RP
                      cas=f("str|null", "the CAS that answered (its X-FEServer header)"),
                      error=opt("str", "why it failed"),
                      msg_id=opt("str", "id of the message sent (cmd = send): acknowledged mail the metrics look "
-                                       "for in the mailbox"))
+                                       "for in the mailbox"),
+                     unreplicated=opt("list", "passive copies that did not confirm this acknowledged send in time "
+                                              "(OWA and Outlook Anywhere sends)"))
 HTTP_LOGON = event("http_logon", "http client", "a session logged on at a CAS (OWA form login, Outlook Anywhere "
                                                 "logon over its channels)",
                    session=HTTP_SESSION, protocol=PROTOCOL, cas=f("str|null", "the CAS that accepted it"),

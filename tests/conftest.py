@@ -78,8 +78,9 @@ def one_real_network_test_at_a_time(request):
     if "require_root" not in request.keywords or lab_prerequisites() is not None:
         yield
         return
-    TEST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(TEST_LOCK, "a+") as handle:
+    from caslab.netlab import open_private_lock
+
+    with open_private_lock(TEST_LOCK) as handle:  # root's, 0600: no other account can hold the suite up
         deadline = time.monotonic() + float(os.environ["CASLAB_LOCK_WAIT_S"])
         while True:
             try:

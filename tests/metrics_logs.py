@@ -117,6 +117,8 @@ def session_events(draw, sid: str, end_slot: int, plan: list[dict]) -> list[dict
     for e in out:                                        # sends carry message ids; a few ops are late
         if e["ev"] == "op" and e["op"] == "send":
             e["msg_id"] = draw(st.sampled_from(MSG_IDS))
+            if e["ok"] and draw(st.integers(0, 3)) == 0:
+                e["unreplicated"] = ["10.0.2.12:7000"]
     if out and draw(st.integers(0, 3)) == 0:
         draw(st.sampled_from([e for e in out if e["ev"] == "op"] or [{}])).update(lat_us=900_000)
     return out
@@ -173,6 +175,8 @@ def http_events(draw, host: str, end_slot: int, plan: list[dict]) -> list[dict]:
                       "cas": cas if ok else None}
                 if cmd == "send" and ok and draw(st.booleans()):
                     ev["msg_id"] = draw(st.sampled_from(MSG_IDS))
+                    if draw(st.integers(0, 3)) == 0:
+                        ev["unreplicated"] = ["10.0.2.12:7000"]
                 out.append(ev)
             elif kind == "down":
                 out.append({"ev": "http_down", "ts": ts, "session": sid, "protocol": proto, "reason": "reset"})

@@ -420,8 +420,10 @@ def _goodput(run: Run, t0: int, affected_any: set) -> dict[str, Any]:
 
 
 def _messages(run: Run) -> dict[str, int]:
-    acked = {e["msg_id"] for e in run.inside if e.get("msg_id") and e.get("ok") is True
-             and ((e["ev"] == OP and e.get("op") == "send") or (e["ev"] == HTTP_REQUEST and e.get("cmd") == "send"))}
+    sends = [e for e in run.inside if e.get("msg_id") and e.get("ok") is True
+             and ((e["ev"] == OP and e.get("op") == "send") or (e["ev"] == HTTP_REQUEST and e.get("cmd") == "send"))]
+    acked = {e["msg_id"] for e in sends}
+    single_copy = {e["msg_id"] for e in sends if len(e.get("unreplicated") or []) > 0}
     last: dict[str, str] = {}
     for e in run.evs:
         if e["ev"] in (DB_ACTIVE, DB_DISMOUNTED):
@@ -431,7 +433,7 @@ def _messages(run: Run) -> dict[str, int]:
         if e.get("active") and last.get(e["db"]) != DB_DISMOUNTED:
             stored_ids |= set(e.get("msg_ids", []))
     stored = acked & stored_ids
-    return {"acked": len(acked), "stored": len(stored), "lost": len(acked - stored),
+    return {"acked": len(acked), "stored": len(stored), "lost": len(acked - stored), "unreplicated": len(single_copy),
             "recovered": sum(e.get("recovered", 0) for e in run.of(DUMPSTER_RESUBMIT))}
 
 
@@ -504,7 +506,7 @@ def summarize(runs: list[dict[str, Any]], min_cpu_idle_pct: float) -> dict[str, 
                    and not any(r["process_exits"] for r in runs))
     means = [r["cpu"]["mean"] for r in runs if r["cpu"]["samples"]]
     mins = [r["cpu"]["min"] for r in runs if r["cpu"]["samples"]]
-    messages = {k: sum(r["messages"][k] for r in runs) for k in ("acked", "stored", "lost", "recovered")}
+    messages = {k: sum(r["messages"][k] for r in runs) for k in ("acked", "stored", "lost", "unreplicated", "recovered")}
     gaps = {k: max((r[k] for r in runs if r[k] is not None), default=None)
             for k in ("probe_gap_ms", "app_probe_gap_ms")}
     # READING: a repetition without process_cpu measured no cost: neither its CPU nor its operations count.

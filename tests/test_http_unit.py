@@ -210,3 +210,13 @@ def test_a_run_without_faults_counts_disconnects_over_the_whole_window():
     assert s["ext1-oa0"].disconnects == 1 and not s["ext1-oa0"].affected
     assert all(x.configured for x in run.sessions)
     assert http_faults([e for e in events_of_a_failover() if e["ev"] != HTTP_CLIENT_UP], [(0, "x", 0, 1, set())]) == []
+
+
+def test_a_send_answer_names_the_copies_that_did_not_confirm_it():
+    from traffic.https import unreplicated_in
+
+    assert unreplicated_in(b'{"ok": true, "unreplicated": ["10.0.2.12:7000"]}') == ["10.0.2.12:7000"]
+    assert unreplicated_in(b'{"ok": true, "msg_id": "m1"}') is None
+    assert unreplicated_in(b'{"ok": true, "unreplicated": []}') is None
+    assert unreplicated_in(b'[' * 100_000) is None          # not JSON a parser survives: nothing claimed
+    assert unreplicated_in(b'<html>') is None

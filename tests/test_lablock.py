@@ -106,3 +106,22 @@ def test_cleanup_holds_the_lock_while_it_sweeps(run_dir, monkeypatch):
     assert during == ["held"], "a run starting during the sweep would lose its bridges"
     with LabLock(wait_s=0):  # and released afterwards
         pass
+
+
+def test_the_test_suites_lock_is_private_too(run_dir):
+    """tests/conftest.py's suite lock goes through the same opener: an older 0644 file that
+    another account holds is replaced, and the new one cannot be opened by others."""
+    suite_lock = run_dir / "tests.lock"
+    suite_lock.write_text("")
+    suite_lock.chmod(0o644)  # as the suite left it before
+    squatter = hold(suite_lock, NOBODY)
+    try:
+        with netlab.open_private_lock(suite_lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not blocked by the other account
+            info = os.stat(suite_lock)
+            assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
+    finally:
+        end(squatter)
+    opened = subprocess.run([*NOBODY, sys.executable, "-I", "-c", "import sys; open(sys.argv[1])", str(suite_lock)],
+                            capture_output=True, text=True)
+    assert opened.returncode != 0 and "PermissionError" in opened.stderr

@@ -168,7 +168,22 @@ def test_message_integrity_counts_acked_but_missing():
         {"ts": 6000 * MS, "src": "runner", "ev": "mailbox_contents", "db": "DB1", "server": "mbx1", "active": True,
          "msg_ids": ["m1", "m3"]},
     ]
-    assert metrics.message_integrity(events) == {"acked": 2, "stored": 1, "lost": 1, "recovered": 0}
+    assert metrics.message_integrity(events) == {"acked": 2, "stored": 1, "lost": 1, "unreplicated": 0, "recovered": 0}
+
+
+def test_message_integrity_counts_sends_acknowledged_on_one_copy():
+    """A sync send the passive copy did not confirm is acked, stored, and counted as held by one
+    copy (RPC and HTTP alike); a failed send naming copies counts nowhere."""
+    events = base_run() + [
+        op(10, "cl1-s0", "cas1", op_name="send", msg_id="m1", unreplicated=["10.0.2.12:7000"]),
+        op(20, "cl1-s0", "cas1", op_name="send", msg_id="m2"),
+        op(25, "cl1-s0", "cas1", ok=False, op_name="send", msg_id="m4", unreplicated=["10.0.2.12:7000"]),
+        {"ts": 30 * MS, "src": "cl1", "ev": "http_request", "session": "cl1-owa0", "protocol": "owa", "cmd": "send",
+         "ok": True, "status": 200, "lat_us": 900, "cas": "cas1", "msg_id": "m3", "unreplicated": ["10.0.2.12:7000"]},
+        {"ts": 6000 * MS, "src": "runner", "ev": "mailbox_contents", "db": "DB1", "server": "mbx1", "active": True,
+         "msg_ids": ["m1", "m2", "m3"]},
+    ]
+    assert metrics.message_integrity(events) == {"acked": 3, "stored": 3, "lost": 0, "unreplicated": 2, "recovered": 0}
 
 
 def test_percentiles_are_nearest_rank():
@@ -362,6 +377,6 @@ def test_acknowledged_http_sends_count_and_a_dismounted_database_stores_nothing(
                "reason": "x"},
               {"ts": 30, "src": "runner", "ev": "mailbox_contents", "db": "DB1", "server": "mbx1", "active": True,
                "msg_ids": ["m1", "h1"]}]
-    assert metrics.message_integrity(events) == {"acked": 2, "stored": 0, "lost": 2, "recovered": 0}
+    assert metrics.message_integrity(events) == {"acked": 2, "stored": 0, "lost": 2, "unreplicated": 0, "recovered": 0}
     mounted = events[:2] + events[3:]
-    assert metrics.message_integrity(mounted) == {"acked": 2, "stored": 2, "lost": 0, "recovered": 0}
+    assert metrics.message_integrity(mounted) == {"acked": 2, "stored": 2, "lost": 0, "unreplicated": 0, "recovered": 0}

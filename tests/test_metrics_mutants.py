@@ -345,7 +345,7 @@ def test_scenario_aggregates_and_trust_reasons():
         "repetition 2: CPU idle averaged 30.0 % (< 35 %): the machine, not the design, may have set these numbers",
         "repetition 3: no CPU sample in its window (fidelity unknown)",
         "a repetition did not complete", "1 lab process(es) died during the run: ['cl1']"]
-    assert s.messages == {"acked": 4, "stored": 3, "lost": 1, "recovered": 1}
+    assert s.messages == {"acked": 4, "stored": 3, "lost": 1, "unreplicated": 0, "recovered": 1}
     assert (s.probe_gap_ms, s.app_probe_gap_ms, s.never_served) == (40.0, 7.0, 3)
     assert s.process_exits == [exits[0] | {"rep": 1}]
     assert [r.fault_index for r in s.faults] == [0, 1] and s.faults[1].repetitions == 1
@@ -571,7 +571,7 @@ def test_message_integrity_edges():
                "msg_ids": ["m3", "h2"]},
               {"ts": 32, "src": "runner", "ev": "dumpster_resubmit", "db": "DB1", "cas": "cas1", "resubmitted": 4,
                "recovered": 2}]
-    assert message_integrity(events, end=50) == {"acked": 3, "stored": 1, "lost": 2, "recovered": 2}
+    assert message_integrity(events, end=50) == {"acked": 3, "stored": 1, "lost": 2, "unreplicated": 0, "recovered": 2}
     assert message_integrity(events)["acked"] == 4, "without an end: every event counts"
 
 

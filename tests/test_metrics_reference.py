@@ -187,7 +187,7 @@ def situations(want: dict[str, Any]) -> set[str]:
     for row in want["http"]:
         seen |= {f"http {k}" for k in ("recovered", "undisturbed", "unrecovered", "pings_reestablished", "relogins")
                  if row[k]}
-    seen |= {f"messages {k}" for k in ("stored", "lost", "recovered") if want["messages"][k]}
+    seen |= {f"messages {k}" for k in ("stored", "lost", "unreplicated", "recovered") if want["messages"][k]}
     seen |= {"probe gap"} if want["probe_gap_ms"] else set()
     return seen
 
@@ -227,7 +227,7 @@ def test_report_how_many_logs_were_checked():
                   "row recovered", "row undisturbed", "row unrecovered", "row collateral", "row stalled",
                   "row phases_n", "row reauth", "row silent_reauth", "reconnect CI", "detection", "http recovered",
                   "http undisturbed", "http unrecovered", "http pings_reestablished", "http relogins",
-                  "messages stored", "messages lost", "messages recovered", "probe gap"}
+                  "messages stored", "messages lost", "messages unreplicated", "messages recovered", "probe gap"}
         assert not wanted - set(SEEN), f"the generator never produced: {sorted(wanted - set(SEEN))}"
         print("\nscenarios exercising each situation: " + ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
     print(f"\ndifferential test: {CHECKED['logs']} generated scenarios ({CHECKED['runs']} repetitions) compared, "

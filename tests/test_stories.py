@@ -121,3 +121,21 @@ def test_lossless_mount_dial_keeps_a_lagging_copy_dismounted(tmp_path, no_residu
     assert row["dbs_dismounted"] == 1 and row["db_unmounted_ms"] is None
     assert any(e["ev"] == "db_dismounted" and e["db"] == "DB1" and e["missing"] > 0 for e in events)
     assert row["unrecovered"] > 0, "DB1's users stay cut off: data kept, availability given up"
+
+
+def test_sync_sends_a_frozen_passive_copy_never_confirmed_are_counted_as_single_copy(tmp_path, no_residue):
+    """Synchronous replication with DB1's passive copy (on mbx2) frozen: DB1's sends are still
+    acknowledged, each naming the copy that did not confirm it, and the run counts exactly
+    those messages as held by one copy; before the freeze no send says so."""
+    scenarios, events = run(tmp_path, {
+        "experiment": {"modes": ["sdn-nlb"]},
+        "topology": {"cas": 2, "mailboxes": 2, "client_hosts": 1, "databases": 2},
+        "clients": {"ops": {"read": 1, "send": 4}},
+        "exchange": {"replication": "sync"},
+        "faults": [{"kind": "freeze", "target": "mbx2", "at_s": 0.5}]})
+    frozen_at = next(e["ts"] for e in events if e["ev"] == "fault")
+    single = [e for e in events if e["ev"] == "op" and e.get("unreplicated")]
+    assert single, "no acknowledged send named the frozen copy"
+    assert all(e["ok"] and e["op"] == "send" and e["ts"] > frozen_at for e in single), single[:3]
+    assert scenarios["sdn-nlb"]["messages"]["unreplicated"] == len({e["msg_id"] for e in single})
+    assert scenarios["sdn-nlb"]["messages"]["lost"] == 0, "every acknowledged message is on the active copy"

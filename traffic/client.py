@@ -207,6 +207,8 @@ class Session:
             fields = {"op": request["op"], "ok": bool(reply.get("ok")), "lat_us": latency_us, "cas": reply.get("cas")}
             if request["op"] == "send":
                 fields["msg_id"] = request["msg_id"]
+                if reply.get("unreplicated"):  # acknowledged, but only the active copy holds it
+                    fields["unreplicated"] = list(reply["unreplicated"])
             if not reply.get("ok"):
                 fields["error"] = reply.get("error")
             self.emit(OP, self.reply_ns, **fields)

@@ -120,8 +120,10 @@ class Channels:
         if isinstance(reply, Failure):
             s.finished(cmd, started, False, None, None, str(reply), msg_id)
             raise reply
+        copies = reply.get("unreplicated")
         s.finished(cmd, started, bool(reply.get("ok")), 200, reply.get("cas"),
-                   None if reply.get("ok") else str(reply.get("error")), msg_id)
+                   None if reply.get("ok") else str(reply.get("error")), msg_id,
+                   [str(c) for c in copies] if isinstance(copies, list) and copies else None)
         return reply
 
     async def idle(self, seconds: float) -> None:

@@ -19,6 +19,7 @@ Autodiscover, as Outlook and devices find their server:
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import ssl
@@ -95,6 +96,16 @@ class Reply:
     cas: str | None
 
 
+def unreplicated_in(body: bytes) -> list[str] | None:
+    """The copies a send's JSON answer says did not confirm it (the mailbox's ``unreplicated``)."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    copies = answer.get("unreplicated") if isinstance(answer, dict) else None
+    return [str(c) for c in copies] if isinstance(copies, list) and copies else None
+
+
 @dataclass
 class HostContext:
     """What the sessions of one client host share."""
@@ -133,10 +144,12 @@ class HttpSession:
         self.log.emit(HTTP_DOWN, session=self.sid, protocol=self.protocol, reason=reason)
 
     def finished(self, cmd: str, started: int, ok: bool, status: int | None, cas: str | None,
-                 error: str | None = None, msg_id: str | None = None) -> None:
+                 error: str | None = None, msg_id: str | None = None, unreplicated: list[str] | None = None) -> None:
         fields: dict[str, Any] = {"error": error} if error else {}
         if msg_id:  # a send: the message id lets the metrics find it in the mailbox
             fields["msg_id"] = msg_id
+        if msg_id and ok and unreplicated:  # acknowledged, but only the active copy holds it
+            fields["unreplicated"] = unreplicated
         self.log.emit(HTTP_REQUEST, session=self.sid, protocol=self.protocol, cmd=cmd, ok=ok, status=status,
                       lat_us=(now_ns() - started) // 1000, cas=cas, **fields)
 
@@ -168,7 +181,8 @@ class HttpSession:
             self.finished(cmd, started, False, None, None, reason, msg_id)
             raise Failure(reason) from None
         ok = reply.status in self.ok_statuses
-        self.finished(cmd, started, ok, reply.status, reply.cas, None if ok else f"http {reply.status}", msg_id)
+        self.finished(cmd, started, ok, reply.status, reply.cas, None if ok else f"http {reply.status}", msg_id,
+                      unreplicated_in(reply.body) if msg_id and ok else None)
         return reply
 
     async def start_jitter(self, interval_s: float) -> None:

@@ -183,8 +183,10 @@ def message_integrity(events: list[dict], end: int | None = None) -> dict[str, i
     """Acknowledged sends (RPC and HTTP) against what the active copy of each database that is
     available at the end holds (docs/METRICS.md section 8)."""
     end = max((e["ts"] for e in events), default=0) if end is None else end
-    acked = {e["msg_id"] for e in events if e["ts"] <= end and e.get("ok") and e.get("msg_id")
-             and ((e["ev"] == OP and e.get("op") == "send") or (e["ev"] == HTTP_REQUEST and e.get("cmd") == "send"))}
+    acks = [e for e in events if e["ts"] <= end and e.get("ok") and e.get("msg_id")
+            and ((e["ev"] == OP and e.get("op") == "send") or (e["ev"] == HTTP_REQUEST and e.get("cmd") == "send"))]
+    acked = {e["msg_id"] for e in acks}
+    unreplicated = {e["msg_id"] for e in acks if e.get("unreplicated")}
     last_state: dict[str, str] = {}
     for e in sorted(events, key=lambda x: x["ts"]):
         if e["ev"] in (DB_ACTIVE, DB_DISMOUNTED):
@@ -195,4 +197,4 @@ def message_integrity(events: list[dict], end: int | None = None) -> dict[str, i
             stored_by_db[e["db"]].update(e["msg_ids"])
     stored = set().union(*stored_by_db.values()) if stored_by_db else set()
     return {"acked": len(acked), "stored": len(acked & stored), "lost": len(acked - stored),
-            "recovered": dumpster(events)["recovered"]}
+            "unreplicated": len(unreplicated), "recovered": dumpster(events)["recovered"]}

@@ -62,7 +62,8 @@ def summarize_scenario(meta: dict[str, Any], runs: list[RunOutcome], min_idle_pc
     fidelity_ok = scenario_fidelity(runs, min_idle_pct)
     exits = [dict(x, rep=r.rep) for r in runs for x in r.process_exits]
     reasons = untrusted_reasons(runs, min_idle_pct, exits)
-    messages = {k: sum(r.messages.get(k, 0) for r in runs) for k in ("acked", "stored", "lost", "recovered")}
+    messages = {k: sum(r.messages.get(k, 0) for r in runs)
+                for k in ("acked", "stored", "lost", "unreplicated", "recovered")}
     probe_gap = max((r.probe_gap_ms for r in runs if r.probe_gap_ms is not None), default=None)
     app_gap = max((r.app_probe_gap_ms for r in runs if r.app_probe_gap_ms is not None), default=None)
     capture = merge_capture_checks([r.capture_check for r in runs])
