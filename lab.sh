@@ -20,7 +20,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY_SYSTEM="${CASLAB_PYTHON:-/usr/bin/python3}"
 DEBS=(mininet openvswitch-switch iproute2 ethtool tcpdump iputils-ping haproxy dnsmasq-base iperf3
-      python3-venv python3-dev curl procps kmod util-linux nftables)
+      python3-venv python3-dev curl procps kmod util-linux nftables git)
 LOCAL_STATE=/var/lib/caslab
 
 say() { printf '[lab.sh] %s\n' "$*" >&2; }
