@@ -1,9 +1,11 @@
 """How the SDN NLB gets a dead CAS's clients reset fast (mixed into the app, SdnNlb).
 
 A client whose CAS died learns it only when it next sends, or when it times out. The NLB
-makes it learn at once: every client packet of a dead member's connection reaches the
-controller, which answers with an exact RST, and clients that send nothing are made to
-send by a challenge segment (``challenge``). In the switch dataplane the NLB reads the
+makes it learn at once: every client packet of a dead member's connection is answered
+with an exact RST (in the switch dataplane by a surviving CAS's kernel, the segment
+readdressed to it by the switch; in the controller dataplane by the controller), and
+clients that send nothing are made to send by a challenge segment (``challenge``). In
+the switch dataplane the NLB reads the
 dead member's connections from the switch's conntrack (a copy refreshed every
 ``ct_refresh_ms``, and a fresh read at failover) and drops the datapath's cached flows
 of those connections, so their next packet is translated by the tables as they are now
