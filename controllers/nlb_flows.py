@@ -14,7 +14,7 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
                         switch dataplane: service ports -> ct(nat) -> table 2; other ports -> controller (RST)
     table 2  conntrack  +est with a dead member's ct_mark, to its address -> a survivor (fast_fail: its
                         kernel answers with an exact RST); other such packets -> controller
-                        a survivor's RST for no connection it has (+inv) -> as the VIP, NORMAL, and a
+                        a survivor's RST for no connection it has (-est) -> as the VIP, NORMAL, and a
                         copy to the controller (through the meter: bookkeeping, not on the path)
                         +new SYN to the VIP -> select group (hash by affinity; buckets watch each
                         CAS port; each commits the connection with nat(dst=CAS), ct_mark=member)
@@ -54,7 +54,7 @@ OFPGC_ADD_OR_MOD = 0x8000  # Open vSwitch extension: add the group, or modify it
 NTR_VENDOR_ID, NTRT_SELECTION_METHOD = 0x0000154D, 1
 COOKIE_TAG = 0xCA5
 FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE, RESET = 1, 2, 3, 4, 5, 6, 7, 8
-CT_INV, TCP_RST = 0x10, 0x004
+TCP_RST = 0x004
 PRIO_SURVIVOR_RST = 250
 
 
@@ -352,7 +352,7 @@ class FlowBuilder:
                           [p.OFPActionGroup(gid)], cookie=Cookie(vip.index, index, DELIVER))]
 
     def survivor_resets(self, vip, members: list[tuple[int, Any]]) -> list:
-        """A CAS's RST for a connection it does not have (conntrack: invalid) answers a dead
+        """A CAS's RST for a connection conntrack does not know (+trk, not +est) answers a dead
         member's client segment it was sent: it leaves as the VIP, and a copy goes to the
         controller (metered, after the RST is on its way) so it can stop challenging."""
         p, ofp = self.parser, self.ofp
@@ -360,7 +360,7 @@ class FlowBuilder:
                    p.OFPActionOutput(ofp.OFPP_NORMAL), p.OFPActionMeter(METER_ID)] + self.to_controller()
         return [self.flow(T_CONNTRACK, PRIO_SURVIVOR_RST,
                           p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip,
-                                     ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV), tcp_flags=(TCP_RST, TCP_RST)),
+                                     ct_state=(CT_TRK, CT_TRK | CT_EST), tcp_flags=(TCP_RST, TCP_RST)),
                           actions, cookie=Cookie(vip.index, index, RESET))
                 for index, member in members]
 

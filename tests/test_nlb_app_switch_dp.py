@@ -242,7 +242,7 @@ def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make
     for flow in resets:
         assert (flow.table_id, flow.priority) == (T_CONNTRACK, PRIO_SURVIVOR_RST)
         assert {k: v for k, v in match_dict(flow.match).items() if k != "ipv4_src"} == {
-            "eth_type": 0x0800, "ip_proto": 6, "ct_state": (0x30, 0x30), "tcp_flags": (0x004, 0x004)}
+            "eth_type": 0x0800, "ip_proto": 6, "ct_state": (0x20, 0x22), "tcp_flags": (0x004, 0x004)}
         actions = apply_actions(flow)
         assert [type(a).__name__ for a in actions] == ["OFPActionSetField", "OFPActionSetField", "OFPActionOutput",
                                                        "OFPActionMeter", "OFPActionOutput"]
