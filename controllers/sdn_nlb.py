@@ -85,7 +85,7 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
         self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
         self.channels: dict[int, object] = {}  # dpid -> the one live connection that claimed it
         self.datapaths: dict[int, object] = {}  # the switches among them the NLB programs
-        self.challenger = Challenger(self._send_challenge, self.challenge_delays_s, event_factory=hub.Event)
+        self.challenger = Challenger(self._send_challenges, self.challenge_delays_s, event_factory=hub.Event)
         self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event
         self.failovers = hub.Queue()  # served by one waiting thread (green or native, as the hub is)
         self.ct_cache: dict[int, list] = {}  # switch dataplane: vip index -> last conntrack read
