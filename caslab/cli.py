@@ -188,10 +188,10 @@ def cmd_nlb(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.what == "failover":
+    if args.what in ("failover", "floor"):
         from caslab import bench_failover
 
-        return bench_failover.main_cli(args.sizes, args.reps, args.out)
+        return bench_failover.main_cli(args.sizes, args.reps, args.out, floor_only=args.what == "floor")
     from caslab import bench
 
     return bench.main_cli(args.seconds, args.rounds)
@@ -265,16 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove what a hard-killed run left (its own pids and bridge names)")
     clean.set_defaults(func=cmd_cleanup)
     bench = sub.add_parser("bench", help="throughput: the SDN NLB's VIP vs straight to a CAS (iperf3); "
-                                          "failover: both NLB dataplanes at 48 and 1,000 sessions")
-    bench.add_argument("what", nargs="?", choices=("throughput", "failover"), default="throughput")
+                                          "floor: one session on an idle lab, its CAS killed; "
+                                          "failover: the floor, then both NLB dataplanes at 48, 1,000 "
+                                          "(and 5,000) sessions")
+    bench.add_argument("what", nargs="?", choices=("throughput", "failover", "floor"), default="throughput")
     bench.add_argument("--seconds", type=int, default=5, help="throughput: seconds per iperf3 round")
     bench.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
-    bench.add_argument("--sizes", nargs="+", choices=("48", "1000"), default=["48", "1000"],
+    bench.add_argument("--sizes", nargs="+", choices=("48", "1000", "5000"), default=["48", "1000"],
                        help="failover: which sizes to run")
     bench.add_argument("--reps", type=int, default=None,
                        help="failover: repetitions per size and dataplane, at least 3 (default: 5 at 48 sessions, "
-                            "3 at 1,000)")
-    bench.add_argument("--out", default=None, help="failover: result folder")
+                            "3 at 1,000 and 5,000); floor: repetitions per dataplane (default 10)")
+    bench.add_argument("--out", default=None, help="failover, floor: result folder")
     bench.set_defaults(func=cmd_bench)
     soak = sub.add_parser("soak", help="N short runs back to back, checking after each that nothing is left or leaks")
     soak.add_argument("count", type=int)

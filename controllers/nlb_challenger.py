@@ -20,13 +20,13 @@ import threading
 import time
 from typing import Any, Callable
 
-Send = Callable[[Any, Any, Any], None]  # (datapath, vip, connection) -> None
+Send = Callable[[list[tuple[Any, Any, Any]]], None]  # [(datapath, vip, connection)] -> None
 
 
 class Challenger:
     def __init__(self, send: Send, delays_s: list[float], clock: Callable[[], float] = time.monotonic,
                  event_factory: Callable[[], Any] = threading.Event):
-        self.send = send
+        self.send = send  # everything due at once, in one call: the app writes it to a switch in one piece
         self.delays_s = sorted(delays_s)
         self.clock = clock
         self.pending: dict[tuple, tuple[Any, Any, Any, int]] = {}  # key -> (dp, vip, connection, batch)
@@ -83,5 +83,6 @@ class Challenger:
         while True:
             self.wakeup.wait(self.wait_time())
             self.wakeup.clear()
-            for dp, vip, conn in self.due():
-                self.send(dp, vip, conn)
+            due = self.due()
+            if due:
+                self.send(due)

@@ -1,9 +1,11 @@
 """How the SDN NLB gets a dead CAS's clients reset fast (mixed into the app, SdnNlb).
 
 A client whose CAS died learns it only when it next sends, or when it times out. The NLB
-makes it learn at once: every client packet of a dead member's connection reaches the
-controller, which answers with an exact RST, and clients that send nothing are made to
-send by a challenge segment (``challenge``). In the switch dataplane the NLB reads the
+makes it learn at once: every client packet of a dead member's connection is answered
+with an exact RST (in the switch dataplane by a surviving CAS's kernel, the segment
+readdressed to it by the switch; in the controller dataplane by the controller), and
+clients that send nothing are made to send by a challenge segment (``challenge``). In
+the switch dataplane the NLB reads the
 dead member's connections from the switch's conntrack (a copy refreshed every
 ``ct_refresh_ms``, and a fresh read at failover) and drops the datapath's cached flows
 of those connections, so their next packet is translated by the tables as they are now
@@ -16,7 +18,7 @@ import random
 
 from controllers import nlb_frames as frames
 from controllers.compat import MAIN_DISPATCHER, hub, ofp_event, set_ev_cls
-from controllers.nlb_flows import zone_of
+from controllers.nlb_flows import packet_out_bytes, zone_of
 from controllers.nlb_logic import Connection
 from controllers.nlb_state import Vip, delete_datapath_flows, dump_conntrack, stale_datapath_flows
 from labcommon.catalogue import NLB_EVICT, NLB_RELEARN
@@ -26,8 +28,18 @@ CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to
 
 
 class FailoverMixin:
-    def _send_challenge(self, dp, vip: Vip, conn: Connection) -> None:
-        self.challenge(dp, vip, conn.key, conn.client_mac, conn.in_port)
+    def _send_challenges(self, due: list) -> None:
+        """Every challenge due now, written to each switch as one buffer: one entry of the
+        framework's 16-deep send queue and one TLS write, not one per connection (a queue
+        full of them made each wait for the sender thread)."""
+        by_switch: dict[int, tuple[object, list[bytes]]] = {}
+        for dp, vip, conn in due:
+            frame = self.challenge_frame(vip, conn.key, conn.client_mac)
+            by_switch.setdefault(id(dp), (dp, []))[1].append(
+                packet_out_bytes(dp.ofproto.OFP_VERSION, conn.in_port, frame))
+        for dp, messages in by_switch.values():
+            self.stats["challenges"] += len(messages)
+            dp.send(b"".join(messages))
 
     def _ct_connections(self, vip: Vip, index: int, name: str, entries) -> list[Connection]:
         """The live connections of member ``index`` among conntrack entries, as Connections."""
@@ -105,15 +117,15 @@ class FailoverMixin:
                     self.ct_cache[vip.index] = dump_conntrack(zone_of(vip.index), self.datapath_name)
             hub.sleep(self.ct_refresh_s)
 
-    def challenge(self, dp, vip: Vip, key: tuple, client_mac: str, in_port: int) -> None:
+    @staticmethod
+    def challenge_frame(vip: Vip, key: tuple, client_mac: str) -> bytes:
         """One data segment the client must answer, without ever accepting its byte: its
         sequence number is random, so it is almost surely outside the client's window
         (answered with a duplicate ACK; segments carrying data are exempt from Linux's
         rate limit on such answers) and, if inside, its acknowledgement is random too and
-        (RFC 5961) the client answers with a challenge ACK instead. Either answer reaches
-        the controller (the connection's flows are gone, or its ct_mark is dead) and is
-        reset exactly."""
+        (RFC 5961) the client answers with a challenge ACK instead. Either answer takes the
+        dead member's path, now to a survivor's kernel (switch dataplane) or the controller
+        (its flows are gone), and is reset exactly."""
         client_ip, client_port, _, service_port = key
-        self.stats["challenges"] += 1
-        self._out(dp, in_port, frames.challenge(vip.mac, vip.ip, service_port, client_mac, client_ip, client_port,
-                                                random.getrandbits(32), random.getrandbits(32)))
+        return frames.challenge(vip.mac, vip.ip, service_port, client_mac, client_ip, client_port,
+                                random.getrandbits(32), random.getrandbits(32))

@@ -12,7 +12,10 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
                         everything else -> NORMAL
     table 1  service    controller dataplane: TCP -> meter -> controller
                         switch dataplane: service ports -> ct(nat) -> table 2; other ports -> controller (RST)
-    table 2  conntrack  +est with a dead member's ct_mark -> controller (exact RST)
+    table 2  conntrack  +est with a dead member's ct_mark, to its address -> a survivor (fast_fail: its
+                        kernel answers with an exact RST); other such packets -> controller
+                        a survivor's RST for no connection it has (-est) -> as the VIP, NORMAL, and a
+                        copy to the controller (through the meter: bookkeeping, not on the path)
                         +new SYN to the VIP -> select group (hash by affinity; buckets watch each
                         CAS port; each commits the connection with nat(dst=CAS), ct_mark=member)
                         +new non-SYN to the VIP -> controller (RST); +est -> table 3
@@ -20,7 +23,14 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
                         talks to it directly, a health probe) -> NORMAL
     table 3  deliver    ct_mark=m to CAS m's address -> CAS m's fast-failover group: its MAC and port
                         while the port is up, else (the moment the switch sees it down, before any
-                        controller reacts) -> controller (exact RST); replies -> VIP MAC, NORMAL
+                        controller reacts) the first survivor whose port is up, rewritten to its
+                        address (fast_fail), else the controller; replies -> VIP MAC, NORMAL
+
+Why a survivor: a TCP segment that reaches a host with no socket for it is answered by the
+host's kernel with an RST whose sequence number is the segment's acknowledgement number
+(RFC 793), which the client accepts (RFC 5961's exact match). Rewriting a dead member's
+connections to a live CAS resets them at datapath and kernel speed, with no per-connection
+work in the controller beyond the challenge that makes an idle client send.
 
 Cookies name what a flow belongs to: ``Cookie(vip, member, kind)``, encoded once here.
 """
@@ -43,7 +53,9 @@ METER_ID = 1
 OFPGC_ADD_OR_MOD = 0x8000  # Open vSwitch extension: add the group, or modify it if it exists
 NTR_VENDOR_ID, NTRT_SELECTION_METHOD = 0x0000154D, 1
 COOKIE_TAG = 0xCA5
-FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE = 1, 2, 3, 4, 5, 6, 7
+FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE, RESET = 1, 2, 3, 4, 5, 6, 7, 8
+TCP_RST = 0x004
+PRIO_SURVIVOR_RST = 250
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,23 @@ HASH_FIELDS = {  # what a client's connection is hashed on, per affinity (as Win
     "single": [("ip_src", b"\xff" * 4)],
     "network": [("ip_src", b"\xff\xff\xff\x00")],
 }
+
+
+OFPT_PACKET_OUT, OFPP_CONTROLLER_NO, OFP_NO_BUFFER_ID, OFPCML_MAX = 13, 0xFFFFFFFD, 0xFFFFFFFF, 0xFFE5
+
+
+def packet_out_bytes(version: int, port: int, data: bytes, xid: int = 0) -> bytes:
+    """One OFPT_PACKET_OUT sending ``data`` out of ``port``, as os-ken's OFPPacketOut
+    serialises it (tests compare the two byte for byte), built with struct alone: a
+    failover sends one per connection, and the framework's serialiser costs tens of us each.
+    """
+    action = struct.pack("!HHIH6x", 0, 16, port, OFPCML_MAX)  # OFPAT_OUTPUT (max_len as os-ken sets it)
+    if version >= OFP15:  # buffer_id, actions_len, pad, then match(in_port = CONTROLLER)
+        match = struct.pack("!HHIII", 1, 12, (0x8000 << 16) | (0 << 9) | 4, OFPP_CONTROLLER_NO, 0)
+        body = struct.pack("!IH2x", OFP_NO_BUFFER_ID, len(action)) + match + action
+    else:  # buffer_id, in_port, actions_len, pad
+        body = struct.pack("!IIH6x", OFP_NO_BUFFER_ID, OFPP_CONTROLLER_NO, len(action)) + action
+    return struct.pack("!BBHI", version, OFPT_PACKET_OUT, 8 + len(body) + len(data), xid) + body + data
 
 
 class FlowBuilder:
@@ -311,23 +340,46 @@ class FlowBuilder:
         ]
         return out
 
-    def deliver_to(self, vip, index: int, member, port: int) -> list:
-        """Member ``index``'s established connections: to its port while the port is live,
-        to the controller (through the meter) as soon as the switch sees the port down."""
+    def to_survivor(self, survivor, port: int) -> list:
+        """A dead member's client segment, readdressed to a live CAS (whose kernel resets it)."""
+        p = self.parser
+        return [p.OFPActionSetField(eth_dst=survivor.mac), p.OFPActionSetField(ipv4_dst=survivor.ip),
+                p.OFPActionOutput(port)]
+
+    def deliver_to(self, vip, index: int, member, port: int, survivors: list[tuple[Any, int]] = ()) -> list:
+        """Member ``index``'s established connections: to its port while the port is live; as
+        soon as the switch sees the port down, to the first of ``survivors`` (member, port)
+        whose port is up, else to the controller (through the meter)."""
         p, ofp = self.parser, self.ofp
         gid = member_group_id(vip.index, index)
+        watch = lambda port_no: [p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=port_no)]  # noqa: E731
         live = p.OFPBucket(bucket_id=1, actions=[p.OFPActionSetField(eth_dst=member.mac), p.OFPActionOutput(port)],
-                           properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=port)])
-        fallback = p.OFPBucket(bucket_id=2, actions=[p.OFPActionGroup(CONTROLLER_GROUP)],
+                           properties=watch(port))
+        rescue = [p.OFPBucket(bucket_id=2 + k, actions=self.to_survivor(survivor, s_port), properties=watch(s_port))
+                  for k, (survivor, s_port) in enumerate(survivors)]
+        fallback = p.OFPBucket(bucket_id=2 + len(rescue), actions=[p.OFPActionGroup(CONTROLLER_GROUP)],
                                properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_GROUP,
                                                                      watch=CONTROLLER_GROUP)])
         to_controller = p.OFPBucket(bucket_id=1, actions=[p.OFPActionMeter(METER_ID)] + self.to_controller())
         return [p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_INDIRECT, group_id=CONTROLLER_GROUP,
                               buckets=[to_controller]),
                 p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_FF, group_id=gid,
-                              buckets=[live, fallback]),
+                              buckets=[live, *rescue, fallback]),
                 self.flow(T_DELIVER, 110, p.OFPMatch(eth_type=ETH_IP, ct_mark=index, ipv4_dst=member.ip),
                           [p.OFPActionGroup(gid)], cookie=Cookie(vip.index, index, DELIVER))]
+
+    def survivor_resets(self, vip, members: list[tuple[int, Any]]) -> list:
+        """A CAS's RST for a connection conntrack does not know (+trk, not +est) answers a dead
+        member's client segment it was sent: it leaves as the VIP, and a copy goes to the
+        controller (metered, after the RST is on its way) so it can stop challenging."""
+        p, ofp = self.parser, self.ofp
+        actions = [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionSetField(ipv4_src=vip.ip),
+                   p.OFPActionOutput(ofp.OFPP_NORMAL), p.OFPActionMeter(METER_ID)] + self.to_controller()
+        return [self.flow(T_CONNTRACK, PRIO_SURVIVOR_RST,
+                          p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip,
+                                     ct_state=(CT_TRK, CT_TRK | CT_EST), tcp_flags=(TCP_RST, TCP_RST)),
+                          actions, cookie=Cookie(vip.index, index, RESET))
+                for index, member in members]
 
     def group(self, vip, buckets: list[tuple[int, Any, int]], affinity: str, command: int = OFPGC_ADD_OR_MOD):
         """The VIP's select group: one bucket per member taking new connections (index,
@@ -345,13 +397,20 @@ class FlowBuilder:
     def delete_group(self, vip):
         return self.parser.OFPGroupMod(self.dp, command=self.ofp.OFPGC_DELETE, group_id=vip.index)
 
-    def dead_member(self, vip, index: int) -> list:
-        """Packets of a dead member's connections go to the controller, which resets them."""
+    def dead_member(self, vip, index: int, member=None, survivor: tuple[Any, int] | None = None) -> list:
+        """Packets of a dead member's connections go to the controller, which resets them;
+        with a ``survivor`` (member, port), its clients' segments go to the survivor instead,
+        whose kernel resets them (see the module's docstring)."""
         p = self.parser
-        return [self.flow(T_CONNTRACK, PRIO_DEAD, p.OFPMatch(eth_type=ETH_IP, ct_state=(CT_TRK | CT_EST,
-                                                                                        CT_TRK | CT_EST),
-                                                              ct_mark=index),
-                          self.to_controller(), cookie=Cookie(vip.index, index, DEAD), meter=True)]
+        established = (CT_TRK | CT_EST, CT_TRK | CT_EST)
+        out = [self.flow(T_CONNTRACK, PRIO_DEAD, p.OFPMatch(eth_type=ETH_IP, ct_state=established, ct_mark=index),
+                         self.to_controller(), cookie=Cookie(vip.index, index, DEAD), meter=True)]
+        if member is not None and survivor is not None:
+            out.append(self.flow(T_CONNTRACK, PRIO_DEAD + 1,
+                                 p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ct_state=established, ct_mark=index,
+                                            ipv4_dst=member.ip),
+                                 self.to_survivor(*survivor), cookie=Cookie(vip.index, index, DEAD)))
+        return out
 
     def forget_dead_member(self, vip, index: int) -> list:
         p = self.parser

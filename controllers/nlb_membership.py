@@ -45,7 +45,10 @@ class MembershipMixin:
         if self.dataplane == "switch":
             if dp is None:
                 return
-            applied = self._send_with_barrier(dp, FlowBuilder(dp).dead_member(vip, index))
+            build = FlowBuilder(dp)
+            # this one, and every other dead one (its survivor may have been this one)
+            dead = [m for m in vip.pool.members.values() if m.name == name or not m.in_service]
+            applied = self._send_with_barrier(dp, [f for m in dead for f in self._dead_flows(build, vip, m)])
             if self.fast_fail:
                 self.failovers.put((dp, vip, index, name, reason, now_ns(), applied))
             else:

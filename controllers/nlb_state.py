@@ -47,6 +47,20 @@ class Vip:
         name = next((n for n, i in self.member_index.items() if i == index), None)
         return self.pool.members.get(name) if name else None
 
+    def survivors_of(self, name: str) -> list[tuple[Member, int]]:
+        """The other members with a known port, as (member, port), starting after ``name`` in
+        pool order: where a dead member's clients are sent to be reset (spread over the pool,
+        so no one survivor takes every dead member's resets)."""
+        names = list(self.pool.members)
+        start = names.index(name)
+        others = names[start + 1:] + names[:start]
+        return [(self.pool.members[n], self.port_numbers[self.pool.members[n].port_name]) for n in others
+                if self.pool.members[n].port_name in self.port_numbers]
+
+    def survivor_for(self, name: str) -> tuple[Member, int] | None:
+        """The first survivor of ``name`` that is in service (its kernel is there to answer)."""
+        return next(((m, port) for m, port in self.survivors_of(name) if m.in_service), None)
+
     def allowed_sources(self) -> list[tuple[int, str]]:
         """(switch port number, source prefix) pairs that may send to the VIP, for ports known."""
         return [(self.port_numbers[s["port_name"]], prefix) for s in self.sources if s["port_name"] in self.port_numbers

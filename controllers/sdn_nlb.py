@@ -13,9 +13,12 @@ Two dataplanes, chosen by the config's ``dataplane``:
 
 Either way the app answers ARP and ping for the VIP, learns that a CAS is gone from port
 status (link down) and from the health agents' probes, takes it out of rotation, and with
-``fast_fail`` gets its clients reset within milliseconds: every client packet of a dead
-member's connection reaches the controller, which answers it with an exact RST, and idle
-clients are made to send one by a challenge segment. Admin down / up, drain (with a
+``fast_fail`` gets its clients reset within milliseconds, and idle clients are made to
+send by a challenge segment. In the switch dataplane the switch readdresses a dead
+member's client segments to a surviving CAS, whose kernel answers each with an exact RST
+(no per-connection work here but the challenge; the app sees a copy of each reset); in
+the controller dataplane every such segment reaches the controller, which answers it
+with an exact RST. Admin down / up, drain (with a
 deadline) and rejoin come from the admin API (controllers/nlb_api.py) and survive a
 restart; a restarted controller re-learns the switch's connections. Only sources listed
 per switch port may send to the VIP, and a meter bounds what reaches the controller.
@@ -39,7 +42,7 @@ from controllers.nlb_probes import HealthMixin
 from controllers.compat import (
     CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, BaseApp, hub, ofp_event, ofproto_v1_3, ofproto_v1_5, set_ev_cls,
 )
-from controllers.nlb_flows import FORWARD, REVERSE, Cookie, FlowBuilder
+from controllers.nlb_flows import FORWARD, RESET, REVERSE, Cookie, FlowBuilder
 from controllers.nlb_logic import Connection
 from controllers.nlb_state import (
     AdminState, TokenBucket, Vip,
@@ -82,7 +85,7 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
         self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
         self.channels: dict[int, object] = {}  # dpid -> the one live connection that claimed it
         self.datapaths: dict[int, object] = {}  # the switches among them the NLB programs
-        self.challenger = Challenger(self._send_challenge, self.challenge_delays_s, event_factory=hub.Event)
+        self.challenger = Challenger(self._send_challenges, self.challenge_delays_s, event_factory=hub.Event)
         self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event
         self.failovers = hub.Queue()  # served by one waiting thread (green or native, as the hub is)
         self.ct_cache: dict[int, list] = {}  # switch dataplane: vip index -> last conntrack read
@@ -200,14 +203,23 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
             hub.spawn(self._count_connections, vip)
             msgs.append(self._group(build, vip))  # before the flows that point at it
             msgs += build.switch_service(vip, members)
+            if self.fast_fail:
+                msgs += build.survivor_resets(vip, members)
             for index, member in members:
                 port = vip.port_numbers.get(member.port_name)
                 if port is not None:
-                    msgs += build.deliver_to(vip, index, member, port)
-                msgs += build.dead_member(vip, index) if not member.in_service else build.forget_dead_member(vip, index)
+                    msgs += build.deliver_to(vip, index, member, port,
+                                             vip.survivors_of(member.name) if self.fast_fail else [])
+                msgs += self._dead_flows(build, vip, member) if not member.in_service \
+                    else build.forget_dead_member(vip, index)
         else:
             msgs += build.service_to_controller(vip)
         self._send(dp, msgs)
+
+    def _dead_flows(self, build: FlowBuilder, vip: Vip, member) -> list:
+        """A dead member's flows: its clients' segments to a survivor (fast_fail) or the controller."""
+        survivor = vip.survivor_for(member.name) if self.fast_fail else None
+        return build.dead_member(vip, vip.member_index[member.name], member, survivor)
 
     def _group(self, build: FlowBuilder, vip: Vip):
         buckets = [(vip.member_index[m.name], m, vip.port_numbers[m.port_name]) for m in vip.pool.members.values()
@@ -271,6 +283,9 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
                 self._out(dp, msg.match["in_port"], frames.arp_reply(vip.mac, vip.ip, frame.arp_sha,
                                                                      frame.arp_spa, frame.vlans))
             return
+        if _is_survivor_reset_copy(msg) and frame.is_tcp and frame.ip_src in vips:
+            self._survivor_reset(vips[frame.ip_src], frame)
+            return
         vip = vips.get(frame.ip_dst) or self._vip_of_member(vips, frame)
         if vip is None:
             return
@@ -318,7 +333,15 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
             if self.dataplane == "switch":
                 dead = vip.member_by_ip(seg.ip_dst or "")
                 self.event_log.emit(NLB_RESET, vip=vip.ip, client=f"{seg.ip_src}:{seg.tcp_src}",
-                                    member=dead.name if dead else None)
+                                    member=dead.name if dead else None, via="controller")
+
+    def _survivor_reset(self, vip: Vip, rst: frames.Frame) -> None:
+        """The copy of a reset a survivor's kernel sent as the VIP (switch dataplane): the
+        client has it already; stop challenging that connection and say it was reset."""
+        key = (rst.ip_dst, rst.tcp_dst, vip.ip, rst.tcp_src)
+        self.stats["resets"] += 1
+        self.challenger.done(key)
+        self.event_log.emit(NLB_RESET, vip=vip.ip, client=f"{rst.ip_dst}:{rst.tcp_dst}", member=None, via="survivor")
 
     def _pin(self, dp, in_port, data, seg: frames.Frame, key, member, vip: Vip) -> None:
         out_port = vip.port_numbers.get(member.port_name)
@@ -394,3 +417,9 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
 
     def find_vip(self, name_or_ip: str) -> Vip | None:
         return next((v for v in self.vips if name_or_ip in (v.name, v.ip)), None)
+
+
+def _is_survivor_reset_copy(msg) -> bool:
+    """A packet-in from the flow that passes a survivor's RST on as the VIP (its cookie says so)."""
+    cookie = Cookie.decode(getattr(msg, "cookie", 0) or 0)
+    return cookie is not None and cookie.kind == RESET

@@ -259,9 +259,12 @@ NLB_CONN = event("nlb_conn", "nlb", "a new connection was pinned to a member (co
                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str", "CAS name"))
 NLB_RELEARN = event("nlb_relearn", "nlb", "a restarted controller re-learned connections from the switch",
                     dpid=f("int", "datapath id"), conns=f("int", "connections re-learned"))
-NLB_RESET = event("nlb_reset", "nlb", "the NLB sent a client an exact RST for a dead member's connection "
-                                     "(switch dataplane)",
-                  vip=f("str", "the VIP"), client=f("str", "client ip:port"), member=f("str|null", "the dead member"))
+NLB_RESET = event("nlb_reset", "nlb", "a client was sent an exact RST for a dead member's connection (switch "
+                                     "dataplane); with via = survivor the NLB saw a copy after the reset was sent",
+                  vip=f("str", "the VIP"), client=f("str", "client ip:port"),
+                  member=f("str|null", "the dead member (null: not known from the segment)"),
+                  via=opt("str", "controller: the NLB's own RST; survivor: a live CAS's kernel answered the dead "
+                                 "member's segment the switch readdressed to it"))
 NLB_GUARD = event("nlb_guard", "nlb", "the NLB refused packets it was sent (over its packet-in rate)",
                   reason=f("str", "rate_limited"), count=f("int", "packets refused in the last second"))
 PROBE_STATE = event("probe_state", "nlb", "a health agent's probe verdict for a member changed",

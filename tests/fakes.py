@@ -192,9 +192,10 @@ def drive(challenger, clock: FakeClock, seconds: float) -> int:
     """Do what Challenger.run does for ``seconds`` of fake time; returns the sends."""
     end, sent = clock.now + seconds, 0
     while True:
-        for dp, vip, conn in challenger.due():
-            challenger.send(dp, vip, conn)
-            sent += 1
+        due = challenger.due()
+        if due:
+            challenger.send(due)  # as Challenger.run: what is due at once, in one call
+            sent += len(due)
         wait = challenger.wait_time()
         if wait is None or clock.now + wait > end:
             break
@@ -257,6 +258,37 @@ class FakeDatapath:
         version, msg_type, length, xid = struct.unpack_from("!BBHI", bytes(msg.buf))
         assert (version, msg_type, length, xid) == (self.ofproto.OFP_VERSION, msg.msg_type, len(msg.buf), msg.xid)
         self.sent.append(msg)
+
+    def send(self, buf: bytes) -> None:
+        """Raw bytes, as os-ken's Datapath.send. Only packet-outs are sent raw; each is read
+        back into os-ken's OFPPacketOut (match and actions by os-ken's own parsers), so a
+        hand-built message that does not hold together fails here."""
+        offset = 0
+        while offset < len(buf):
+            version, msg_type, length, xid = struct.unpack_from("!BBHI", buf, offset)
+            assert (version, msg_type) == (self.ofproto.OFP_VERSION, self.ofproto.OFPT_PACKET_OUT), (version, msg_type)
+            assert length >= 8 and offset + length <= len(buf), (length, len(buf) - offset)
+            self.sent.append(self._packet_out(buf[offset:offset + length], xid))
+            offset += length
+
+    def _packet_out(self, msg: bytes, xid: int):
+        p, ofp = self.ofproto_parser, self.ofproto
+        if ofp.OFP_VERSION >= 0x06:
+            buffer_id, actions_len = struct.unpack_from("!IH2x", msg, 8)
+            match = p.OFPMatch.parser(msg, 16)
+            at = 16 + match.length + (-match.length % 8)
+            fields = {"match": match}
+        else:
+            buffer_id, in_port, actions_len = struct.unpack_from("!IIH6x", msg, 8)
+            at, fields = 24, {"in_port": in_port}
+        actions, end = [], at + actions_len
+        while at < end:
+            action = p.OFPAction.parser(msg, at)
+            actions.append(action)
+            at += action.len
+        out = p.OFPPacketOut(datapath=self, buffer_id=buffer_id, actions=actions, data=msg[end:], **fields)
+        out.xid = xid
+        return out
 
     def take(self) -> list:
         sent, self.sent = self.sent, []

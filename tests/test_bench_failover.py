@@ -104,3 +104,71 @@ def test_a_real_run_alternates_its_scenarios_repetition_by_repetition(tmp_path, 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["repetitions"] for s in summary["scenarios"]] == [2, 2]
     assert not lab_residue(str(tmp_path))
+
+
+# ---- the floor ------------------------------------------------------------------------------------------
+
+
+def test_the_floor_is_one_session_whose_own_cas_dies_under_both_dataplanes_alternating():
+    spec, _ = bench_failover.floor_spec(None)
+    assert (spec["topology"]["cas"], spec["topology"]["client_hosts"], spec["clients"]["sessions_per_host"]) == (2, 1, 1)
+    assert [(f["kind"], f["target"]) for f in spec["faults"]] == [("poweroff", ["@busiest"])]
+    assert spec["experiment"]["repetitions"] == bench_failover.FLOOR_REPS
+    scenarios = spec_mod.scenarios(spec)
+    planes = [s["params"]["nlb.dataplane"] for s in scenarios]
+    runs = runner.run_order(len(scenarios), spec["experiment"]["repetitions"], spec["experiment"]["order"])
+    sequence = [planes[i] for i, _ in runs]
+    assert sorted(set(planes)) == ["controller", "switch"] and all(a != b for a, b in zip(sequence, sequence[1:]))
+    assert bench_failover.floor_spec(4)[0]["experiment"]["repetitions"] == 4
+    with pytest.raises(bench_failover.BenchError, match="at least 3"):
+        bench_failover.floor_spec(2)
+
+
+def test_a_sizes_p99_is_shown_as_a_multiple_of_its_own_dataplanes_floor():
+    floor = {"switch": {"p50": 10.0}, "controller": {"p50": 20.0}}
+    assert bench_failover.times_floor({"dataplane": "switch", "p99": 25.0}, floor) == 2.5
+    assert bench_failover.times_floor({"dataplane": "controller", "p99": 25.0}, floor) == 1.2
+    assert bench_failover.times_floor({"dataplane": "switch", "p99": None}, floor) is None  # n < 100: no p99
+    assert bench_failover.times_floor({"dataplane": "switch", "p99": 5.0}, {"switch": {"p50": None}}) is None
+
+
+def test_steady_figures_are_medians_of_successes_before_the_first_fault():
+    from caslab.metrics.floor import idle_floor
+
+    ms = 1_000_000
+    run = [{"ev": "probe", "ts": 0, "ok": True, "rtt_us": 900},                       # before the window
+           {"ev": "measure_start", "ts": 1 * ms, "observe_s": 1.0},
+           {"ev": "probe", "ts": 2 * ms, "ok": True, "rtt_us": 100},
+           {"ev": "probe", "ts": 3 * ms, "ok": True, "rtt_us": 300},
+           {"ev": "probe", "ts": 4 * ms, "ok": False, "result": "timeout"},
+           {"ev": "op", "ts": 5 * ms, "ok": True, "lat_us": 2000},
+           {"ev": "op", "ts": 6 * ms, "ok": False, "lat_us": 1},
+           {"ev": "fault", "ts": 7 * ms},
+           {"ev": "probe", "ts": 8 * ms, "ok": True, "rtt_us": 50_000},                # after the fault
+           {"ev": "app_probe", "ts": 9 * ms, "ok": True, "lat_us": 7000}]
+    other = [{"ev": "measure_start", "ts": 0, "observe_s": 1.0}, {"ev": "probe", "ts": 1, "ok": True, "rtt_us": 200}]
+    floor = idle_floor([run, other])
+    assert floor["datapath_rtt_ms"] == {"median": 0.2, "n": 3}
+    assert floor["op_ms"] == {"median": 2.0, "n": 1}
+    assert floor["app_probe_ms"] == {"median": None, "n": 0}
+
+
+@pytest.mark.require_root
+def test_bench_floor_runs_one_session_per_dataplane_and_prints_its_floor(tmp_path, no_residue, capsys):
+    from tests.conftest import lab_residue
+
+    assert bench_failover.main_cli([], 3, str(tmp_path / "bench"), floor_only=True) == 0
+    printed = capsys.readouterr().out
+    table = (tmp_path / "bench" / "bench.txt").read_text()
+    print(table)
+    assert table.strip() in printed
+    floor = bench_failover.floor_rows(__import__("caslab.analysis", fromlist=["analyze"]).analyze(
+        tmp_path / "bench" / "floor", with_captures=False))
+    assert sorted(floor) == ["controller", "switch"]
+    for plane, row in floor.items():
+        # the one session, on the CAS that died, each repetition: affected and back
+        assert (row["affected"], row["n"], row["unrecovered"]) == (3, 3, 0), (plane, row)
+        assert row["p50"] > 0 and row["phases"]["saw"] is not None
+        assert all(row["idle"][k]["n"] > 0 and row["idle"][k]["median"] > 0 for k in row["idle"]), row["idle"]
+        assert plane in table
+    assert not lab_residue(str(tmp_path))

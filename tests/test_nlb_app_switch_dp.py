@@ -11,15 +11,15 @@ from scapy.layers.l2 import Ether
 
 from controllers import nlb_failover
 from controllers.nlb_flows import (
-    BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, SERVICE, T_CONNTRACK,
-    T_DELIVER, Cookie, member_group_id, zone_of,
+    BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, PRIO_SURVIVOR_RST, RESET,
+    SERVICE, T_CONNTRACK, T_DELIVER, Cookie, member_group_id, zone_of,
 )
 from controllers.nlb_state import CtEntry
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
 from tests.fakes import (
     CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
-    all_ports, apply_actions, barrier_reply, checksums_ok, drive, events, features, flow_mods, group_mods,
-    kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_outs, port_desc, port_status,
+    all_ports, apply_actions, barrier_reply, checksums_ok, deliver, drive, events, features, flow_mods, group_mods,
+    kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_in_event, packet_outs, port_desc, port_status,
     ready, syn, tcp_frame,
 )
 
@@ -83,6 +83,35 @@ def dead_flows(msgs, command: str = "ADD") -> list:
     return [m for m in flow_mods(msgs, command) if kind_of(m) == DEAD]
 
 
+def dead_members(msgs) -> list[int]:
+    """The members whose dead-member flows were added (each has two: controller, survivor)."""
+    return sorted({Cookie.decode(m.cookie).member for m in dead_flows(msgs)})
+
+
+def rewrite_target(actions) -> tuple:
+    """(eth_dst, ipv4_dst, output port) of a readdressing action list."""
+    fields = {a.key: a.value for a in actions if type(a).__name__ == "OFPActionSetField"}
+    return fields.get("eth_dst"), fields.get("ipv4_dst"), outputs(actions)
+
+
+def assert_dead_flows(dp, msgs, member, survivor) -> None:
+    """``member``'s two dead-member flows: its clients' segments to ``survivor`` (higher
+    priority, matched on the member's address), anything else of its connections to the
+    controller."""
+    mine = [m for m in dead_flows(msgs) if Cookie.decode(m.cookie).member == member.port_no]
+    to_survivor = [m for m in mine if m.priority == PRIO_DEAD + 1]
+    [to_controller] = [m for m in mine if m.priority == PRIO_DEAD]
+    assert match_dict(to_controller.match) == {"eth_type": 0x0800, "ct_state": (0x22, 0x22), "ct_mark": member.port_no}
+    assert outputs(apply_actions(to_controller)) == [dp.ofproto.OFPP_CONTROLLER]
+    if survivor is None:
+        assert to_survivor == []
+        return
+    [flow] = to_survivor
+    assert flow.table_id == T_CONNTRACK and match_dict(flow.match) == {
+        "eth_type": 0x0800, "ip_proto": 6, "ct_state": (0x22, 0x22), "ct_mark": member.port_no, "ipv4_dst": member.ip}
+    assert rewrite_target(apply_actions(flow)) == (survivor.mac, survivor.ip, [survivor.port_no])
+
+
 def switch_app(make_app, **kw):
     app = make_app(dataplane="switch", **kw)
     return app, ready(app, OF15)
@@ -127,10 +156,15 @@ def test_port_desc_installs_guard_group_service_and_delivery(make_app):
     for member in MEMBERS:
         gid = member_group_id(1, member.port_no)
         [ff] = [g for g in group_mods(msgs) if g.group_id == gid]
-        live, fallback = ff.buckets
+        live, *rescue, fallback = ff.buckets
         assert ff.type == dp.ofproto.OFPGT_FF and [p.watch for p in live.properties] == [member.port_no]
         assert outputs(live.actions) == [member.port_no] and live.actions[0].value == member.mac
+        # then every other member, starting after this one, each while its own port is up
+        others = MEMBERS[MEMBERS.index(member) + 1:] + MEMBERS[:MEMBERS.index(member)]
+        assert [[p.watch for p in b.properties] for b in rescue] == [[o.port_no] for o in others]
+        assert [rewrite_target(b.actions) for b in rescue] == [(o.mac, o.ip, [o.port_no]) for o in others]
         assert [a.group_id for a in fallback.actions] == [CONTROLLER_GROUP]
+        assert len({b.bucket_id for b in ff.buckets}) == len(ff.buckets)
         [deliver] = [m for m in flow_mods(msgs) if kind_of(m) == DELIVER and Cookie.decode(m.cookie).member
                      == member.port_no]
         assert match_dict(deliver.match) == {"eth_type": 0x0800, "ct_mark": member.port_no, "ipv4_dst": member.ip}
@@ -179,11 +213,9 @@ def test_group_buckets_follow_accepts_new(make_app, conntrack):
     assert buckets(select_group(dp.take())) == all_buckets(["cas1", "cas2", "cas3"])
     app.admin_set(vip, "cas1", up=False)
     msgs = dp.take()
-    [dead] = dead_flows(msgs)
-    assert (dead.table_id, dead.priority, Cookie.decode(dead.cookie).member) == (T_CONNTRACK, PRIO_DEAD, 1)
-    assert match_dict(dead.match) == {"eth_type": 0x0800, "ct_state": (0x22, 0x22), "ct_mark": 1}
-    assert outputs(apply_actions(dead)) == [dp.ofproto.OFPP_CONTROLLER]
-    assert [type(m).__name__ for m in msgs][:2] == ["OFPFlowMod", "OFPBarrierRequest"]
+    assert dead_members(msgs) == [1]
+    assert_dead_flows(dp, msgs, MEMBER["cas1"], MEMBER["cas2"])  # the next member after it, in service
+    assert [type(m).__name__ for m in msgs][:3] == ["OFPFlowMod", "OFPFlowMod", "OFPBarrierRequest"]
     assert buckets(select_group(msgs)) == all_buckets(["cas2", "cas3"])
     app.admin_set(vip, "cas1", up=True)
     msgs = dp.take()
@@ -201,8 +233,21 @@ def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make
     features(app, dp)
     msgs = port_desc(app, dp, all_ports(dp))
     assert buckets(select_group(msgs)) == all_buckets(["cas2", "cas3"])
-    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs)] == [1]
+    assert dead_members(msgs) == [1]
+    assert_dead_flows(dp, msgs, MEMBER["cas1"], MEMBER["cas2"])
     assert sorted(Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")) == [2, 3]
+    # a survivor's RST for a connection it does not have leaves as the VIP, a copy to the controller
+    resets = [m for m in flow_mods(msgs) if kind_of(m) == RESET]
+    assert sorted(match_dict(m.match)["ipv4_src"] for m in resets) == sorted(m.ip for m in MEMBERS)
+    for flow in resets:
+        assert (flow.table_id, flow.priority) == (T_CONNTRACK, PRIO_SURVIVOR_RST)
+        assert {k: v for k, v in match_dict(flow.match).items() if k != "ipv4_src"} == {
+            "eth_type": 0x0800, "ip_proto": 6, "ct_state": (0x20, 0x22), "tcp_flags": (0x004, 0x004)}
+        actions = apply_actions(flow)
+        assert [type(a).__name__ for a in actions] == ["OFPActionSetField", "OFPActionSetField", "OFPActionOutput",
+                                                       "OFPActionMeter", "OFPActionOutput"]
+        assert (actions[0].value, actions[1].value) == (VIP_MAC, VIP_IP)
+        assert outputs(actions) == [dp.ofproto.OFPP_NORMAL, dp.ofproto.OFPP_CONTROLLER]
 
 
 def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow(make_app, hub, conntrack):
@@ -210,7 +255,9 @@ def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow(make_app, hu
     app.drain(app.vips[0], "cas3", deadline_s=5)
     dp.take()
     hub.fire_next()
-    assert [Cookie.decode(m.cookie).member for m in dead_flows(dp.take())] == [3]
+    msgs = dp.take()
+    assert dead_members(msgs) == [3]
+    assert_dead_flows(dp, msgs, MEMBER["cas3"], MEMBER["cas1"])  # after the last member: the first
     app.rejoin(app.vips[0], "cas3")
     msgs = dp.take()
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas2", "cas3"])
@@ -227,7 +274,8 @@ def test_port_down_queues_the_failover_which_challenges_the_members_clients(make
     app.ct_cache[1] = known + [ct(CLIENT.ip, 40003, 1), ct(CLIENT.ip, 40004, 2, "TIME_WAIT")]
     conntrack.entries = app.ct_cache[1] + [ct(OTHER_CLIENT.ip, 40005, 2), ct("192.0.2.9", 40006, 2)]
     msgs = port_status(app, dp, ofport(dp, "clab1-eth2", 2, link_down=True))
-    assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs)] == [2]
+    assert dead_members(msgs) == [2]
+    assert_dead_flows(dp, msgs, MEMBER["cas2"], MEMBER["cas3"])
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas3"])
     assert events(app, NLB_EVICT) == [] and events(app, LB_MEMBER)[-1]["reason"] == "port_down"
     item = app.failovers.get_nowait()
@@ -323,3 +371,40 @@ def test_a_new_non_syn_or_a_closed_port_is_reset_and_replies_are_ignored(make_ap
     assert packet_in(app, dp, reply, in_port=2) == []
     # a segment to a member's address on another port is not the VIP's
     assert packet_in(app, dp, tcp_frame(40014, "A", ack=1, dport=22, dst_ip=MEMBER["cas1"].ip)) == []
+
+
+def test_a_survivors_reset_copy_ends_the_challenges_and_is_logged(make_app, monkeypatch):
+    """The switch passed a survivor's RST to the client as the VIP and copied it here: the
+    connection is no longer challenged, and the reset is an event; the same segment from
+    any other flow (a dead member's own RST, caught by its dead-member flow, never reached
+    the client) is not taken for one."""
+    app, dp = switch_app(make_app)
+    done = []
+    monkeypatch.setattr(app.challenger, "done", lambda key: done.append(key))
+    rst = tcp_frame(SERVICE_PORT, "R", seq=5, dport=40020, src_ip=VIP_IP, dst_ip=CLIENT.ip)
+    survivor_copy = packet_in_event(dp, rst, MEMBER["cas3"].port_no)
+    survivor_copy.msg.cookie = Cookie(1, 3, RESET).encode()
+    assert deliver(app, survivor_copy) == []  # nothing to send: the client has it
+    assert done == [(CLIENT.ip, 40020, VIP_IP, SERVICE_PORT)]
+    [reset] = events(app, NLB_RESET)
+    assert (reset["client"], reset["member"], reset["via"]) == (f"{CLIENT.ip}:40020", None, "survivor")
+    other = packet_in_event(dp, rst, MEMBER["cas2"].port_no)
+    other.msg.cookie = Cookie(1, 2, DEAD).encode()
+    deliver(app, other)
+    assert len(done) == 1 and len(events(app, NLB_RESET)) == 1
+
+
+def test_a_dead_members_survivor_dying_too_moves_its_resets_to_the_next(make_app, conntrack):
+    app, dp = switch_app(make_app)
+    vip = app.vips[0]
+    app.admin_set(vip, "cas1", up=False)
+    assert_dead_flows(dp, dp.take(), MEMBER["cas1"], MEMBER["cas2"])
+    app.admin_set(vip, "cas2", up=False)
+    msgs = dp.take()
+    assert dead_members(msgs) == [1, 2]
+    assert_dead_flows(dp, msgs, MEMBER["cas1"], MEMBER["cas3"])
+    assert_dead_flows(dp, msgs, MEMBER["cas2"], MEMBER["cas3"])
+    app.admin_set(vip, "cas3", up=False)  # nobody left: the controller answers, as before
+    msgs = dp.take()
+    for name in ("cas1", "cas2", "cas3"):
+        assert_dead_flows(dp, msgs, MEMBER[name], None)

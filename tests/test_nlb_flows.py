@@ -266,3 +266,16 @@ def test_deliver_dead_member_and_forget(vip):
         dp.ofproto.OFPFC_DELETE, 2, Cookie(1, 2, F.DEAD).encode(), 2**64 - 1)
     [gone] = sent(dp, [build.delete_group(vip)])
     assert (gone.command, gone.group_id) == (dp.ofproto.OFPGC_DELETE, 1)
+
+
+@pytest.mark.parametrize("version", [OF13, OF15])
+def test_a_hand_built_packet_out_is_byte_for_byte_os_kens(version):
+    """packet_out_bytes (a failover sends one per connection) against os-ken's serialiser."""
+    from controllers.nlb_flows import packet_out_bytes
+
+    dp = FakeDatapath(1, version)
+    for port, data in ((7, b"\xaa" * 60), (0xFFFFFF00, bytes(range(54))), (1, b"")):
+        msg = FlowBuilder(dp).packet_out(port, data)
+        msg.xid = 0x1234
+        msg.serialize()
+        assert packet_out_bytes(version, port, data, 0x1234) == bytes(msg.buf)

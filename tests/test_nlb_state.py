@@ -236,16 +236,17 @@ class Recorder:
     def __init__(self, clock: FakeClock):
         self.clock, self.sent = clock, []
 
-    def __call__(self, dp, vip, c):
-        self.sent.append((round(self.clock() - 1000.0, 6), c.key[1]))
+    def __call__(self, due):
+        self.sent += [(round(self.clock() - 1000.0, 6), c.key[1]) for _, _, c in due]
 
 
 def run_for(challenger: Challenger, clock: FakeClock, seconds: float) -> None:
     """Challenger.run's loop, on the fake clock."""
     end = clock() + seconds
     while True:
-        for dp, vip, c in challenger.due():
-            challenger.send(dp, vip, c)
+        due = challenger.due()
+        if due:
+            challenger.send(due)
         wait = challenger.wait_time()
         if wait is None or clock() + wait > end:
             return
@@ -290,7 +291,7 @@ def test_a_batch_everybody_answered_leaves_the_schedule():
 
 def test_the_run_loop_sends_from_its_own_thread():
     sent = threading.Event()
-    challenger = Challenger(lambda dp, vip, c: sent.set(), [0.001, 0.002])
+    challenger = Challenger(lambda due: sent.set(), [0.001, 0.002])
     threading.Thread(target=challenger.run, daemon=True).start()
     time.sleep(0.01)  # the thread waits for work without spinning
     challenger.add("dp", "vip", [conn(7)], now=False)

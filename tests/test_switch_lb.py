@@ -71,6 +71,32 @@ while not select.select([sys.stdin], [], [], 0.1)[0]:
 print(json.dumps(seen))
 """
 
+# idle connections, one per source address; after "go" on stdin (the cable is pulled), how
+# and when each one ended within 3 s: {source: [how, ms]}
+IDLE = r"""
+import json, select, socket, sys, time
+vip, count, base = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+conns = {}
+for i in range(1, count + 1):
+    c = socket.create_connection((vip, 6001), timeout=2, source_address=(f"{base}.{i}", 0))
+    c.sendall(b"x\n")
+    conns[f"{base}.{i}"] = (c, c.makefile("rb").readline().decode().split(":")[0])
+print(json.dumps({src: name for src, (c, name) in conns.items()}), flush=True)
+sys.stdin.readline()
+pulled = time.monotonic()
+waiting = {c.fileno(): (src, c) for src, (c, _) in conns.items()}
+ended = {}
+while waiting and time.monotonic() - pulled < 3:
+    for fd in select.select(list(waiting), [], [], 0.05)[0]:
+        src, c = waiting.pop(fd)
+        try:
+            how = "eof" if not c.recv(1) else "data"
+        except OSError as exc:
+            how = type(exc).__name__
+        ended[src] = [how, round((time.monotonic() - pulled) * 1000, 1)]
+print(json.dumps(ended), flush=True)
+"""
+
 
 TRACE_BLOCK = "10.1.128.0/17"  # client addresses only traced, never sent: allowed by the guard
 TRACE_KEYS = 2500
@@ -225,3 +251,34 @@ def test_controller_restart_disrupts_nothing_and_balancing_goes_on(tmp_path, no_
         seen = json.loads(out.decode().strip().splitlines()[-1])
         broken = {s: a for s, a in seen.items() if len(set(a)) != 1 or a[0].startswith("error")}
         assert not broken, broken
+
+
+def test_a_dead_members_idle_clients_are_reset_by_a_survivors_kernel(tmp_path, no_residue):
+    """Thirty idle connections (blocked in recv, sending nothing); one CAS's cable pulled:
+    every connection of that CAS, and none other, ends in ECONNRESET, each by a survivor's
+    kernel answering the segment the switch readdressed to it (the NLB only challenged and
+    saw copies: no reset of its own)."""
+    import subprocess
+
+    with Lab(tmp_path, cas=3) as lab:
+        holder = lab.lab.node(lab.client.name).popen([sys.executable, "-c", IDLE, lab.site.vip, "30", lab.base],
+                                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            placed = json.loads(holder.stdout.readline())
+            dead = "cas2"
+            mine = {src for src, cas in placed.items() if cas == dead}
+            assert mine and len(mine) < len(placed), placed
+            lab.lab.set_link(dead, False)
+            holder.stdin.write(b"go\n")
+            holder.stdin.flush()
+            ended = json.loads(holder.stdout.readline())
+        finally:
+            holder.kill()
+            holder.wait(10)
+        events = [json.loads(line) for line in (tmp_path / "nlb.jsonl").read_text().splitlines()]
+    print("switch_lb: idle clients of the dead CAS ended after (ms):", sorted(ms for _, ms in ended.values()))
+    assert set(ended) == mine, f"ended: {sorted(ended)}; on {dead}: {sorted(mine)}"
+    assert {how for how, _ in ended.values()} == {"ConnectionResetError"}, ended
+    resets = [e for e in events if e["ev"] == "nlb_reset"]
+    assert {r["client"].split(":")[0] for r in resets if r.get("via") == "survivor"} == mine
+    assert [r for r in resets if r.get("via") != "survivor"] == []
