@@ -100,8 +100,7 @@ def floor_rows(analysis) -> dict[str, dict]:
 
 def show_floor(floor: dict[str, dict]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-    lines = [f"floor: one session on an idle lab, its CAS powered off ({FLOOR_REPS} repetitions per dataplane "
-             f"unless --reps)",
+    lines = ["floor: one session on an idle lab of two CAS, its own CAS powered off (n: repetitions recovered)",
              f"{'dataplane':10} {'n':>3} {'reconnect p50':>13} {'max':>7} {'unrec':>5}  phases (noticed/saw/connected/"
              f"logon/op)      datapath RTT   app probe   one op   {'idle%':>6} {'trusted':>7}"]
     for r in floor.values():

@@ -77,27 +77,32 @@ class FailoverMixin:
     def _failover(self, dp, vip: Vip, index: int, name: str, reason: str, since: int,
                   applied) -> None:
         """Switch dataplane, a member just died: once the switch applied its dead-member flow
-        (a dead port's fast-failover group needs no wait), drop the datapath's cached flows
-        of its connections, so the next packet of each reaches the controller instead of
-        waiting for the switch to revalidate them; then challenge its clients: those known
-        from the last periodic conntrack read at once, then any a fresh read adds."""
+        (a dead port's fast-failover group needs no wait), challenge its clients known from
+        the last periodic conntrack read at once; drop the datapath's cached flows of its
+        connections, so that a packet still cached on the dead member's path takes the
+        tables as they are now instead of waiting for the switch to revalidate it (the
+        challenge schedule's next rounds, 1, 2, 3 ms on, cover answers lost before); then
+        challenge any connection a fresh conntrack read adds."""
         if reason != "port_down":
             applied.wait(0.05)
         self.barriers.pop(next((k for k, v in list(self.barriers.items()) if v is applied), None), None)
         zone = zone_of(vip.index)
+        known = self._ct_connections(vip, index, name, self.ct_cache.get(vip.index, []))
+        self.challenger.add(dp, vip, known)
+        challenged_at = now_ns()
         try:
             flushed = delete_datapath_flows(self.datapath_name, stale_datapath_flows(self.datapath_name, zone, index))
         except (OSError, ValueError):
             flushed = 0
-        known = self._ct_connections(vip, index, name, self.ct_cache.get(vip.index, []))
-        self.challenger.add(dp, vip, known)
         started = now_ns()
         conns = self._ct_connections(vip, index, name, dump_conntrack(zone, self.datapath_name))
         looked_up = now_ns()
         challenged = {c.key for c in known}
         self.challenger.add(dp, vip, [c for c in conns if c.key not in challenged])
         self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns), fast_fail=True,
-                            lookup_ms=round((looked_up - started) / 1e6, 2), since_ms=round((now_ns() - since) / 1e6, 2),
+                            lookup_ms=round((looked_up - started) / 1e6, 2),
+                            since_ms=round((challenged_at - since) / 1e6, 2),
+                            flush_ms=round((started - challenged_at) / 1e6, 2),
                             cached=len(known), flushed=flushed)
 
     def _count_connections(self, vip: Vip) -> None:

@@ -239,6 +239,8 @@ NLB_EVICT = event("nlb_evict", "nlb", "the NLB dropped every connection pinned t
                   conns=f("int", "connections dropped"), fast_fail=f("bool", "clients are being reset"),
                   lookup_ms=opt("float", "switch dataplane: reading the member's connections from conntrack", "ms"),
                   since_ms=opt("float", "from the member's change to the first challenges sent", "ms"),
+                  flush_ms=opt("float", "switch dataplane: finding and dropping the member's cached datapath "
+                                        "flows", "ms"),
                   cached=opt("int", "switch dataplane: connections challenged at once from the last conntrack read"),
                   flushed=opt("int", "switch dataplane: cached datapath flows of the member dropped"))
 NLB_HEALTH_SOCKET_ERROR = event("nlb_health_socket_error", "nlb", "the health socket could not be opened",

@@ -168,7 +168,7 @@ def test_bench_floor_runs_one_session_per_dataplane_and_prints_its_floor(tmp_pat
     for plane, row in floor.items():
         # the one session, on the CAS that died, each repetition: affected and back
         assert (row["affected"], row["n"], row["unrecovered"]) == (3, 3, 0), (plane, row)
-        assert row["p50"] > 0 and row["phases"]["saw"] is not None
+        assert row["p50"] > 0 and row["phases"]["client_saw"] is not None
         assert all(row["idle"][k]["n"] > 0 and row["idle"][k]["median"] > 0 for k in row["idle"]), row["idle"]
         assert plane in table
     assert not lab_residue(str(tmp_path))
