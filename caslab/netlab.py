@@ -272,8 +272,11 @@ class LabNetwork:
             self.channel = Channel.open(self.record.folder / "tls", owner=self.record.folder.name)
         except ChannelError as exc:
             raise LabError(str(exc)) from None
+        # batch: Mininet then creates each bridge with one ovs-vsctl run as a process, not typed
+        # into the switch's pty shell, whose line limit (4096 bytes) cut the command of a
+        # switch with ~50 ports short: the bridge never existed (32 CAS and 12+ client hosts)
         switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
-                         reconnectms=1000)
+                         reconnectms=1000, batch=True)
         controller = partial(RemoteController, ip="127.0.0.1", port=self.channel.port, protocol="ssl")
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
