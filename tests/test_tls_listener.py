@@ -5,6 +5,7 @@ another account can neither hold threads and descriptors nor keep the switch out
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -42,7 +43,7 @@ def test_socket_owner_reads_the_client_sockets_row():
         Path(table.name).unlink()
 
 
-pytestmark_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (acts as nobody)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (acts as nobody)")
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
-@pytestmark_root
+@needs_root
 def test_the_switch_gets_through_with_its_certificate(channel):
     listener, files, refused = channel
     client = switch_client(files, listener.sock.getsockname()[1])
@@ -98,7 +99,7 @@ def test_the_switch_gets_through_with_its_certificate(channel):
     got[0].close()
 
 
-@pytestmark_root
+@needs_root
 def test_another_accounts_connection_is_closed_before_any_tls(channel):
     listener, _files, refused = channel
     port = listener.sock.getsockname()[1]
@@ -109,7 +110,7 @@ def test_another_accounts_connection_is_closed_before_any_tls(channel):
     assert f"uid {NOBODY_UID}" in refused[0][0], refused
 
 
-@pytestmark_root
+@needs_root
 def test_a_trickled_handshake_ends_at_one_deadline(channel):
     listener, _files, refused = channel
     client = socket.create_connection(listener.sock.getsockname(), timeout=5)
@@ -128,7 +129,7 @@ def test_a_trickled_handshake_ends_at_one_deadline(channel):
     assert closed is not None, "the server kept reading past its deadline"
 
 
-@pytestmark_root
+@needs_root
 def test_at_most_max_pending_handshakes_run_at_once(channel):
     listener, files, refused = channel
     address = listener.sock.getsockname()
