@@ -113,6 +113,11 @@ class Agent:
     def install(self) -> None:
         """What installing NLB on the host does to its NIC, then the filter (owning nothing)."""
         host_id = self.config["host_id"]
+        # the mask first, the cluster MAC after: a frame that left with the cluster MAC as
+        # its source (an IPv6 router solicitation, an ARP reply) would teach the switch that
+        # the cluster MAC lives on this host's port, and every client's frame would then go
+        # to this host alone until the entry aged out (300 s)
+        nft(wnlb_nft.nic_table(self.iface, self.mode, self.cluster_mac, masked_mac(host_id, self.vip)))
         if self.mode == "unicast":
             ip_cmd("link", "set", "dev", self.iface, "address", self.cluster_mac)
         else:
@@ -120,7 +125,6 @@ class Agent:
             nft(wnlb_nft.arp_table(self.vip, self.cluster_mac))
         for conf in ("all", self.iface):
             set_sysctl(f"{conf}/arp_announce", "2")
-        nft(wnlb_nft.nic_table(self.iface, self.mode, self.cluster_mac, masked_mac(host_id, self.vip)))
         nft(wnlb_nft.filter_table(self.vip, self.affinity))
         ip_cmd("addr", "add", f"{self.vip}/32", "dev", self.iface)
         self.source_mac = mac_bytes(masked_mac(host_id, self.vip)) if self.mode == "unicast" else \

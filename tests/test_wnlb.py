@@ -267,3 +267,83 @@ def test_a_running_agent_survives_crafted_heartbeat_frames(tmp_path):
     assert result["up"], result
     assert result["alive_after_crafted"] and result["alive"], f"the agent died: {result['stderr']}"
     assert "cas2" in result["members_up"], f"the agent no longer hears its peer: {result}"
+
+
+MASK_PROBE = r"""
+import json, socket, subprocess, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from controllers.wnlb_logic import cluster_mac, masked_mac
+
+work = Path(sys.argv[1])
+for args in (["link", "set", "lo", "up"], ["link", "add", "cx0", "type", "veth", "peer", "name", "cx1"],
+             ["link", "set", "cx0", "address", "02:00:0a:01:01:01"], ["link", "set", "cx0", "up"],
+             ["link", "set", "cx1", "up"], ["addr", "add", "10.1.1.1/16", "dev", "cx0"]):
+    subprocess.run(["ip", *args], check=True)
+capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+capture.bind(("cx1", 0))
+capture.settimeout(0.05)
+sources, stop = {}, [False]
+
+def listen():
+    while not stop[0]:
+        try:
+            frame = capture.recv(2048)
+        except socket.timeout:
+            continue
+        mac = ":".join(f"{b:02x}" for b in frame[6:12])
+        sources[mac] = sources.get(mac, 0) + 1
+
+def chatter():  # the host's own traffic, as its stack sends it all the time
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"cx0")
+    while not stop[0]:
+        sock.sendto(b"x", ("10.1.255.255", 9))
+        time.sleep(0.0002)
+
+threads = [threading.Thread(target=listen), threading.Thread(target=chatter)]
+for t in threads:
+    t.start()
+time.sleep(0.3)
+events = work / "agent.jsonl"
+config = {"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "cx0",
+          "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 100, "missed": 3,
+          "stable": 2, "control": str(work / "agent.sock"), "events": str(events)}
+(work / "agent.json").write_text(json.dumps(config))
+agent = subprocess.Popen([sys.executable, "-m", "controllers.wnlb_agent", str(work / "agent.json")],
+                         cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(work / "agent.stderr", "wb"))
+try:
+    deadline = time.monotonic() + 10
+    while not (events.exists() and "wnlb_up" in events.read_text()) and agent.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+finally:
+    stop[0] = True
+    agent.terminate()
+    agent.wait(timeout=10)
+    for t in threads:
+        t.join()
+print(json.dumps({"sources": sources, "cluster": cluster_mac("10.1.0.100", "unicast"),
+                  "masked": masked_mac(1, "10.1.0.100"), "stderr": (work / "agent.stderr").read_text()[-2000:]}))
+"""
+
+
+def test_no_frame_leaves_a_unicast_member_with_the_cluster_mac_as_its_source(tmp_path):
+    # Old behaviour: the agent set the cluster MAC on the NIC before the egress mask was in
+    # place; a frame the host sent in between (under load, an IPv6 router solicitation)
+    # taught the switch that the cluster MAC lives on that port, and the clients of the
+    # other members' buckets could not connect for the 300 s the entry lived.
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", MASK_PROBE, str(tmp_path), str(root)],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    sources = result["sources"]
+    assert sources.get("02:00:0a:01:01:01", 0) > 100, f"the host sent before the agent set up: {result}"
+    assert sources.get(result["masked"], 0) > 100, f"and after, masked: {result}"
+    assert result["cluster"] not in sources, f"frames left with the cluster MAC: {result}"
