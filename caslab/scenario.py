@@ -311,10 +311,12 @@ def start_sessions(ctx: RunContext, mode: Mode, raw_dir: Path, timing: dict[str,
     per_host = ctx.spec["clients"]["sessions_per_host"]
     wanted = {f"{c}-s{i}" for c in clients for i in range(per_host)} | set(http_sessions)
     ready = wait_for_events(LogTail(raw_dir, clients + http_sources), len(wanted), ready_session,
-                            timing["ready_timeout_s"], f"all {len(wanted)} client sessions to complete an operation "
-                                                       "(or, over HTTP, to find autodiscover unreachable)",
-                            required=timing["all_ready"])
+                            timing["ready_timeout_s"], "", required=False)
     missing = sorted(wanted - ready)
+    if missing and timing["all_ready"]:
+        raise LabError(f"timed out after {timing['ready_timeout_s']:.0f} s waiting for all {len(wanted)} client "
+                       f"sessions to complete an operation (or, over HTTP, to find autodiscover unreachable); "
+                       f"never did: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
     if missing:
         progress(f"{len(missing)} of {len(wanted)} sessions never completed an operation; measuring anyway")
         ctx.log.emit(CLIENTS_READY, sessions=len(wanted), missing=missing)
