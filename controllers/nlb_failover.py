@@ -5,26 +5,33 @@ makes it learn at once: every client packet of a dead member's connection is ans
 with an exact RST (in the switch dataplane by a surviving CAS's kernel, the segment
 readdressed to it by the switch; in the controller dataplane by the controller), and
 clients that send nothing are made to send by a challenge segment (``challenge``). In
-the switch dataplane the NLB reads the
-dead member's connections from the switch's conntrack (a copy refreshed every
-``ct_refresh_ms``, and a fresh read at failover) and drops the datapath's cached flows
-of those connections, so their next packet is translated by the tables as they are now
-instead of waiting for the switch to revalidate its cache (tens of ms under load).
+the switch dataplane the NLB reads the dead member's connections from the switch's
+conntrack (a copy refreshed every ``ct_refresh_ms``, less often when a read is slow, and
+a fresh read at failover) and has the switch forget each before challenging it, so that
+its next packet is a stray that the tables as they are now send to a survivor, instead
+of a datapath flow cached for the dead port until the switch revalidates its cache.
 """
 
 from __future__ import annotations
 
 import random
+import time
 
 from controllers import nlb_frames as frames
 from controllers.compat import MAIN_DISPATCHER, hub, ofp_event, set_ev_cls
-from controllers.nlb_flows import packet_out_bytes, zone_of
+from controllers.nlb_flows import ct_flush_bytes, packet_out_bytes, zone_of
 from controllers.nlb_logic import Connection
-from controllers.nlb_state import Vip, delete_datapath_flows, dump_conntrack, stale_datapath_flows
+from controllers.nlb_state import Vip, dump_conntrack
 from labcommon.catalogue import NLB_EVICT, NLB_RELEARN
 from labcommon.events import now_ns
 
 CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
+READ_SHARE = 0.05  # of the switch's main thread, at most, spent on the periodic conntrack reads
+
+
+def read_interval(read_s: float, floor_s: float) -> float:
+    """Seconds to wait before the next conntrack read, given how long the last one took."""
+    return max(floor_s, read_s / READ_SHARE - read_s)
 
 
 class FailoverMixin:
@@ -76,34 +83,38 @@ class FailoverMixin:
 
     def _failover(self, dp, vip: Vip, index: int, name: str, reason: str, since: int,
                   applied) -> None:
-        """Switch dataplane, a member just died: once the switch applied its dead-member flow
-        (a dead port's fast-failover group needs no wait), challenge its clients known from
-        the last periodic conntrack read at once; drop the datapath's cached flows of its
-        connections, so that a packet still cached on the dead member's path takes the
-        tables as they are now instead of waiting for the switch to revalidate it (the
-        challenge schedule's next rounds, 1, 2, 3 ms on, cover answers lost before); then
-        challenge any connection a fresh conntrack read adds."""
+        """Switch dataplane, a member just died: once the switch applied its dead-member flows
+        (a dead port's fast-failover group needs no wait), the clients known from the last
+        periodic conntrack read are forgotten by the switch and challenged, in one buffer
+        (``_forget_and_challenge``); then a fresh read finds the connections opened since,
+        which get the same. The read holds the switch's main thread, which forwards the
+        lab's packets, tens of ms at a thousand sessions: it comes after the first wave."""
         if reason != "port_down":
             applied.wait(0.05)
         self.barriers.pop(next((k for k, v in list(self.barriers.items()) if v is applied), None), None)
-        zone = zone_of(vip.index)
         known = self._ct_connections(vip, index, name, self.ct_cache.get(vip.index, []))
-        self.challenger.add(dp, vip, known)
+        self._forget_and_challenge(dp, vip, known)
         challenged_at = now_ns()
-        try:
-            flushed = delete_datapath_flows(self.datapath_name, stale_datapath_flows(self.datapath_name, zone, index))
-        except (OSError, ValueError):
-            flushed = 0
-        started = now_ns()
-        conns = self._ct_connections(vip, index, name, dump_conntrack(zone, self.datapath_name))
+        conns = self._ct_connections(vip, index, name, dump_conntrack(zone_of(vip.index), self.datapath_name))
         looked_up = now_ns()
         challenged = {c.key for c in known}
-        self.challenger.add(dp, vip, [c for c in conns if c.key not in challenged])
-        self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(conns), fast_fail=True,
-                            lookup_ms=round((looked_up - started) / 1e6, 2),
-                            since_ms=round((challenged_at - since) / 1e6, 2),
-                            flush_ms=round((started - challenged_at) / 1e6, 2),
-                            cached=len(known), flushed=flushed)
+        fresh = [c for c in conns if c.key not in challenged]
+        self._forget_and_challenge(dp, vip, fresh)
+        self.event_log.emit(NLB_EVICT, vip=vip.ip, member=name, reason=reason, conns=len(known) + len(fresh),
+                            fast_fail=True, lookup_ms=round((looked_up - challenged_at) / 1e6, 2),
+                            since_ms=round((challenged_at - since) / 1e6, 2), cached=len(known))
+
+    def _forget_and_challenge(self, dp, vip: Vip, conns: list[Connection]) -> None:
+        """The switch forgets each connection (a conntrack flush of its tuple), then each
+        client is challenged: its answer, and any segment it sends, is a stray that the tables
+        as they are now send to a survivor, instead of a datapath flow cached for the dead
+        member's port until the switch revalidates it (a hundred ms and more at a thousand
+        sessions). The flushes go first, in one write."""
+        if not conns:
+            return
+        version, zone = dp.ofproto.OFP_VERSION, zone_of(vip.index)
+        dp.send(b"".join(ct_flush_bytes(version, zone, c.key[:2], c.key[2:]) for c in conns))
+        self.challenger.add(dp, vip, conns)
 
     def _count_connections(self, vip: Vip) -> None:
         """Switch dataplane: the connections the datapath carries for a VIP when the
@@ -115,12 +126,15 @@ class FailoverMixin:
 
     def _conntrack_loop(self) -> None:
         """Keep a recent copy of each VIP's conntrack entries, so that a failover can
-        challenge the dead member's clients without waiting for a read."""
+        challenge the dead member's clients without waiting for a read. A read holds the
+        switch's main thread (which forwards the lab's packets in the userspace datapath):
+        reads are spaced so that they take at most READ_SHARE of its time."""
         while True:
+            started = time.monotonic()
             for vip in self.vips:
                 if vip.dpid in self.datapaths:
                     self.ct_cache[vip.index] = dump_conntrack(zone_of(vip.index), self.datapath_name)
-            hub.sleep(self.ct_refresh_s)
+            hub.sleep(read_interval(time.monotonic() - started, self.ct_refresh_s))
 
     @staticmethod
     def challenge_frame(vip: Vip, key: tuple, client_mac: str) -> bytes:

@@ -18,7 +18,10 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
                         copy to the controller (through the meter: bookkeeping, not on the path)
                         +new SYN to the VIP -> select group (hash by affinity; buckets watch each
                         CAS port; each commits the connection with nat(dst=CAS), ct_mark=member)
-                        +new non-SYN to the VIP -> controller (RST); +est -> table 3
+                        +new TCP to the VIP with neither SYN nor RST (a connection forgotten at its
+                        member's death, or expired) -> stray group (fast_fail): the first member
+                        whose port is up, readdressed (its kernel resets it), else the controller
+                        other +new to the VIP -> controller (RST); +est -> table 3
                         other VIP traffic dropped; anything else (a CAS answering a client that
                         talks to it directly, a health probe) -> NORMAL
     table 3  deliver    ct_mark=m to CAS m's address -> CAS m's fast-failover group: its MAC and port
@@ -53,9 +56,14 @@ METER_ID = 1
 OFPGC_ADD_OR_MOD = 0x8000  # Open vSwitch extension: add the group, or modify it if it exists
 NTR_VENDOR_ID, NTRT_SELECTION_METHOD = 0x0000154D, 1
 COOKIE_TAG = 0xCA5
-FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE, RESET = 1, 2, 3, 4, 5, 6, 7, 8
-TCP_RST = 0x004
+FORWARD, REVERSE, GUARD, BASE, DEAD, DELIVER, SERVICE, RESET, STRAY = 1, 2, 3, 4, 5, 6, 7, 8, 9
+TCP_SYN, TCP_RST = 0x002, 0x004
 PRIO_SURVIVOR_RST = 250
+PRIO_STRAY = PRIO_NEW_OTHER + 1
+NX_VENDOR_ID, NXT_CT_FLUSH = 0x00002320, 32  # Open vSwitch's conntrack flush (OVS 3.1 and later)
+NXT_CT_ORIG_TUPLE, NXT_CT_ZONE_ID = 0, 2
+NXT_CT_TUPLE_SRC, NXT_CT_TUPLE_DST, NXT_CT_TUPLE_SRC_PORT, NXT_CT_TUPLE_DST_PORT = 0, 1, 2, 3
+OFPT_EXPERIMENTER = 4
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,33 @@ CONTROLLER_GROUP = 255  # an indirect group to the controller, always live: what
 def member_group_id(vip_index: int, member_index: int) -> int:
     """The fast-failover group delivering to one member (the VIP's select group is its index)."""
     return vip_index * 256 + member_index
+
+
+def stray_group_id(vip_index: int) -> int:
+    """The fast-failover group that takes a VIP's stray segments to a live member (members are 1-based)."""
+    return member_group_id(vip_index, 0)
+
+
+def _nx_property(kind: int, value: bytes) -> bytes:
+    """An OpenFlow property (type, length, value, padded to 8 bytes)."""
+    return struct.pack("!HH", kind, 4 + len(value)) + value + b"\0" * (-(4 + len(value)) % 8)
+
+
+def ct_flush_bytes(version: int, zone: int, client: tuple[str, int], service: tuple[str, int], xid: int = 0) -> bytes:
+    """Open vSwitch's NXT_CT_FLUSH (3.1 and later) of one connection: its original tuple
+    (client address and port -> VIP address and port, TCP) in ``zone``, as ``ovs-ofctl
+    ct-flush`` sends it (a test decodes it with ``ovs-ofctl ofp-print``); a full tuple is
+    looked up, not searched for. Addresses are IPv4-mapped IPv6; a nested property's own
+    properties start 8 bytes in. Built with struct alone: a failover sends one per connection."""
+    (src, sport), (dst, dport) = client, service
+    mapped = lambda ip: ipaddress.IPv6Address(f"::ffff:{ip}").packed  # noqa: E731
+    inner = (_nx_property(NXT_CT_TUPLE_SRC, mapped(src)) + _nx_property(NXT_CT_TUPLE_DST, mapped(dst))
+             + _nx_property(NXT_CT_TUPLE_SRC_PORT, struct.pack("!H", sport))
+             + _nx_property(NXT_CT_TUPLE_DST_PORT, struct.pack("!H", dport)))
+    body = (struct.pack("!IIB7x", NX_VENDOR_ID, NXT_CT_FLUSH, PROTO_TCP)
+            + struct.pack("!HH4x", NXT_CT_ORIG_TUPLE, 8 + len(inner)) + inner
+            + _nx_property(NXT_CT_ZONE_ID, struct.pack("!H", zone)))
+    return struct.pack("!BBHI", version, OFPT_EXPERIMENTER, 8 + len(body), xid) + body
 
 
 class NtrSelectionMethod:
@@ -360,13 +395,40 @@ class FlowBuilder:
         fallback = p.OFPBucket(bucket_id=2 + len(rescue), actions=[p.OFPActionGroup(CONTROLLER_GROUP)],
                                properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_GROUP,
                                                                      watch=CONTROLLER_GROUP)])
-        to_controller = p.OFPBucket(bucket_id=1, actions=[p.OFPActionMeter(METER_ID)] + self.to_controller())
-        return [p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_INDIRECT, group_id=CONTROLLER_GROUP,
-                              buckets=[to_controller]),
+        return [self.controller_group(),
                 p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_FF, group_id=gid,
                               buckets=[live, *rescue, fallback]),
                 self.flow(T_DELIVER, 110, p.OFPMatch(eth_type=ETH_IP, ct_mark=index, ipv4_dst=member.ip),
                           [p.OFPActionGroup(gid)], cookie=Cookie(vip.index, index, DELIVER))]
+
+    def controller_group(self):
+        """The indirect group to the controller (through the meter), always live."""
+        p, ofp = self.parser, self.ofp
+        to_controller = p.OFPBucket(bucket_id=1, actions=[p.OFPActionMeter(METER_ID)] + self.to_controller())
+        return p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_INDIRECT, group_id=CONTROLLER_GROUP,
+                             buckets=[to_controller])
+
+    def strays(self, vip, members: list[tuple[Any, int]]) -> list:
+        """A client segment to the VIP that conntrack does not know and that opens nothing (no
+        SYN, no RST): a connection the switch forgot when its member died (``ct_flush_bytes``)
+        or one that expired. It goes to the first of ``members`` (member, port) whose port is
+        up, readdressed, whose kernel answers with an exact RST; with none up, to the
+        controller, which answers the same. Its datapath flows are made when it comes, from
+        the tables and port states as they are then."""
+        p, ofp = self.parser, self.ofp
+        gid = stray_group_id(vip.index)
+        buckets = [p.OFPBucket(bucket_id=1 + k, actions=self.to_survivor(member, port),
+                               properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=port)])
+                   for k, (member, port) in enumerate(members)]
+        buckets.append(p.OFPBucket(bucket_id=1 + len(buckets), actions=[p.OFPActionGroup(CONTROLLER_GROUP)],
+                                   properties=[p.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_GROUP,
+                                                                         watch=CONTROLLER_GROUP)]))
+        return [self.controller_group(),
+                p.OFPGroupMod(self.dp, command=OFPGC_ADD_OR_MOD, type_=ofp.OFPGT_FF, group_id=gid, buckets=buckets),
+                self.flow(T_CONNTRACK, PRIO_STRAY,
+                          p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=vip.ip,
+                                     ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW), tcp_flags=(0, TCP_SYN | TCP_RST)),
+                          [p.OFPActionGroup(gid)], cookie=Cookie(vip.index, 0, STRAY))]
 
     def survivor_resets(self, vip, members: list[tuple[int, Any]]) -> list:
         """A CAS's RST for a connection conntrack does not know (+trk, not +est) answers a dead

@@ -191,35 +191,6 @@ def dump_conntrack(zone: int, datapath: str | None = None, timeout_s: float = 5)
     return parse_conntrack(res.stdout)
 
 
-UFID = re.compile(r"^ufid:([0-9a-f-]+),")
-
-
-def stale_datapath_flows(datapath: str | None, zone: int, mark: int) -> list[str]:
-    """ufids of the datapath's cached flows for one member's connections (conntrack zone
-    and ct_mark in their key): what still forwards to a dead CAS until revalidated."""
-    text = unixctl("dpctl/dump-flows", "-m", *([datapath] if datapath else []))
-    zone_tag, mark_tag = f"ct_zone(0x{zone:x}", f"ct_mark(0x{mark:x})"
-    out = []
-    for line in text.splitlines():
-        m = UFID.match(line)
-        if m and zone_tag in line and mark_tag in line:
-            out.append(m.group(1))
-    return out
-
-
-def delete_datapath_flows(datapath: str | None, ufids: list[str]) -> int:
-    """Drop cached datapath flows (by ufid): the next packet of each is translated anew,
-    by the tables as they are now. Returns how many were deleted."""
-    done = 0
-    for ufid in ufids:
-        try:
-            unixctl("dpctl/del-flow", *([datapath] if datapath else []), f"ufid:{ufid}")
-            done += 1
-        except OSError:
-            continue  # already gone (expired or revalidated meanwhile)
-    return done
-
-
 def flush_conntrack(zone: int, datapath: str | None = None) -> None:
     subprocess.run(["ovs-appctl"] + _dpctl("flush-conntrack", datapath, zone), capture_output=True, timeout=5,
                    check=False)

@@ -212,6 +212,9 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
                                              vip.survivors_of(member.name) if self.fast_fail else [])
                 msgs += self._dead_flows(build, vip, member) if not member.in_service \
                     else build.forget_dead_member(vip, index)
+            if self.fast_fail:
+                msgs += build.strays(vip, [(m, vip.port_numbers[m.port_name]) for _, m in members
+                                           if m.port_name in vip.port_numbers])
         else:
             msgs += build.service_to_controller(vip)
         self._send(dp, msgs)

@@ -260,16 +260,25 @@ class FakeDatapath:
         self.sent.append(msg)
 
     def send(self, buf: bytes) -> None:
-        """Raw bytes, as os-ken's Datapath.send. Only packet-outs are sent raw; each is read
-        back into os-ken's OFPPacketOut (match and actions by os-ken's own parsers), so a
-        hand-built message that does not hold together fails here."""
+        """Raw bytes, as os-ken's Datapath.send. Packet-outs and experimenter messages (Open
+        vSwitch's conntrack flush) are sent raw; each is read back into os-ken's message
+        (a packet-out's match and actions by os-ken's own parsers), so a hand-built message
+        that does not hold together fails here."""
         offset = 0
+        kinds = (self.ofproto.OFPT_PACKET_OUT, self.ofproto.OFPT_EXPERIMENTER)
         while offset < len(buf):
             version, msg_type, length, xid = struct.unpack_from("!BBHI", buf, offset)
-            assert (version, msg_type) == (self.ofproto.OFP_VERSION, self.ofproto.OFPT_PACKET_OUT), (version, msg_type)
+            assert version == self.ofproto.OFP_VERSION and msg_type in kinds, (version, msg_type)
             assert length >= 8 and offset + length <= len(buf), (length, len(buf) - offset)
-            self.sent.append(self._packet_out(buf[offset:offset + length], xid))
+            msg = buf[offset:offset + length]
+            self.sent.append(self._packet_out(msg, xid) if msg_type == kinds[0] else self._experimenter(msg, xid))
             offset += length
+
+    def _experimenter(self, msg: bytes, xid: int):
+        experimenter, exp_type = struct.unpack_from("!II", msg, 8)
+        out = self.ofproto_parser.OFPExperimenter(self, experimenter, exp_type, msg[16:])
+        out.xid = xid
+        return out
 
     def _packet_out(self, msg: bytes, xid: int):
         p, ofp = self.ofproto_parser, self.ofproto

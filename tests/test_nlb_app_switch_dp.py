@@ -5,6 +5,9 @@ conntrack and datapath-flow helpers of controllers.nlb_failover replaced by fake
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -12,7 +15,8 @@ from scapy.layers.l2 import Ether
 from controllers import nlb_failover
 from controllers.nlb_flows import (
     BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, PRIO_SURVIVOR_RST, RESET,
-    SERVICE, T_CONNTRACK, T_DELIVER, Cookie, member_group_id, zone_of,
+    PRIO_STRAY, SERVICE, T_CONNTRACK, T_DELIVER, Cookie, ct_flush_bytes, member_group_id, stray_group_id,
+    zone_of,
 )
 from controllers.nlb_state import CtEntry
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
@@ -25,27 +29,29 @@ from tests.fakes import (
 
 
 class FakeConntrack:
-    """The switch's conntrack and datapath flows, as controllers.nlb_failover reads them."""
+    """The switch's conntrack, as controllers.nlb_failover reads it."""
 
     def __init__(self, monkeypatch):
         self.entries: list[CtEntry] = []
-        self.ufids = ["u1", "u2"]
         self.calls: list[tuple] = []
         monkeypatch.setattr(nlb_failover, "dump_conntrack", self.dump)
-        monkeypatch.setattr(nlb_failover, "stale_datapath_flows", self.stale)
-        monkeypatch.setattr(nlb_failover, "delete_datapath_flows", self.delete)
 
     def dump(self, zone, datapath=None):
         self.calls.append(("dump", zone, datapath))
         return list(self.entries)
 
-    def stale(self, datapath, zone, mark):
-        self.calls.append(("stale", datapath, zone, mark))
-        return list(self.ufids)
 
-    def delete(self, datapath, ufids):
-        self.calls.append(("delete", datapath, tuple(ufids)))
-        return len(ufids)
+def ct_flushes(msgs) -> list:
+    """The NXT_CT_FLUSH messages among ``msgs``."""
+    return [m for m in of_class(msgs, "OFPExperimenter") if (m.experimenter, m.exp_type) == (0x2320, 32)]
+
+
+def flush_tuple(msg) -> tuple[str, int]:
+    """(client address, client port) of a conntrack flush of one connection to the VIP, in
+    zone 1 (the whole message must be the one ct_flush_bytes builds for it)."""
+    client_ip, client_port = ipaddress.IPv6Address(msg.data[20:36]).ipv4_mapped, struct.unpack_from("!H", msg.data, 68)[0]
+    assert msg.data == ct_flush_bytes(4, zone_of(1), (str(client_ip), client_port), (VIP_IP, SERVICE_PORT))[16:]
+    return str(client_ip), client_port
 
 
 @pytest.fixture
@@ -171,6 +177,19 @@ def test_port_desc_installs_guard_group_service_and_delivery(make_app):
         assert position[id(deliver)] > position[id(ff)] and deliver.priority == 110
     [controller_group] = {g.group_id for g in group_mods(msgs) if g.type == dp.ofproto.OFPGT_INDIRECT}
     assert controller_group == CONTROLLER_GROUP
+    # a stray (a client segment conntrack does not know that opens nothing) to the first live member
+    [strays] = [g for g in group_mods(msgs) if g.group_id == stray_group_id(1)]
+    *to_members, fallback = strays.buckets
+    assert strays.type == dp.ofproto.OFPGT_FF
+    assert [[p.watch for p in b.properties] for b in to_members] == [[m.port_no] for m in MEMBERS]
+    assert [rewrite_target(b.actions) for b in to_members] == [(m.mac, m.ip, [m.port_no]) for m in MEMBERS]
+    assert [a.group_id for a in fallback.actions] == [CONTROLLER_GROUP]
+    [stray] = [m for m in flow_mods(msgs) if m.table_id == T_CONNTRACK and m.priority == PRIO_STRAY]
+    assert match_dict(stray.match) == {"eth_type": 0x0800, "ip_proto": 6, "ipv4_dst": VIP_IP,
+                                       "ct_state": (0x21, 0x21), "tcp_flags": (0, 0x006)}
+    assert [a.group_id for a in apply_actions(stray)] == [stray_group_id(1)]
+    assert position[id(stray)] > position[id(strays)] > min(position[id(g)] for g in group_mods(msgs)
+                                                             if g.group_id == CONTROLLER_GROUP)
     # members in service: any dead-member flow a previous controller left is removed
     assert sorted(Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")) == [1, 2, 3]
     assert dead_flows(msgs) == []
@@ -280,15 +299,18 @@ def test_port_down_queues_the_failover_which_challenges_the_members_clients(make
     assert events(app, NLB_EVICT) == [] and events(app, LB_MEMBER)[-1]["reason"] == "port_down"
     item = app.failovers.get_nowait()
     assert item[:5] == (dp, app.vips[0], 2, "cas2", "port_down")
+    dp.take()
     app._failover(*item)
-    assert conntrack.calls == [("stale", "netdev@ovs-netdev", zone_of(1), 2),
-                               ("delete", "netdev@ovs-netdev", ("u1", "u2")),
-                               ("dump", zone_of(1), "netdev@ovs-netdev")]
+    # the switch forgets each connection before its client is challenged: the last read's at
+    # once, then the ones a fresh read adds (its answers are strays, sent to a survivor by the
+    # tables as they are, never by a datapath flow cached for the dead port)
+    assert conntrack.calls == [("dump", zone_of(1), "netdev@ovs-netdev")]
+    flushed = [flush_tuple(m) for m in ct_flushes(dp.take())]
+    assert flushed == [(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)]
     wanted = {(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)}  # live, on cas2, from a source
     assert {k[:2] for k in app.challenger.pending} == wanted
     [evict] = events(app, NLB_EVICT)
-    assert (evict["member"], evict["conns"], evict["cached"], evict["flushed"], evict["fast_fail"]) == (
-        "cas2", 2 + 1, 2, 2, True)
+    assert (evict["member"], evict["conns"], evict["cached"], evict["fast_fail"]) == ("cas2", 2 + 1, 2, True)
     assert drive(app.challenger, make_app.clock, 0) == 3  # at once, then on the schedule
     for po in packet_outs(dp.take()):
         frame = Ether(po.data)
@@ -312,22 +334,11 @@ def test_other_reasons_wait_for_the_switch_to_apply_the_dead_member_flow(make_ap
     assert events(app, NLB_EVICT)[-1]["reason"] == "admin_down"
 
 
-def test_a_failing_flow_flush_does_not_stop_the_failover(make_app, conntrack, monkeypatch):
-    def broken(*_):
-        raise OSError("no ovs-vswitchd")
-
-    monkeypatch.setattr(nlb_failover, "stale_datapath_flows", broken)
-    app, dp = switch_app(make_app)
-    conntrack.entries = [ct(CLIENT.ip, 40001, 3)]
-    port_status(app, dp, ofport(dp, "clab1-eth3", 3, link_down=True))
-    app._failover(*app.failovers.get_nowait())
-    assert events(app, NLB_EVICT)[-1]["flushed"] == 0 and len(app.challenger.pending) == 1
-
-
 def test_without_fast_fail_a_dead_member_is_only_cut_off(make_app, conntrack):
     app, dp = switch_app(make_app, fast_fail=False)
     msgs = port_status(app, dp, ofport(dp, "clab1-eth1", 1, link_down=True))
     assert dead_flows(msgs) and app.failovers.empty()
+    assert ct_flushes(msgs) == [], "without fast_fail the dead member's connections go to the controller"
     [evict] = events(app, NLB_EVICT)
     assert (evict["conns"], evict["fast_fail"]) == (0, False)
 
@@ -338,6 +349,11 @@ def test_the_conntrack_reader_keeps_a_copy_per_connected_vip(make_app, hub, conn
     hub.run_loop("_conntrack_loop", sleeps=0)
     assert app.ct_cache == {1: conntrack.entries} and hub.sleeps == [0.25]
     assert conntrack.calls == [("dump", zone_of(1), None)]  # the Branch VIP's switch is not connected
+
+
+def test_conntrack_reads_take_at_most_a_twentieth_of_the_switchs_main_thread():
+    assert nlb_failover.read_interval(0.001, 0.25) == 0.25
+    assert nlb_failover.read_interval(0.1, 0.25) == pytest.approx(1.9)  # a 100 ms read, then 1.9 s without
 
 
 # ---- packets reaching the controller -------------------------------------------------------------------

@@ -279,3 +279,22 @@ def test_a_hand_built_packet_out_is_byte_for_byte_os_kens(version):
         msg.xid = 0x1234
         msg.serialize()
         assert packet_out_bytes(version, port, data, 0x1234) == bytes(msg.buf)
+
+
+def test_the_conntrack_flush_is_the_one_ovs_ofctl_sends():
+    """ct_flush_bytes decoded by Open vSwitch's own printer: the zone and the connection's
+    whole original tuple (TCP, client -> VIP), nothing else."""
+    import shutil
+    import subprocess
+
+    from controllers.nlb_flows import ct_flush_bytes
+
+    if shutil.which("ovs-ofctl") is None:
+        pytest.skip("ovs-ofctl is not installed (lab.sh installs it)")
+    for version, name in ((0x04, "OF1.3"), (0x06, "OF1.5")):
+        message = ct_flush_bytes(version, 0xCA51, ("10.1.10.7", 40001), ("10.1.0.100", 6001), xid=7)
+        printed = subprocess.run(["ovs-ofctl", "ofp-print", message.hex()], capture_output=True, text=True,
+                                 timeout=10, check=True).stdout.strip()
+        assert printed == (f"NXT_CT_FLUSH ({name}) (xid=0x7): zone=51793 'ct_nw_src=10.1.10.7,ct_nw_dst=10.1.0.100,"
+                           f"ct_tp_src=40001,ct_tp_dst=6001,ct_nw_proto=6' "
+                           f"'ct_nw_src=::,ct_nw_dst=::,ct_tp_src=0,ct_tp_dst=0'"), printed

@@ -172,27 +172,6 @@ def test_unixctl_speaks_json_rpc_to_ovs_vswitchd(ovs_rundir):
         nlb_state.unixctl("dpctl/del-flow", "boom")
 
 
-def test_stale_flows_are_the_members_and_deleting_them_counts(ovs_rundir):
-    flows = ("ufid:aaaa-1,recirc_id(0x1),ct_zone(0xca51),ct_mark(0x2),eth(),ipv4() actions:3\n"
-             "ufid:bbbb-2,recirc_id(0x1),ct_zone(0xca51),ct_mark(0x3),eth(),ipv4() actions:4\n"
-             "ufid:cccc-3,recirc_id(0x1),ct_zone(0xca52),ct_mark(0x2),eth(),ipv4() actions:5\n"
-             "ufid:dddd-4,recirc_id(0x2),ct_zone(0xca51),ct_mark(0x2),eth() actions:drop\n")
-    gone = {"bbbb-2"}
-
-    def answer(request):
-        if request["method"] == "dpctl/dump-flows":
-            return {"id": 0, "result": flows, "error": None}
-        ufid = request["params"][-1].split(":", 1)[1]
-        return {"id": 0, "result": "", "error": "not found" if ufid in gone else None}
-
-    requests = fake_vswitchd(ovs_rundir, answer)
-    assert nlb_state.stale_datapath_flows(None, 0xCA51, 2) == ["aaaa-1", "dddd-4"]
-    assert requests[0]["params"] == ["-m"]
-    assert nlb_state.delete_datapath_flows("dp0", ["aaaa-1", "bbbb-2", "dddd-4"]) == 2
-    assert [r["params"] for r in requests[1:]] == [["dp0", "ufid:aaaa-1"], ["dp0", "ufid:bbbb-2"],
-                                                   ["dp0", "ufid:dddd-4"]]
-
-
 def test_dump_conntrack_falls_back_to_ovs_appctl_and_never_raises(ovs_rundir, monkeypatch):
     class Done:
         stdout = DUMP

@@ -25,6 +25,8 @@ from caslab import nlb_client, system
 from caslab.netlab import LabNetwork
 from caslab.ofchannel import listening_socket, write_private
 from caslab.scenario import wait_until
+from controllers.nlb_flows import zone_of
+from controllers.nlb_state import dump_conntrack
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
@@ -268,16 +270,24 @@ def test_a_dead_members_idle_clients_are_reset_by_a_survivors_kernel(tmp_path, n
             dead = "cas2"
             mine = {src for src, cas in placed.items() if cas == dead}
             assert mine and len(mine) < len(placed), placed
+            before = dump_conntrack(zone_of(1), lab.lab.datapath_name)
+            [mark] = {e.mark for e in before if e.client_ip in mine}
             lab.lab.set_link(dead, False)
             holder.stdin.write(b"go\n")
             holder.stdin.flush()
             ended = json.loads(holder.stdout.readline())
+            after = dump_conntrack(zone_of(1), lab.lab.datapath_name)
         finally:
             holder.kill()
             holder.wait(10)
         events = [json.loads(line) for line in (tmp_path / "nlb.jsonl").read_text().splitlines()]
     print("switch_lb: idle clients of the dead CAS ended after (ms):", sorted(ms for _, ms in ended.values()))
     assert set(ended) == mine, f"ended: {sorted(ended)}; on {dead}: {sorted(mine)}"
+    # the switch forgot the dead CAS's connections (one flush by their reply address), and
+    # only those: the survivors' connections are all still there
+    assert [e for e in after if e.mark == mark] == [], "the dead member's connections were flushed"
+    survivors = {(e.client_ip, e.client_port) for e in before if e.mark != mark and e.state == "ESTABLISHED"}
+    assert survivors and survivors <= {(e.client_ip, e.client_port) for e in after}
     assert {how for how, _ in ended.values()} == {"ConnectionResetError"}, ended
     resets = [e for e in events if e["ev"] == "nlb_reset"]
     assert {r["client"].split(":")[0] for r in resets if r.get("via") == "survivor"} == mine
