@@ -126,13 +126,20 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
         dp = ev.msg.datapath
         with self.lock:
             live = self.channels.get(dp.id)
-            if live is not None and live is not dp:
+            if live is not None and live is not dp and can_send(live):
                 # One connection per datapath id: a second claim (an impostor, or a switch
                 # reconnecting before its old channel's death arrived) is hung up on; the
                 # switch retries, and gets in once the old channel is gone.
                 self.event_log.emit(NLB_SWITCH_REFUSED, dpid=dp.id)
                 dp.close()
                 return
+            if live is not None and live is not dp:
+                # the old channel can send nothing any more: os-ken ends a channel's sending
+                # after a send timeout or error and waits for the switch to hang up, a death
+                # that may never arrive (its receive loop takes TLS errors for read timeouts).
+                # The switch has reconnected; the old channel is dead, the new one replaces it.
+                self._forget_channel(live)
+                live.close()
             self.channels[dp.id] = dp
         build = FlowBuilder(dp)
         msgs = build.table_miss()
@@ -163,9 +170,13 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
         dp = ev.datapath
         with self.lock:
             if dp.id is None or self.channels.get(dp.id) is not dp:
-                return  # never claimed a datapath id, or a refused duplicate
-            del self.channels[dp.id]
-            self.datapaths.pop(dp.id, None)
+                return  # never claimed a datapath id, a refused duplicate, or replaced already
+            self._forget_channel(dp)
+
+    def _forget_channel(self, dp) -> None:
+        """The switch behind this channel is forgotten until it connects again (under the lock)."""
+        del self.channels[dp.id]
+        self.datapaths.pop(dp.id, None)
         self.event_log.emit(NLB_SWITCH_GONE, dpid=dp.id)
 
     def _live(self, dp) -> bool:
@@ -420,6 +431,12 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
 
     def find_vip(self, name_or_ip: str) -> Vip | None:
         return next((v for v in self.vips if name_or_ip in (v.name, v.ip)), None)
+
+
+def can_send(dp) -> bool:
+    """os-ken's Datapath can still send: its send loop has not ended (it drops its queue when
+    it does) and the channel is active."""
+    return getattr(dp, "send_q", ()) is not None and getattr(dp, "is_active", True)
 
 
 def _is_survivor_reset_copy(msg) -> bool:

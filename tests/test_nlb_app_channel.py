@@ -63,6 +63,28 @@ def test_a_dead_channel_drops_its_datapath_and_the_switch_may_connect_again(make
     assert [e["dpid"] for e in events(app, NLB_SWITCH)] == [1, 1]
 
 
+def test_a_switch_reconnecting_while_its_old_channel_can_no_longer_send_replaces_it(make_app, version):
+    # Old behaviour: os-ken ends a channel's sending after a send timeout or error and waits
+    # for the switch to hang up; that death did not arrive, every reconnection of the switch
+    # was refused, and it stayed without a controller (a controller-dataplane run never
+    # served its one client).
+    app = make_app()
+    old = ready(app, version)
+    old.send_q = None  # os-ken's send loop has ended
+    again = FakeDatapath(1, version)
+    assert flow_mods(features(app, again))  # programmed afresh
+    assert app.datapaths[1] is again and not again.closed and old.closed
+    assert events(app, NLB_SWITCH_REFUSED) == [] and [e["dpid"] for e in events(app, NLB_SWITCH_GONE)] == [1]
+    port_desc(app, again, all_ports(again))
+    assert packet_outs(packet_in(app, again, arp_frame(1, VIP_IP)))  # the new channel is the one answered
+    channel_dead(app, old)  # the old channel's death, late: changes nothing
+    assert app.datapaths[1] is again and len(events(app, NLB_SWITCH_GONE)) == 1
+
+    # a channel that can send is still never replaced
+    impostor = FakeDatapath(1, version)
+    assert features(app, impostor) == [] and impostor.closed and app.datapaths[1] is again
+
+
 def test_a_channel_that_dies_before_its_features_reply_is_ignored(make_app, version):
     app = make_app()
     dp = ready(app, version)
