@@ -17,6 +17,7 @@ one deadline each); os-ken, configured for plain TCP, gets connections whose han
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -63,6 +64,18 @@ def serve_on_inherited(hub, fd: int, tls: dict[str, str] | None = None, switch_u
     return listener.sock.getsockname()[1]
 
 
+def log_channel_lives(project: str) -> None:
+    """The framework says why a channel stopped sending (a send timeout, a socket error), or
+    that it connected, only at DEBUG: those lines of its controller module, and no other
+    module's, go to the controller's log (stderr)."""
+    logger = logging.getLogger(f"{project}.controller.controller")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("openflow: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+
+
 def say_refused(reason: str, addr) -> None:
     print(f"openflow: refused {addr[0]}:{addr[1]}: {reason}", file=sys.stderr, flush=True)
 
@@ -87,6 +100,7 @@ def run(apps: list[str], port: int | None, host: str, framework: str, listen_fd:
         from os_ken.lib import hub
         project = "os_ken"
 
+    log_channel_lives(project)
     if listen_fd is not None:
         if framework != "os_ken":
             raise SystemExit("--listen-fd needs os-ken (the lab's framework)")
