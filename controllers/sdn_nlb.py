@@ -435,8 +435,18 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
 
 def can_send(dp) -> bool:
     """os-ken's Datapath can still send: its send loop has not ended (it drops its queue when
-    it does) and the channel is active."""
-    return getattr(dp, "send_q", ()) is not None and getattr(dp, "is_active", True)
+    it does), the channel is active, and its socket still reaches the switch it connected from
+    (a socket closed or reset under it, or whose descriptor now belongs to another connection,
+    does not)."""
+    if getattr(dp, "send_q", ()) is None or not getattr(dp, "is_active", True):
+        return False
+    sock = getattr(dp, "socket", None)
+    if sock is None:
+        return True
+    try:
+        return tuple(sock.getpeername()) == tuple(dp.address)
+    except OSError:
+        return False
 
 
 def _is_survivor_reset_copy(msg) -> bool:

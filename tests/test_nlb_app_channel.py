@@ -6,6 +6,8 @@ death) is closed and ignored: it never replaces the live switch, and nothing it 
 
 from __future__ import annotations
 
+import pytest
+
 from labcommon.catalogue import NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED
 from tests.fakes import (
     FakeDatapath, VIP_IP, all_ports, arp_frame, channel_dead, events, features, flow_mods, member_port, packet_in,
@@ -81,6 +83,37 @@ def test_a_switch_reconnecting_while_its_old_channel_can_no_longer_send_replaces
     assert app.datapaths[1] is again and len(events(app, NLB_SWITCH_GONE)) == 1
 
     # a channel that can send is still never replaced
+    impostor = FakeDatapath(1, version)
+    assert features(app, impostor) == [] and impostor.closed and app.datapaths[1] is again
+
+
+class PeerSocket:
+    """The part of a channel's socket the NLB asks about: whom it is connected to."""
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def getpeername(self):
+        if isinstance(self.peer, OSError):
+            raise self.peer
+        return self.peer
+
+
+@pytest.mark.parametrize("peer", [OSError(9, "Bad file descriptor"), OSError(107, "not connected"),
+                                  ("127.0.0.1", 40002)])
+def test_a_switch_reconnecting_while_its_old_socket_no_longer_reaches_it_replaces_it(make_app, version, peer):
+    # Seen in a suite run: the first channel's socket was reset 3 ms after it connected (its
+    # descriptor closed under it, then handed to a later connection); os-ken kept it as
+    # active and every reconnection of the switch was refused until the lab gave up.
+    app = make_app()
+    old = ready(app, version)
+    old.address, old.socket = ("127.0.0.1", 40001), PeerSocket(peer)
+    again = FakeDatapath(1, version)
+    assert flow_mods(features(app, again))
+    assert app.datapaths[1] is again and old.closed and events(app, NLB_SWITCH_REFUSED) == []
+
+    # a channel whose socket still reaches its switch is never replaced
+    again.address, again.socket = ("127.0.0.1", 40003), PeerSocket(("127.0.0.1", 40003))
     impostor = FakeDatapath(1, version)
     assert features(app, impostor) == [] and impostor.closed and app.datapaths[1] is again
 
