@@ -32,7 +32,9 @@ class MembershipMixin:
                 self.evict(vip, name, reason)  # first: its clients are waiting
             elif member.in_service and (not was_serving or (member.accepts_new and not was_accepting)) \
                     and self.dataplane == "switch" and dp is not None:  # back, or rejoined after a drain deadline
-                self._send(dp, FlowBuilder(dp).forget_dead_member(vip, vip.member_index[name]))
+                build = FlowBuilder(dp)
+                self._send(dp, build.forget_dead_member(vip, vip.member_index[name])
+                           + (self._strays(build, vip) if self.fast_fail else []))
             if self.dataplane == "switch" and dp is not None and was_accepting != member.accepts_new:
                 self._send(dp, [self._group(FlowBuilder(dp), vip)])
             self.event_log.emit(LB_MEMBER, ts=decided, vip=vip.ip, member=name, reason=reason,
@@ -48,7 +50,9 @@ class MembershipMixin:
             build = FlowBuilder(dp)
             # this one, and every other dead one (its survivor may have been this one)
             dead = [m for m in vip.pool.members.values() if m.name == name or not m.in_service]
-            applied = self._send_with_barrier(dp, [f for m in dead for f in self._dead_flows(build, vip, m)])
+            # strays (the connections the failover will make the switch forget) to members in service only
+            strays = self._strays(build, vip) if self.fast_fail else []
+            applied = self._send_with_barrier(dp, strays + [f for m in dead for f in self._dead_flows(build, vip, m)])
             if self.fast_fail:
                 self.failovers.put((dp, vip, index, name, reason, now_ns(), applied))
             else:

@@ -224,11 +224,16 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
                 msgs += self._dead_flows(build, vip, member) if not member.in_service \
                     else build.forget_dead_member(vip, index)
             if self.fast_fail:
-                msgs += build.strays(vip, [(m, vip.port_numbers[m.port_name]) for _, m in members
-                                           if m.port_name in vip.port_numbers])
+                msgs += self._strays(build, vip)
         else:
             msgs += build.service_to_controller(vip)
         self._send(dp, msgs)
+
+    def _strays(self, build: FlowBuilder, vip: Vip) -> list:
+        """The stray group and flow, over the members in service (a frozen CAS's port is up,
+        but its kernel answers nothing)."""
+        return build.strays(vip, [(m, vip.port_numbers[m.port_name]) for m in vip.pool.members.values()
+                                  if m.in_service and m.port_name in vip.port_numbers])
 
     def _dead_flows(self, build: FlowBuilder, vip: Vip, member) -> list:
         """A dead member's flows: its clients' segments to a survivor (fast_fail) or the controller."""

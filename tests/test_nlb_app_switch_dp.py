@@ -46,6 +46,12 @@ def ct_flushes(msgs) -> list:
     return [m for m in of_class(msgs, "OFPExperimenter") if (m.experimenter, m.exp_type) == (0x2320, 32)]
 
 
+def stray_targets(msgs) -> list[str]:
+    """The addresses the stray group sends to, in bucket order (its last bucket: the controller)."""
+    [group] = [g for g in group_mods(msgs) if g.group_id == stray_group_id(1)]
+    return [rewrite_target(b.actions)[1] for b in group.buckets[:-1]]
+
+
 def flush_tuple(msg) -> tuple[str, int]:
     """(client address, client port) of a conntrack flush of one connection to the VIP, in
     zone 1 (the whole message must be the one ct_flush_bytes builds for it)."""
@@ -234,11 +240,16 @@ def test_group_buckets_follow_accepts_new(make_app, conntrack):
     msgs = dp.take()
     assert dead_members(msgs) == [1]
     assert_dead_flows(dp, msgs, MEMBER["cas1"], MEMBER["cas2"])  # the next member after it, in service
-    assert [type(m).__name__ for m in msgs][:3] == ["OFPFlowMod", "OFPFlowMod", "OFPBarrierRequest"]
+    # strays first (the failover's forgotten connections), over the members in service only,
+    # then the dead-member flows, then the barrier the failover waits for
+    assert [type(m).__name__ for m in msgs][:6] == ["OFPGroupMod", "OFPGroupMod", "OFPFlowMod", "OFPFlowMod",
+                                                    "OFPFlowMod", "OFPBarrierRequest"]
+    assert stray_targets(msgs) == [MEMBER["cas2"].ip, MEMBER["cas3"].ip]
     assert buckets(select_group(msgs)) == all_buckets(["cas2", "cas3"])
     app.admin_set(vip, "cas1", up=True)
     msgs = dp.take()
     assert [Cookie.decode(m.cookie).member for m in dead_flows(msgs, "DELETE")] == [1]
+    assert stray_targets(msgs) == [m.ip for m in MEMBERS]
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas2", "cas3"])
     app.set_affinity(vip, "network")
     assert [p.fields for p in select_group(dp.take()).properties] == [HASH_FIELDS["network"]]
