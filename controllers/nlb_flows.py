@@ -20,7 +20,8 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
                         CAS port; each commits the connection with nat(dst=CAS), ct_mark=member)
                         +new TCP to the VIP with neither SYN nor RST (a connection forgotten at its
                         member's death, or expired) -> stray group (fast_fail): the first member
-                        whose port is up, readdressed (its kernel resets it), else the controller
+                        in service whose port is up, readdressed (its kernel resets it), else
+                        the controller
                         other +new to the VIP -> controller (RST); +est -> table 3
                         other VIP traffic dropped; anything else (a CAS answering a client that
                         talks to it directly, a health probe) -> NORMAL
