@@ -207,6 +207,17 @@ def test_the_kernel_hashes_every_affinity_as_python_does():
         assert [r[2] for r in rows] == [r[3] for r in rows], affinity
 
 
+# the agent, started inside a probe (its line {start_agent}): config and process
+START_AGENT = r'''events = work / "agent.jsonl"
+config = {"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "cx0",
+          "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 100, "missed": 3,
+          "stable": 2, "control": str(work / "agent.sock"), "events": str(events)}
+(work / "agent.json").write_text(json.dumps(config))
+agent = subprocess.Popen([sys.executable, "-m", "controllers.wnlb_agent", str(work / "agent.json")],
+                         cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(work / "agent.stderr", "wb"))
+'''
+
 CRAFTED_PROBE = r'''
 import json, socket, subprocess, sys, time
 from pathlib import Path
@@ -219,15 +230,7 @@ work = Path(sys.argv[1])
 for args in (["link", "set", "lo", "up"], ["link", "add", "cx0", "type", "veth", "peer", "name", "cx1"],
              ["link", "set", "cx0", "mtu", "9000", "up"], ["link", "set", "cx1", "mtu", "9000", "up"]):
     subprocess.run(["ip", *args], check=True)
-events = work / "agent.jsonl"
-config = {"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "cx0",
-          "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 100, "missed": 3,
-          "stable": 2, "control": str(work / "agent.sock"), "events": str(events)}
-(work / "agent.json").write_text(json.dumps(config))
-agent = subprocess.Popen([sys.executable, "-m", "controllers.wnlb_agent", str(work / "agent.json")],
-                         cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=open(work / "agent.stderr", "wb"))
-try:
+{start_agent}try:
     def evs(kind):
         return [e for e in map(json.loads, events.read_text().splitlines()) if e["ev"] == kind] if events.exists() else []
     deadline = time.monotonic() + 10
@@ -254,16 +257,22 @@ print(json.dumps(result))
 '''
 
 
-def test_a_running_agent_survives_crafted_heartbeat_frames(tmp_path):
-    # Old behaviour: one frame with Infinity (OverflowError) or deep nesting (RecursionError)
-    # killed the agent, on every CAS of the segment at once (heartbeats are broadcast).
+def run_agent_probe(probe: str, tmp_path: Path) -> dict:
+    """Run a probe script (a Windows NLB agent on a veth pair) in a private network
+    namespace of its own; its last line of output is its JSON result."""
     import subprocess
     import sys
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(["unshare", "--net", sys.executable, "-c", CRAFTED_PROBE, str(tmp_path), str(root)],
-                          cwd=root, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", probe.replace("{start_agent}", START_AGENT),
+                           str(tmp_path), str(root)], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_running_agent_survives_crafted_heartbeat_frames(tmp_path):
+    # Old behaviour: one frame with Infinity (OverflowError) or deep nesting (RecursionError)
+    # killed the agent, on every CAS of the segment at once (heartbeats are broadcast).
+    result = run_agent_probe(CRAFTED_PROBE, tmp_path)
     assert result["up"], result
     assert result["alive_after_crafted"] and result["alive"], f"the agent died: {result['stderr']}"
     assert "cas2" in result["members_up"], f"the agent no longer hears its peer: {result}"
@@ -306,15 +315,7 @@ threads = [threading.Thread(target=listen), threading.Thread(target=chatter)]
 for t in threads:
     t.start()
 time.sleep(0.3)
-events = work / "agent.jsonl"
-config = {"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "cx0",
-          "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 100, "missed": 3,
-          "stable": 2, "control": str(work / "agent.sock"), "events": str(events)}
-(work / "agent.json").write_text(json.dumps(config))
-agent = subprocess.Popen([sys.executable, "-m", "controllers.wnlb_agent", str(work / "agent.json")],
-                         cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=open(work / "agent.stderr", "wb"))
-try:
+{start_agent}try:
     deadline = time.monotonic() + 10
     while not (events.exists() and "wnlb_up" in events.read_text()) and agent.poll() is None \
             and time.monotonic() < deadline:
@@ -336,13 +337,7 @@ def test_no_frame_leaves_a_unicast_member_with_the_cluster_mac_as_its_source(tmp
     # place; a frame the host sent in between (under load, an IPv6 router solicitation)
     # taught the switch that the cluster MAC lives on that port, and the clients of the
     # other members' buckets could not connect for the 300 s the entry lived.
-    import subprocess
-    import sys
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(["unshare", "--net", sys.executable, "-c", MASK_PROBE, str(tmp_path), str(root)],
-                          cwd=root, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_agent_probe(MASK_PROBE, tmp_path)
     sources = result["sources"]
     assert sources.get("02:00:0a:01:01:01", 0) > 100, f"the host sent before the agent set up: {result}"
     assert sources.get(result["masked"], 0) > 100, f"and after, masked: {result}"
