@@ -17,14 +17,25 @@ only connections whose mutual TLS handshake has completed:
 * **At most ``MAX_PENDING`` handshakes at once**; a connection beyond that is closed.
 
 Because other accounts are refused before the handshake, they cannot fill those slots.
+
+os-ken's channel (``Datapath``) receives in one native thread and sends in another, on the
+same socket. An ``ssl.SSLSocket`` must not be used that way: OpenSSL forbids SSL_read and
+SSL_write on one connection at the same time, and CPython releases the GIL around both, so
+the two race and the TLS state breaks (the switch sees the channel closed or reset, often
+within milliseconds of connecting, when the first flow-mods cross the switch's first
+messages). Each handed-over connection is therefore a ``SharedTlsSocket``: every OpenSSL
+call on it runs under one lock, never blocking inside it.
 """
 
 from __future__ import annotations
 
+import errno
 import queue
+import select
 import socket
 import ssl
 import threading
+import time
 
 HANDSHAKE_S = 5.0
 MAX_PENDING = 8
@@ -115,7 +126,7 @@ class TlsListener:
             deadline.cancel()
             self.slots.release()
         wrapped.settimeout(None)  # os-ken's Datapath sets its own
-        self.ready.put((wrapped, addr))
+        self.ready.put((SharedTlsSocket(wrapped), addr))
 
 
 def _shut(conn: socket.socket) -> None:
@@ -123,3 +134,75 @@ def _shut(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+class SharedTlsSocket:
+    """A TLS connection that one thread may read while another writes: the socket is
+    non-blocking, each OpenSSL call (read, write, shutdown) runs under one lock, and the
+    waits for the kernel (readable, writable) happen outside it. ``settimeout`` bounds
+    each ``recv`` and ``sendall`` as on a socket; anything else goes to the SSLSocket."""
+
+    def __init__(self, tls: ssl.SSLSocket):
+        tls.setblocking(False)
+        self._tls, self._lock, self._timeout = tls, threading.Lock(), None
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._timeout = seconds
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def recv(self, size: int) -> bytes:
+        deadline = self._deadline()
+        while True:
+            with self._lock:
+                try:
+                    return self._tls.recv(size)
+                except ssl.SSLWantReadError:
+                    want = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    want = select.POLLOUT
+            self._wait(want, deadline)
+
+    def sendall(self, data) -> None:
+        view, deadline = memoryview(data).cast("B"), self._deadline()
+        while view:
+            with self._lock:
+                try:
+                    view = view[self._tls.send(view):]
+                    continue
+                except ssl.SSLWantWriteError:
+                    want = select.POLLOUT
+                except ssl.SSLWantReadError:
+                    want = select.POLLIN
+            self._wait(want, deadline)
+
+    def shutdown(self, how: int) -> None:
+        """Shut the TCP connection down and keep the TLS state: os-ken ends its sending this
+        way and then reads on until the switch hangs up (SSLSocket.shutdown would drop the
+        TLS state, and the reads after it would return raw records)."""
+        with self._lock:
+            socket.socket.shutdown(self._tls, how)
+
+    def close(self) -> None:
+        with self._lock:
+            self._tls.close()
+
+    def __getattr__(self, name):
+        return getattr(self._tls, name)
+
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    def _wait(self, events: int, deadline: float | None) -> None:
+        fd = self._tls.fileno()
+        if fd < 0:
+            raise OSError(errno.EBADF, "the channel's socket is closed")
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        poller = select.poll()
+        poller.register(fd, events)
+        ready = poller.poll(None if left is None else left * 1000)
+        if not ready:
+            raise socket.timeout("timed out")
+        if ready[0][1] & select.POLLNVAL:
+            raise OSError(errno.EBADF, "the channel's socket is closed")
