@@ -15,7 +15,8 @@ and prints, per dataplane and size: reconnect p50 / p99 with n beside the affect
 collateral sessions, p99 as a multiple of the floor (the same dataplane's one-session
 reconnect), the 95 % CI of the mean, the goodput dip of unaffected sessions, CPU idle and
 whether the run was trustworthy, and the median phase split of a reconnect. Speed is
-measured here, never asserted in tests.
+measured here, never asserted in tests. A size whose lab never became ready is reported with
+its reason (its folder keeps the raw events) and the bench goes on; the exit status is 1.
 
 Fair by construction: the two dataplanes alternate repetition by repetition
 (``experiment.order = "interleaved"``), so neither gets the machine's quiet minutes, and
@@ -32,6 +33,7 @@ from pathlib import Path
 from caslab import analysis as analysis_mod, runner, spec as spec_mod, system
 from caslab.metrics import PHASES
 from caslab.metrics.floor import idle_floor
+from caslab.netlab import LabError
 
 MIN_REPS = 3
 SIZES = {
@@ -159,16 +161,31 @@ def main_cli(sizes: list[str], reps: int | None, out: str | None, floor_only: bo
     except BenchError as exc:
         print(f"caslab bench {what}: {exc}", file=sys.stderr)
         return 2
-    floor = floor_rows(runner.run(floor_planned[0], floor_planned[1], base / "floor"))
+    failed: list[str] = []
+    floor_run = measured("floor", lambda: runner.run(floor_planned[0], floor_planned[1], base / "floor"), failed)
+    floor = floor_rows(floor_run) if floor_run else {}
     rows = []
     for size, spec, path in planned:
-        analysis = runner.run(spec, path, base / f"{size}-sessions")
-        for scenario in analysis.scenarios:
+        analysis = measured(f"{size} sessions", lambda: runner.run(spec, path, base / f"{size}-sessions"), failed)
+        for scenario in analysis.scenarios if analysis else []:
             rows.append(row(size, analysis, scenario))
             rows[-1]["x_floor"] = times_floor(rows[-1], floor)
-    text = show_floor(floor) + ("\n\n" + show(rows) if rows else "")
+    text = "\n\n".join(part for part in (show_floor(floor) if floor else "", show(rows) if rows else "",
+                                          "\n".join(failed)) if part)
+    base.mkdir(parents=True, exist_ok=True)
     (base / "bench.txt").write_text(text + "\n")
     system.give_to_invoking_user(str(base))
     print(text)
     print(f"\nfolders: {base}")
-    return 0
+    return 1 if failed else 0
+
+
+def measured(what: str, run, failed: list[str]):
+    """One size's experiment; a repetition that fails (the lab never became ready, a switch
+    never connected) ends that size only: the bench says so, with the reason, and goes on
+    to the next size (the failed size's folder keeps its raw events)."""
+    try:
+        return run()
+    except LabError as exc:
+        failed.append(f"{what}: did not complete: {exc}")
+        return None

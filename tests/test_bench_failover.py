@@ -172,3 +172,26 @@ def test_bench_floor_runs_one_session_per_dataplane_and_prints_its_floor(tmp_pat
         assert all(row["idle"][k]["n"] > 0 and row["idle"][k]["median"] > 0 for k in row["idle"]), row["idle"]
         assert plane in table
     assert not lab_residue(str(tmp_path))
+
+
+def test_a_size_that_never_becomes_ready_is_reported_and_the_bench_goes_on(tmp_path, monkeypatch, capsys):
+    """A lab that never became ready (5,000 sessions on two cores) ends that size with its
+    reason in the table; the sizes after it still run, and the exit status says one failed."""
+    from caslab.netlab import LabError
+
+    ran: list[str] = []
+
+    def fake_run(spec, path, out, *args, **kwargs):
+        ran.append(out.name)
+        if out.name == "48-sessions":
+            raise LabError("timed out after 240 s waiting for all 48 client sessions to complete an operation")
+        raise LabError(f"{out.name}: a second failure")
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    assert bench_failover.main_cli(["48", "1000"], None, str(tmp_path / "bench")) == 1
+    assert ran == ["floor", "48-sessions", "1000-sessions"]
+    table = (tmp_path / "bench" / "bench.txt").read_text()
+    assert "48 sessions: did not complete: timed out after 240 s" in table
+    assert "1000 sessions: did not complete: 1000-sessions: a second failure" in table
+    assert "floor: did not complete" in table
+    assert table.strip() in capsys.readouterr().out
