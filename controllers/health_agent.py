@@ -24,7 +24,7 @@ from typing import Any
 
 from labcommon.catalogue import PROBE_STATE, SERVICE_UP
 from labcommon.protocol import FramedLink, read_frame, write_frame
-from roles.service import load_config, open_log, run_forever
+from labcommon.runtime import load_config, open_log, run_forever
 
 
 async def probe_icmp(ip: str, timeout_s: float) -> tuple[bool, str]:

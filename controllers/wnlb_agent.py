@@ -42,7 +42,7 @@ from controllers.wnlb_logic import ETHERTYPE, bucket_of, cluster_mac, masked_mac
 from controllers.wnlb_membership import Change, Membership, decode, encode
 from labcommon.catalogue import LB_MEMBER, WNLB_CONVERGED, WNLB_CONVERGING, WNLB_DRAIN, WNLB_UP
 from labcommon.protocol import nesting_depth
-from roles.service import load_config, open_log
+from labcommon.runtime import load_config, open_log
 
 BROADCAST = b"\xff" * 6
 MAX_DEADLINE_S = 86_400.0  # a drain deadline beyond a day is no deadline

@@ -19,7 +19,8 @@ from typing import Any
 
 from labcommon.catalogue import RCAS_CHANGED
 from labcommon.protocol import error
-from roles.service import listen, open_log, run_role
+from labcommon.runtime import open_log, run_with_config
+from roles.service import listen
 
 
 class Autodiscover:
@@ -62,7 +63,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_role(serve)
+    run_with_config(serve)
 
 
 if __name__ == "__main__":

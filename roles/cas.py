@@ -23,8 +23,9 @@ from typing import Any
 from labcommon.auth import password_for
 from labcommon.catalogue import AUTH_FAILED, REAUTH
 from labcommon.protocol import FramedLink, error
+from labcommon.runtime import open_log, run_with_config
 from roles.dumpster import TransportDumpster
-from roles.service import listen, open_log, run_role
+from roles.service import listen
 
 PROXIED_OPS = {"read", "send", "sync"}
 SUSPECT_S = 5.0  # a mailbox copy that timed out is tried last for this long
@@ -165,7 +166,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_role(serve)
+    run_with_config(serve)
 
 
 if __name__ == "__main__":

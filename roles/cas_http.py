@@ -53,9 +53,10 @@ from aiohttp import web  # noqa: E402
 from labcommon.auth import password_for  # noqa: E402
 from labcommon.catalogue import HTTP_SESSION_UNKNOWN, SERVICE_UP  # noqa: E402
 from labcommon.protocol import MAX_DEPTH, nesting_depth  # noqa: E402
+from labcommon.runtime import open_log, run_with_config  # noqa: E402
 from roles.cas import CasServer, close_links  # noqa: E402
 from roles.rpc_proxy import RpcProxy  # noqa: E402
-from roles.service import listen, open_log, run_role  # noqa: E402
+from roles.service import listen  # noqa: E402
 
 OWA_COOKIE = "cadata"
 LOGIN_TIMEOUT = 440  # OWA's "Login Timeout": the session is unknown here, log in again
@@ -319,7 +320,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_role(serve)
+    run_with_config(serve)
 
 
 if __name__ == "__main__":

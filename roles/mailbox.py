@@ -27,8 +27,9 @@ from typing import Any
 
 from labcommon.catalogue import DB_ROLE
 from labcommon.protocol import FramedLink, ProtocolError, error
+from labcommon.runtime import open_log, run_with_config
 from roles.dag import REPLICATION_TIMEOUT_S, DatabaseCopy, Shipper, valid_row
-from roles.service import listen, open_log, run_role
+from roles.service import listen
 
 CATCH_UP_TIMEOUT_S = 3.0
 
@@ -202,7 +203,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_role(serve)
+    run_with_config(serve)
 
 
 if __name__ == "__main__":

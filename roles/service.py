@@ -1,8 +1,6 @@
-"""Plumbing shared by the role services: config loading, framed request loops, shutdown.
-
-Every role runs as ``python -m roles.<role> CONFIG.json`` inside its Mininet host. The
-config holds everything (addresses, ports, event-log path), so the runner, not the role,
-decides the experiment.
+"""What the role services (CAS, mailbox, autodiscover) share: framed request loops and
+their bounds. What every in-host program shares (its config, its event log, a clean stop)
+is ``labcommon.runtime``.
 
 Bounds, so a long run (or a hostile peer) cannot wear a service down: a connection idle
 for ``idle_timeout_s`` (default 300 s) is closed, a frame whose header arrived must be
@@ -16,14 +14,10 @@ host (``roles.admin``, run there by the runner) reaches it, never a client host.
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
-import signal
-import sys
 from typing import Any, Awaitable, Callable
 
 from labcommon.catalogue import IDLE_CLOSED, INTERNAL_ERROR, PROTOCOL_ERROR, SERVICE_UP
-from labcommon.events import EventLog, NullLog
 from labcommon.ports import ADMIN_PORT
 from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, write_frame
 
@@ -31,19 +25,6 @@ Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 IDLE_TIMEOUT_S = 300.0
 PARTIAL_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 8192
-
-
-def load_config(argv: list[str] | None = None) -> dict[str, Any]:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit("usage: python -m roles.<role> CONFIG.json")
-    with open(args[0], encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def open_log(config: dict[str, Any], source: str):
-    path = config.get("events")
-    return EventLog(path, source) if path else NullLog()
 
 
 def raise_open_files_limit() -> int:
@@ -155,28 +136,3 @@ async def listen(config: dict[str, Any], role: str, log, handler: Handler,
                                                   reuse_address=True))
     log.emit(SERVICE_UP, role=role, port=config["listen_port"])
     await asyncio.gather(*(s.serve_forever() for s in servers))
-
-
-def run_role(serve: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-    """The ``main()`` of every role: read the config named on the command line, serve."""
-    config = load_config()
-    run_forever(lambda: serve(config))
-
-
-def run_forever(main: Callable[[], Awaitable[None]]) -> None:
-    """Run a service until SIGTERM or SIGINT, then exit cleanly."""
-
-    async def runner():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(main())
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (task, waiter):
-            pending.cancel()
-        if task in done and task.exception():
-            raise task.exception()
-
-    asyncio.run(runner())

@@ -22,7 +22,7 @@ from labcommon.auth import password_for
 from labcommon.catalogue import APP_PROBE
 from labcommon.events import now_ns
 from labcommon.protocol import FramedLink, ProtocolError
-from roles.service import load_config, open_log, run_forever
+from labcommon.runtime import load_config, open_log, run_forever
 from traffic.resolver import DnsTarget, ResolveError
 
 

@@ -26,7 +26,7 @@ from labcommon.catalogue import (
 )
 from labcommon.events import now_ns
 from labcommon.protocol import FramedLink, ProtocolError, read_frame, write_frame
-from roles.service import load_config, open_log, run_forever
+from labcommon.runtime import load_config, open_log, run_forever
 from traffic import rxstamp
 from traffic.resolver import ResolveError, target_from_config
 

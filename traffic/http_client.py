@@ -25,7 +25,7 @@ from typing import Any
 
 from labcommon.auth import password_for
 from labcommon.catalogue import HTTP_CLIENT_UP
-from roles.service import load_config, open_log, run_forever
+from labcommon.runtime import load_config, open_log, run_forever
 from traffic.http_oa import OutlookAnywhereSession
 from traffic.https import Failure, HostContext, HttpSession, LabResolver, tls_context
 

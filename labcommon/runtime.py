@@ -1,0 +1,57 @@
+"""What every in-host program shares, servers and clients alike: its configuration file,
+its event log, and a clean stop on SIGTERM.
+
+Each program runs as ``python -m <package>.<program> CONFIG.json`` inside its Mininet
+host; the config holds everything (addresses, ports, the event log's path), so the runner,
+not the program, decides the experiment. This sits on the common floor (``labcommon``) so
+that a client (``traffic``) or an agent (``controllers``) needs nothing of the servers'
+code (``roles``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+from labcommon.events import EventLog, NullLog
+
+
+def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m <package>.<program> CONFIG.json")
+    with open(args[0], encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def open_log(config: dict[str, Any], source: str):
+    path = config.get("events")
+    return EventLog(path, source) if path else NullLog()
+
+
+def run_with_config(serve: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """A program's ``main()``: read the config named on the command line, serve until stopped."""
+    config = load_config()
+    run_forever(lambda: serve(config))
+
+
+def run_forever(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a program until SIGTERM or SIGINT, then exit cleanly."""
+
+    async def runner():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(main())
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, waiter):
+            pending.cancel()
+        if task in done and task.exception():
+            raise task.exception()
+
+    asyncio.run(runner())
