@@ -6,6 +6,13 @@ host; the config holds everything (addresses, ports, the event log's path), so t
 not the program, decides the experiment. This sits on the common floor (``labcommon``) so
 that a client (``traffic``) or an agent (``controllers``) needs nothing of the servers'
 code (``roles``).
+
+The servers (``run_with_config``: CAS, mailbox, autodiscover) run on uvloop, libuv's event
+loop: the same asyncio programs, with less CPU per request (measured side by side at 1,000
+sessions, CAS 0.57-0.59 -> 0.44-0.47 ms and mailbox 0.41-0.42 -> 0.33-0.35 ms of CPU per
+operation). The clients and probers stay on asyncio's own loop: their kernel receive
+stamps (``traffic.rxstamp``) need its socket transport, which reads through the Python
+socket object; uvloop reads the descriptor itself.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import json
 import signal
 import sys
 from typing import Any, Awaitable, Callable
+
+import uvloop
 
 from labcommon.events import EventLog, NullLog
 
@@ -33,13 +42,15 @@ def open_log(config: dict[str, Any], source: str):
 
 
 def run_with_config(serve: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-    """A program's ``main()``: read the config named on the command line, serve until stopped."""
+    """A server's ``main()``: read the config named on the command line, serve until
+    stopped, on uvloop."""
     config = load_config()
-    run_forever(lambda: serve(config))
+    run_forever(lambda: serve(config), on_uvloop=True)
 
 
-def run_forever(main: Callable[[], Awaitable[None]]) -> None:
-    """Run a program until SIGTERM or SIGINT, then exit cleanly."""
+def run_forever(main: Callable[[], Awaitable[None]], on_uvloop: bool = False) -> None:
+    """Run a program until SIGTERM or SIGINT, then exit cleanly (``on_uvloop``: on libuv's
+    event loop rather than asyncio's own)."""
 
     async def runner():
         stop = asyncio.Event()
@@ -54,4 +65,7 @@ def run_forever(main: Callable[[], Awaitable[None]]) -> None:
         if task in done and task.exception():
             raise task.exception()
 
-    asyncio.run(runner())
+    if on_uvloop:
+        uvloop.run(runner())
+    else:
+        asyncio.run(runner())
