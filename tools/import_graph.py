@@ -1,6 +1,6 @@
 """How the house stands, counted from its imports (issue 19's before-and-after figures).
 
-    .venv/bin/python tools/import_graph.py [--json]
+    .venv/bin/python tools/import_graph.py [--json]     (measures the checkout it sits in)
 
 Reads every import of the lab's packages with grimp (import-linter's graph library) and
 the source's own syntax tree, and prints, per package and in all:
@@ -32,6 +32,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # measure the tree this file sits in, not an installed copy
 PACKAGES = ("caslab", "roles", "traffic", "controllers", "labcommon", "topologies")
 
 
