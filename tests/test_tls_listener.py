@@ -229,10 +229,10 @@ def test_after_its_sending_is_shut_a_shared_channel_still_reads_tls(tls_files):
     controller, switch = tls_pair(tls_files)
     try:
         controller.settimeout(5)
+        switch.sendall(b"goodbye")  # on its way when the controller ends its sending
         controller.shutdown(socket.SHUT_WR)
+        assert controller.recv(16) == b"goodbye"  # decrypted: not the raw TLS record
         assert switch.recv(8) == b""  # the switch sees the end of the controller's sending
-        switch.sendall(b"goodbye")
-        assert controller.recv(16) == b"goodbye"
     finally:
         controller.close()
         switch.close()
