@@ -170,11 +170,15 @@ def tls_pair(files) -> tuple[SharedTlsSocket, ssl.SSLSocket]:
 
 
 def echo_until_eof(tls: ssl.SSLSocket) -> None:
+    """The switch's end, owned by this thread alone: it closes the socket itself, so no other
+    thread can close it under a call and hand its descriptor to the next connection."""
     try:
         while data := tls.recv(65536):
             tls.sendall(data)
     except OSError:
         pass
+    finally:
+        tls.close()
 
 
 def test_a_channel_read_in_one_thread_and_written_in_another_stays_intact(tls_files):
@@ -185,7 +189,8 @@ def test_a_channel_read_in_one_thread_and_written_in_another_stays_intact(tls_fi
     sent = b"".join(bytes([k % 251]) * chunk for k in range(count))
     for connection in range(25):
         controller, switch = tls_pair(tls_files)
-        threading.Thread(target=echo_until_eof, args=(switch,), daemon=True).start()
+        echo = threading.Thread(target=echo_until_eof, args=(switch,), daemon=True)
+        echo.start()
         controller.settimeout(5)
         errors: list[BaseException] = []
 
@@ -205,7 +210,8 @@ def test_a_channel_read_in_one_thread_and_written_in_another_stays_intact(tls_fi
         finally:
             sender.join(10)
             controller.close()
-            switch.close()
+            echo.join(10)  # the switch's end sees the hang-up and closes itself
+        assert not echo.is_alive(), f"connection {connection}: the switch's end never saw the hang-up"
         assert not errors, f"connection {connection}: sending failed: {errors[0]!r}"
         assert bytes(got) == sent, f"connection {connection}: {len(got)} of {len(sent)} bytes came back intact"
 
