@@ -34,7 +34,7 @@ class MembershipMixin:
                     and self.dataplane == "switch" and dp is not None:  # back, or rejoined after a drain deadline
                 build = FlowBuilder(dp)
                 self._send(dp, build.forget_dead_member(vip, vip.member_index[name])
-                           + (self._strays(build, vip) if self.fast_fail else []))
+                           + self._strays(build, vip))
             if self.dataplane == "switch" and dp is not None and was_accepting != member.accepts_new:
                 self._send(dp, [self._group(FlowBuilder(dp), vip)])
             self.event_log.emit(LB_MEMBER, ts=decided, vip=vip.ip, member=name, reason=reason,
@@ -51,8 +51,8 @@ class MembershipMixin:
             # this one, and every other dead one (its survivor may have been this one)
             dead = [m for m in vip.pool.members.values() if m.name == name or not m.in_service]
             # strays (the connections the failover will make the switch forget) to members in service only
-            strays = self._strays(build, vip) if self.fast_fail else []
-            applied = self._send_with_barrier(dp, strays + [f for m in dead for f in self._dead_flows(build, vip, m)])
+            msgs = self._strays(build, vip) + [f for m in dead for f in self._dead_flows(build, vip, m)]
+            applied = self._send_with_barrier(dp, msgs)
             if self.fast_fail:
                 self.failovers.put((dp, vip, index, name, reason, now_ns(), applied))
             else:

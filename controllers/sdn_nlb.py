@@ -223,15 +223,16 @@ class SdnNlb(MembershipMixin, FailoverMixin, HealthMixin, BaseApp):
                                              vip.survivors_of(member.name) if self.fast_fail else [])
                 msgs += self._dead_flows(build, vip, member) if not member.in_service \
                     else build.forget_dead_member(vip, index)
-            if self.fast_fail:
-                msgs += self._strays(build, vip)
+            msgs += self._strays(build, vip)
         else:
             msgs += build.service_to_controller(vip)
         self._send(dp, msgs)
 
     def _strays(self, build: FlowBuilder, vip: Vip) -> list:
-        """The stray group and flow, over the members in service (a frozen CAS's port is up,
-        but its kernel answers nothing)."""
+        """With fast_fail, the stray group and flow, over the members in service (a frozen
+        CAS's port is up, but its kernel answers nothing); without it, nothing."""
+        if not self.fast_fail:
+            return []
         return build.strays(vip, [(m, vip.port_numbers[m.port_name]) for m in vip.pool.members.values()
                                   if m.in_service and m.port_name in vip.port_numbers])
 

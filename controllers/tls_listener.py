@@ -125,7 +125,6 @@ class TlsListener:
         finally:
             deadline.cancel()
             self.slots.release()
-        wrapped.settimeout(None)  # os-ken's Datapath sets its own
         self.ready.put((SharedTlsSocket(wrapped), addr))
 
 
@@ -155,27 +154,19 @@ class SharedTlsSocket:
     def recv(self, size: int) -> bytes:
         deadline = self._deadline()
         while True:
-            with self._lock:
-                try:
-                    return self._tls.recv(size)
-                except ssl.SSLWantReadError:
-                    want = select.POLLIN
-                except ssl.SSLWantWriteError:
-                    want = select.POLLOUT
+            data, want = self._attempt(lambda: self._tls.recv(size))
+            if not want:
+                return data
             self._wait(want, deadline)
 
     def sendall(self, data) -> None:
         view, deadline = memoryview(data).cast("B"), self._deadline()
         while view:
-            with self._lock:
-                try:
-                    view = view[self._tls.send(view):]
-                    continue
-                except ssl.SSLWantWriteError:
-                    want = select.POLLOUT
-                except ssl.SSLWantReadError:
-                    want = select.POLLIN
-            self._wait(want, deadline)
+            sent, want = self._attempt(lambda: self._tls.send(view))
+            if want:
+                self._wait(want, deadline)
+            else:
+                view = view[sent:]
 
     def shutdown(self, how: int) -> None:
         """Shut the TCP connection down and keep the TLS state: os-ken ends its sending this
@@ -190,6 +181,17 @@ class SharedTlsSocket:
 
     def __getattr__(self, name):
         return getattr(self._tls, name)
+
+    def _attempt(self, call):
+        """One OpenSSL call, under the lock: (its result, 0), or (None, the poll event it
+        needs first) when the non-blocking socket is not ready."""
+        with self._lock:
+            try:
+                return call(), 0
+            except ssl.SSLWantReadError:
+                return None, select.POLLIN
+            except ssl.SSLWantWriteError:
+                return None, select.POLLOUT
 
     def _deadline(self) -> float | None:
         return None if self._timeout is None else time.monotonic() + self._timeout
