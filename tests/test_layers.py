@@ -9,10 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("caslab", "roles", "traffic", "controllers", "labcommon", "topologies")
+PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
@@ -22,11 +23,17 @@ def lint(tree: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def copy_tree(to: Path) -> Path:
+def lint_with_planted_import(tree: Path, module: str, imported: str) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the lab in ``tree`` whose ``module`` (a path under it) also
+    imports ``imported``."""
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, to / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", to / "pyproject.toml")
-    return to
+        shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    path = tree / module
+    path.write_text(path.read_text() + f"\nimport {imported}  # planted\n")
+    done = lint(tree)
+    assert done.returncode != 0, done.stdout[-3000:]
+    return done
 
 
 def test_the_lab_keeps_every_import_contract():
@@ -36,20 +43,12 @@ def test_the_lab_keeps_every_import_contract():
 
 
 def test_a_client_that_imports_a_server_breaks_the_contracts(tmp_path):
-    tree = copy_tree(tmp_path)
-    client = tree / "traffic" / "client.py"
-    client.write_text(client.read_text() + "\nimport roles.cas  # planted\n")
-    done = lint(tree)
-    assert done.returncode != 0, done.stdout[-3000:]
+    done = lint_with_planted_import(tmp_path, "traffic/client.py", "roles.cas")
     assert "A client knows the protocol, not the servers' code BROKEN" in done.stdout
     assert "traffic.client -> roles.cas" in done.stdout
 
 
 def test_a_program_that_imports_the_engine_breaks_the_contracts(tmp_path):
-    tree = copy_tree(tmp_path)
-    runtime = tree / "labcommon" / "runtime.py"
-    runtime.write_text(runtime.read_text() + "\nimport caslab.spec  # planted\n")
-    done = lint(tree)
-    assert done.returncode != 0, done.stdout[-3000:]
+    done = lint_with_planted_import(tmp_path, "labcommon/runtime.py", "caslab.spec")
     assert "The in-host programs and the controller apps never import the engine BROKEN" in done.stdout
     assert "Floors: the engine, then the programs beside each other, then the common floor BROKEN" in done.stdout

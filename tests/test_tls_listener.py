@@ -47,18 +47,23 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (acts as n
 
 
 @pytest.fixture
-def channel(monkeypatch):
+def tls_files():
+    folder = Path(tempfile.mkdtemp(prefix="caslab-tls-"))
+    yield make_channel_tls(folder / "tls")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def channel(monkeypatch, tls_files):
     """A listener with the run's TLS material; refusals collected as (reason, time)."""
     monkeypatch.setattr(tls_listener, "HANDSHAKE_S", 1.0)
-    folder = Path(tempfile.mkdtemp(prefix="caslab-of-"))
-    files = make_channel_tls(folder / "tls")
+    files = tls_files
     sock = listening_socket()
     refused: list[tuple[str, float]] = []
     listener = TlsListener(sock, tls_context(str(files.controller_cert), str(files.controller_key), str(files.ca)),
                            switch_uid=0, on_refused=lambda reason, addr: refused.append((reason, time.monotonic())))
     yield listener, files, refused
     listener.close()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def switch_client(files, port: int) -> ssl.SSLSocket:
@@ -145,13 +150,6 @@ def test_at_most_max_pending_handshakes_run_at_once(channel):
     finally:
         for s in silent:
             s.close()
-
-
-@pytest.fixture
-def tls_files():
-    folder = Path(tempfile.mkdtemp(prefix="caslab-tls-"))
-    yield make_channel_tls(folder / "tls")
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def tls_pair(files) -> tuple[SharedTlsSocket, ssl.SSLSocket]:

@@ -26,6 +26,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # measure the tree this file sits in, not an installed copy
-PACKAGES = ("caslab", "roles", "traffic", "controllers", "labcommon", "topologies")
+PACKAGES = tuple(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"])
 
 
 def module_path(module: str) -> Path:
