@@ -15,10 +15,12 @@ from pathlib import Path
 from caslab.context import RunContext
 from caslab.modes import mode_for
 from caslab.netlab import LabNetwork
-from caslab.scenario import start_controller, wait_until
+from caslab.scenario import start_controller
+from caslab.waits import wait_until
 from caslab.spec import validate
 from labcommon.events import NullLog
 from labcommon.ports import CAS_PORT
+from labcommon.programs import IPERF3
 from topologies.plan import LabPlan
 
 
@@ -43,7 +45,7 @@ def run(seconds: int = 5, rounds: int = 3) -> dict:
         lab.start()
         lab.wait_connected()
         cas, client = plan.by_role("cas")[0], plan.by_role("client")[0].name
-        lab.popen_in(cas.name, "iperf3", ["iperf3", "-s", "-p", str(CAS_PORT)])
+        lab.popen_in(cas.name, IPERF3.process_name(cas.name), ["iperf3", "-s", "-p", str(CAS_PORT)], program=IPERF3)
         wait_until(lambda: lab.run_in(client, ["ping", "-c1", "-W1", cas.ip])[0] == 0, 10, "the CAS to answer")
         direct, vip = [], []
         for _ in range(rounds):  # interleaved, so drift in machine load hits both alike

@@ -38,6 +38,7 @@ from typing import Any, Callable
 from caslab.netlab import LabNetwork, LabProcess
 from caslab.ofchannel import listening_socket, write_private
 from labcommon.catalogue import HTTP_REQUEST, OP
+from labcommon.programs import Program, config_json
 from topologies.plan import LabPlan
 
 PYTHON = sys.executable
@@ -146,16 +147,24 @@ class RunContext:
     def events_path(self, source: str) -> str:
         return str(self.raw_dir / f"{source}.jsonl")
 
-    def write_config(self, name: str, config: dict[str, Any]) -> Path:
+    def write_config(self, name: str, config: dict[str, Any] | str) -> Path:
         path = self.raw_dir / "config" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1, sort_keys=True))
+        path.write_text(config if isinstance(config, str) else json.dumps(config, indent=1, sort_keys=True))
         return path
 
-    def start_module(self, host: str, name: str, module: str, config: dict[str, Any]) -> LabProcess:
-        """Run ``python -m module CONFIG`` inside a host (argument list, never a shell)."""
-        path = self.write_config(name, config)
-        return self.lab.popen_in(host, name, [PYTHON, "-m", module, str(path)])
+    def start_program(self, program: Program, host: str, config: Any, name: str | None = None) -> LabProcess:
+        """Run one of the catalogue's programs inside a host: ``python -m <module> CONFIG``
+        (an argument list, never a shell), its config checked against its record first;
+        named after its host unless ``name`` says otherwise."""
+        name = name or program.process_name(host)
+        path = self.write_config(name, config_json(program, config))
+        return self.lab.popen_in(host, name, [PYTHON, "-m", program.module, str(path)], program=program)
+
+    def start_tool(self, program: Program, host: str, argv: list[str],
+                   on_line: Callable[[int, str], None] | None = None) -> LabProcess:
+        """Run one of the catalogue's outside tools (dnsmasq, HAProxy, tcpdump) in a host."""
+        return self.lab.popen_in(host, program.process_name(host), argv, program=program, on_line=on_line)
 
     def sessions_per_cas(self, tail_bytes: int = 262_144) -> dict[str, int]:
         """Which CAS each client session used last (from the end of the client logs)."""

@@ -21,6 +21,9 @@ a lighter lab has to save.
 * Started in the window (a restarted controller, with a new pid): counted from its start,
   i.e. all its CPU. A process that ended before the window opened is not counted.
 
+Each process counts under its program's kind (``labcommon.programs``: the record it was
+started from says it; nothing is read back from its name).
+
 Only a process's own time counts, never its reaped children's (``cutime``): the runner
 reaps the lab's processes, so counting them would count each twice.
 """
@@ -33,29 +36,7 @@ from pathlib import Path
 from caslab.procstat import process_cpu_ms
 from labcommon.catalogue import PROCESS_CPU
 
-# Every name the lab gives a process it starts, by how the name begins, with the kind its
-# CPU counts under (the other processes are a role's service named after its host, and
-# an HTTP client named "<host>-http"). tests/test_cost.py reads every place the lab starts
-# a process and fails when a name is not covered here; labcommon.catalogue's
-# ``process_cpu`` lists the kinds.
-NAME_KINDS = (("mailbox-", "mailbox"), ("controller", "controller"), ("health-", "health"), ("wnlb-", "wnlb"),
-              ("probe-", "prober"), ("appprobe-", "prober"), ("tcpdump-", "capture"), ("haproxy-", "haproxy"),
-              ("dnsmasq", "dns"), ("iperf3", "bench"), ("ovs-vswitchd", "ovs"), ("runner", "runner"))
-SUFFIX_KINDS = (("-http", "client"),)  # a host's HTTP clients (traffic.http_client)
-ROLE_KINDS = {"client": "client", "cas": "cas", "mailbox": "mailbox", "autodiscover": "autodiscover"}
-
-
-def kind_of(name: str, host_roles: dict[str, str]) -> str:
-    """The kind a process's CPU counts under; ``other`` for a name the lab does not give."""
-    if name in host_roles:
-        return ROLE_KINDS.get(host_roles[name], "other")
-    for suffix, kind in SUFFIX_KINDS:
-        if name.endswith(suffix):
-            return kind
-    for prefix, kind in NAME_KINDS:
-        if name.startswith(prefix):
-            return kind
-    return "other"
+OVS, RUNNER = "ovs", "runner"  # the two processes the lab did not start but counts
 
 
 def ovs_pid() -> int | None:
@@ -68,9 +49,8 @@ def ovs_pid() -> int | None:
 class CostMeter:
     """CPU of the lab's processes between ``start`` and ``stop``."""
 
-    def __init__(self, lab, plan):
+    def __init__(self, lab):
         self.lab = lab
-        self.roles = {h.name: h.role for h in plan.hosts}
         self.before: dict[object, float] = {}  # LabProcess -> its CPU when the window opened
         self.outside: dict[tuple[str, int], float] = {}  # (name, pid) of ovs-vswitchd and the runner
         self.started_ns = 0
@@ -78,7 +58,7 @@ class CostMeter:
     @staticmethod
     def _outside_pids() -> list[tuple[str, int]]:
         ovs = ovs_pid()
-        return ([("ovs-vswitchd", ovs)] if ovs else []) + [("runner", os.getpid())]
+        return ([("ovs-vswitchd", ovs)] if ovs else []) + [(RUNNER, os.getpid())]
 
     def start(self, now_ns: int) -> None:
         self.started_ns = now_ns
@@ -98,12 +78,12 @@ class CostMeter:
                 continue  # ended before the window opened
             after = proc.cpu_ms()
             if after is not None:
-                rows.append((proc.name, proc.pid, after - before, started, ended))
+                rows.append((proc.name, proc.pid, proc.kind, after - before, started, ended))
         for (name, pid), before in self.outside.items():
             after = process_cpu_ms(pid)
             if after is not None:
-                rows.append((name, pid, after - before, False, False))
+                rows.append((name, pid, OVS if name == "ovs-vswitchd" else RUNNER, after - before, False, False))
         window_ms = round((now_ns - self.started_ns) / 1e6, 1)
-        for name, pid, used, started, ended in sorted(rows):
-            log.emit(PROCESS_CPU, name=name, pid=pid, kind=kind_of(name, self.roles), cpu_ms=round(used, 1),
+        for name, pid, kind, used, started, ended in sorted(rows):
+            log.emit(PROCESS_CPU, name=name, pid=pid, kind=kind, cpu_ms=round(used, 1),
                      window_ms=window_ms, started_in_window=started, ended_in_window=ended)

@@ -23,6 +23,7 @@ from caslab.http_spec import counts, http_enabled
 from caslab.netlab import LabProcess
 from caslab.tls import make_lab_tls
 from labcommon.ports import AUTODISCOVER_PORT, HTTPS_PORT
+from labcommon.programs import HTTP_CLIENT, CasHttpConfig, HttpClientConfig, HttpTiming
 from topologies.plan import LAB_DOMAIN, HostPlan
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def dns_records(ctx: RunContext, mode: "Mode") -> dict[str, list[str]]:
     return records
 
 
-def cas_config(ctx: RunContext) -> dict[str, Any] | None:
+def cas_config(ctx: RunContext) -> CasHttpConfig | None:
     """The ``http`` part of every CAS's config (None without HTTP)."""
     if not http_enabled(ctx.spec):
         return None
@@ -106,10 +107,11 @@ def cas_config(ctx: RunContext) -> dict[str, Any] | None:
 
     users = {u["user"]: u["db"] for c in ctx.plan.by_role("client") for u in users_for(ctx, c) + [probe_user(c)]}
     users.update(http_users(ctx))
-    return {"port": HTTPS_PORT, "cert": str(ctx.tls.cert), "key": str(ctx.tls.key), "users": users,
-            "external_url": f"https://{ctx.spec['http']['external_host']}", "time_scale": ctx.spec["http"]["time_scale"],
-            # an IN channel is silent at most one keep-alive period: twice that, and some
-            "channel_idle_s": 2 * ctx.spec["http"]["oa_keepalive_s"] * ctx.spec["http"]["time_scale"] + 30}
+    return CasHttpConfig(port=HTTPS_PORT, cert=str(ctx.tls.cert), key=str(ctx.tls.key), users=users,
+                         external_url=f"https://{ctx.spec['http']['external_host']}",
+                         time_scale=ctx.spec["http"]["time_scale"],
+                         # an IN channel is silent at most one keep-alive period: twice that, and some
+                         channel_idle_s=2 * ctx.spec["http"]["oa_keepalive_s"] * ctx.spec["http"]["time_scale"] + 30)
 
 
 def source_addresses(ctx: RunContext, host: HostPlan, count: int) -> list[str]:
@@ -126,28 +128,28 @@ def source_addresses(ctx: RunContext, host: HostPlan, count: int) -> list[str]:
 
 def process_name(host: HostPlan) -> str:
     """A host's HTTP client process, and its event source."""
-    return f"{host.name}-http"
+    return HTTP_CLIENT.process_name(host.name)
 
 
-def client_config(ctx: RunContext, host: HostPlan, index: int) -> dict[str, Any]:
+def client_config(ctx: RunContext, host: HostPlan, index: int) -> HttpClientConfig:
     http, clients = ctx.spec["http"], ctx.spec["clients"]
     sessions = session_specs(ctx, host)
     for spec, ip in zip(sessions, source_addresses(ctx, host, len(sessions))):
         spec["source_ip"] = ip
     for spec in sessions:
         spec["server"] = ctx.rcas.get(spec["db"], "")
-    config = {
-        "name": process_name(host), "events": ctx.events_path(process_name(host)), "external": host.role == "external",
-        "ca": str(ctx.tls.ca), "dns": ctx.dns_server, "domain": LAB_DOMAIN, "sessions": sessions, "ops": clients["ops"],
-        "seed": ctx.spec["experiment"]["seed"] * 1000 + 500 + index + ctx.repetition * 100,
-        "timing": {key: http[key] for key in ("owa_interval_ms", "eas_sync_interval_ms", "oa_interval_ms",
-                                              "request_timeout_ms", "eas_heartbeat_s", "oa_keepalive_s",
-                                              "time_scale", "autodiscover_retry_ms")}
-        | {"connect_timeout_ms": clients["connect_timeout_ms"], "backoff_ms": clients["backoff_ms"]},
-    }
+    autodiscover = None
     if host.role == "client":
-        config["autodiscover"] = f"{ctx.plan.by_role('autodiscover', host.site)[0].ip}:{AUTODISCOVER_PORT}"
-    return config
+        autodiscover = f"{ctx.plan.by_role('autodiscover', host.site)[0].ip}:{AUTODISCOVER_PORT}"
+    return HttpClientConfig(
+        name=process_name(host), events=ctx.events_path(process_name(host)), external=host.role == "external",
+        ca=str(ctx.tls.ca), dns=ctx.dns_server, domain=LAB_DOMAIN, sessions=sessions, ops=clients["ops"],
+        seed=ctx.spec["experiment"]["seed"] * 1000 + 500 + index + ctx.repetition * 100,
+        timing=HttpTiming(**{key: http[key] for key in ("owa_interval_ms", "eas_sync_interval_ms", "oa_interval_ms",
+                                                        "request_timeout_ms", "eas_heartbeat_s", "oa_keepalive_s",
+                                                        "time_scale", "autodiscover_retry_ms")},
+                          connect_timeout_ms=clients["connect_timeout_ms"], backoff_ms=clients["backoff_ms"]),
+        autodiscover=autodiscover)
 
 
 def start_clients(ctx: RunContext) -> tuple[list[LabProcess], list[str], set[str]]:
@@ -156,7 +158,7 @@ def start_clients(ctx: RunContext) -> tuple[list[LabProcess], list[str], set[str
     procs, sources, sessions = [], [], set()
     for index, host in enumerate(http_hosts(ctx)):
         config = client_config(ctx, host, index)
-        procs.append(ctx.start_module(host.name, process_name(host), "traffic.http_client", config))
-        sources.append(config["name"])
-        sessions.update(s["sid"] for s in config["sessions"])
+        procs.append(ctx.start_program(HTTP_CLIENT, host.name, config))
+        sources.append(config.name)
+        sessions.update(s["sid"] for s in config.sessions)
     return procs, sources, sessions

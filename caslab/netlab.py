@@ -26,11 +26,9 @@ from caslab import interrupts, system
 from caslab.ofchannel import Channel, ChannelError
 from caslab.procstat import process_cpu_ms
 from caslab.registry import LabRecord
+from caslab.waits import LabError  # noqa: F401 (where most of the engine imports it from)
+from labcommon.programs import CONTROLLER, Program
 from topologies.plan import SWITCH_PREFIX, LabPlan
-
-
-class LabError(Exception):
-    """The lab cannot run (missing tool, leftover bridge, network not converging)."""
 
 
 LOCK_PATH = Path(os.environ.get("CASLAB_RUN_DIR", "/run/caslab")) / "lab.lock"
@@ -170,6 +168,7 @@ class LabProcess:
     name: str
     host: str | None
     popen: subprocess.Popen
+    program: Program  # the catalogue's record it was started from (labcommon.programs)
     log: IO | None = None
     ended_on_purpose: bool = False  # the lab (a fault, teardown) stopped or killed it
     started_ns: int = field(default_factory=time.monotonic_ns)  # when the lab started it
@@ -179,6 +178,11 @@ class LabProcess:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    @property
+    def kind(self) -> str:
+        """What its CPU counts under (caslab.cost): its program's kind."""
+        return self.program.kind
 
     def alive(self) -> bool:
         """Whether it still runs; an ended process is reaped here, its final CPU kept."""
@@ -383,9 +387,10 @@ class LabNetwork:
 
     # ---- processes ---------------------------------------------------------------------
 
-    def popen_in(self, host: str, name: str, argv: list[str],
+    def popen_in(self, host: str, name: str, argv: list[str], *, program: Program,
                  on_line: Callable[[int, str], None] | None = None) -> LabProcess:
-        """Start argv inside a host's namespace; output goes to logs/<name>.log.
+        """Start argv (one of the catalogue's ``program``) inside a host's namespace; output
+        goes to logs/<name>.log.
 
         With ``on_line``, each output line is also handed to it with the monotonic time it
         arrived (how a tool that only logs text, like HAProxy, becomes timed events).
@@ -394,14 +399,14 @@ class LabNetwork:
         stdout = subprocess.PIPE if on_line else log
         with interrupts.deferred():  # a Ctrl-C here must not leave an unrecorded process
             popen = self.node(host).popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            proc = LabProcess(name, host, popen, log)
+            proc = LabProcess(name, host, popen, program, log)
             self.processes.append(proc)
             self._register(proc)
         if on_line:
             threading.Thread(target=_pump_lines, args=(popen.stdout, log, on_line), daemon=True).start()
         return proc
 
-    def popen_root(self, name: str, argv: list[str], env: dict | None = None,
+    def popen_root(self, name: str, argv: list[str], *, program: Program, env: dict | None = None,
                    pass_fds: tuple[int, ...] = ()) -> LabProcess:
         """Start argv in the root namespace (the controller), in its own process group;
         ``pass_fds``: the listening sockets it inherits."""
@@ -409,7 +414,7 @@ class LabNetwork:
         with interrupts.deferred():
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
-            proc = LabProcess(name, None, popen, log)
+            proc = LabProcess(name, None, popen, program, log)
             self.processes.append(proc)
             self._register(proc)
         return proc
@@ -418,8 +423,9 @@ class LabNetwork:
         """Start the controller app on the lab's OpenFlow channel (after ``build``): it
         inherits the listening socket and speaks TLS with the channel's certificates;
         ``pass_fds``: further sockets it inherits (the admin API's)."""
-        argv = [sys.executable, "-m", "controllers.launcher", *self.channel.controller_args(), app]
-        return self.popen_root("controller", argv, env=env, pass_fds=(self.channel.sock.fileno(), *pass_fds))
+        argv = [sys.executable, "-m", CONTROLLER.module, *self.channel.controller_args(), app]
+        return self.popen_root(CONTROLLER.process_name(""), argv, program=CONTROLLER, env=env,
+                               pass_fds=(self.channel.sock.fileno(), *pass_fds))
 
     def _register(self, proc: LabProcess) -> None:
         """Record the process the moment it exists, so a hard-killed run can be cleaned up."""

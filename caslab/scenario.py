@@ -25,69 +25,17 @@ from caslab.context import RunContext
 from caslab.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.netlab import LabError, LabNetwork, LabProcess
+from caslab.waits import LogTail, wait_for_events, wait_ready
 from labcommon.catalogue import (
     CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, HTTP_AUTODISCOVER, HTTP_REQUEST, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
-    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, SERVICE_UP, WAN_FIREWALL,
+    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
+from labcommon.programs import APP_PROBER, PROBER, TCPDUMP, AppProberConfig, ProberConfig
 from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05,
-               required: bool = True) -> bool:
-    """Poll until the predicate holds; on timeout raise LabError, or return False when the
-    wait is not ``required``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    if not required:
-        return False
-    raise LabError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-class LogTail:
-    """Reads processes' event logs as they grow (each byte once), for start-up waits."""
-
-    def __init__(self, raw_dir: Path, sources: list[str]):
-        self.paths = {source: raw_dir / f"{source}.jsonl" for source in sources}
-        self.offsets = dict.fromkeys(sources, 0)
-
-    def new_events(self):
-        for source, path in self.paths.items():
-            if not path.exists():
-                continue
-            with open(path, "rb") as handle:
-                handle.seek(self.offsets[source])
-                data = handle.read()
-            complete = data[:data.rfind(b"\n") + 1]
-            self.offsets[source] += len(complete)
-            for line in complete.splitlines():
-                try:
-                    yield source, json.loads(line)
-                except ValueError:
-                    continue
-
-
-def wait_for_events(tail: LogTail, want: int, key: Callable[[str, dict], str | None], timeout_s: float,
-                    what: str, required: bool = True) -> set[str]:
-    """Poll the logs until ``want`` distinct keys were seen (key returns None to skip);
-    returns the keys seen (fewer only when the wait was not ``required``)."""
-    seen: set[str] = set()
-
-    def enough() -> bool:
-        for source, ev in tail.new_events():
-            k = key(source, ev)
-            if k is not None:
-                seen.add(k)
-        return len(seen) >= want
-
-    wait_until(enough, timeout_s, what, interval_s=0.1, required=required)
-    return seen
 
 
 class CpuSampler(threading.Thread):
@@ -174,9 +122,8 @@ def start_captures(ctx: RunContext) -> None:
     """tcpdump on each client host's link (headers only), for cross-checking client events."""
     for host in ctx.plan.by_role("client"):
         pcap = ctx.raw_dir / f"{host.name}.pcap"
-        ctx.lab.popen_in(host.name, f"tcpdump-{host.name}",
-                         ["tcpdump", "-i", ctx.lab.host_interface(host.name), "-n", "-s", "128", "-U", "-w", str(pcap),
-                          "tcp", "port", str(CAS_PORT)])
+        ctx.start_tool(TCPDUMP, host.name, ["tcpdump", "-i", ctx.lab.host_interface(host.name), "-n", "-s", "128",
+                                            "-U", "-w", str(pcap), "tcp", "port", str(CAS_PORT)])
 
 
 def start_probers(ctx: RunContext, mode: Mode) -> None:
@@ -186,16 +133,17 @@ def start_probers(ctx: RunContext, mode: Mode) -> None:
     probe = ctx.spec["probe"]
     if probe["rate_hz"] > 0:
         addresses = mode.array_addresses(ctx).get(client.site) or [ctx.plan.by_role("cas", client.site)[0].ip]
-        config = {"name": f"probe-{client.name}", "target_ip": addresses[0], "port": CAS_PORT,
-                  "rate_hz": probe["rate_hz"], "timeout_ms": 200, "events": ctx.events_path(f"probe-{client.name}")}
-        ctx.start_module(client.name, f"probe-{client.name}", "traffic.prober", config)
+        name = PROBER.process_name(client.name)
+        ctx.start_program(PROBER, client.name, ProberConfig(name=name, target_ip=addresses[0], port=CAS_PORT,
+                                                            rate_hz=probe["rate_hz"], timeout_ms=200,
+                                                            events=ctx.events_path(name)))
     if probe["app_rate_hz"] > 0:
         user = services.probe_user(client)
-        config = {"name": f"appprobe-{client.name}", "rate_hz": probe["app_rate_hz"], "port": CAS_PORT,
-                  "target": mode.target(ctx, client), "user": user["user"], "db": user["db"],
-                  "timeout_ms": min(1000, ctx.spec["clients"]["op_timeout_ms"]),
-                  "events": ctx.events_path(f"appprobe-{client.name}")}
-        ctx.start_module(client.name, f"appprobe-{client.name}", "traffic.app_prober", config)
+        name = APP_PROBER.process_name(client.name)
+        ctx.start_program(APP_PROBER, client.name, AppProberConfig(
+            name=name, rate_hz=probe["app_rate_hz"], port=CAS_PORT, target=mode.target(ctx, client),
+            user=user["user"], db=user["db"], timeout_ms=min(1000, ctx.spec["clients"]["op_timeout_ms"]),
+            events=ctx.events_path(name)))
 
 
 def record_mailboxes(ctx: RunContext) -> None:
@@ -269,9 +217,7 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         roles += services.start_cas(ctx, http_services.cas_config(ctx))
         roles += services.start_autodiscover(ctx, services.rpc_client_access_servers(ctx, mode.default_rcas(ctx)),
                                              http_services.http_users(ctx), http_services.site_urls(ctx, mode))
-        wait_for_events(LogTail(raw_dir, [p.name for p in roles]), len(roles),
-                        lambda source, ev: source if ev.get("ev") == SERVICE_UP else None, timing["ready_timeout_s"],
-                        "mailbox, CAS and autodiscover services to start")
+        wait_ready(raw_dir, roles, timing["ready_timeout_s"], "mailbox, CAS and autodiscover services to start")
         mode.start(ctx)  # load balancers and health checks start on services that answer
         if scenario["probe"]["capture"]:
             start_captures(ctx)
@@ -346,7 +292,7 @@ class Window:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-        self.cost = CostMeter(ctx.lab, ctx.plan)
+        self.cost = CostMeter(ctx.lab)
         self.mode = mode_for(ctx.mode)
 
     def open(self, observe_s: float) -> None:

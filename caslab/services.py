@@ -15,6 +15,10 @@ from caslab.exchange_admin import host_fqdn
 from caslab.netlab import LabProcess
 from labcommon.catalogue import RCAS
 from labcommon.ports import AUTODISCOVER_PORT, CAS_ADMIN_PORT, CAS_PORT, MAILBOX_PORT
+from labcommon.programs import (
+    AUTODISCOVER, CAS, CAS_HTTP, CLIENT, DNSMASQ, MAILBOX, AutodiscoverConfig, CasConfig, CasHttpConfig, ClientConfig,
+    DatabaseCopyConfig, MailboxConfig, TargetConfig,
+)
 from topologies.plan import LAB_DOMAIN, HostPlan, LabPlan
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -40,7 +44,7 @@ def mailbox_address(host: HostPlan) -> str:
 def mailbox_process_name(host: HostPlan) -> str:
     """A mailbox server's service is named after its host, unless the host is a
     multi-role server whose CAS service has that name."""
-    return f"mailbox-{host.name}" if "cas" in host.roles else host.name
+    return f"{MAILBOX.key}-{host.name}" if "cas" in host.roles else MAILBOX.process_name(host.name)
 
 
 def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
@@ -51,30 +55,28 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
         for db, entry in ctx.databases.items():
             if host.name in entry.copies:
                 peers = [mailbox_address(ctx.plan.host(n)) for n in entry.copies if n != host.name]
-                dbs[db] = {"active": entry.active == host.name, "peers": peers}
+                dbs[db] = DatabaseCopyConfig(active=entry.active == host.name, peers=peers)
         exchange = ctx.spec["exchange"]
         name = mailbox_process_name(host)
-        config = {"name": host.name, "listen_port": MAILBOX_PORT, "events": ctx.events_path(name),
-                  "store_dir": str(ctx.store_dir() / host.name), "databases": dbs,
-                  "replication": exchange["replication"], "log_messages": exchange["log_messages"],
-                  "log_interval_ms": exchange["log_interval_ms"]}
-        procs.append(ctx.start_module(host.name, name, "roles.mailbox", config))
+        config = MailboxConfig(name=host.name, listen_port=MAILBOX_PORT, events=ctx.events_path(name),
+                               store_dir=str(ctx.store_dir() / host.name), databases=dbs,
+                               replication=exchange["replication"], log_messages=exchange["log_messages"],
+                               log_interval_ms=exchange["log_interval_ms"])
+        procs.append(ctx.start_program(MAILBOX, host.name, config, name=name))
     return procs
 
 
-def start_cas(ctx: RunContext, http: dict[str, Any] | None = None) -> list[LabProcess]:
+def start_cas(ctx: RunContext, http: CasHttpConfig | None = None) -> list[LabProcess]:
     """RPC Client Access on every CAS; with ``http`` (caslab.http_services), the same
     process serves the HTTPS virtual directories too (``roles.cas_http``)."""
     db_addresses = {db: [mailbox_address(ctx.plan.host(n)) for n in entry.copies]
                     for db, entry in ctx.databases.items()}
     procs = []
     for host in ctx.plan.by_role("cas"):
-        config = {"name": host.name, "listen_port": CAS_PORT, "events": ctx.events_path(host.name),
-                  "databases": db_addresses, "admin_port": CAS_ADMIN_PORT,
-                  "dumpster_messages": ctx.spec["exchange"]["dumpster_messages"]}
-        if http is not None:
-            config["http"] = http
-        procs.append(ctx.start_module(host.name, host.name, "roles.cas_http" if http else "roles.cas", config))
+        config = CasConfig(name=host.name, listen_port=CAS_PORT, events=ctx.events_path(host.name),
+                           databases=db_addresses, admin_port=CAS_ADMIN_PORT,
+                           dumpster_messages=ctx.spec["exchange"]["dumpster_messages"], http=http)
+        procs.append(ctx.start_program(CAS_HTTP if http else CAS, host.name, config))
     return procs
 
 
@@ -89,7 +91,7 @@ def probe_user(client: HostPlan) -> dict[str, str]:
     return {"user": f"probe-{client.name}", "db": "DB1"}
 
 
-def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, Any]]) -> list[LabProcess]:
+def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], TargetConfig]) -> list[LabProcess]:
     """target_for(client HostPlan) -> target config (see traffic.resolver)."""
     c = ctx.spec["clients"]
     procs = []
@@ -102,16 +104,16 @@ def start_clients(ctx: RunContext, target_for: Callable[[HostPlan], dict[str, An
             interface = ctx.lab.host_interface(host.name)
             for ip in source_ips:
                 ctx.lab.run_in(host.name, ["ip", "addr", "add", f"{ip}/16", "dev", interface])
-        config = {
-            "name": host.name, "port": CAS_PORT, "target": target_for(host), "sessions": c["sessions_per_host"],
-            "interval_ms": c["interval_ms"], "op_timeout_ms": c["op_timeout_ms"],
-            "connect_timeout_ms": c["connect_timeout_ms"], "backoff_ms": c["backoff_ms"], "select": c["select"],
-            "ops": c["ops"], "users": users_for(ctx, host), "source_ips": source_ips,
-            "auth": ctx.spec["exchange"]["auth"], "prompt_answer_ms": c["prompt_answer_ms"],
-            "seed": ctx.spec["experiment"]["seed"] * 1000 + index + ctx.repetition * 100,
-            "events": ctx.events_path(host.name),
-        }
-        procs.append(ctx.start_module(host.name, host.name, "traffic.client", config))
+        config = ClientConfig(
+            name=host.name, port=CAS_PORT, target=target_for(host), sessions=c["sessions_per_host"],
+            interval_ms=c["interval_ms"], op_timeout_ms=c["op_timeout_ms"],
+            connect_timeout_ms=c["connect_timeout_ms"], backoff_ms=c["backoff_ms"], select=c["select"],
+            ops=c["ops"], users=users_for(ctx, host), source_ips=source_ips,
+            auth=ctx.spec["exchange"]["auth"], prompt_answer_ms=c["prompt_answer_ms"],
+            seed=ctx.spec["experiment"]["seed"] * 1000 + index + ctx.repetition * 100,
+            events=ctx.events_path(host.name),
+        )
+        procs.append(ctx.start_program(CLIENT, host.name, config))
     return procs
 
 
@@ -150,7 +152,7 @@ def start_dns(ctx: RunContext, records: dict[str, list[str]]) -> LabProcess:
     argv = dnsmasq_argv(dns.ip, records, ctx.spec["dns"]["ttl_s"])
     ctx.dns_server = dns.ip
     (ctx.raw_dir / "dns-records.json").write_text(json.dumps(records, indent=1, sort_keys=True))
-    return ctx.lab.popen_in(dns.name, "dnsmasq", argv)
+    return ctx.start_tool(DNSMASQ, dns.name, argv)
 
 
 def rpc_client_access_servers(ctx: RunContext, default: str) -> dict[str, str]:
@@ -179,10 +181,8 @@ def start_autodiscover(ctx: RunContext, rcas: dict[str, str], more_users: dict[s
     ctx.rcas = dict(rcas)
     procs = []
     for host in ctx.plan.by_role("autodiscover"):
-        config = {"name": host.name, "listen_port": AUTODISCOVER_PORT, "events": ctx.events_path(host.name),
-                  "users": users, "rcas": rcas}
-        if urls and host.site in urls:
-            config["urls"] = urls[host.site]
-        procs.append(ctx.start_module(host.name, host.name, "roles.autodiscover", config))
+        config = AutodiscoverConfig(name=host.name, listen_port=AUTODISCOVER_PORT, events=ctx.events_path(host.name),
+                                    users=users, rcas=rcas, urls=(urls or {}).get(host.site))
+        procs.append(ctx.start_program(AUTODISCOVER, host.name, config))
     ctx.log.emit(RCAS, servers=rcas, arrays=ctx.arrays())
     return procs

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
 
 from labcommon.catalogue import PROBE_STATE, SERVICE_UP
+from labcommon.programs import HEALTH_AGENT, HealthAgentConfig, HealthMember
 from labcommon.protocol import FramedLink, read_frame, write_frame
 from labcommon.runtime import load_config, open_log, run_forever
 
@@ -66,37 +66,37 @@ async def probe(ip: str, port: int, timeout_s: float, check: str = "app",
             writer.close()
 
 
-async def probe_loop(config: dict[str, Any], member: dict[str, str], sock: socket.socket, log) -> None:
-    interval = config["interval_ms"] / 1000
-    timeout = config["timeout_ms"] / 1000
+async def probe_loop(config: HealthAgentConfig, member: HealthMember, sock: socket.socket, log) -> None:
+    interval = config.interval_ms / 1000
+    timeout = config.timeout_ms / 1000
     last = None
     loop = asyncio.get_running_loop()
     next_at = loop.time()
-    link = FramedLink(f"{member['ip']}:{config['port']}", timeout)
+    link = FramedLink(f"{member.ip}:{config.port}", timeout)
     while True:
-        ok, detail = await probe(member["ip"], config["port"], timeout, config.get("check", "app"), link)
-        report = {"vip": config["vip"], "member": member["name"], "ok": ok, "detail": detail}
+        ok, detail = await probe(member.ip, config.port, timeout, config.check, link)
+        report = {"vip": config.vip, "member": member.name, "ok": ok, "detail": detail}
         try:
-            sock.sendto(json.dumps(report).encode(), config["socket"])
+            sock.sendto(json.dumps(report).encode(), config.socket)
         except OSError:
             pass
         if ok != last:
-            log.emit(PROBE_STATE, member=member["name"], ok=ok, detail=detail)
+            log.emit(PROBE_STATE, member=member.name, ok=ok, detail=detail)
             last = ok
         next_at = max(next_at + interval, loop.time())
         await asyncio.sleep(next_at - loop.time())
 
 
-async def serve(config: dict[str, Any]) -> None:
+async def serve(config: HealthAgentConfig) -> None:
     log = open_log(config, "health")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    log.emit(SERVICE_UP, role="health", members=[m["name"] for m in config["members"]])
-    await asyncio.gather(*(probe_loop(config, m, sock, log) for m in config["members"]))
+    log.emit(SERVICE_UP, role="health", members=[m.name for m in config.members])
+    await asyncio.gather(*(probe_loop(config, m, sock, log) for m in config.members))
 
 
 def main() -> None:
-    config = load_config()
+    config = load_config(HEALTH_AGENT)
     run_forever(lambda: serve(config))
 
 

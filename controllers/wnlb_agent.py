@@ -42,6 +42,7 @@ from controllers.wnlb_logic import ETHERTYPE, bucket_of, cluster_mac, masked_mac
 from controllers.wnlb_membership import Change, Membership, decode, encode
 from labcommon.catalogue import LB_MEMBER, WNLB_CONVERGED, WNLB_CONVERGING, WNLB_DRAIN, WNLB_UP
 from labcommon.protocol import nesting_depth
+from labcommon.programs import WNLB_AGENT, WnlbAgentConfig
 from labcommon.runtime import load_config, open_log
 
 BROADCAST = b"\xff" * 6
@@ -93,14 +94,14 @@ def established(vip: str, affinity: str) -> dict[int, int]:
 
 
 class Agent:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: WnlbAgentConfig):
         self.config = config
-        self.vip, self.iface, self.mode = config["vip"], config["interface"], config["mode"]
-        self.affinity, self.track = config["affinity"], config["track_connections"]
-        self.period_ns = config["heartbeat_ms"] * 1_000_000
+        self.vip, self.iface, self.mode = config.vip, config.interface, config.mode
+        self.affinity, self.track = config.affinity, config.track_connections
+        self.period_ns = config.heartbeat_ms * 1_000_000
         self.cluster_mac = cluster_mac(self.vip, self.mode)
-        self.log = open_log(config, config["name"])
-        self.membership = Membership(config["host_id"], config["host"], self.vip, config["missed"], config["stable"])
+        self.log = open_log(config, config.name)
+        self.membership = Membership(config.host_id, config.host, self.vip, config.missed, config.stable)
         self.owned: set[int] = set()
         self.held: set[int] = set()
         self.dirty: set[int] = set()
@@ -112,7 +113,7 @@ class Agent:
 
     def install(self) -> None:
         """What installing NLB on the host does to its NIC, then the filter (owning nothing)."""
-        host_id = self.config["host_id"]
+        host_id = self.config.host_id
         # the mask first, the cluster MAC after: a frame that left with the cluster MAC as
         # its source (an IPv6 router solicitation, an ARP reply) would teach the switch that
         # the cluster MAC lives on this host's port, and every client's frame would then go
@@ -131,7 +132,7 @@ class Agent:
             mac_bytes(open(f"/sys/class/net/{self.iface}/address").read().strip())
         self.destination = BROADCAST if self.mode == "unicast" else mac_bytes(self.cluster_mac)
         self.log.emit(WNLB_UP, vip=self.vip, host_id=host_id, mode=self.mode, cluster_mac=self.cluster_mac,
-                      interface=self.iface, heartbeat_ms=self.config["heartbeat_ms"], missed=self.config["missed"],
+                      interface=self.iface, heartbeat_ms=self.config.heartbeat_ms, missed=self.config.missed,
                       affinity=self.affinity)
 
     # ---- the loop ------------------------------------------------------------------
@@ -140,9 +141,9 @@ class Agent:
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
         raw.bind((self.iface, ETHERTYPE))
         control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if os.path.exists(self.config["control"]):
-            os.unlink(self.config["control"])
-        control.bind(self.config["control"])
+        if os.path.exists(self.config.control):
+            os.unlink(self.config.control)
+        control.bind(self.config.control)
         next_tick = time.monotonic_ns()
         try:
             while not stop[0]:
@@ -198,12 +199,12 @@ class Agent:
                 0 <= deadline <= MAX_DEADLINE_S
             self.deadline_ns = now + int(deadline * 1e9) if finite else None
             self.membership.draining, self.drained = True, False
-            self.member_event(self.config["host"], "drainstop", alive=True, accepts_new=False, draining=True)
+            self.member_event(self.config.host, "drainstop", alive=True, accepts_new=False, draining=True)
             self.log.emit(WNLB_DRAIN, vip=self.vip, state="draining", conns=sum(self.conns.values()))
         elif command.get("cmd") == "start":
             self.deadline_ns = None
             self.membership.draining = False
-            self.member_event(self.config["host"], "start", alive=True, accepts_new=True, draining=False)
+            self.member_event(self.config.host, "start", alive=True, accepts_new=True, draining=False)
             self.log.emit(WNLB_DRAIN, vip=self.vip, state="started", conns=sum(self.conns.values()))
 
     def tick(self, now: int) -> None:
@@ -282,7 +283,7 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = load_config(argv)
+    config = load_config(WNLB_AGENT, argv)
     stop = [False]
 
     def on_signal(_signum, _frame):

@@ -357,8 +357,8 @@ PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measur
                                            "every lab process that ran in it, ovs-vswitchd and the runner",
                     name=f("str", "process name (role host, controller, ovs-vswitchd, runner, ...)"),
                     pid=f("int", "its process id (a restarted process is another event with the same name)"),
-                    kind=f("str", "client / cas / mailbox / autodiscover / dns / controller / health / wnlb / "
-                                  "prober / capture / haproxy / bench / ovs / runner / other"),
+                    kind=f("str", "its program's kind (labcommon.programs): client / cas / mailbox / autodiscover / "
+                                  "dns / controller / health / wnlb / prober / capture / haproxy / bench / ovs / runner"),
                     cpu_ms=f("float", "user + system CPU time in the window (its own, not its children's)", "ms"),
                     window_ms=f("float", "the window", "ms"),
                     started_in_window=f("bool", "started after the window opened: counted from its start"),

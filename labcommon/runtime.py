@@ -18,7 +18,6 @@ socket object; uvloop reads the descriptor itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 from typing import Any, Awaitable, Callable
@@ -26,25 +25,29 @@ from typing import Any, Awaitable, Callable
 import uvloop
 
 from labcommon.events import EventLog, NullLog
+from labcommon.programs import ConfigError, Program, read_config
 
 
-def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+def load_config(record: Program, argv: list[str] | None = None) -> Any:
+    """The program's typed configuration (``labcommon.programs``), from the file named on
+    its command line; a file that does not match its record stops it with the reason."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m <package>.<program> CONFIG.json")
-    with open(args[0], encoding="utf-8") as handle:
-        return json.load(handle)
+        raise SystemExit(f"usage: python -m {record.module} CONFIG.json")
+    try:
+        return read_config(record, args[0])
+    except ConfigError as exc:
+        raise SystemExit(f"{record.module}: {exc}") from None
 
 
-def open_log(config: dict[str, Any], source: str):
-    path = config.get("events")
-    return EventLog(path, source) if path else NullLog()
+def open_log(config: Any, source: str):
+    return EventLog(config.events, source) if config.events else NullLog()
 
 
-def run_with_config(serve: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-    """A server's ``main()``: read the config named on the command line, serve until
+def run_with_config(record: Program, serve: Callable[[Any], Awaitable[None]]) -> None:
+    """A server's ``main()``: read its config named on the command line, serve until
     stopped, on uvloop."""
-    config = load_config()
+    config = load_config(record)
     run_forever(lambda: serve(config), on_uvloop=True)
 
 

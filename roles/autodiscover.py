@@ -18,17 +18,18 @@ from __future__ import annotations
 from typing import Any
 
 from labcommon.catalogue import RCAS_CHANGED
+from labcommon.programs import AUTODISCOVER, AutodiscoverConfig
 from labcommon.protocol import error
 from labcommon.runtime import open_log, run_with_config
 from roles.service import listen
 
 
 class Autodiscover:
-    def __init__(self, config: dict[str, Any], log):
-        self.name = config["name"]
-        self.users: dict[str, str] = dict(config.get("users", {}))
-        self.rcas: dict[str, str] = dict(config.get("rcas", {}))
-        self.urls: dict[str, str] = dict(config.get("urls", {}))
+    def __init__(self, config: AutodiscoverConfig, log):
+        self.name = config.name
+        self.users: dict[str, str] = dict(config.users)
+        self.rcas: dict[str, str] = dict(config.rcas)
+        self.urls: dict[str, str] = dict(config.urls or {})
         self.log = log
 
     async def handle(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -56,14 +57,14 @@ class Autodiscover:
         return {"ok": True, "db": db, "server": server}
 
 
-async def serve(config: dict[str, Any]) -> None:
-    log = open_log(config, config["name"])
+async def serve(config: AutodiscoverConfig) -> None:
+    log = open_log(config, config.name)
     service = Autodiscover(config, log)
     await listen(config, "autodiscover", log, service.handle, admin=service.admin)
 
 
 def main() -> None:
-    run_with_config(serve)
+    run_with_config(AUTODISCOVER, serve)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 
 from labcommon.auth import password_for
 from labcommon.catalogue import AUTH_FAILED, REAUTH
+from labcommon.programs import CAS, CasConfig
 from labcommon.protocol import FramedLink, error
 from labcommon.runtime import open_log, run_with_config
 from roles.dumpster import TransportDumpster
@@ -56,17 +57,14 @@ class ActiveCopyLocator:
 
 
 class CasServer:
-    def __init__(self, config: dict[str, Any], log):
-        self.name = config["name"]
+    def __init__(self, config: CasConfig, log):
+        self.name = config.name
         self.log = log
         self.sessions: OrderedDict[str, dict[str, str]] = OrderedDict()  # LRU, at most max_sessions
-        self.max_sessions = int(config.get("max_sessions", 50_000))
-        self.locator = ActiveCopyLocator(
-            config.get("databases", {}),
-            config.get("mailbox_timeout_ms", 300) / 1000,
-            config.get("locate_deadline_ms", 5000) / 1000,
-        )
-        self.dumpster = TransportDumpster(config.get("dumpster_messages", 0))
+        self.max_sessions = config.max_sessions
+        self.locator = ActiveCopyLocator(config.databases, config.mailbox_timeout_ms / 1000,
+                                         config.locate_deadline_ms / 1000)
+        self.dumpster = TransportDumpster(config.dumpster_messages)
 
     async def admin(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         """Loopback only: Active Manager asks the hub transport to resubmit a database's mail."""
@@ -157,8 +155,8 @@ def close_links(state: dict[str, Any]) -> None:
         link.close()
 
 
-async def serve(config: dict[str, Any]) -> None:
-    log = open_log(config, config["name"])
+async def serve(config: CasConfig) -> None:
+    log = open_log(config, config.name)
     server = CasServer(config, log)
 
     admin = server.admin if server.dumpster.per_database else None  # only a dumpster has admin requests
@@ -166,7 +164,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_with_config(serve)
+    run_with_config(CAS, serve)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from aiohttp import web  # noqa: E402
 
 from labcommon.auth import password_for  # noqa: E402
 from labcommon.catalogue import HTTP_SESSION_UNKNOWN, SERVICE_UP  # noqa: E402
+from labcommon.programs import CAS_HTTP, CasConfig  # noqa: E402
 from labcommon.protocol import MAX_DEPTH, nesting_depth  # noqa: E402
 from labcommon.runtime import open_log, run_with_config  # noqa: E402
 from roles.cas import CasServer, close_links  # noqa: E402
@@ -62,9 +63,6 @@ OWA_COOKIE = "cadata"
 LOGIN_TIMEOUT = 440  # OWA's "Login Timeout": the session is unknown here, log in again
 HEARTBEAT_BOUNDS_S = (60, 3540)  # Exchange 2010's MinHeartbeatInterval / MaxHeartbeatInterval
 MAX_OWA_SESSIONS = 50_000
-MAX_DEVICES = 50_000
-IDLE_TIMEOUT_S = 120.0  # IIS's connectionTimeout default
-MAX_CONNECTIONS = 8192
 AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
 ERRORS = {"mailbox_unavailable": 503, "auth_required": 401, "auth_failed": 401, "unknown_db": 404,
           "bad_request": 400}
@@ -101,17 +99,17 @@ def status_of(reply: dict[str, Any]) -> int:
 class CasHttp:
     """The HTTPS virtual directories of one CAS, over its RPC Client Access."""
 
-    def __init__(self, cas: CasServer, config: dict[str, Any], log):
+    def __init__(self, cas: CasServer, config: CasConfig, log):
         self.cas = cas
         self.log = log
-        http = config["http"]
-        self.users: dict[str, str] = dict(http.get("users", {}))
-        self.external_url: str = http.get("external_url", "")
-        self.time_scale = float(http.get("time_scale", 1.0))
+        http = config.http
+        self.users: dict[str, str] = dict(http.users)
+        self.external_url: str = http.external_url
+        self.time_scale = http.time_scale
         self.owa: OrderedDict[str, dict[str, Any]] = OrderedDict()  # cookie -> request state (LRU)
         self.devices: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()  # (user, DeviceId) -> state
-        self.max_devices = int(http.get("max_devices", MAX_DEVICES))
-        self.rpc = RpcProxy(cas, log, close_links, float(http.get("channel_idle_s", 300.0)))
+        self.max_devices = http.max_devices
+        self.rpc = RpcProxy(cas, log, close_links, http.channel_idle_s)
 
     # ---- OWA ---------------------------------------------------------------------------
 
@@ -290,27 +288,29 @@ class ConnectionGuard:
             self.arm(request.protocol)
 
 
-async def start_https(service: CasHttp, config: dict[str, Any]) -> tuple[web.AppRunner, asyncio.AbstractServer]:
-    http = config["http"]
+async def start_https(service: CasHttp, config: CasConfig) -> tuple[web.AppRunner, asyncio.AbstractServer]:
+    http = config.http
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(http["cert"], http["key"])
-    idle = float(http.get("idle_timeout_s", IDLE_TIMEOUT_S))
+    context.load_cert_chain(http.cert, http.key)
+    idle = http.idle_timeout_s
     app = service.app()
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    guard = ConnectionGuard(None, idle, int(http.get("max_connections", MAX_CONNECTIONS)))
+    guard = ConnectionGuard(None, idle, http.max_connections)
     app.middlewares.append(guard.middleware)
     await runner.setup()
     guard.factory = runner.server
     server = await asyncio.get_running_loop().create_server(
-        guard, "0.0.0.0", http["port"], ssl=context, backlog=1024, reuse_address=True, ssl_handshake_timeout=idle)
+        guard, "0.0.0.0", http.port, ssl=context, backlog=1024, reuse_address=True, ssl_handshake_timeout=idle)
     return runner, server
 
 
-async def serve(config: dict[str, Any]) -> None:
-    log = open_log(config, config["name"])
+async def serve(config: CasConfig) -> None:
+    if config.http is None:
+        raise SystemExit("roles.cas_http: its configuration has no http part")
+    log = open_log(config, config.name)
     cas = CasServer(config, log)
     runner, server = await start_https(CasHttp(cas, config, log), config)
-    log.emit(SERVICE_UP, role="cas-http", port=config["http"]["port"])
+    log.emit(SERVICE_UP, role="cas-http", port=config.http.port)
     try:
         admin = cas.admin if cas.dumpster.per_database else None  # only a dumpster has admin requests
         await listen(config, "cas", log, cas.handle, on_close=close_links, admin=admin)
@@ -320,7 +320,7 @@ async def serve(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    run_with_config(serve)
+    run_with_config(CAS_HTTP, serve)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from labcommon.catalogue import DB_ROLE
+from labcommon.programs import MAILBOX, MailboxConfig
 from labcommon.protocol import FramedLink, ProtocolError, error
 from labcommon.runtime import open_log, run_with_config
 from roles.dag import REPLICATION_TIMEOUT_S, DatabaseCopy, Shipper, valid_row
@@ -35,19 +36,17 @@ CATCH_UP_TIMEOUT_S = 3.0
 
 
 class MailboxServer:
-    def __init__(self, config: dict[str, Any], log):
-        self.name = config["name"]
+    def __init__(self, config: MailboxConfig, log):
+        self.name = config.name
         self.log = log
-        store_dir = Path(config["store_dir"])
-        self.copies = {
-            db: DatabaseCopy(store_dir / f"{db}.sqlite", bool(spec.get("active")), spec.get("peers", []))
-            for db, spec in config.get("databases", {}).items()
-        }
-        mode = config.get("replication", "sync")
+        store_dir = Path(config.store_dir)
+        self.copies = {db: DatabaseCopy(store_dir / f"{db}.sqlite", spec.active, spec.peers)
+                       for db, spec in config.databases.items()}
+        mode = config.replication
         self.sync = mode == "sync"
         self.peer_ips = {address.rsplit(":", 1)[0] for c in self.copies.values() for address in c.peers}
-        self.shippers = {db: [Shipper(db, copy, address, log, mode, int(config.get("log_messages", 10)),
-                                      float(config.get("log_interval_ms", 500)) / 1000)
+        self.shippers = {db: [Shipper(db, copy, address, log, mode, config.log_messages,
+                                      config.log_interval_ms / 1000)
                               for address in copy.peers]
                          for db, copy in self.copies.items()}
 
@@ -195,15 +194,15 @@ class MailboxServer:
             link.close()
 
 
-async def serve(config: dict[str, Any]) -> None:
-    log = open_log(config, config["name"])
+async def serve(config: MailboxConfig) -> None:
+    log = open_log(config, config.name)
     server = MailboxServer(config, log)
     server.start()
     await listen(config, "mailbox", log, server.handle, admin=server.admin)
 
 
 def main() -> None:
-    run_with_config(serve)
+    run_with_config(MAILBOX, serve)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import resource
 from typing import Any, Awaitable, Callable
 
 from labcommon.catalogue import IDLE_CLOSED, INTERNAL_ERROR, PROTOCOL_ERROR, SERVICE_UP
-from labcommon.ports import ADMIN_PORT
+from labcommon.programs import ServiceConfig
 from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, write_frame
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -103,15 +103,13 @@ async def serve_frames(reader, writer, handler: Handler, log, idle_timeout: floa
         writer.close()
 
 
-async def listen(config: dict[str, Any], role: str, log, handler: Handler,
+async def listen(config: ServiceConfig, role: str, log, handler: Handler,
                  on_close: Callable[[dict[str, Any]], None] | None = None,
                  admin: Handler | None = None) -> None:
-    """Serve framed requests on config['listen_port'] until cancelled; with ``admin``,
+    """Serve framed requests on config.listen_port until cancelled; with ``admin``,
     also serve admin requests on the host's loopback only."""
     open_connections = 0
-    idle = float(config.get("idle_timeout_s", IDLE_TIMEOUT_S))
-    partial = float(config.get("partial_timeout_s", PARTIAL_TIMEOUT_S))
-    limit = int(config.get("max_connections", MAX_CONNECTIONS))
+    idle, partial, limit = config.idle_timeout_s, config.partial_timeout_s, config.max_connections
 
     async def on_client(reader, writer):
         nonlocal open_connections
@@ -128,11 +126,11 @@ async def listen(config: dict[str, Any], role: str, log, handler: Handler,
         await serve_frames(reader, writer, admin, log, idle, partial_timeout=partial)
 
     raise_open_files_limit()
-    listener = await asyncio.start_server(on_client, "0.0.0.0", config["listen_port"], reuse_address=True,
+    listener = await asyncio.start_server(on_client, "0.0.0.0", config.listen_port, reuse_address=True,
                                           backlog=1024)
     servers = [listener]
     if admin is not None:
-        servers.append(await asyncio.start_server(on_admin, "127.0.0.1", config.get("admin_port", ADMIN_PORT),
+        servers.append(await asyncio.start_server(on_admin, "127.0.0.1", config.admin_port,
                                                   reuse_address=True))
-    log.emit(SERVICE_UP, role=role, port=config["listen_port"])
+    log.emit(SERVICE_UP, role=role, port=config.listen_port)
     await asyncio.gather(*(s.serve_forever() for s in servers))

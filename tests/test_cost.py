@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from caslab import cost
+from labcommon import programs
 from caslab.netlab import LabNetwork
 from caslab.procstat import process_cpu_ms
 from labcommon.events import EventLog, read_events
@@ -68,9 +69,9 @@ def close_window(meter, tmp_path) -> dict[int, dict]:
 @pytest.mark.parametrize("reaped", ["by the exit watcher", "at the window's close"])
 @pytest.mark.parametrize("death", ["killed", "exits on its own"])
 def test_a_process_that_dies_in_the_window_counts_up_to_its_death(lab, tmp_path, death, reaped):
-    proc = lab.popen_root("cas1", BUSY if death == "killed" else BURN)
+    proc = lab.popen_root("cas1", BUSY if death == "killed" else BURN, program=programs.CAS)
     busy_until(proc, 50)
-    meter = cost.CostMeter(lab, lab.plan)
+    meter = cost.CostMeter(lab)
     low, high = open_window(meter, proc)
     if death == "killed":
         time.sleep(0.4)
@@ -88,14 +89,14 @@ def test_a_process_that_dies_in_the_window_counts_up_to_its_death(lab, tmp_path,
 
 
 def test_a_restarted_controller_counts_both_processes(lab, tmp_path):
-    old = lab.popen_root("controller", BUSY)
+    old = lab.popen_root("controller", BUSY, program=programs.CONTROLLER)
     busy_until(old, 50)
-    meter = cost.CostMeter(lab, lab.plan)
+    meter = cost.CostMeter(lab)
     low, high = open_window(meter, old)
     time.sleep(0.3)
     old.signal(signal.SIGKILL)  # the controller-crash fault
     old_final = zombie_cpu(old)
-    new = lab.popen_root("controller", BUSY)  # restarted with a new pid
+    new = lab.popen_root("controller", BUSY, program=programs.CONTROLLER)  # restarted with a new pid
     busy_until(new, 100)
     new_low = process_cpu_ms(new.pid)
     events = close_window(meter, tmp_path)
@@ -110,9 +111,9 @@ def test_a_restarted_controller_counts_both_processes(lab, tmp_path):
 
 
 def test_a_process_started_and_ended_in_the_window(lab, tmp_path):
-    meter = cost.CostMeter(lab, lab.plan)
+    meter = cost.CostMeter(lab)
     meter.start(time.monotonic_ns())
-    proc = lab.popen_root("probe-cl1", BURN)
+    proc = lab.popen_root("probe-cl1", BURN, program=programs.PROBER)
     final = zombie_cpu(proc)
     events = close_window(meter, tmp_path)
     assert events[proc.pid]["cpu_ms"] == round(final, 1) and final >= 250
@@ -123,12 +124,12 @@ def test_a_process_started_and_ended_in_the_window(lab, tmp_path):
 def test_only_the_window_counts(lab, tmp_path):
     """A process that ended before the window opened is not in it; one that lived through
     it counts only what it used inside it."""
-    gone = lab.popen_root("probe-cl1", BURN)
+    gone = lab.popen_root("probe-cl1", BURN, program=programs.PROBER)
     zombie_cpu(gone)
     assert not gone.alive()
-    steady = lab.popen_root("cas1", BUSY)
+    steady = lab.popen_root("cas1", BUSY, program=programs.CAS)
     busy_until(steady, 50)
-    meter = cost.CostMeter(lab, lab.plan)
+    meter = cost.CostMeter(lab)
     low, high = open_window(meter, steady)
     time.sleep(0.3)
     end_low = process_cpu_ms(steady.pid)
@@ -140,81 +141,55 @@ def test_only_the_window_counts(lab, tmp_path):
     assert events[steady.pid]["window_ms"] >= 300
 
 
-# ---- kinds -------------------------------------------------------------------------------
+# ---- kinds: from the program catalogue ---------------------------------------------------
 
-def test_kinds_of_the_lab_s_process_names():
-    roles = {"cas1": "cas", "mbx1": "mailbox", "cl1": "client", "ad1": "autodiscover"}
-    expected = {"cas1": "cas", "mbx1": "mailbox", "cl1": "client", "ad1": "autodiscover", "cl1-http": "client",
-                "ext1-http": "client", "mailbox-cas1": "mailbox", "controller": "controller", "health-lb1": "health",
-                "wnlb-cas1": "wnlb", "probe-cl1": "prober", "appprobe-cl1": "prober", "tcpdump-cl1": "capture",
-                "haproxy-lb1": "haproxy", "dnsmasq": "dns", "ovs-vswitchd": "ovs", "runner": "runner",
-                "iperf3": "bench", "srv-cas1": "other"}
-    assert {name: cost.kind_of(name, roles) for name in expected} == expected
+SPAWNERS = {"popen_in", "popen_root", "start_program", "start_tool"}
 
 
-SPAWNERS = {"popen_in": 1, "popen_root": 0, "start_module": 1}  # where each takes the process name
-SAMPLE_HOST = "x1"  # stands for a host name inside an f-string
-
-
-def spawned_names() -> list[tuple[str, str | None]]:
-    """(call site, sample name) of every process the lab starts (None: the service named
-    after its host, whose kind is the host's role). A name this cannot read fails."""
+def spawn_calls() -> list[tuple[str, ast.Call]]:
+    """(call site, call) of every place the engine starts a process."""
     found = []
     for path in sorted((ROOT / "caslab").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-        for call in ast.walk(tree):
-            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in SPAWNERS):
-                continue
-            where = f"{path.relative_to(ROOT)}:{call.lineno}"
-            index = SPAWNERS[call.func.attr]
-            name = next((k.value for k in call.keywords if k.arg == "name"), None) or call.args[index]
-            scope = parents[call]
-            while not isinstance(scope, ast.FunctionDef):
-                scope = parents[scope]
-            if scope.name in SPAWNERS and isinstance(name, ast.Name) and name.id in [a.arg for a in scope.args.args]:
-                continue  # a spawner passing its caller's name on: checked at the callers
-            found += [(where, sample) for sample in samples(name, scope, functions, where)]
+        for call in ast.walk(ast.parse(path.read_text())):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in SPAWNERS:
+                found.append((f"{path.relative_to(ROOT)}:{call.lineno}", call))
     return found
 
 
-def samples(node, scope, functions, where) -> list[str | None]:
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return [node.value]
-    if isinstance(node, ast.JoinedStr):
-        return ["".join(v.value if isinstance(v, ast.Constant) else SAMPLE_HOST for v in node.values)]
-    if isinstance(node, ast.Attribute) and node.attr == "name":
-        return [None]  # host.name: the role's service, named after its host
-    if isinstance(node, ast.IfExp):
-        return samples(node.body, scope, functions, where) + samples(node.orelse, scope, functions, where)
-    if isinstance(node, ast.Name):
-        values = [a.value for a in ast.walk(scope) if isinstance(a, ast.Assign)
-                  and any(isinstance(t, ast.Name) and t.id == node.id for t in a.targets)]
-        if values:
-            return [s for v in values for s in samples(v, scope, functions, where)]
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
-        function = functions[node.func.id]
-        return [s for r in ast.walk(function) if isinstance(r, ast.Return) and r.value is not None
-                for s in samples(r.value, function, functions, where)]
-    raise AssertionError(f"{where}: the process name {ast.unparse(node)!r} cannot be read here; name it with a "
-                         "literal, an f-string, host.name or a function of its module that returns one")
+def test_every_process_the_engine_starts_is_one_of_the_catalogue_s_programs():
+    """Its kind (and so its cost) comes from its record, never from its name."""
+    records = {name for name, value in vars(programs).items() if isinstance(value, programs.Program)}
+    calls = spawn_calls()
+    assert len(calls) >= 15, "the scan finds the lab's spawns"
+    unnamed = []
+    for where, call in calls:
+        if call.func.attr in ("popen_in", "popen_root"):
+            given = next((k.value for k in call.keywords if k.arg == "program"), None)
+        else:
+            given = call.args[0] if call.args else None
+        if isinstance(given, ast.Name) and given.id == "program":
+            continue  # a spawner passing its caller's record on: checked at the callers
+        if not (isinstance(given, ast.Name) and given.id in records) and not isinstance(given, ast.IfExp):
+            unnamed.append(f"{where}: {ast.unparse(call)[:80]}")
+        if isinstance(given, ast.IfExp):
+            assert {given.body.id, given.orelse.id} <= records, where
+    assert not unnamed, f"processes started without a catalogue record: {unnamed}"
 
 
-def test_every_process_name_the_lab_starts_has_a_kind():
-    names = spawned_names()
-    literal = {sample for _, sample in names if sample is not None}
-    assert {"controller", f"wnlb-{SAMPLE_HOST}", f"{SAMPLE_HOST}-http", f"mailbox-{SAMPLE_HOST}"} <= literal, \
-        "the scan finds the lab's spawns"
-    assert len(names) >= 15
-    missing = [f"{where}: {sample}" for where, sample in names if sample is not None
-               and cost.kind_of(sample, {}) == "other"]
-    assert not missing, f"processes without a kind (add them to caslab.cost.NAME_KINDS): {missing}"
+def test_a_process_counts_under_its_program_s_kind(lab, tmp_path):
+    procs = {record.kind: lab.popen_root(record.process_name("x1"), BUSY, program=record)
+             for record in (programs.CAS, programs.HEALTH_AGENT, programs.HTTP_CLIENT)}
+    meter = cost.CostMeter(lab)
+    meter.start(time.monotonic_ns())
+    events = close_window(meter, tmp_path)
+    assert {events[p.pid]["name"]: events[p.pid]["kind"] for p in procs.values()} == {
+        "x1": "cas", "health-x1": "health", "x1-http": "client"}
+    assert {e["kind"] for e in events.values() if e["name"] == "runner"} == {"runner"}
 
 
-def test_the_catalogue_lists_every_kind():
+def test_the_catalogue_of_events_lists_every_kind():
     from labcommon.catalogue import PROCESS_CPU
 
-    doc = PROCESS_CPU.fields["kind"].doc
-    kinds = {k for _, k in cost.NAME_KINDS} | {k for _, k in cost.SUFFIX_KINDS} | set(cost.ROLE_KINDS.values())
-    assert [k for k in sorted(kinds | {"other"}) if k not in doc.split(" / ")] == []
+    documented = set(PROCESS_CPU.fields["kind"].doc.split(": ", 1)[1].split(" / "))
+    kinds = {p.kind for p in programs.PROGRAMS.values()} | {cost.OVS, cost.RUNNER}
+    assert kinds == documented

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 
-from caslab import cost as cost_mod
 from caslab.capture import compare as capture_compare
 from caslab.metrics import stats
 from caslab.metrics import analyze_run, summarize_scenario
@@ -722,17 +721,6 @@ def test_capture_compare_takes_wire_minus_events_over_sessions_with_both():
 
 
 # ---------------------------------------------------------------- the cost meter (caslab/cost.py)
-
-def test_kind_of_a_process():
-    roles = {"cl1": "client", "cas1": "cas", "mbx1": "mailbox", "ad1": "autodiscover", "dc1": "dns-server"}
-    got = {name: cost_mod.kind_of(name, roles) for name in (
-        "cl1", "cas1", "mbx1", "ad1", "dc1", "cl1-http", "mailbox-mbx1", "controller", "health-cas1", "probe-cl1",
-        "appprobe-cl1", "tcpdump-cl1", "haproxy-lb1", "dnsmasq", "ovs-vswitchd", "runner", "xyz")}
-    assert got == {"cl1": "client", "cas1": "cas", "mbx1": "mailbox", "ad1": "autodiscover", "dc1": "other",
-                   "cl1-http": "client", "mailbox-mbx1": "mailbox", "controller": "controller", "health-cas1": "health",
-                   "probe-cl1": "prober", "appprobe-cl1": "prober", "tcpdump-cl1": "capture", "haproxy-lb1": "haproxy",
-                   "dnsmasq": "dns", "ovs-vswitchd": "ovs", "runner": "runner", "xyz": "other"}
-
 
 # ---------------------------------------------------------------- outages and their owner (sections 4-7)
 

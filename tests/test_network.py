@@ -12,7 +12,7 @@ import pytest
 
 from caslab.netlab import LabNetwork
 from caslab.ofchannel import listening_socket, write_private
-from caslab.scenario import wait_until
+from caslab.waits import wait_until
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from caslab import ofchannel, tls
 from caslab.netlab import LabLock
 from caslab.ofchannel import ChannelError, listening_socket, write_private
-from caslab.scenario import wait_until
+from caslab.waits import wait_until
 from labcommon.catalogue import LB_MEMBER, NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED
 from tests.conftest import ROOT
 from tests.test_network import echo_from, nlb_cli, start_echo, start_network

@@ -24,7 +24,7 @@ import pytest
 from caslab import nlb_client, system
 from caslab.netlab import LabNetwork
 from caslab.ofchannel import listening_socket, write_private
-from caslab.scenario import wait_until
+from caslab.waits import wait_until
 from controllers.nlb_flows import zone_of
 from controllers.nlb_state import dump_conntrack
 from topologies.plan import LabPlan

@@ -10,6 +10,7 @@ from controllers.wnlb_logic import (
     BUCKETS, bucket_of, cluster_mac, hash_key, jhash, masked_mac, moved, nft_hash_expression, owned_by, rebalance,
 )
 from controllers.wnlb_membership import Membership, decode, encode
+from labcommon.programs import WnlbAgentConfig
 
 # ---------------------------------------------------------------- hashing
 
@@ -230,13 +231,17 @@ def test_a_crafted_heartbeat_is_dropped_not_fatal(name):
     assert decode(encode(Membership(2, "cas2", "10.1.0.100", 5, 3).heartbeat()))["id"] == 2, "the untouched one"
 
 
+def agent_config(tmp_path) -> WnlbAgentConfig:
+    return WnlbAgentConfig(name="wnlb-cas1", host="cas1", host_id=1, vip="10.1.0.100", interface="lo", mode="unicast",
+                           affinity="single", track_connections=True, heartbeat_ms=1000, missed=5, stable=3,
+                           control=str(tmp_path / "control.sock"), events=str(tmp_path / "events.jsonl"))
+
+
 @pytest.mark.parametrize("name", list(crafted_heartbeats()))
 def test_the_agent_survives_a_crafted_frame_and_still_hears_its_peers(tmp_path, name):
     from controllers.wnlb_agent import Agent
     from controllers.wnlb_logic import ETHERTYPE
-    agent = Agent({"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "lo",
-                   "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 1000,
-                   "missed": 5, "stable": 3, "events": str(tmp_path / "events.jsonl")})
+    agent = Agent(agent_config(tmp_path))
     header = b"\xff" * 6 + b"\x02" * 6 + ETHERTYPE.to_bytes(2, "big")
     agent.on_frame(header + crafted_heartbeats()[name])
     assert agent.membership.peers == {}
@@ -251,9 +256,7 @@ def test_the_agent_survives_a_crafted_frame_and_still_hears_its_peers(tmp_path, 
                          ids=["deep", "list", "string", "not_utf8", "huge_deadline", "infinite_deadline", "nan"])
 def test_the_agent_survives_a_crafted_admin_command(tmp_path, command):
     from controllers.wnlb_agent import Agent
-    agent = Agent({"name": "wnlb-cas1", "host": "cas1", "host_id": 1, "vip": "10.1.0.100", "interface": "lo",
-                   "mode": "unicast", "affinity": "single", "track_connections": True, "heartbeat_ms": 1000,
-                   "missed": 5, "stable": 3, "events": str(tmp_path / "events.jsonl")})
+    agent = Agent(agent_config(tmp_path))
     agent.on_command(command)
     assert agent.deadline_ns is None
 

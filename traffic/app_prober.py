@@ -21,6 +21,7 @@ from typing import Any
 from labcommon.auth import password_for
 from labcommon.catalogue import APP_PROBE
 from labcommon.events import now_ns
+from labcommon.programs import APP_PROBER, AppProberConfig
 from labcommon.protocol import FramedLink, ProtocolError
 from labcommon.runtime import load_config, open_log, run_forever
 from traffic.resolver import DnsTarget, ResolveError
@@ -33,19 +34,19 @@ class ProbeFailed(Exception):
 
 
 class AppProber:
-    def __init__(self, config: dict[str, Any], log):
+    def __init__(self, config: AppProberConfig, log):
         self.config = config
         self.log = log
-        self.timeout_s = config.get("timeout_ms", 1000) / 1000
-        self.session = f"{config['name']}"
+        self.timeout_s = config.timeout_ms / 1000
+        self.session = config.name
 
     async def server_name(self) -> str:
-        target = self.config["target"]
-        if target.get("kind") != "autodiscover":
-            return target["name"]
+        target = self.config.target
+        if target.kind != "autodiscover":
+            return target.name
         try:
-            reply = await FramedLink(target["address"], self.timeout_s).call(
-                {"op": "autodiscover", "user": self.config["user"]})
+            reply = await FramedLink(target.address, self.timeout_s).call(
+                {"op": "autodiscover", "user": self.config.user})
         except (OSError, asyncio.TimeoutError, ConnectionError, ProtocolError) as exc:
             raise ProbeFailed("autodiscover", type(exc).__name__) from None
         if not reply.get("ok"):
@@ -56,17 +57,18 @@ class AppProber:
         """Every stage of a new client's start; returns (stage reached, CAS that served it)."""
         name = await self.server_name()
         try:
-            addresses = await DnsTarget(name, self.config["target"]["dns"], self.timeout_s, max_ttl_s=0).resolve()
+            addresses = await DnsTarget(name, self.config.target.dns, self.timeout_s, max_ttl_s=0).resolve()
         except ResolveError as exc:
             raise ProbeFailed("resolve", str(exc)) from None
-        if self.config["target"].get("rotate"):
+        rotate = self.config.target.rotate
+        if rotate:
             addresses = sorted(addresses, key=lambda a: tuple(int(o) for o in a.split(".")))
-        address = addresses[seq % len(addresses)] if self.config["target"].get("rotate") else addresses[0]
-        link = FramedLink(f"{address}:{self.config['port']}", self.timeout_s)
+        address = addresses[seq % len(addresses)] if rotate else addresses[0]
+        link = FramedLink(f"{address}:{self.config.port}", self.timeout_s)
         try:
             stage = "connect"
-            reply = await link.call({"op": "logon", "session": self.session, "user": self.config["user"],
-                                     "db": self.config["db"], "password": password_for(self.config["user"]),
+            reply = await link.call({"op": "logon", "session": self.session, "user": self.config.user,
+                                     "db": self.config.db, "password": password_for(self.config.user),
                                      "reauth": False})
             stage = "logon"
             if not reply.get("ok"):
@@ -92,7 +94,7 @@ class AppProber:
         self.log.emit(APP_PROBE, ts=started, seq=seq, lat_us=(now_ns() - started) // 1000, **fields)
 
     async def run(self) -> None:
-        period = 1.0 / self.config["rate_hz"]
+        period = 1.0 / self.config.rate_hz
         loop = asyncio.get_running_loop()
         next_at, seq = loop.time(), 0
         tasks: set[asyncio.Task] = set()
@@ -106,8 +108,8 @@ class AppProber:
 
 
 def main() -> None:
-    config = load_config()
-    log = open_log(config, config["name"])
+    config = load_config(APP_PROBER)
+    log = open_log(config, config.name)
     run_forever(AppProber(config, log).run)
 
 

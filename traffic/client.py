@@ -8,16 +8,16 @@ would wait for the kernel's tcp_retries2 (~15 min) and the lab would measure the
 not the HA design. After a failure it reconnects like Outlook: an immediate retry, then
 back-off. Each event is a JSON line with a CLOCK_MONOTONIC timestamp.
 
-Run as ``python -m traffic.client CONFIG.json``; config keys are read in ``ClientConfig``.
+Run as ``python -m traffic.client CONFIG.json``; its keys: ``labcommon.programs.ClientConfig``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from labcommon.auth import password_for
@@ -25,41 +25,14 @@ from labcommon.catalogue import (
     AUTODISCOVER, CLIENT_DOWN, CLIENT_UP, CONNECT_FAIL, CONNECT_OK, DOWN, LOGON, OP, RESOLVED, EventType,
 )
 from labcommon.events import now_ns
+from labcommon.programs import CLIENT, ClientConfig, TargetConfig
 from labcommon.protocol import FramedLink, ProtocolError, read_frame, write_frame
 from labcommon.runtime import load_config, open_log, run_forever
 from traffic import rxstamp
 from traffic.resolver import ResolveError, target_from_config
 
-DEFAULT_OPS = {"read": 4, "send": 2, "sync": 1, "ping": 3}
-
-
 class SessionDown(Exception):
     """The session's connection is unusable; the reason is the message."""
-
-
-@dataclass
-class ClientConfig:
-    name: str
-    port: int
-    target: dict[str, Any]
-    sessions: int = 8
-    interval_ms: int = 50
-    op_timeout_ms: int = 1000
-    connect_timeout_ms: int = 1000
-    backoff_ms: list[int] = field(default_factory=lambda: [0, 100, 250, 500, 1000, 2000])
-    select: str = "first"
-    ops: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OPS))
-    users: list[dict[str, str]] = field(default_factory=list)
-    source_ips: list[str] = field(default_factory=list)
-    seed: int = 1
-    events: str | None = None
-    auth: str = "ntlm"  # ntlm: a re-authentication is a credential prompt; kerberos: silent
-    prompt_answer_ms: int = 0  # the user's time to type credentials at a prompt
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClientConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 class Session:
@@ -94,13 +67,13 @@ class Session:
         each failure: a changed RpcClientAccessServer reaches a running profile late.
         """
         target = self.client.config.target
-        if target.get("kind") != "autodiscover":
+        if target.kind != "autodiscover":
             return None
         now = time.monotonic()
-        if self.profile is not None and now - self.profile_at < target.get("refresh_s", 3600):
+        if self.profile is not None and now - self.profile_at < target.refresh_s:
             return self.profile
         try:
-            reply = await FramedLink(target["address"], target.get("timeout_ms", 1000) / 1000).call(
+            reply = await FramedLink(target.address, target.timeout_ms / 1000).call(
                 {"op": "autodiscover", "user": self.user})
         except (OSError, asyncio.TimeoutError, ConnectionError, ProtocolError):
             reply = {"ok": False}
@@ -121,7 +94,7 @@ class Session:
             self.emit(CONNECT_FAIL, addr=str(server), reason="resolve")
             raise SessionDown(f"resolve: {exc}") from None
         start = 0
-        if cfg.target.get("rotate"):
+        if cfg.target.rotate:
             # Stands in for a DNS server's round-robin rotation: a stable order (dnsmasq's
             # answer order can vary between queries), shifted by one per session.
             addresses = sorted(addresses, key=lambda a: tuple(int(o) for o in a.split(".")))
@@ -257,21 +230,21 @@ class Session:
 class Client:
     def __init__(self, config: ClientConfig):
         self.config = config
-        self.log = open_log({"events": config.events}, config.name)
+        self.log = open_log(config, config.name)
         self.targets: dict[str | None, Any] = {}
 
     def target_for(self, server: str | None):
         """The resolver for a profile's server name (one DNS cache per client host)."""
         if server not in self.targets:
             spec = self.config.target
-            if spec.get("kind") == "autodiscover":
-                spec = {"kind": "dns", "name": server, "server": spec["dns"]}
+            if spec.kind == "autodiscover":
+                spec = TargetConfig(kind="dns", name=server or "", server=spec.dns)
             self.targets[server] = target_from_config(spec)
         return self.targets[server]
 
     async def run(self) -> None:
         sessions = [Session(self, i) for i in range(self.config.sessions)]
-        self.log.emit(CLIENT_UP, sessions=[s.sid for s in sessions], target=self.config.target)
+        self.log.emit(CLIENT_UP, sessions=[s.sid for s in sessions], target=dataclasses.asdict(self.config.target))
         try:
             await asyncio.gather(*(s.run() for s in sessions))
         finally:
@@ -279,7 +252,7 @@ class Client:
 
 
 def main() -> None:
-    config = ClientConfig.from_dict(load_config())
+    config = load_config(CLIENT)
     run_forever(Client(config).run)
 
 

@@ -21,10 +21,10 @@ Run as ``python -m traffic.http_client CONFIG.json``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from labcommon.auth import password_for
 from labcommon.catalogue import HTTP_CLIENT_UP
+from labcommon.programs import HTTP_CLIENT, HttpClientConfig
 from labcommon.runtime import load_config, open_log, run_forever
 from traffic.http_oa import OutlookAnywhereSession
 from traffic.https import Failure, HostContext, HttpSession, LabResolver, tls_context
@@ -71,7 +71,7 @@ class OwaSession(HttpSession):
             raise Failure(f"{cmd}: http {reply.status}")
 
     async def run(self) -> None:
-        interval = self.host.timing("owa_interval_ms") / 1000
+        interval = self.host.timing.owa_interval_ms / 1000
         await self.start_jitter(interval)
         self.base = await self.discover()
         self.http = self.client()
@@ -94,12 +94,12 @@ class EasSession(HttpSession):
                 f"&DeviceId={self.sid}&DeviceType=caslab")
 
     async def ping_loop(self) -> None:
-        heartbeat = self.host.timing("eas_heartbeat_s")
-        hold_ms = heartbeat * self.host.timing("time_scale") * 1000
+        heartbeat = self.host.timing.eas_heartbeat_s
+        hold_ms = heartbeat * self.host.timing.time_scale * 1000
         while True:
             try:
-                reply = await self.request("ping", "POST", self.url("Ping"), total_ms=hold_ms + self.host.timing(
-                    "request_timeout_ms"), json={"HeartbeatInterval": heartbeat})
+                reply = await self.request("ping", "POST", self.url("Ping"), total_ms=hold_ms + self.host.timing.request_timeout_ms,
+                                            json={"HeartbeatInterval": heartbeat})
                 if reply.status != 200:  # a load balancer's 502 / 504, a CAS's error
                     raise Failure(f"http {reply.status}")
                 self.failures = 0
@@ -108,7 +108,7 @@ class EasSession(HttpSession):
                 await self.back_off()
 
     async def sync_loop(self) -> None:
-        interval = self.host.timing("eas_sync_interval_ms") / 1000
+        interval = self.host.timing.eas_sync_interval_ms / 1000
         while True:
             try:
                 await self.request("sync", "POST", self.url("Sync"))
@@ -117,7 +117,7 @@ class EasSession(HttpSession):
             await asyncio.sleep(interval)
 
     async def run(self) -> None:
-        await self.start_jitter(self.host.timing("eas_sync_interval_ms") / 1000)
+        await self.start_jitter(self.host.timing.eas_sync_interval_ms / 1000)
         self.base = await self.discover()
         self.http = self.client()
         await asyncio.gather(self.ping_loop(), self.sync_loop())
@@ -126,11 +126,11 @@ class EasSession(HttpSession):
 PROTOCOLS: dict[str, type[HttpSession]] = {"owa": OwaSession, "eas": EasSession, "oa": OutlookAnywhereSession}
 
 
-async def run_host(config: dict[str, Any]) -> None:
-    log = open_log(config, config["name"])
-    host = HostContext(config, log, tls_context(config["ca"]), LabResolver(config["dns"]))
-    sessions = [PROTOCOLS[spec["protocol"]](host, spec, i) for i, spec in enumerate(config["sessions"])]
-    log.emit(HTTP_CLIENT_UP, sessions={s.sid: s.protocol for s in sessions}, external=bool(config["external"]))
+async def run_host(config: HttpClientConfig) -> None:
+    log = open_log(config, config.name)
+    host = HostContext(config, log, tls_context(config.ca), LabResolver(config.dns))
+    sessions = [PROTOCOLS[spec["protocol"]](host, spec, i) for i, spec in enumerate(config.sessions)]
+    log.emit(HTTP_CLIENT_UP, sessions={s.sid: s.protocol for s in sessions}, external=config.external)
     try:
         await asyncio.gather(*(s.run() for s in sessions))
     finally:
@@ -140,7 +140,7 @@ async def run_host(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    config = load_config()
+    config = load_config(HTTP_CLIENT)
     run_forever(lambda: run_host(config))
 
 

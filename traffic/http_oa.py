@@ -26,6 +26,7 @@ import aiohttp
 
 from labcommon.auth import password_for
 from labcommon.events import now_ns
+from labcommon.programs import DEFAULT_OPS
 from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode
 from traffic.https import Failure, HttpSession, failure_reason
 
@@ -48,7 +49,7 @@ class Channels:
 
     def channel_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_read=None,
-                                     connect=self.session.host.timing("connect_timeout_ms") / 1000)
+                                     connect=self.session.host.timing.connect_timeout_ms / 1000)
 
     async def open(self) -> None:
         s = self.session
@@ -58,7 +59,7 @@ class Channels:
             self.out = await asyncio.wait_for(s.http.request(
                 "RPC_OUT_DATA", url, data=encode({"rts": "CONN/A1", "cookie": self.cookie}),
                 timeout=self.channel_timeout(), headers={"Content-Type": "application/rpc"}),
-                s.host.timing("request_timeout_ms") / 1000)
+                s.host.timing.request_timeout_ms / 1000)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             s.finished("rpc_out", started, False, None, None, failure_reason(exc))
             raise Failure(f"rpc_out: {failure_reason(exc)}") from None
@@ -113,7 +114,7 @@ class Channels:
         started = now_ns()
         await self.outgoing.put(encode(frame))
         try:
-            reply = await asyncio.wait_for(self.replies.get(), s.host.timing("request_timeout_ms") / 1000)
+            reply = await asyncio.wait_for(self.replies.get(), s.host.timing.request_timeout_ms / 1000)
         except asyncio.TimeoutError:
             reply = Failure("timeout")
         msg_id = frame.get("msg_id")
@@ -154,7 +155,7 @@ class OutlookAnywhereSession(HttpSession):
         self.server = spec.get("server", "outlook")
         self.ever_logged_on = False
         self.sent = 0
-        ops = host.config.get("ops") or {"read": 4, "send": 2, "sync": 1, "ping": 3}
+        ops = host.config.ops or dict(DEFAULT_OPS)
         self.ops, self.weights = zip(*sorted((k, w) for k, w in ops.items() if w))
 
     async def logon(self, channels: Channels) -> None:
@@ -179,8 +180,8 @@ class OutlookAnywhereSession(HttpSession):
 
     async def operate(self, channels: Channels) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.host.timing("oa_interval_ms") / 1000
-        keepalive = self.host.timing("oa_keepalive_s") * self.host.timing("time_scale")
+        interval = self.host.timing.oa_interval_ms / 1000
+        keepalive = self.host.timing.oa_keepalive_s * self.host.timing.time_scale
         next_op = last_sent = loop.time()
         while True:
             now = loop.time()
@@ -198,7 +199,7 @@ class OutlookAnywhereSession(HttpSession):
                 await channels.idle(min(next_op, last_sent + keepalive) - now)
 
     async def run(self) -> None:
-        await self.start_jitter(self.host.timing("oa_interval_ms") / 1000)
+        await self.start_jitter(self.host.timing.oa_interval_ms / 1000)
         self.base = await self.discover()
         self.http = self.client()
         while True:

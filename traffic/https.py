@@ -33,6 +33,7 @@ from aiohttp.abc import AbstractResolver
 from labcommon.auth import password_for
 from labcommon.catalogue import HTTP_AUTODISCOVER, HTTP_DOWN, HTTP_LOGON, HTTP_REQUEST
 from labcommon.events import now_ns
+from labcommon.programs import HttpClientConfig, HttpTiming
 from labcommon.protocol import FramedLink, ProtocolError
 from traffic.resolver import DnsTarget, ResolveError
 
@@ -110,13 +111,14 @@ def unreplicated_in(body: bytes) -> list[str] | None:
 class HostContext:
     """What the sessions of one client host share."""
 
-    config: dict[str, Any]
+    config: HttpClientConfig
     log: Any
     tls: ssl.SSLContext
     resolver: LabResolver
 
-    def timing(self, key: str) -> Any:
-        return self.config["timing"][key]
+    @property
+    def timing(self) -> HttpTiming:
+        return self.config.timing
 
 
 class HttpSession:
@@ -130,7 +132,7 @@ class HttpSession:
         self.log = host.log
         self.sid, self.user, self.db = spec["sid"], spec["user"], spec["db"]
         self.source_ip = spec.get("source_ip")
-        self.rng = random.Random(host.config.get("seed", 1) * 100003 + index)
+        self.rng = random.Random(host.config.seed * 100003 + index)
         self.base: str | None = None
         self.http: aiohttp.ClientSession | None = None
         self.failures = 0
@@ -162,13 +164,13 @@ class HttpSession:
                                      auth=aiohttp.BasicAuth(self.user, password_for(self.user)))
 
     def timeout(self, total_ms: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total_ms / 1000, connect=self.host.timing("connect_timeout_ms") / 1000)
+        return aiohttp.ClientTimeout(total=total_ms / 1000, connect=self.host.timing.connect_timeout_ms / 1000)
 
     async def request(self, cmd: str, method: str, url: str, total_ms: float | None = None,
                       **kwargs: Any) -> Reply:
         """One request, logged with its latency; raises Failure unless the status is good."""
         started = now_ns()
-        total_ms = total_ms or self.host.timing("request_timeout_ms")
+        total_ms = total_ms or self.host.timing.request_timeout_ms
         data = kwargs.get("data")
         msg_id = data.get("msg_id") if isinstance(data, dict) else None
         try:
@@ -190,7 +192,7 @@ class HttpSession:
         await asyncio.sleep(self.rng.uniform(0, min(interval_s, 1.0)))
 
     async def back_off(self) -> None:
-        delays = self.host.timing("backoff_ms")
+        delays = self.host.timing.backoff_ms
         delay = delays[min(self.failures, len(delays) - 1)]
         self.failures += 1
         if delay:
@@ -200,10 +202,10 @@ class HttpSession:
 
     async def discover(self) -> str:
         """Ask autodiscover until it answers; returns the base URL (https://name)."""
-        retry_s = self.host.timing("autodiscover_retry_ms") / 1000
+        retry_s = self.host.timing.autodiscover_retry_ms / 1000
         while True:
             started = now_ns()
-            via = "dns" if self.host.config["external"] else "site"
+            via = "dns" if self.host.config.external else "site"
             try:
                 url, cas = await (self.discover_dns() if via == "dns" else self.discover_site())
             except Failure as exc:
@@ -216,9 +218,9 @@ class HttpSession:
             return url
 
     async def discover_site(self) -> tuple[str, str | None]:
-        address = self.host.config["autodiscover"]
+        address = self.host.config.autodiscover
         try:
-            reply = await FramedLink(address, self.host.timing("request_timeout_ms") / 1000).call(
+            reply = await FramedLink(address, self.host.timing.request_timeout_ms / 1000).call(
                 {"op": "autodiscover", "user": self.user})
         except (OSError, asyncio.TimeoutError, ConnectionError, ProtocolError) as exc:
             raise Failure(f"site autodiscover: {type(exc).__name__}") from None
@@ -227,7 +229,7 @@ class HttpSession:
         return reply["internal_url"], None
 
     async def discover_dns(self) -> tuple[str, str | None]:
-        domain = self.host.config["domain"]
+        domain = self.host.config.domain
         body = (f'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="{REQUEST_SCHEMA}"><Request>'
                 f"<EMailAddress>{self.user}@{domain}</EMailAddress><AcceptableResponseSchema>"
                 "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
@@ -238,7 +240,7 @@ class HttpSession:
                 try:
                     async with http.post(f"https://{name}{AUTODISCOVER_PATH}", data=body,
                                          headers={"Content-Type": "text/xml"},
-                                         timeout=self.timeout(self.host.timing("request_timeout_ms"))) as response:
+                                         timeout=self.timeout(self.host.timing.request_timeout_ms)) as response:
                         text = await response.text()
                         if response.status != 200:
                             reasons.append(f"{name}: http {response.status}")

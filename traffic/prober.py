@@ -24,7 +24,7 @@ How, and why this way (scapy as its authors advise):
   ephemeral range (32768-60999), so a probe never shares a 4-tuple with one of the
   client emulator's real connections to the same VIP:port.
 
-Config keys (see ``ProberConfig``): name, target_ip, port, rate_hz, events, and optional
+Config keys (``labcommon.programs.ProberConfig``): name, target_ip, port, rate_hz, events, and optional
 duration_s (default: until SIGTERM/SIGINT), iface (where replies are sniffed; default:
 the interface of the route to target_ip), timeout_ms (200), sport_range ([10000, 29999]),
 send_rst (false), source_ip (default: the kernel's choice for target_ip).
@@ -38,14 +38,13 @@ exit with the counts.
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scapy.config import conf
@@ -54,34 +53,12 @@ from scapy.packet import raw
 from scapy.sendrecv import AsyncSniffer
 
 from labcommon.catalogue import PROBE, PROBE_DOWN, PROBE_UP
-from labcommon.events import EventLog, NullLog, now_ns
+from labcommon.events import now_ns
+from labcommon.programs import PROBER, ProberConfig
+from labcommon.runtime import load_config, open_log
 
 SYN, RST, ACK = 0x02, 0x04, 0x10
 SEQ_MOD = 1 << 32
-
-
-@dataclass
-class ProberConfig:
-    name: str
-    target_ip: str
-    port: int
-    rate_hz: float = 10.0
-    events: str | None = None
-    duration_s: float | None = None
-    iface: str | None = None
-    timeout_ms: int = 200
-    sport_range: list[int] = field(default_factory=lambda: [10000, 29999])
-    send_rst: bool = False
-    source_ip: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProberConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        config = cls(**known)
-        low, high = config.sport_range
-        if not (1024 <= low <= high <= 65535) or config.rate_hz <= 0:
-            raise ValueError(f"bad prober config: sport_range={config.sport_range}, rate_hz={config.rate_hz}")
-        return config
 
 
 @dataclass
@@ -233,16 +210,17 @@ class Prober:
             stop.wait(max(0.0, min(next_at, end) - time.monotonic()))
 
 
-def load_config(argv: list[str]) -> ProberConfig:
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m traffic.prober CONFIG.json")
-    with open(argv[0], encoding="utf-8") as handle:
-        return ProberConfig.from_dict(json.load(handle))
+def checked(config: ProberConfig) -> ProberConfig:
+    low, high = config.sport_range
+    if not (1024 <= low <= high <= 65535) or config.rate_hz <= 0:
+        raise SystemExit(f"traffic.prober: bad configuration: sport_range={config.sport_range}, "
+                         f"rate_hz={config.rate_hz}")
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = load_config(sys.argv[1:] if argv is None else argv)
-    log = EventLog(config.events, config.name) if config.events else NullLog()
+    config = checked(load_config(PROBER, argv))
+    log = open_log(config, config.name)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

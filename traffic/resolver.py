@@ -14,7 +14,9 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-WINDOWS_MAX_TTL_S = 86400
+from labcommon.programs import TargetConfig
+
+WINDOWS_MAX_TTL_S = 86400  # as TargetConfig.max_ttl_s
 
 
 class ResolveError(Exception):
@@ -68,11 +70,9 @@ class DnsTarget:
         return f"{self.name}@{self.server}"
 
 
-def target_from_config(config: dict) -> StaticTarget | DnsTarget:
-    kind = config.get("kind", "address")
-    if kind == "address":
-        return StaticTarget(list(config["addresses"]))
-    if kind == "dns":
-        return DnsTarget(config["name"], config["server"], config.get("timeout_ms", 1000) / 1000,
-                         config.get("max_ttl_s", WINDOWS_MAX_TTL_S))
-    raise ValueError(f"unknown target kind {kind!r}")
+def target_from_config(config: TargetConfig) -> StaticTarget | DnsTarget:
+    if config.kind == "address":
+        return StaticTarget(list(config.addresses))
+    if config.kind == "dns":
+        return DnsTarget(config.name, config.server, config.timeout_ms / 1000, config.max_ttl_s)
+    raise ValueError(f"unknown target kind {config.kind!r}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from caslab.schema import Field
 from labcommon.ports import AUTODISCOVER_PORT
+from labcommon.programs import TargetConfig
 from topologies.plan import LAB_DOMAIN, HostPlan
 
 if TYPE_CHECKING:
@@ -75,11 +76,11 @@ class Mode:
         arrays = ctx.arrays()
         return arrays[hq]["fqdn"] if hq in arrays else f"{ctx.plan.by_role('cas', hq)[0].name}.{LAB_DOMAIN}"
 
-    def target(self, ctx: "RunContext", client: HostPlan) -> dict[str, Any]:
+    def target(self, ctx: "RunContext", client: HostPlan) -> TargetConfig:
         """Every mode: autodiscover of the client's site -> profile server name -> DNS."""
         ad = ctx.plan.by_role("autodiscover", client.site)[0]
-        return {"kind": "autodiscover", "address": f"{ad.ip}:{AUTODISCOVER_PORT}", "dns": ctx.dns_server,
-                "refresh_s": ctx.spec["exchange"]["autodiscover_refresh_s"], "rotate": self.rotate_answers}
+        return TargetConfig(kind="autodiscover", address=f"{ad.ip}:{AUTODISCOVER_PORT}", dns=ctx.dns_server,
+                            refresh_s=ctx.spec["exchange"]["autodiscover_refresh_s"], rotate=self.rotate_answers)
 
     def drain(self, ctx: "RunContext", host: str, deadline_s: float) -> None:
         raise NotImplementedError(f"mode {self.name} has no load balancer to drain")

@@ -17,6 +17,7 @@ from caslab.modes import VipMode
 from caslab.schema import Field, int_range
 from labcommon.catalogue import LB_ADMIN, LB_MEMBER
 from labcommon.ports import CAS_PORT, HTTPS_PORT
+from labcommon.programs import HAPROXY
 
 HTTPS_BACKEND = "cas_https"
 
@@ -74,11 +75,11 @@ class Haproxy(VipMode):
                 continue
             lb = ctx.plan.by_role("lb", site.name)[0]
             ctx.lab.run_in(lb.name, ["ip", "addr", "add", f"{site.vip}/16", "dev", ctx.lab.host_interface(lb.name)])
-            path = ctx.raw_dir / "config" / f"haproxy-{lb.name}.cfg"
+            path = ctx.raw_dir / "config" / f"{HAPROXY.process_name(lb.name)}.cfg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.config_text(ctx, site))
-            ctx.lab.popen_in(lb.name, f"haproxy-{lb.name}", ["haproxy", "-db", "-f", str(path)],
-                             on_line=lambda ts, line: self.on_log(ctx, ts, line))
+            ctx.start_tool(HAPROXY, lb.name, ["haproxy", "-db", "-f", str(path)],
+                           on_line=lambda ts, line: self.on_log(ctx, ts, line))
 
     @staticmethod
     def admin_socket(ctx, site) -> str:

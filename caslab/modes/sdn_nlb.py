@@ -19,6 +19,7 @@ from caslab.http_spec import http_enabled
 from caslab.modes import VipMode
 from caslab.schema import Field, choice, int_range
 from labcommon.ports import CAS_PORT, HTTPS_PORT
+from labcommon.programs import HEALTH_AGENT, HealthAgentConfig, HealthMember
 
 AFFINITIES = ("none", "single", "network")
 
@@ -91,14 +92,14 @@ class SdnNlb(VipMode):
 
     def start_probes(self, ctx, interval_ms: int, timeout_ms: int, check: str) -> None:
         for site in ctx.plan.sites:
-            members = [{"name": h.name, "ip": h.ip} for h in ctx.plan.by_role("cas", site.name)]
+            members = [HealthMember(name=h.name, ip=h.ip) for h in ctx.plan.by_role("cas", site.name)]
             if not members:
                 continue
             lb = ctx.plan.by_role("lb", site.name)[0]
-            config = {"vip": site.vip, "members": members, "port": CAS_PORT, "interval_ms": interval_ms,
-                      "timeout_ms": timeout_ms, "check": check, "socket": ctx.nlb_socket,
-                      "events": ctx.events_path(f"health-{lb.name}")}
-            ctx.start_module(lb.name, f"health-{lb.name}", "controllers.health_agent", config)
+            config = HealthAgentConfig(vip=site.vip, members=members, port=CAS_PORT, interval_ms=interval_ms,
+                                       timeout_ms=timeout_ms, check=check, socket=ctx.nlb_socket,
+                                       events=ctx.events_path(HEALTH_AGENT.process_name(lb.name)))
+            ctx.start_program(HEALTH_AGENT, lb.name, config)
 
     def drain(self, ctx, host, deadline_s):
         site = ctx.plan.site(ctx.plan.host(host).site)

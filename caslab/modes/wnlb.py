@@ -31,10 +31,12 @@ from typing import Any
 from caslab import system
 from caslab.modes import VipMode
 from caslab.netlab import LabError
+from caslab.waits import LogTail, wait_for_events, wait_ready
 from caslab.schema import Field, choice, int_range
 from controllers import wnlb_nft
 from controllers.wnlb_logic import AFFINITIES, MODES, cluster_mac
-from labcommon.catalogue import WNLB_CONVERGED, WNLB_FLOOD, WNLB_UP
+from labcommon.catalogue import WNLB_CONVERGED, WNLB_FLOOD
+from labcommon.programs import WNLB_AGENT, WnlbAgentConfig
 
 STATIC_MAC_COOKIE = 0x4E4C  # "NL": the admin's static MAC entry on the switch
 
@@ -62,22 +64,21 @@ class WindowsNlb(VipMode):
     # ---- before the roles --------------------------------------------------------
 
     def prepare(self, ctx):
-        from caslab.scenario import LogTail, wait_for_events
-
         w = ctx.spec["wnlb"]
+        agents = []
         for site in self.cluster_sites(ctx):
             for host_id, cas in enumerate(ctx.plan.by_role("cas", site.name), start=1):
-                control = str(ctx.socket_dir() / f"wnlb-{cas.name}.sock")
-                config = {"name": f"wnlb-{cas.name}", "host": cas.name, "host_id": host_id, "vip": site.vip,
-                          "interface": ctx.lab.host_interface(cas.name), "mode": w["mode"],
-                          "heartbeat_ms": w["heartbeat_ms"], "missed": w["missed"], "stable": w["stable"],
-                          "affinity": w["affinity"], "track_connections": w["track_connections"],
-                          "control": control, "events": ctx.events_path(f"wnlb-{cas.name}")}
-                ctx.start_module(cas.name, f"wnlb-{cas.name}", "controllers.wnlb_agent", config)
+                name = WNLB_AGENT.process_name(cas.name)
+                control = str(ctx.socket_dir() / f"{name}.sock")
+                config = WnlbAgentConfig(name=name, host=cas.name, host_id=host_id, vip=site.vip,
+                                         interface=ctx.lab.host_interface(cas.name), mode=w["mode"],
+                                         heartbeat_ms=w["heartbeat_ms"], missed=w["missed"], stable=w["stable"],
+                                         affinity=w["affinity"], track_connections=w["track_connections"],
+                                         control=control, events=ctx.events_path(name))
+                agents.append(ctx.start_program(WNLB_AGENT, cas.name, config))
                 ctx.wnlb_agents[cas.name] = {"control": control, "site": site.name}
-        wait_for_events(LogTail(ctx.raw_dir, [f"wnlb-{c}" for c in ctx.wnlb_agents]), len(ctx.wnlb_agents),
-                        lambda source, ev: source if ev.get("ev") == WNLB_UP else None,
-                        ctx.spec["timing"]["ready_timeout_s"], "every Windows NLB agent to set up its host")
+        wait_ready(ctx.raw_dir, agents, ctx.spec["timing"]["ready_timeout_s"],
+                   "every Windows NLB agent to set up its host")
         for site in self.cluster_sites(ctx):
             mac = cluster_mac(site.vip, w["mode"])
             if w["mode"] == "multicast":
@@ -191,20 +192,18 @@ class WindowsNlb(VipMode):
 
     def start(self, ctx):
         """Clients start once every agent has converged with all of its site's hosts."""
-        from caslab.scenario import LogTail, wait_for_events
-
         size = {site.name: len(ctx.plan.by_role("cas", site.name)) for site in self.cluster_sites(ctx)}
 
         def converged(source: str, ev: dict) -> str | None:
             if ev.get("ev") != WNLB_CONVERGED:
                 return None
-            cas = source.removeprefix("wnlb-")
+            cas = next(c for c in ctx.wnlb_agents if WNLB_AGENT.process_name(c) == source)
             return source if len(ev.get("members", [])) == size[ctx.wnlb_agents[cas]["site"]] else None
 
         w = ctx.spec["wnlb"]
         timeout = ctx.spec["timing"]["ready_timeout_s"] + (w["missed"] + 2 * w["stable"]) * w["heartbeat_ms"] / 1000
-        wait_for_events(LogTail(ctx.raw_dir, [f"wnlb-{c}" for c in ctx.wnlb_agents]), len(ctx.wnlb_agents),
-                        converged, timeout, "every Windows NLB host to converge with all of its cluster")
+        wait_for_events(LogTail(ctx.raw_dir, [WNLB_AGENT.process_name(c) for c in ctx.wnlb_agents]),
+                        len(ctx.wnlb_agents), converged, timeout, "every Windows NLB host to converge with all of its cluster")
 
     def command(self, ctx, host: str, message: dict[str, Any]) -> None:
         """nlb drainstop / nlb start, run on the host: a datagram to its agent."""

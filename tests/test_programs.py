@@ -1,0 +1,150 @@
+"""The program catalogue (labcommon/programs.py): one record per in-host program, and
+its configuration typed and checked on both sides.
+
+The program side is run for real: each program is started as the lab starts it
+(``python -m <module> CONFIG.json``) on a file with an unknown, a missing or a mistyped
+key, and must stop at once naming the file and the key, before it binds or sends
+anything. No root needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from labcommon import programs
+from labcommon.programs import PROGRAMS, ConfigError, config_json, read_config
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_HOST = [p for p in PROGRAMS.values() if p.config is not None]
+
+
+def sample(kind: type) -> typing.Any:
+    """A configuration of ``kind`` with every required field filled, recursively."""
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for f in dataclasses.fields(kind):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue
+        values[f.name] = sample_value(hints[f.name])
+    return kind(**values)
+
+
+def sample_value(hint: typing.Any) -> typing.Any:
+    if dataclasses.is_dataclass(hint):
+        return sample(hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return []
+    if origin is dict:
+        return {}
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return None
+    return {str: "x", int: 1, float: 1.0, bool: False}[hint]
+
+
+def test_every_in_host_program_is_declared_once_with_its_kind_and_module():
+    assert len({p.module for p in IN_HOST if p.module != "roles.cas_http"}) == len(IN_HOST) - 1
+    assert {p.key for p in IN_HOST} >= {"cas", "cas-http", "mailbox", "autodiscover", "client", "http-client",
+                                         "prober", "app-prober", "health-agent", "wnlb-agent"}
+    assert {p.key for p in PROGRAMS.values() if p.module is None} >= {"dnsmasq", "haproxy", "tcpdump"}
+    with pytest.raises(ValueError, match="declared twice"):
+        programs.program("cas", "cas", "roles.cas", None, None, 0)
+
+
+def test_process_names_come_from_the_record():
+    assert programs.HEALTH_AGENT.process_name("lb1") == "health-lb1"
+    assert programs.HTTP_CLIENT.process_name("cl1") == "cl1-http"
+    assert programs.CAS.process_name("cas1") == "cas1"
+    assert programs.DNSMASQ.process_name("dns1") == "dnsmasq"
+
+
+@pytest.mark.parametrize("record", IN_HOST, ids=lambda p: p.key)
+def test_the_engine_side_refuses_what_the_program_would_refuse(record):
+    config = sample(record.config)
+    assert read_config_text(record, config_json(record, config)) == config  # a round trip keeps everything
+    with pytest.raises(TypeError):
+        record.config(**dataclasses.asdict(config), surplus=1)  # an unknown key, where it is written
+    first = dataclasses.fields(record.config)[0]
+    setattr(config, first.name, object())  # a value JSON cannot carry, or of the wrong type
+    with pytest.raises((ConfigError, TypeError)):
+        config_json(record, config)
+    other = next(p for p in IN_HOST if p.config is not record.config)
+    with pytest.raises(ConfigError, match="expected a"):
+        config_json(record, sample(other.config))
+
+
+def read_config_text(record, text: str, tmp=Path("/tmp")):
+    path = tmp / f"caslab-test-{record.key}.json"
+    path.write_text(text)
+    try:
+        return read_config(record, path)
+    finally:
+        path.unlink()
+
+
+def broken_files(record) -> dict[str, tuple[dict, str]]:
+    """name -> (a configuration file's content, the key its error must name)."""
+    good = json.loads(config_json(record, sample(record.config)))
+    required = next(f.name for f in dataclasses.fields(record.config) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING)
+    missing = {k: v for k, v in good.items() if k != required}
+    wrong = dict(good, **{required: [1, 2]})
+    return {"unknown": (dict(good, colour="blue"), "colour"), "missing": (missing, required),
+            "mistyped": (wrong, required)}
+
+
+@pytest.mark.parametrize("case", ["unknown", "missing", "mistyped"])
+@pytest.mark.parametrize("record", IN_HOST, ids=lambda p: p.key)
+def test_a_program_stops_on_a_configuration_its_record_does_not_allow(record, case, tmp_path):
+    data, key = broken_files(record)[case]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    done = subprocess.run([sys.executable, "-m", record.module, str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert str(path) in done.stderr and key in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, "a clear error, not a crash"
+
+
+def attributes_read(paths: list[Path]) -> set[str]:
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                names.add(node.args[1].value)
+    return names
+
+
+def fields_of(kind: type, prefix: str = "") -> list[str]:
+    """Every field of a configuration, nested ones with their path."""
+    out = []
+    hints = typing.get_type_hints(kind)
+    for f in dataclasses.fields(kind):
+        out.append(prefix + f.name)
+        inner = [a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)]
+        inner += [a for arg in typing.get_args(hints[f.name]) for a in typing.get_args(arg)
+                  if dataclasses.is_dataclass(a)]
+        for kind_inside in inner:
+            out += fields_of(kind_inside, f"{prefix}{f.name}.")
+    return out
+
+
+@pytest.mark.parametrize("record", IN_HOST, ids=lambda p: p.key)
+def test_every_key_a_record_declares_is_read_by_its_program(record):
+    """No key is written that nobody reads: each field is read somewhere in the program's
+    package or the common runtime (as ``.field`` or ``getattr(x, "field")``)."""
+    package = ROOT / record.module.split(".")[0]
+    read = attributes_read(sorted(package.glob("*.py")) + [ROOT / "labcommon" / "runtime.py"])
+    unread = [name for name in fields_of(record.config) if name.rsplit(".", 1)[-1] not in read]
+    assert not unread, f"{record.key}: keys no program reads: {unread}"
