@@ -21,7 +21,7 @@ from labcommon.programs import (
 )
 from topologies.plan import LAB_DOMAIN, HostPlan, LabPlan
 
-DNSMASQ = "/usr/sbin/dnsmasq"
+DNSMASQ_BINARY = "/usr/sbin/dnsmasq"
 
 
 def database_layout(spec: dict[str, Any], plan: LabPlan) -> dict[str, DatabaseLayout]:
@@ -137,7 +137,7 @@ DNS_USER, DNS_GROUP = "nobody", "nogroup"  # dnsmasq binds port 53, then runs as
 def dnsmasq_argv(listen_ip: str, records: dict[str, list[str]], ttl: int) -> list[str]:
     """dnsmasq authoritative for ``records`` only, on one address, as an unprivileged user
     once its socket is bound (a parser of network input never runs as root)."""
-    argv = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
+    argv = [DNSMASQ_BINARY, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
             "--bind-interfaces", f"--listen-address={listen_ip}", "--port=53", f"--user={DNS_USER}",
             f"--group={DNS_GROUP}", "--pid-file=", "--log-facility=-"]
     for name in sorted(records):

@@ -71,8 +71,8 @@ class CasConfig(ServiceConfig):
     databases: dict[str, list[str]]   # database -> every copy's mailbox address, active first
     dumpster_messages: int = 0
     max_sessions: int = 50_000
-    mailbox_timeout_ms: float = 300
-    locate_deadline_ms: float = 5000
+    mailbox_timeout_ms: int = 300
+    locate_deadline_ms: int = 5000
     http: CasHttpConfig | None = None
 
 
@@ -88,7 +88,7 @@ class MailboxConfig(ServiceConfig):
     databases: dict[str, DatabaseCopyConfig]
     replication: str = "sync"
     log_messages: int = 10
-    log_interval_ms: float = 500
+    log_interval_ms: int = 500
 
 
 @dataclass(kw_only=True)
@@ -110,8 +110,8 @@ class TargetConfig:
     address: str = ""
     rotate: bool = False
     refresh_s: float = 3600           # how long an autodiscover answer is kept
-    timeout_ms: float = 1000
-    max_ttl_s: float = 86_400
+    timeout_ms: int = 1000
+    max_ttl_s: int = 86_400
 
 
 DEFAULT_OPS = {"read": 4, "send": 2, "sync": 1, "ping": 3}
@@ -123,10 +123,10 @@ class ClientConfig:
     port: int
     target: TargetConfig
     sessions: int = 8
-    interval_ms: float = 50
-    op_timeout_ms: float = 1000
-    connect_timeout_ms: float = 1000
-    backoff_ms: list[float] = field(default_factory=lambda: [0, 100, 250, 500, 1000, 2000])
+    interval_ms: int = 50
+    op_timeout_ms: int = 1000
+    connect_timeout_ms: int = 1000
+    backoff_ms: list[int] = field(default_factory=lambda: [0, 100, 250, 500, 1000, 2000])
     select: str = "first"
     ops: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OPS))
     users: list[dict[str, str]] = field(default_factory=list)
@@ -134,22 +134,22 @@ class ClientConfig:
     seed: int = 1
     events: str | None = None
     auth: str = "ntlm"  # ntlm: a re-authentication is a credential prompt; kerberos: silent
-    prompt_answer_ms: float = 0  # the user's time to type credentials at a prompt
+    prompt_answer_ms: int = 0  # the user's time to type credentials at a prompt
 
 
 @dataclass(kw_only=True)
 class HttpTiming:
     """The HTTP clients' clock (the spec's ``http`` and ``clients`` timings)."""
-    owa_interval_ms: float
-    eas_sync_interval_ms: float
-    oa_interval_ms: float
-    request_timeout_ms: float
-    eas_heartbeat_s: float
+    owa_interval_ms: int
+    eas_sync_interval_ms: int
+    oa_interval_ms: int
+    request_timeout_ms: int
+    eas_heartbeat_s: int
     oa_keepalive_s: float
     time_scale: float
-    autodiscover_retry_ms: float
-    connect_timeout_ms: float
-    backoff_ms: list[float]
+    autodiscover_retry_ms: int
+    connect_timeout_ms: int
+    backoff_ms: list[int]
 
 
 @dataclass(kw_only=True)
@@ -176,7 +176,7 @@ class ProberConfig:
     events: str | None = None
     duration_s: float | None = None
     iface: str | None = None
-    timeout_ms: float = 200
+    timeout_ms: int = 200
     sport_range: list[int] = field(default_factory=lambda: [10000, 29999])
     send_rst: bool = False
     source_ip: str | None = None
@@ -190,7 +190,7 @@ class AppProberConfig:
     target: TargetConfig
     user: str
     db: str
-    timeout_ms: float = 1000
+    timeout_ms: int = 1000
     events: str | None = None
 
 
@@ -205,8 +205,8 @@ class HealthAgentConfig:
     vip: str
     members: list[HealthMember]
     port: int
-    interval_ms: float
-    timeout_ms: float
+    interval_ms: int
+    timeout_ms: int
     check: str = "app"
     socket: str
     events: str | None = None

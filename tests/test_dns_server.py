@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from caslab.services import DNSMASQ
+from caslab.services import DNSMASQ_BINARY as DNSMASQ
 
 pytestmark = pytest.mark.skipif(not Path(DNSMASQ).exists() or not shutil.which("unshare"),
                                 reason="needs dnsmasq and unshare")

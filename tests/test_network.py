@@ -13,9 +13,11 @@ import pytest
 from caslab.netlab import LabNetwork
 from caslab.ofchannel import listening_socket, write_private
 from caslab.waits import wait_until
+from labcommon.programs import Program
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
+TEST_SERVER = Program("test-server", "other", None, None, None, 0)  # a test's own server, not the lab's
 
 ECHO_SERVER = ("import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
                "s.bind(('0.0.0.0',6001));s.listen(8)\n"
@@ -49,7 +51,7 @@ def start_network(tmp_path, app: str, config: dict | None = None, cas: int = 2, 
 
 
 def start_echo(lab, host: str):
-    return lab.popen_in(host, f"echo-{host}", [sys.executable, "-c", ECHO_SERVER % host])
+    return lab.popen_in(host, f"echo-{host}", [sys.executable, "-c", ECHO_SERVER % host], program=TEST_SERVER)
 
 
 def echo_from(lab, client: str, address: str) -> str:

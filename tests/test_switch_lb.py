@@ -25,11 +25,13 @@ from caslab import nlb_client, system
 from caslab.netlab import LabNetwork
 from caslab.ofchannel import listening_socket, write_private
 from caslab.waits import wait_until
+from labcommon.programs import Program
 from controllers.nlb_flows import zone_of
 from controllers.nlb_state import dump_conntrack
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
+TEST_SERVER = Program("test-server", "other", None, None, None, 0)  # a test's own server, not the lab's
 
 SERVER = r"""
 import socket, sys, threading
@@ -145,7 +147,8 @@ class Lab:
         self.lab.start()
         self.lab.wait_connected()
         for cas in self.plan.by_role("cas"):
-            self.lab.popen_in(cas.name, f"srv-{cas.name}", [sys.executable, "-c", SERVER, cas.name])
+            self.lab.popen_in(cas.name, f"srv-{cas.name}", [sys.executable, "-c", SERVER, cas.name],
+                              program=TEST_SERVER)
         interface = self.lab.host_interface(self.client.name)
         for i in range(1, 201):
             self.lab.run_in(self.client.name, ["ip", "addr", "add", f"{self.base}.{i}/16", "dev", interface])
