@@ -38,10 +38,10 @@ def run(seconds: int = 5, rounds: int = 3) -> dict:
     work = Path(tempfile.mkdtemp(prefix="caslab-bench-"))
     lab = LabNetwork(plan, work)
     spec = validate({}, "bench")
-    ctx = RunContext(spec | {"mode": "sdn-nlb"}, plan, lab, work, NullLog())
+    ctx = RunContext(spec | {"mode": "sdn-nlb"}, plan, lab, work, NullLog(), mode=mode_for("sdn-nlb"))
     try:
         lab.build()
-        start_controller(ctx, mode_for("sdn-nlb"))
+        start_controller(ctx, ctx.mode)
         lab.start()
         lab.wait_connected()
         cas, client = plan.by_role("cas")[0], plan.by_role("client")[0].name

@@ -1,13 +1,15 @@
 """The typed context of one scenario run: what the runner, the modes and the faults share.
+What only a mode needs during a run (Windows NLB's agents, the SDN NLB's health socket)
+is its own instance's, not a field here.
 
 It replaces a bag of string keys with named fields whose writer and readers are stated:
 
     field               written by                       read by
     spec, plan, lab     scenario.lab_up                  everyone
+    mode                scenario.lab_up (mode_for)       scenario, faults (drain, rejoin), live lab
     databases           services.start_mailboxes         faults (Active Manager), metrics records
     rcas                services.start_autodiscover      faults.rebind
     dns_server          services.start_dns               modes (client targets)
-    nlb_socket          modes.sdn_nlb (config)           modes.sdn_nlb (health agents)
     nlb_api_socket      RunContext (bound on creation)   scenario.start_controller (handed to the controller)
     nlb_api_port        its port                         modes.sdn_nlb, bench, live lab
     nlb_token_file()    modes.sdn_nlb (config)           the controller, `caslab nlb --token-file`
@@ -15,8 +17,6 @@ It replaces a bag of string keys with named fields whose writer and readers are 
     restart_controller  scenario.start_controller        faults.controller_crash
     timers              faults (delayed actions)         scenario (cancelled at teardown)
     placement           caslab.hypervisor (start, move)  caslab.hypervisor, faults.vm_move
-    wnlb_agents         modes.wnlb (prepare)             modes.wnlb (drain, rejoin, waits)
-    flood_base          modes.wnlb (measure_start)       modes.wnlb (measure_end)
     tls                 http_services.prepare_tls        services (CAS), modes (HAProxy), HTTP clients
 """
 
@@ -62,6 +62,7 @@ class RunContext:
     raw_dir: Path
     log: Any
     repetition: int = 0
+    mode: Any = None  # this run's instance of its mode (caslab.modes.mode_for)
     # the admin API's socket, bound and listening now: no other user can take its port
     # before the controller serves on it (and be handed the token)
     nlb_api_socket: socket.socket | None = field(default_factory=listening_socket)
@@ -69,21 +70,14 @@ class RunContext:
     controller: LabProcess | None = None
     restart_controller: Callable[[], None] | None = None
     dns_server: str | None = None
-    nlb_socket: str | None = None
     databases: dict[str, DatabaseLayout] = field(default_factory=dict)
     rcas: dict[str, str] = field(default_factory=dict)
     timers: list[threading.Timer] = field(default_factory=list)
     placement: dict[str, str] = field(default_factory=dict)
-    wnlb_agents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    flood_base: dict[str, Any] = field(default_factory=dict)
     tls: Any = None  # caslab.tls.TlsFiles when the run has HTTPS services
     _socket_dir: Path | None = None
     _store_dir: Path | None = None
     _busiest: str | None = None
-
-    @property
-    def mode(self) -> str:
-        return self.spec["mode"]
 
     @property
     def nlb_api_port(self) -> int | None:

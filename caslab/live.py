@@ -34,6 +34,7 @@ from typing import Any
 
 from caslab import interrupts, nlb_client, plan_view, runner, scenario as scenario_mod, spec as spec_mod, system
 from caslab.live_control import ControlServer
+from caslab.modes import MODES
 from caslab.netlab import LabError
 from caslab.scenario_check import check_fault_in
 from caslab.schema import SpecError
@@ -114,7 +115,7 @@ class LiveLab:
 
     @property
     def has_api(self) -> bool:
-        return self.up.mode.controller_app == "controllers.sdn_nlb"
+        return self.up.mode.admin_api
 
     # ---- what the user sees -------------------------------------------------------------
 
@@ -201,7 +202,7 @@ class LiveLab:
         action, vip, value = request.get("action"), request.get("vip"), request.get("value")
         command = describe(request)
         if not self.has_api:
-            raise LiveError(f"mode {self.up.mode.name} has no NLB admin API (only sdn-nlb has one; "
+            raise LiveError(f"mode {self.up.mode.name} has no NLB admin API (only {', '.join(m for m, c in MODES.items() if c.admin_api)} has one; "
                             "drain a Windows NLB host with: caslab fault drain CAS)")
         plan = self.ctx.plan
         names = {h.name for h in plan.by_role("cas")}

@@ -41,22 +41,21 @@ def host_rows(plan: LabPlan, extra: Callable[[str], list[str]] | None = None) ->
 def dry_context(scenario: dict[str, Any], plan: LabPlan) -> RunContext:
     """A run context without a network: enough for the mode's and Exchange's pure answers."""
     ctx = RunContext(scenario, plan, lab=None, raw_dir=None, log=None,  # type: ignore[arg-type]
-                     nlb_api_socket=None)  # no controller: no socket to bind
+                     nlb_api_socket=None, mode=mode_for(scenario["mode"]))  # no controller: no socket to bind
     ctx.databases = services.database_layout(scenario, plan)
     return ctx
 
 
 def arrays_lines(scenario: dict[str, Any], plan: LabPlan) -> list[str]:
     ctx = dry_context(scenario, plan)
-    mode = mode_for(scenario["mode"])
-    addresses = mode.array_addresses(ctx)
+    addresses = ctx.mode.array_addresses(ctx)
     lines = []
     for site, array in sorted(ctx.arrays().items()):
         answer = ", ".join(addresses.get(site, [])) or "no record in this mode"
         lines.append(f"array {array['name']} ({site}): {array['fqdn']} -> {answer}")
     if not lines:
         lines.append("no CAS array (arrays = [])")
-    rcas = services.rpc_client_access_servers(ctx, mode.default_rcas(ctx))
+    rcas = services.rpc_client_access_servers(ctx, ctx.mode.default_rcas(ctx))
     for db, layout in sorted(ctx.databases.items()):
         lines.append(f"{db}: active on {layout.active}, copies {', '.join(layout.copies)}; "
                      f"RpcClientAccessServer {rcas[db]}")

@@ -193,7 +193,7 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
     mode = mode_for(scenario["mode"])
     log = EventLog(raw_dir / "runner.jsonl", "runner")
     lab = LabNetwork(plan, raw_dir, topo_options=wan_options(scenario, log, progress))
-    ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition)
+    ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition, mode=mode)
     sampler, watcher = CpuSampler(log), ExitWatcher(ctx)
     timing = scenario["timing"]
     log.emit(SCENARIO_START, mode=scenario["mode"], label=scenario["label"], repetition=repetition,
@@ -293,7 +293,7 @@ class Window:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.cost = CostMeter(ctx.lab)
-        self.mode = mode_for(ctx.mode)
+        self.mode = ctx.mode
 
     def open(self, observe_s: float) -> None:
         log_clocks(self.ctx.log)

@@ -44,10 +44,9 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
     check_exchange(source, scenario, plan, hosts)
     mode = MODES[scenario["mode"]]
     check_http(source, scenario, mode.capabilities, mode.name, set(hosts))
-    if topo["multi_role"] and scenario["mode"] == "wnlb":
-        raise SpecError(source, "topology.multi_role", "a mode other than wnlb: Windows NLB and the failover "
-                                                       "clustering a DAG needs cannot run on the same server "
-                                                       "(use a hardware load balancer, as Microsoft advises)", True)
+    if topo["multi_role"] and mode.multi_role_refusal:
+        raise SpecError(source, "topology.multi_role", f"a mode other than {mode.name}: {mode.multi_role_refusal}",
+                        True)
     if topo["multi_role"] and plan.virtualized:
         raise SpecError(source, "topology.multi_role", "false with topology.hypervisors: the lab runs only "
                                                        "single-role CAS as virtual machines", True)

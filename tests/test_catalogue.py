@@ -128,3 +128,15 @@ def test_every_mode_has_its_own_colour_in_every_plot():
 
     colours = [mode_style(name)[0] for name in MODES]
     assert len(set(colours)) == len(colours), dict(zip(MODES, colours))
+    assert all(MODES[name].colour == mode_style(name)[0] for name in MODES), "each mode declares its colour"
+    assert mode_style("a-mode-from-elsewhere") == mode_style("a-mode-from-elsewhere")  # unknown: a fixed pick
+
+
+def test_each_run_gets_its_own_mode_instance():
+    """What a mode learns in a run is that run's: two runs of one mode share nothing."""
+    from caslab.modes import mode_for
+
+    first, second = mode_for("wnlb"), mode_for("wnlb")
+    first.agents["cas1"] = {"control": "/x", "site": "HQ"}
+    assert first is not second and second.agents == {}
+    assert mode_for("sdn-nlb").admin_api and not mode_for("haproxy").admin_api

@@ -121,7 +121,7 @@ def haproxy_config(mode: str, tmp_path: Path, idle_s: float = 300) -> str:
     plan = plan_from_topology(scenario["topology"])
     ctx = SimpleNamespace(spec=scenario, plan=plan, tls=make_lab_tls(tmp_path / "tls", ["mail.lab.test"]),
                           socket_dir=lambda: tmp_path)
-    return MODES[mode].config_text(ctx, plan.sites[0])
+    return MODES[mode]().config_text(ctx, plan.sites[0])
 
 
 @pytest.mark.parametrize("mode, wanted", [

@@ -15,8 +15,5 @@ class Drain(Fault):
                                   "seconds after which remaining sessions are cut (SDN NLB)")}
 
     def inject(self, ctx):
-        from caslab.modes import mode_for
-
-        mode = mode_for(ctx.mode)
         for host in self.targets:
-            mode.drain(ctx, host, self.spec["deadline_s"])
+            ctx.mode.drain(ctx, host, self.spec["deadline_s"])

@@ -14,8 +14,5 @@ class Rejoin(Fault):
         return []
 
     def inject(self, ctx):
-        from caslab.modes import mode_for
-
-        mode = mode_for(ctx.mode)
         for host in self.targets:
-            mode.rejoin(ctx, host)
+            ctx.mode.rejoin(ctx, host)

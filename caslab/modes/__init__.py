@@ -9,11 +9,19 @@ A mode class declares:
                                ``controller`` (an SDN controller that can crash);
 * ``controller_app``           the controller app run on the switches (plain L2 by default);
 * ``multi_switch``             whether it works with CAS behind hypervisor switches;
+* ``multi_role_refusal``       why it cannot run on multi-role servers (None: it can);
+* ``admin_api``                whether its load balancer has the lab's NLB admin API
+                               (``caslab nlb``, the live lab's ``nlb`` command);
+* ``colour``, ``line``         how its curves look in every plot (Okabe & Ito's palette);
 
 and implements ``controller_config``, ``array_addresses``, ``start``, ``target`` and,
 with a load balancer, ``drain`` / ``rejoin``; ``prepare`` (before the roles start) and
-``measure_start`` / ``measure_end`` (around the measurement window) when it needs them. ``caslab.spec`` reads the declarations;
-adding a mode is one new file in this folder.
+``measure_start`` / ``measure_end`` (around the measurement window) when it needs them.
+``caslab.spec`` reads the declarations; adding a mode is one new file in this folder.
+
+``MODES`` holds the classes; each run gets its own instance (``mode_for``), kept in its
+``RunContext``, so what a mode learns during a run (its agents, its counters) is the
+instance's and dies with the run.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from topologies.plan import LAB_DOMAIN, HostPlan
 if TYPE_CHECKING:
     from caslab.context import RunContext
 
-MODES: dict[str, "Mode"] = {}
+MODES: dict[str, type["Mode"]] = {}
 
 
 class Mode:
@@ -42,13 +50,17 @@ class Mode:
     controller_app: ClassVar[str] = "controllers.l2_switch"
     rotate_answers: ClassVar[bool] = False  # dns-rr: sessions start at different A records
     multi_switch: ClassVar[bool] = True     # works when CAS sit behind hypervisor switches
+    multi_role_refusal: ClassVar[str | None] = None  # why it cannot run on multi-role servers
+    admin_api: ClassVar[bool] = False       # its load balancer serves the lab's NLB admin API
+    colour: ClassVar[str] = ""              # its curves' colour ("" : a fixed pick by name)
+    line: ClassVar[object] = "-"            # and line style (matplotlib)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.name:
             if cls.name in MODES:
                 raise TypeError(f"mode {cls.name!r} is defined twice")
-            MODES[cls.name] = cls()
+            MODES[cls.name] = cls
 
     def controller_config(self, ctx: "RunContext") -> dict[str, Any] | None:
         return None
@@ -97,8 +109,9 @@ class VipMode(Mode):
 
 
 def mode_for(name: str) -> Mode:
+    """A new instance of the mode, for one run."""
     try:
-        return MODES[name]
+        return MODES[name]()
     except KeyError:
         raise ValueError(f"mode {name!r} is not implemented; available: {sorted(MODES)}") from None
 

@@ -8,6 +8,7 @@ from topologies.plan import LAB_DOMAIN
 
 class Direct(Mode):
     name = "direct"
+    colour, line = "#000000", (0, (1, 1))  # in every plot
     description = "profile bound to one CAS by name; no load balancer"
 
     def array_addresses(self, ctx):

@@ -14,6 +14,7 @@ from caslab.modes import Mode
 
 class DnsRoundRobin(Mode):
     name = "dns-rr"
+    colour, line = "#E69F00", "--"  # in every plot
     description = "several A records for the array name, TTL from the spec"
     rotate_answers = True
 

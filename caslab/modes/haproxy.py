@@ -30,6 +30,7 @@ def idle_timeout(ctx) -> str:
 
 class Haproxy(VipMode):
     name = "haproxy"
+    colour, line = "#CC79A7", ":"  # in every plot
     description = "real HAProxy (TCP mode) holding the VIP; health checks inter/fall/rise; HTTPS with source affinity"
     capabilities = frozenset({"load_balancer", "idle_timeout"})
     section = "haproxy"

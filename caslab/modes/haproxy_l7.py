@@ -24,6 +24,7 @@ CHECK_PATH = "/owa/auth/logon.aspx"
 
 class HaproxyL7(Haproxy):
     name = "haproxy-l7"
+    colour, line = "#D55E00", (0, (3, 1, 1, 1))  # in every plot
     description = "real HAProxy at layer 7 for HTTPS: TLS termination, cookie persistence, HTTP checks"
 
     def https_text(self, ctx, site) -> str:

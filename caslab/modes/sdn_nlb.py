@@ -26,10 +26,12 @@ AFFINITIES = ("none", "single", "network")
 
 class SdnNlb(VipMode):
     name = "sdn-nlb"
+    colour, line = "#0072B2", "-"  # in every plot
     description = "SDN load balancer: port-status and active-probe detection, consistent hashing, fast RST"
     controller_app = "controllers.sdn_nlb"
     capabilities = frozenset({"load_balancer", "controller"})
     multi_switch = False  # its dataplane is the site switch the CAS are on
+    admin_api = True
     section = "nlb"
     settings = {
         "fast_fail": Field(bool, True, doc="reset the clients of a dead CAS at once"),
@@ -64,6 +66,9 @@ class SdnNlb(VipMode):
             out.append({"port_name": port, "mac": mac, "prefixes": others})
         return out
 
+    def __init__(self):
+        self.health_socket: str | None = None  # where the health agents report, this run
+
     def nlb_config(self, ctx, affinity: str, **settings) -> dict[str, Any]:
         vips = []
         for site in ctx.plan.sites:
@@ -75,12 +80,12 @@ class SdnNlb(VipMode):
                          "ip": site.vip, "mac": site.vip_mac, "dpid": site.index,
                          "ports": [CAS_PORT, HTTPS_PORT] if http_enabled(ctx.spec) else [CAS_PORT],
                          "affinity": affinity, "members": members, "sources": self.sources(ctx, site)})
-        ctx.nlb_socket = str(ctx.socket_dir() / "nlb-health.sock")
+        self.health_socket = str(ctx.socket_dir() / "nlb-health.sock")
         nlb = ctx.spec["nlb"]
         return {
             "events": ctx.events_path("nlb"), "vips": vips, "datapath_name": ctx.lab.datapath_name,
             "state_file": str(ctx.raw_dir / "nlb-admin-state.json"),
-            "health": {"socket": ctx.nlb_socket, "fall": nlb["fall"], "rise": nlb["rise"]},
+            "health": {"socket": self.health_socket, "fall": nlb["fall"], "rise": nlb["rise"]},
             "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port, "fd": ctx.nlb_api_socket.fileno(),
                     "token_file": str(ctx.nlb_token_file())}, **settings,
         }
@@ -97,7 +102,7 @@ class SdnNlb(VipMode):
                 continue
             lb = ctx.plan.by_role("lb", site.name)[0]
             config = HealthAgentConfig(vip=site.vip, members=members, port=CAS_PORT, interval_ms=interval_ms,
-                                       timeout_ms=timeout_ms, check=check, socket=ctx.nlb_socket,
+                                       timeout_ms=timeout_ms, check=check, socket=self.health_socket,
                                        events=ctx.events_path(HEALTH_AGENT.process_name(lb.name)))
             ctx.start_program(HEALTH_AGENT, lb.name, config)
 

@@ -43,9 +43,12 @@ STATIC_MAC_COOKIE = 0x4E4C  # "NL": the admin's static MAC entry on the switch
 
 class WindowsNlb(VipMode):
     name = "wnlb"
+    colour, line = "#56B4E9", "-."  # in every plot
     description = "Windows NLB: cluster MAC, flooding, 60 buckets filtered per host, heartbeats, convergence"
     capabilities = frozenset({"load_balancer"})
     section = "wnlb"
+    multi_role_refusal = ("Windows NLB and the failover clustering a DAG needs cannot run on the same server "
+                          "(use a hardware load balancer, as Microsoft advises)")
     settings = {
         "mode": choice("unicast", MODES, "unicast: 02-BF-<VIP> replaces each host's MAC; multicast: 03-BF-<VIP>"),
         "heartbeat_ms": int_range(1000, 10, 60000, "AliveMsgPeriod"),
@@ -60,6 +63,10 @@ class WindowsNlb(VipMode):
         "switch_static_mac": Field(bool, False, doc="multicast: the switch has a static MAC entry for the cluster MAC "
                                                     "on the members' ports (no flooding to other ports)"),
     }
+
+    def __init__(self):
+        self.agents: dict[str, dict[str, Any]] = {}  # CAS -> its agent's control socket and site, this run
+        self.flood_base: dict[str, Any] = {}  # the switch ports' counters when the window opened
 
     # ---- before the roles --------------------------------------------------------
 
@@ -76,7 +83,7 @@ class WindowsNlb(VipMode):
                                          affinity=w["affinity"], track_connections=w["track_connections"],
                                          control=control, events=ctx.events_path(name))
                 agents.append(ctx.start_program(WNLB_AGENT, cas.name, config))
-                ctx.wnlb_agents[cas.name] = {"control": control, "site": site.name}
+                self.agents[cas.name] = {"control": control, "site": site.name}
         wait_ready(ctx.raw_dir, agents, ctx.spec["timing"]["ready_timeout_s"],
                    "every Windows NLB agent to set up its host")
         for site in self.cluster_sites(ctx):
@@ -155,7 +162,7 @@ class WindowsNlb(VipMode):
 
     def measure_start(self, ctx):
         """Switch ports first, NIC counters after: the ports' window holds the NICs' one."""
-        ctx.flood_base = {"ports": port_tx_bytes(ctx.plan.switch_names()), "ns": time.monotonic_ns()}
+        self.flood_base = {"ports": port_tx_bytes(ctx.plan.switch_names()), "ns": time.monotonic_ns()}
         for host, interface, _ in self.bystanders(ctx):
             self._run(ctx, host, ["nft", "reset", "counters", "table", "netdev", self._table(interface)])
 
@@ -166,8 +173,8 @@ class WindowsNlb(VipMode):
                                                 self._table(interface)])
             counters[(host, port)] = parse_counters(out) if status == 0 else {}
         ports = port_tx_bytes(ctx.plan.switch_names())
-        base = ctx.flood_base.get("ports", {})
-        window_ms = round((time.monotonic_ns() - ctx.flood_base.get("ns", time.monotonic_ns())) / 1e6, 1)
+        base = self.flood_base.get("ports", {})
+        window_ms = round((time.monotonic_ns() - self.flood_base.get("ns", time.monotonic_ns())) / 1e6, 1)
         for (host, port), found in counters.items():
             tx = ports[port] - base[port] if port in ports and port in base else None
             if "cluster" not in found or "heartbeat" not in found:  # unread counters are unknown, never 0
@@ -197,18 +204,18 @@ class WindowsNlb(VipMode):
         def converged(source: str, ev: dict) -> str | None:
             if ev.get("ev") != WNLB_CONVERGED:
                 return None
-            cas = next(c for c in ctx.wnlb_agents if WNLB_AGENT.process_name(c) == source)
-            return source if len(ev.get("members", [])) == size[ctx.wnlb_agents[cas]["site"]] else None
+            cas = next(c for c in self.agents if WNLB_AGENT.process_name(c) == source)
+            return source if len(ev.get("members", [])) == size[self.agents[cas]["site"]] else None
 
         w = ctx.spec["wnlb"]
         timeout = ctx.spec["timing"]["ready_timeout_s"] + (w["missed"] + 2 * w["stable"]) * w["heartbeat_ms"] / 1000
-        wait_for_events(LogTail(ctx.raw_dir, [WNLB_AGENT.process_name(c) for c in ctx.wnlb_agents]),
-                        len(ctx.wnlb_agents), converged, timeout, "every Windows NLB host to converge with all of its cluster")
+        wait_for_events(LogTail(ctx.raw_dir, [WNLB_AGENT.process_name(c) for c in self.agents]),
+                        len(self.agents), converged, timeout, "every Windows NLB host to converge with all of its cluster")
 
     def command(self, ctx, host: str, message: dict[str, Any]) -> None:
         """nlb drainstop / nlb start, run on the host: a datagram to its agent."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(json.dumps(message).encode(), ctx.wnlb_agents[host]["control"])
+            sock.sendto(json.dumps(message).encode(), self.agents[host]["control"])
 
     def drain(self, ctx, host, deadline_s):
         self.command(ctx, host, {"cmd": "drainstop", "deadline_s": deadline_s})

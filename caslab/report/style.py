@@ -1,5 +1,5 @@
-"""How every plot looks: one colour-blind-safe colour and one line style per mode, the same
-in every plot and every run (Okabe & Ito's palette), and deterministic files (PNG and SVG
+"""How every plot looks: one colour-blind-safe colour and one line style per mode (each
+mode declares its own), the same in every plot and every run (Okabe & Ito's palette), and deterministic files (PNG and SVG
 carry no dates, so ``caslab report`` rebuilds them byte for byte)."""
 
 from __future__ import annotations
@@ -13,17 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from caslab.modes import MODES  # noqa: E402
 from caslab.safefs import write_file  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-MODE_STYLE = {
-    "sdn-nlb": ("#0072B2", "-"),
-    "haproxy": ("#CC79A7", ":"),
-    "wnlb": ("#56B4E9", "-."),
-    "dns-rr": ("#E69F00", "--"),
-    "direct": ("#000000", (0, (1, 1))),
-    "haproxy-l7": ("#D55E00", (0, (3, 1, 1, 1))),
-}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 STATUS_COLOURS = {"ok": "#009E73", "failed": "#D55E00", "down": "#000000"}
 
@@ -31,9 +24,12 @@ plt.rcParams.update({"svg.hashsalt": "caslab", "font.size": 9, "axes.titlesize":
 
 
 def mode_style(mode: str) -> tuple[str, object]:
-    """(colour, line style) of a mode; modes not listed get a fixed pick by name."""
-    if mode in MODE_STYLE:
-        return MODE_STYLE[mode]
+    """(colour, line style) of a mode, as the mode declares them (caslab/modes); a mode
+    that declares none, or that this lab does not know (an old result), gets a fixed pick
+    by name."""
+    known = MODES.get(mode)
+    if known is not None and known.colour:
+        return known.colour, known.line
     pick = int(hashlib.sha256(mode.encode()).hexdigest(), 16)
     return OKABE_ITO[pick % len(OKABE_ITO)], ["-", "--", "-.", ":"][pick // 8 % 4]
 
