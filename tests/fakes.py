@@ -8,7 +8,7 @@
 * ``FakeHub``: stands in for os-ken's hub in the app: ``spawn`` is recorded, never run
   (the app starts its threads in ``__init__``); a test runs one loop of a spawned
   function when it wants (``sleep`` raises ``StopLoop`` once the loop's budget is spent).
-* ``FakeClock``, ``NsClock``, ``drive``, ``fire_next``: clocks the test moves, and what the
+* ``NsClock``, ``drive``, ``fire_next``: a clock the test moves, and what the
   app's timer thread does (``SdnNlb.tick``) run on the fake time. The core's own tests
   (test_nlb_core.py) need none of this.
 * Builders of the events the app handles (features, port desc, port status, packet-in,
@@ -98,7 +98,6 @@ class Call:
     func: Callable
     args: tuple
     kwargs: dict
-    seconds: float = 0.0
 
     @property
     def name(self) -> str:
@@ -144,7 +143,7 @@ class FakeHub:
             self.sleep_budget = None
 
     def run_spawned(self, name: str) -> list:
-        """Run (once each) the spawned calls of ``name`` not run yet; returns what they returned."""
+        """Run (once each, and forget) the spawned calls of ``name``; returns what they returned."""
         calls = [c for c in self.spawned if c.name == name]
         self.spawned = [c for c in self.spawned if c.name != name]
         return [c() for c in calls]
@@ -161,17 +160,6 @@ def install_fake_hub(monkeypatch) -> FakeHub:
             patched.append(name)
     assert "controllers.sdn_nlb" in patched
     return fake
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 S = 1_000_000_000

@@ -157,8 +157,10 @@ def test_drain_deadline_evicts_the_remaining_sessions(make_app, version, hub):
     pinned = pin_until(app, dp, {"cas3"})
     on_cas3 = sum(1 for v in pinned.values() if v == "cas3")
     dp.take()
+    app.wakeup.clear()
     app.drain(app.core.vips[0], "cas3", deadline_s=30)
     assert dp.take() == [] and timer_delays(app, "drain") == [30]
+    assert app.wakeup.is_set()  # the timer thread recomputes its wait
     fire_next(app, "drain")
     assert unpinned(dp.take()) == unpin_of(3) and "cas3" not in app.core.vips[0].conns.count_by_backend()
     assert drive(app, DELAYS_S[0]) == on_cas3

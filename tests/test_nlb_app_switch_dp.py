@@ -19,7 +19,7 @@ from controllers.nlb_flows import (
     zone_of,
 )
 from controllers.nlb_state import CtEntry
-from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
+from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RELEARN, NLB_RESET, NLB_SWITCH_UNUSABLE
 from tests.fakes import (
     CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
     all_ports, apply_actions, barrier_reply, checksums_ok, deliver, drive, events, features, fire_next, flow_mods,
@@ -139,6 +139,16 @@ def test_switch_dataplane_spawns_the_conntrack_reader_only_with_fast_fail(make_a
     hub.spawned.clear()
     make_app(dataplane="switch", fast_fail=False)
     assert "_conntrack_loop" not in hub.spawned_names()
+
+
+def test_the_conntrack_is_read_when_a_vip_is_installed_off_the_handlers_thread(make_app, hub, conntrack):
+    conntrack.entries = [ct(CLIENT.ip, 40001, 1), ct(CLIENT.ip, 40002, 2, "TIME_WAIT")]
+    app, _ = switch_app(make_app)
+    assert conntrack.calls == [] and events(app, NLB_RELEARN) == []  # spawned, not read in the handler
+    hub.run_spawned("_relearn")
+    assert conntrack.calls == [("dump", zone_of(1), None)] and app.core.ct_cache == {1: conntrack.entries}
+    [relearn] = events(app, NLB_RELEARN)
+    assert (relearn["dpid"], relearn["conns"]) == (1, 1)  # a closing connection is nobody's to reset
 
 
 def test_port_desc_installs_guard_group_service_and_delivery(make_app):
