@@ -111,7 +111,7 @@ class SdnNlb(BaseApp):
                     else:
                         out.channel.send_msg(msg)
             elif isinstance(out, Emit):
-                self.event_log.emit(out.event, ts=out.ts, **out.fields)
+                self.event_log.emit(event=out.event, ts=out.ts, **out.fields)  # named by the core's Emit.emit
             elif isinstance(out, Wake):
                 self.wakeup.set()
             elif isinstance(out, Close):
