@@ -6,13 +6,17 @@ in test_nlb_app_probes.py."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_UP
 from tests.fakes import (
-    CLIENT, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
+    CLIENT, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath, StopLoop,
     all_ports, challenge_wait, checksums_ok, chosen, conns_of, drive, events, features, flow_mods, member_port,
     ofport, outputs, packet_in, packet_outs, fire_next, pin_member, pin_until, port_desc, port_status, ready, tcp_frame, timer_delays,
     unpin_of, unpinned,
@@ -60,6 +64,37 @@ def test_link_down_unpins_the_member_and_challenges_its_clients_on_the_schedule(
     [evict] = events(app, NLB_EVICT)
     assert (evict["member"], evict["reason"], evict["conns"], evict["fast_fail"]) == ("cas2", "port_down",
                                                                                       len(on_cas2), True)
+
+
+def test_the_timer_thread_sends_due_challenges_by_itself(make_app, version):
+    """The app's own timer thread, on the real clock: woken by the eviction, it sends the
+    challenges when they are due, without a test driving it."""
+    app = make_app(fast_fail=True)
+    dp = ready(app, version)
+    on_cas2 = sum(1 for v in pin_until(app, dp, {"cas2"}).values() if v == "cas2")
+    app.clock = time.monotonic_ns
+    stop = threading.Event()
+
+    class Wakeup(threading.Event):
+        def wait(self, timeout=None):
+            if stop.is_set():
+                raise StopLoop
+            return super().wait(0.05 if timeout is None else min(timeout, 0.05))
+
+    def run():
+        with contextlib.suppress(StopLoop):
+            app._timer_loop()
+
+    app.wakeup = Wakeup()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    member_port(app, dp, "cas2", link_down=True)
+    deadline = time.monotonic() + 5
+    while app.core.stats["challenges"] < 3 * on_cas2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    stop.set()
+    thread.join(2)
+    assert app.core.stats["challenges"] >= 3 * on_cas2 and not thread.is_alive()
 
 
 def test_a_reset_client_is_not_challenged_again(make_app, version):
