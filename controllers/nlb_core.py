@@ -6,7 +6,8 @@ Inputs (one method each, ``now`` in monotonic nanoseconds): a switch connecting 
 channel dying, its ports, packet-ins, flow removals and flow stats, a switch error, the
 health agents' probe results, the admin API's requests (admin down/up, drain, rejoin,
 affinity), conntrack reads, the two halves of a failover, and ``tick`` (drain deadlines,
-convergence delays, the guard report) and ``challenges_due`` (the challenge schedule).
+convergence delays, the guard report) and ``challenges_due`` (the challenge schedule,
+also in two steps: ``challenges.due`` under the app's lock, ``challenge_writes`` off it).
 
 Outputs (small declared records): ``Send`` (OpenFlow messages, or raw bytes written as
 one buffer, to one channel), ``Emit`` (an event of labcommon/catalogue.py), ``Wake`` (the
@@ -201,11 +202,16 @@ class NlbCore:
         return out
 
     def challenges_due(self, now: int) -> list:
-        """Every challenge due at ``now``, written to each switch as one buffer: one entry
-        of the framework's 16-deep send queue and one TLS write, not one per connection (a
-        queue full of them made each wait for the sender thread)."""
+        """Every challenge due at ``now``, as ``challenge_writes`` makes them."""
+        return self.challenge_writes(self.challenges.due(now))
+
+    def challenge_writes(self, due: list) -> list:
+        """Challenges (``ChallengeSchedule.due``'s entries) written to each switch as one
+        buffer: one entry of the framework's 16-deep send queue and one TLS write, not one
+        per connection (a queue full of them made each wait for the sender thread). Reads
+        no state but the entries: the app builds them off its lock, as packet-ins wait on it."""
         by_switch: dict[int, tuple[Any, list[bytes]]] = {}
-        for channel, vip, conn in self.challenges.due(now):
+        for channel, vip, conn in due:
             frame = self.challenge_frame(vip, conn.key, conn.client_mac)
             by_switch.setdefault(id(channel), (channel, []))[1].append(
                 packet_out_bytes(channel.ofproto.OFP_VERSION, conn.in_port, frame))

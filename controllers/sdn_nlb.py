@@ -200,11 +200,12 @@ class SdnNlb(BaseApp):
 
     def tick(self) -> None:
         """What the core's timers and challenge schedule have due now (the timer thread's one
-        step). The challenges are written off the lock, as soon as they are due."""
+        step). The challenges are built and written off the lock (a thousand of them take
+        milliseconds, which the packet-ins carrying their answers would wait)."""
         self._call(self.core.tick)
         with self.lock:
-            challenges = self.core.challenges_due(self.clock())
-        self._execute(challenges)
+            due = self.core.challenges.due(self.clock())
+        self._execute(self.core.challenge_writes(due))
 
     def _failover_worker(self) -> None:
         while True:
