@@ -104,11 +104,11 @@ class ReadConntrack:
     vip_index: int  # read zone_of(vip_index), then conntrack_read(vip_index, entries, relearn=True)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Failover:
     """Switch dataplane, fast_fail: a member died and its flows are on their way, followed
-    by the barrier ``barrier_xid``; the app runs the failover off the lock (see
-    ``failover_cached``)."""
+    by the barrier ``barrier_xid``; the app's failover worker runs it in steps (see
+    ``failover_cached``), the record keeping what each step found."""
 
     channel: Any
     vip_index: int
@@ -117,7 +117,10 @@ class Failover:
     reason: str
     since: int  # ns, when the member was evicted
     barrier_xid: int
-    known: list = field(default_factory=list)  # the connections challenged from the cached read
+    known: list = field(default_factory=list)  # the connections of the cached read
+    fresh: list | None = None  # those the fresh read added (None: not read yet)
+    challenged_at: int = 0  # ns, the fresh read's start (the first wave was out)
+    looked_up: int = 0  # ns, its end
 
 
 # ---- the core ---------------------------------------------------------------------------------
@@ -480,43 +483,56 @@ class NlbCore:
 
     # ---- fast failover (switch dataplane) -----------------------------------------------------
 
+    # A failover runs in the app's failover worker, in steps, with the lock only around each
+    # call: the sends and the conntrack read are the failover's latency.
+    #   failover_cached    the clients known from the last periodic read: their flushes
+    #   failover_challenge ... then their challenges (after the flushes are written)
+    #   (the app reads the conntrack afresh: it holds the switch's main thread, which
+    #   forwards the lab's packets, tens of ms at a thousand sessions: after the first wave)
+    #   failover_fresh     the clients the fresh read adds: their flushes
+    #   failover_challenge ... then their challenges, and the eviction is told (NLB_EVICT)
+
     def failover_cached(self, fo: Failover, now: int) -> list:
         """A member just died and the switch applied its dead-member flows (or 50 ms
-        passed): the clients known from the last periodic conntrack read are forgotten by
-        the switch and challenged. The app then reads the conntrack afresh, off the lock
-        (the read holds the switch's main thread, which forwards the lab's packets, tens of
-        ms at a thousand sessions: it comes after this first wave), and calls
-        ``failover_fresh``."""
+        passed): the switch forgets the connections of the last periodic read (a
+        conntrack flush of each), so that each client's answer to its challenge, and any
+        segment it sends, is a stray that the tables as they are now send to a survivor,
+        instead of a datapath flow cached for the dead member's port until the switch
+        revalidates it (a hundred ms and more at a thousand sessions)."""
         vip = self._vip(fo.vip_index)
-        known = self._ct_connections(vip, fo.member_index, fo.name, self.ct_cache.get(vip.index, []), now)
-        fo.known[:] = known
-        return self._forget_and_challenge(fo.channel, vip, known, now)
+        fo.known[:] = self._ct_connections(vip, fo.member_index, fo.name, self.ct_cache.get(vip.index, []), now)
+        return self._flushes(fo.channel, vip, fo.known)
 
     def failover_fresh(self, fo: Failover, entries: list[CtEntry], challenged_at: int, looked_up: int,
                        now: int) -> list:
         """The fresh read (taken between ``challenged_at`` and ``looked_up``): the
-        connections opened since the cached read get the same; then the eviction is told."""
+        connections it adds are forgotten the same way."""
         vip = self._vip(fo.vip_index)
-        conns = self._ct_connections(vip, fo.member_index, fo.name, entries, now)
         challenged = {c.key for c in fo.known}
-        fresh = [c for c in conns if c.key not in challenged]
-        out = self._forget_and_challenge(fo.channel, vip, fresh, now)
-        return out + [Emit.emit(NLB_EVICT, vip=vip.ip, member=fo.name, reason=fo.reason,
-                                conns=len(fo.known) + len(fresh), fast_fail=True,
-                                lookup_ms=round((looked_up - challenged_at) / 1e6, 2),
-                                since_ms=round((challenged_at - fo.since) / 1e6, 2), cached=len(fo.known))]
+        fo.fresh = [c for c in self._ct_connections(vip, fo.member_index, fo.name, entries, now)
+                    if c.key not in challenged]
+        fo.challenged_at, fo.looked_up = challenged_at, looked_up
+        return self._flushes(fo.channel, vip, fo.fresh)
 
-    def _forget_and_challenge(self, channel, vip: Vip, conns: list[Connection], now: int) -> list:
-        """The switch forgets each connection (a conntrack flush of its tuple), then each
-        client is challenged: its answer, and any segment it sends, is a stray that the tables
-        as they are now send to a survivor, instead of a datapath flow cached for the dead
-        member's port until the switch revalidates it (a hundred ms and more at a thousand
-        sessions). The flushes go first, in one write."""
+    def failover_challenge(self, fo: Failover, now: int) -> list:
+        """The connections just flushed are challenged (at once, then on the schedule);
+        after the fresh read's, the eviction is told, with how long the read took
+        (``lookup_ms``) and how long after the eviction the first wave went (``since_ms``)."""
+        vip = self._vip(fo.vip_index)
+        if fo.fresh is None:
+            return self._challenge(fo.channel, vip, fo.known, now) if fo.known else []
+        out = self._challenge(fo.channel, vip, fo.fresh, now) if fo.fresh else []
+        return out + [Emit.emit(NLB_EVICT, vip=vip.ip, member=fo.name, reason=fo.reason,
+                                conns=len(fo.known) + len(fo.fresh), fast_fail=True,
+                                lookup_ms=round((fo.looked_up - fo.challenged_at) / 1e6, 2),
+                                since_ms=round((fo.challenged_at - fo.since) / 1e6, 2), cached=len(fo.known))]
+
+    def _flushes(self, channel, vip: Vip, conns: list[Connection]) -> list:
+        """Open vSwitch's conntrack flush of each connection, in one write."""
         if not conns:
             return []
         version, zone = channel.ofproto.OFP_VERSION, zone_of(vip.index)
-        flushes = b"".join(ct_flush_bytes(version, zone, c.key[:2], c.key[2:]) for c in conns)
-        return [Send(channel, [flushes])] + self._challenge(channel, vip, conns, now)
+        return [Send(channel, [b"".join(ct_flush_bytes(version, zone, c.key[:2], c.key[2:]) for c in conns)])]
 
     def _ct_connections(self, vip: Vip, index: int, name: str, entries, now: int) -> list[Connection]:
         """The live connections of member ``index`` among conntrack entries, as Connections."""

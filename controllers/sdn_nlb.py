@@ -222,14 +222,16 @@ class SdnNlb(BaseApp):
             applied.wait(0.05)
         self.barriers.pop((fo.channel.id, fo.barrier_xid), None)
         with self.lock:
-            first = self.core.failover_cached(fo, now=self.clock())
-        self._execute(first)
+            flushes = self.core.failover_cached(fo, now=self.clock())
+        self._execute(flushes)  # the switch forgets them before they are challenged
+        self._call(self.core.failover_challenge, fo)
         challenged_at = self.clock()
         entries = self.conntrack.dump(zone_of(fo.vip_index))
         looked_up = self.clock()
         with self.lock:
-            rest = self.core.failover_fresh(fo, entries, challenged_at, looked_up, now=self.clock())
-        self._execute(rest)
+            flushes = self.core.failover_fresh(fo, entries, challenged_at, looked_up, now=self.clock())
+        self._execute(flushes)
+        self._call(self.core.failover_challenge, fo)
 
     def _relearn(self, vip_index: int) -> None:
         """Switch dataplane: the connections the datapath carries for a VIP when the

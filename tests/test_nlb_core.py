@@ -253,15 +253,29 @@ def test_a_dead_member_in_the_switch_dataplane_is_a_failover_after_a_barrier():
                         now)
     first = core.failover_cached(fo, now + 2_000_000)
     [flush] = sent(first)
-    assert isinstance(flush, bytes) and flush[1] == 4  # one experimenter message: the one connection
-    assert of(first, Wake) == [Wake(now + 2_000_000)]  # challenged at once
+    assert isinstance(flush, bytes) and flush[1] == 4 and len(first) == 1  # one experimenter message, no more
+    assert core.challenges.pending == {}  # not before the switch has forgotten them
+    assert core.failover_challenge(fo, now + 2_000_000) == [Wake(now + 2_000_000)]  # challenged at once
     assert set(core.challenges.pending) == {(CLIENT.ip, 40001, VIP_IP, SERVICE_PORT)}
     fresh = [ct(CLIENT.ip, 40001, 2), ct(OTHER_CLIENT.ip, 40004, 2), ct("192.0.2.1", 40005, 2)]  # the last: no source
     rest = core.failover_fresh(fo, fresh, now + 3_000_000, now + 15_500_000, now + 16_000_000)
-    assert len(sent(rest)) == 1 and len(core.challenges.pending) == 2
-    [evict] = emitted(rest, NLB_EVICT)
+    assert len(sent(rest)) == 1 and emitted(rest) == [] and len(core.challenges.pending) == 1
+    last = core.failover_challenge(fo, now + 16_000_000)
+    assert of(last, Wake) == [Wake(now + 2_000_000)]  # the earliest due: the first wave, not sent in this test
+    assert len(core.challenges.pending) == 2 and (now + 16_000_000) in [e[0] for e in core.challenges.heap]
+    [evict] = emitted(last, NLB_EVICT)
     assert evict == {"vip": VIP_IP, "member": "cas2", "reason": "admin_down", "conns": 2, "fast_fail": True,
                      "lookup_ms": 12.5, "since_ms": 3.0, "cached": 1}
+
+
+def test_a_failover_with_nothing_to_reset_still_tells_the_eviction():
+    core, _ = core_for(dataplane="switch")
+    ch = connected(core, 0x06)
+    [fo] = of(core.port_status(ch, 3, MEMBER["cas3"].port_name, False, False, T0), Failover)
+    assert core.failover_cached(fo, T0) == [] and core.failover_challenge(fo, T0) == []
+    assert core.failover_fresh(fo, [], T0, T0 + 1_000_000, T0) == []
+    [evict] = emitted(core.failover_challenge(fo, T0 + 1_000_000))
+    assert (evict["conns"], evict["cached"], evict["lookup_ms"], evict["reason"]) == (0, 0, 1.0, "port_down")
 
 
 def test_without_fast_fail_the_switch_dataplane_evicts_at_once():
