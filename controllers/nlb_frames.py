@@ -191,5 +191,5 @@ def reset_for(segment: Frame, vip_mac: str, vip_ip: str, service_port: int) -> b
 
 def challenge(vip_mac: str, vip_ip: str, service_port: int, client_mac: str, client_ip: str, client_port: int,
               seq: int, ack: int) -> bytes:
-    """A one-byte segment the client must answer (see SdnNlb.challenge)."""
+    """A one-byte segment the client must answer (see NlbCore.challenge_frame)."""
     return tcp_segment(vip_mac, client_mac, vip_ip, client_ip, service_port, client_port, seq, ack, ACK, b"\0")

@@ -1,20 +1,14 @@
-"""The SDN NLB's state, apart from OpenFlow: VIPs and their members, what an admin set
-(kept in a file so a restarted controller keeps it), the switch's conntrack entries as
-the NLB reads them, and a token bucket for what reaches the controller. Pure code, unit
-tested without a switch."""
+"""The SDN NLB's state, apart from OpenFlow: VIPs and their members, the switch's
+conntrack entries as the NLB reads them, and a token bucket for what reaches the
+controller. Pure code (no file, socket, process or clock of its own), unit tested
+without a switch; what an admin set is kept on disk by controllers/nlb_io.py, and the
+conntrack is read there too."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import re
-import socket
-import subprocess
-import tempfile
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from controllers.nlb_logic import ConnectionTable, HealthTracker, Member, Pool
@@ -76,54 +70,10 @@ class Vip:
         return None, ""
 
 
-# ---------------------------------------------------------------- admin state across restarts
-
-@dataclass
-class AdminState:
-    """What an admin set on members, saved atomically after each change."""
-
-    path: Path | None
-    members: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # vip -> member -> state
-
-    @classmethod
-    def load(cls, path: str | None) -> "AdminState":
-        state = cls(Path(path) if path else None)
-        if state.path and state.path.exists():
-            try:
-                data = json.loads(state.path.read_text())
-                if isinstance(data, dict):
-                    state.members = {str(v): {str(m): s for m, s in ms.items() if isinstance(s, dict)}
-                                     for v, ms in data.items() if isinstance(ms, dict)}
-            except (OSError, ValueError):
-                pass
-        return state
-
-    def get(self, vip: str, member: str) -> dict[str, Any]:
-        return self.members.get(vip, {}).get(member, {})
-
-    def set(self, vip: str, member: str, **values: Any) -> None:
-        self.members.setdefault(vip, {}).setdefault(member, {}).update(values)
-        self.save()
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".nlb-state-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.members, handle, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-
-
 # ---------------------------------------------------------------- the switch's conntrack
 
 CT_LINE = re.compile(r"^tcp,orig=\(src=(?P<src>[\d.]+),dst=(?P<dst>[\d.]+),sport=(?P<sport>\d+),dport=(?P<dport>\d+)\)"
                      r".*?zone=(?P<zone>\d+)(?:,mark=(?P<mark>\d+))?.*?(?:state=(?P<state>[A-Z_0-9]+))?\)?$")
-OVS_RUNDIR = Path(os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
 
 
 @dataclass(frozen=True)
@@ -148,66 +98,18 @@ def parse_conntrack(text: str) -> list[CtEntry]:
     return out
 
 
-def unixctl(command: str, *args: str, timeout_s: float = 5) -> str:
-    """One command to ovs-vswitchd over its own control socket (what ovs-appctl does,
-    without starting a process: a conntrack dump at failover is then ~1 ms, not ~20)."""
-    pid = (OVS_RUNDIR / "ovs-vswitchd.pid").read_text().strip()
-    request = json.dumps({"method": command, "params": list(args), "id": 0}).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(str(OVS_RUNDIR / f"ovs-vswitchd.{pid}.ctl"))
-        sock.sendall(request)
-        decoder, buffer = json.JSONDecoder(), ""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise OSError("ovs-vswitchd closed the control socket")
-            buffer += chunk.decode()
-            try:
-                reply, _ = decoder.raw_decode(buffer)
-                break
-            except ValueError:
-                continue
-    if reply.get("error"):
-        raise OSError(str(reply["error"]))
-    return reply.get("result") or ""
-
-
-def _dpctl(command: str, datapath: str | None, zone: int) -> list[str]:
-    return [f"dpctl/{command}"] + ([datapath] if datapath else []) + [f"zone={zone}"]
-
-
-def dump_conntrack(zone: int, datapath: str | None = None, timeout_s: float = 5) -> list[CtEntry]:
-    """The datapath's connections in one zone (the controller runs in the root namespace)."""
-    argv = _dpctl("dump-conntrack", datapath, zone)
-    try:
-        return parse_conntrack(unixctl(*argv, timeout_s=timeout_s))
-    except (OSError, ValueError):
-        pass
-    try:
-        res = subprocess.run(["ovs-appctl"] + argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return parse_conntrack(res.stdout)
-
-
-def flush_conntrack(zone: int, datapath: str | None = None) -> None:
-    subprocess.run(["ovs-appctl"] + _dpctl("flush-conntrack", datapath, zone), capture_output=True, timeout=5,
-                   check=False)
-
-
 # ---------------------------------------------------------------- what reaches the controller
 
 class TokenBucket:
     """At most ``rate`` events per second, bursts of ``burst``; counts what it refused."""
 
-    def __init__(self, rate: float, burst: float, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens, self.stamp = burst, clock()
+    def __init__(self, rate: float, burst: float, now: float = 0.0):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, now
         self.refused = 0
 
-    def allow(self) -> bool:
-        now = self.clock()
+    def allow(self, now: float) -> bool:
+        """One event at ``now`` (monotonic seconds): allowed, or counted as refused."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1:
@@ -219,3 +121,12 @@ class TokenBucket:
     def take_refused(self) -> int:
         count, self.refused = self.refused, 0
         return count
+
+
+def __getattr__(name: str):
+    """``dump_conntrack`` moved to controllers/nlb_io.py (the I/O); still reachable here for
+    callers outside controllers/ that import it from its old place, loaded only then."""
+    if name == "dump_conntrack":
+        from controllers.nlb_io import dump_conntrack
+        return dump_conntrack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

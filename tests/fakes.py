@@ -5,11 +5,12 @@
   ``Datapath.send_msg`` does (so a message the real connection could not encode fails
   here too), checks the header and that the message belongs to its version's parser,
   and records it.
-* ``FakeHub``: stands in for os-ken's hub in every controllers module that imports it:
-  ``spawn`` and ``spawn_after`` are recorded, never run (the app starts its threads in
-  ``__init__``); a test fires timers or runs one loop of a spawned function when it
-  wants (``sleep`` raises ``StopLoop`` once the loop's budget is spent).
-* ``FakeClock``, ``drive``: a clock the test moves, and a pump for the app's Challenger.
+* ``FakeHub``: stands in for os-ken's hub in the app: ``spawn`` is recorded, never run
+  (the app starts its threads in ``__init__``); a test runs one loop of a spawned
+  function when it wants (``sleep`` raises ``StopLoop`` once the loop's budget is spent).
+* ``NsClock``, ``drive``, ``fire_next``: a clock the test moves, and what the
+  app's timer thread does (``SdnNlb.tick``) run on the fake time. The core's own tests
+  (test_nlb_core.py) need none of this.
 * Builders of the events the app handles (features, port desc, port status, packet-in,
   flow removed, flow stats, barrier reply, error), in the datapath's version, delivered
   the way os-ken routes them: to every method whose ``set_ev_cls`` names the event.
@@ -38,7 +39,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_5, ofpr
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Dot1AD, ARP, Dot1Q, Ether
 
-from controllers import compat, sdn_nlb  # sdn_nlb loads nlb_failover and nlb_probes too
+from controllers import compat, sdn_nlb
 from controllers.nlb_flows import FORWARD, REVERSE, T_CLASSIFY, Cookie
 
 OF13, OF15 = ofproto_v1_3.OFP_VERSION, ofproto_v1_5.OFP_VERSION
@@ -97,7 +98,6 @@ class Call:
     func: Callable
     args: tuple
     kwargs: dict
-    seconds: float = 0.0
 
     @property
     def name(self) -> str:
@@ -110,17 +110,12 @@ class Call:
 class FakeHub:
     def __init__(self):
         self.spawned: list[Call] = []
-        self.timers: list[Call] = []
         self.sleeps: list[float] = []
         self.sleep_budget: int | None = None
 
     def spawn(self, func, *args, **kwargs):
         self.spawned.append(Call(func, args, kwargs))
         return self.spawned[-1]
-
-    def spawn_after(self, seconds, func, *args, **kwargs):
-        self.timers.append(Call(func, args, kwargs, seconds))
-        return self.timers[-1]
 
     def sleep(self, seconds) -> None:
         self.sleeps.append(seconds)
@@ -147,21 +142,11 @@ class FakeHub:
         finally:
             self.sleep_budget = None
 
-    def delays(self) -> list[float]:
-        return [t.seconds for t in self.timers]
-
-    def fire_next(self):
-        """Run only the earliest pending timer."""
-        self.timers.sort(key=lambda t: t.seconds)
-        return self.timers.pop(0)()
-
-    def fire(self) -> int:
-        """Run every pending timer (earliest first), including ones they start."""
-        ran = 0
-        while self.timers:
-            self.fire_next()
-            ran += 1
-        return ran
+    def run_spawned(self, name: str) -> list:
+        """Run (once each, and forget) the spawned calls of ``name``; returns what they returned."""
+        calls = [c for c in self.spawned if c.name == name]
+        self.spawned = [c for c in self.spawned if c.name != name]
+        return [c() for c in calls]
 
 
 def install_fake_hub(monkeypatch) -> FakeHub:
@@ -173,35 +158,56 @@ def install_fake_hub(monkeypatch) -> FakeHub:
                 and getattr(module, "hub", None) is compat.hub:
             monkeypatch.setattr(module, "hub", fake)
             patched.append(name)
-    assert {"controllers.sdn_nlb", "controllers.nlb_failover", "controllers.nlb_probes"} <= set(patched)
+    assert "controllers.sdn_nlb" in patched
     return fake
 
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
+S = 1_000_000_000
 
-    def __call__(self) -> float:
+
+class NsClock:
+    """The app's clock (monotonic ns), moved by the test."""
+
+    def __init__(self, start_s: float = 1000.0):
+        self.now = round(start_s * S)
+
+    def __call__(self) -> int:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.now += round(seconds * S)
 
 
-def drive(challenger, clock: FakeClock, seconds: float) -> int:
-    """Do what Challenger.run does for ``seconds`` of fake time; returns the sends."""
-    end, sent = clock.now + seconds, 0
+def drive(app, seconds: float) -> int:
+    """Do what the app's timer thread does for ``seconds`` of its fake time (it must run on
+    an NsClock); returns how many challenges were sent."""
+    clock = app.clock
+    end, before = clock.now + round(seconds * S), app.core.stats["challenges"]
     while True:
-        due = challenger.due()
-        if due:
-            challenger.send(due)  # as Challenger.run: what is due at once, in one call
-            sent += len(due)
-        wait = challenger.wait_time()
-        if wait is None or clock.now + wait > end:
+        app.tick()
+        at = app.core.next_wake()
+        if at is None or at > end:
             break
-        clock.advance(wait)
+        clock.now = max(clock.now, at)
     clock.now = end
-    return sent
+    return app.core.stats["challenges"] - before
+
+
+def challenge_wait(app) -> float | None:
+    """Seconds until the app's next challenges are due (None: nothing scheduled)."""
+    at = app.core.challenges.next_at()
+    return None if at is None else (at - app.clock.now) / S
+
+
+def timer_delays(app, kind: str) -> list[float]:
+    """Seconds from now to each of the core's pending timers of ``kind`` (drain, converge, guard)."""
+    return sorted((at - app.clock.now) / S for at, _, k, _ in app.core.timers if k == kind)
+
+
+def fire_next(app, kind: str) -> None:
+    """Move the app's clock to its next timer of ``kind`` and run the timer thread's step."""
+    app.clock.now = max(app.clock.now, min(at for at, _, k, _ in app.core.timers if k == kind))
+    app.tick()
 
 
 def call_with_watchdog(func: Callable, *args, timeout_s: float = 2.0) -> Any:
@@ -487,12 +493,13 @@ def ready(app, version: int = OF13, dpid: int = 1) -> FakeDatapath:
 
 class AppFactory:
     """Builds SdnNlb apps from ``config(**kwargs)``; every app logs its events to a file
-    (strictly checked against the catalogue) and its Challenger runs on ``self.clock``."""
+    (strictly checked against the catalogue) and runs on the fake clock ``self.clock``."""
 
     def __init__(self, tmp_path: Path, monkeypatch, hub: FakeHub):
         self.tmp_path, self.monkeypatch, self.hub = tmp_path, monkeypatch, hub
         self.serial = itertools.count()
-        self.clock = FakeClock()
+        self.clock = NsClock()
+        monkeypatch.setattr(sdn_nlb, "now_ns", self.clock)
 
     def __call__(self, **kwargs):
         n = next(self.serial)
@@ -500,9 +507,7 @@ class AppFactory:
         path = self.tmp_path / f"nlb-{n}.json"
         path.write_text(json.dumps(config(**kwargs)), encoding="utf-8")
         self.monkeypatch.setenv("CASLAB_NLB_CONFIG", str(path))
-        app = sdn_nlb.SdnNlb()
-        app.challenger.clock = self.clock
-        return app
+        return sdn_nlb.SdnNlb()
 
 
 def events(app, name: str | None = None) -> list[dict]:
@@ -559,7 +564,7 @@ def po_in_port(po) -> int:
 
 def conns_of(app) -> dict:
     """The HQ VIP's pinned connections (controller dataplane): key -> member."""
-    return {k: c.backend for k, c in app.vips[0].conns.by_key.items()}
+    return {k: c.backend for k, c in app.core.vips[0].conns.by_key.items()}
 
 
 def pin_until(app, dp, wanted: set[str], start: int = 43000, client=CLIENT) -> dict:

@@ -22,21 +22,21 @@ def test_a_second_connection_with_a_connected_dpid_is_closed_and_changes_nothing
 
     assert features(app, impostor) == []  # nothing programmed through it
     assert impostor.closed and not dp.closed
-    assert app.datapaths[1] is dp
+    assert app.core.datapaths[1] is dp
     assert [e["dpid"] for e in events(app, NLB_SWITCH_REFUSED)] == [1]
 
     # what the impostor says is not believed: its port list, a forged link down, packet-ins
     assert port_desc(app, impostor, all_ports(impostor)) == []
     assert member_port(app, impostor, "cas1", link_down=True) == []
-    assert app.vips[0].pool.members["cas1"].in_service
-    before = dict(app.stats)
+    assert app.core.vips[0].pool.members["cas1"].in_service
+    before = dict(app.core.stats)
     assert packet_in(app, impostor, arp_frame(1, VIP_IP)) == []
-    assert app.stats == before and app.limiter.tokens > 0
+    assert app.core.stats == before and app.core.limiter.tokens > 0
 
     # the real switch is still the one the NLB programs and answers
     assert packet_outs(packet_in(app, dp, arp_frame(1, VIP_IP)))
     member_port(app, dp, "cas2", link_down=True)
-    assert not app.vips[0].pool.members["cas2"].in_service
+    assert not app.core.vips[0].pool.members["cas2"].in_service
     assert impostor.take() == []
 
 
@@ -46,7 +46,7 @@ def test_the_refused_connection_dying_leaves_the_live_switch(make_app, version):
     impostor = FakeDatapath(1, version)
     features(app, impostor)
     channel_dead(app, impostor)
-    assert app.datapaths[1] is dp
+    assert app.core.datapaths[1] is dp
     assert events(app, NLB_SWITCH_GONE) == []
 
 
@@ -54,14 +54,14 @@ def test_a_dead_channel_drops_its_datapath_and_the_switch_may_connect_again(make
     app = make_app()
     dp = ready(app, version)
     assert channel_dead(app, dp) == []
-    assert 1 not in app.datapaths
+    assert 1 not in app.core.datapaths
     assert [e["dpid"] for e in events(app, NLB_SWITCH_GONE)] == [1]
     member_port(app, dp, "cas1", link_down=True)  # a late message of the dead channel
-    assert app.vips[0].pool.members["cas1"].in_service
+    assert app.core.vips[0].pool.members["cas1"].in_service
 
     again = FakeDatapath(1, version)
     assert flow_mods(features(app, again))  # programmed afresh
-    assert app.datapaths[1] is again and not again.closed
+    assert app.core.datapaths[1] is again and not again.closed
     assert [e["dpid"] for e in events(app, NLB_SWITCH)] == [1, 1]
 
 
@@ -75,16 +75,16 @@ def test_a_switch_reconnecting_while_its_old_channel_can_no_longer_send_replaces
     old.send_q = None  # os-ken's send loop has ended
     again = FakeDatapath(1, version)
     assert flow_mods(features(app, again))  # programmed afresh
-    assert app.datapaths[1] is again and not again.closed and old.closed
+    assert app.core.datapaths[1] is again and not again.closed and old.closed
     assert events(app, NLB_SWITCH_REFUSED) == [] and [e["dpid"] for e in events(app, NLB_SWITCH_GONE)] == [1]
     port_desc(app, again, all_ports(again))
     assert packet_outs(packet_in(app, again, arp_frame(1, VIP_IP)))  # the new channel is the one answered
     channel_dead(app, old)  # the old channel's death, late: changes nothing
-    assert app.datapaths[1] is again and len(events(app, NLB_SWITCH_GONE)) == 1
+    assert app.core.datapaths[1] is again and len(events(app, NLB_SWITCH_GONE)) == 1
 
     # a channel that can send is still never replaced
     impostor = FakeDatapath(1, version)
-    assert features(app, impostor) == [] and impostor.closed and app.datapaths[1] is again
+    assert features(app, impostor) == [] and impostor.closed and app.core.datapaths[1] is again
 
 
 class PeerSocket:
@@ -110,12 +110,12 @@ def test_a_switch_reconnecting_while_its_old_socket_no_longer_reaches_it_replace
     old.address, old.socket = ("127.0.0.1", 40001), PeerSocket(peer)
     again = FakeDatapath(1, version)
     assert flow_mods(features(app, again))
-    assert app.datapaths[1] is again and old.closed and events(app, NLB_SWITCH_REFUSED) == []
+    assert app.core.datapaths[1] is again and old.closed and events(app, NLB_SWITCH_REFUSED) == []
 
     # a channel whose socket still reaches its switch is never replaced
     again.address, again.socket = ("127.0.0.1", 40003), PeerSocket(("127.0.0.1", 40003))
     impostor = FakeDatapath(1, version)
-    assert features(app, impostor) == [] and impostor.closed and app.datapaths[1] is again
+    assert features(app, impostor) == [] and impostor.closed and app.core.datapaths[1] is again
 
 
 def test_a_channel_that_dies_before_its_features_reply_is_ignored(make_app, version):
@@ -124,4 +124,4 @@ def test_a_channel_that_dies_before_its_features_reply_is_ignored(make_app, vers
     early = FakeDatapath(1, version)
     early.id = None  # os-ken learns the id from FEATURES_REPLY
     channel_dead(app, early)
-    assert app.datapaths[1] is dp and events(app, NLB_SWITCH_GONE) == []
+    assert app.core.datapaths[1] is dp and events(app, NLB_SWITCH_GONE) == []

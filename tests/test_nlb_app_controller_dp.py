@@ -59,14 +59,14 @@ def frame(po) -> Ether:
 
 def test_app_reads_its_config_and_starts_no_thread_itself(make_app, hub):
     app = make_app(fast_fail=False, affinity="single")
-    assert [v.ip for v in app.vips] == [VIP_IP, BRANCH_VIP] and app.dataplane == "controller"
-    assert app.fast_fail is False and app.conn_idle_s == 60
-    hq = app.vips[0]
+    assert [v.ip for v in app.core.vips] == [VIP_IP, BRANCH_VIP] and app.core.dataplane == "controller"
+    assert app.core.fast_fail is False and app.core.conn_idle_s == 60
+    hq = app.core.vips[0]
     assert hq.index == 1 and hq.dpid == 1 and hq.ports == {SERVICE_PORT, OTHER_SERVICE_PORT}
     assert hq.pool.affinity == "single" and hq.member_index == {"cas1": 1, "cas2": 2, "cas3": 3}
     assert app.find_vip("HQ") is hq and app.find_vip(VIP_IP) is hq and app.find_vip("nope") is None
-    # recorded, not run: the guard report, the challenger and the failover worker
-    assert hub.spawned_names() == ["_guard_report", "run", "_failover_worker"] and hub.sleeps == []
+    # recorded, not run: the timer (guard report, deadlines, challenges) and the failover worker
+    assert hub.spawned_names() == ["_timer_loop", "_failover_worker"] and hub.sleeps == []
 
 
 def test_app_without_config_has_no_vips(monkeypatch, hub):
@@ -74,7 +74,7 @@ def test_app_without_config_has_no_vips(monkeypatch, hub):
 
     monkeypatch.delenv("CASLAB_NLB_CONFIG", raising=False)
     app = SdnNlb()
-    assert app.vips == [] and app.snapshot()["vips"] == []
+    assert app.core.vips == [] and app.snapshot()["vips"] == []
 
 
 def test_switch_features_installs_table_miss_meter_vip_base_and_asks_for_ports_and_flows(make_app, version):
@@ -98,7 +98,7 @@ def test_switch_features_installs_table_miss_meter_vip_base_and_asks_for_ports_a
     wanted = "OFPFlowStatsRequest" if version == OF13 else "OFPFlowDescStatsRequest"  # 1.5 stats lack cookies
     [request] = of_class(msgs, wanted)
     assert (request.cookie, request.cookie_mask) == Cookie.tag_mask()
-    assert app.datapaths[1] is dp and events(app, NLB_SWITCH)[-1]["dpid"] == 1
+    assert app.core.datapaths[1] is dp and events(app, NLB_SWITCH)[-1]["dpid"] == 1
 
 
 def test_switch_without_a_vip_gets_only_the_table_miss_flow(make_app, version):
@@ -119,8 +119,8 @@ def test_port_desc_learns_ports_and_installs_the_source_guard_and_service(make_a
     dp = FakeDatapath(1, version)
     features(app, dp)
     msgs = port_desc(app, dp, all_ports(dp))
-    assert {m.name: app.vips[0].port_numbers[m.port_name] for m in MEMBERS} == {"cas1": 1, "cas2": 2, "cas3": 3}
-    assert app.vips[1].port_numbers == {}  # dpid 2's VIP learns nothing from dpid 1
+    assert {m.name: app.core.vips[0].port_numbers[m.port_name] for m in MEMBERS} == {"cas1": 1, "cas2": 2, "cas3": 3}
+    assert app.core.vips[1].port_numbers == {}  # dpid 2's VIP learns nothing from dpid 1
     guard = [g for g in of_kind(msgs, GUARD) if match_dict(g.match)["eth_type"] == 0x0800]  # ARP: test_nlb_flows
     allowed = [(match_dict(g.match), g.instructions[0].table_id) for g in guard if g.priority == PRIO_GUARD_ALLOW]
     base = {"eth_type": 0x0800, "ipv4_dst": VIP_IP}
@@ -146,8 +146,8 @@ def test_syn_installs_forward_and_reverse_flows_then_a_packet_out(make_app, vers
     msgs = packet_in(app, dp, data)
     assert [type(m).__name__ for m in msgs] == ["OFPFlowMod", "OFPFlowMod", "OFPPacketOut"]
     [fwd], [rev] = of_kind(msgs, FORWARD), of_kind(msgs, REVERSE)
-    member = MEMBER[app.vips[0].pool.choose(CLIENT.ip, 40001).name]
-    idx = app.vips[0].member_index[member.name]
+    member = MEMBER[app.core.vips[0].pool.choose(CLIENT.ip, 40001).name]
+    idx = app.core.vips[0].member_index[member.name]
     assert fwd.table_id == rev.table_id == T_CLASSIFY and fwd.priority == rev.priority == PRIO_CONN
     assert match_dict(fwd.match) == {"in_port": CLIENT.port_no, "eth_type": 0x0800, "ip_proto": 6,
                                      "ipv4_src": CLIENT.ip, "tcp_src": 40001, "ipv4_dst": VIP_IP,
@@ -166,9 +166,9 @@ def test_syn_installs_forward_and_reverse_flows_then_a_packet_out(make_app, vers
     assert po.buffer_id == dp.ofproto.OFP_NO_BUFFER
     assert set_fields(po.actions)["ipv4_dst"] == member.ip and outputs(po.actions) == [member.port_no]
     assert conns_of(app) == {(CLIENT.ip, 40001, VIP_IP, SERVICE_PORT): member.name}
-    conn = app.vips[0].conns.get((CLIENT.ip, 40001, VIP_IP, SERVICE_PORT))
+    conn = app.core.vips[0].conns.get((CLIENT.ip, 40001, VIP_IP, SERVICE_PORT))
     assert (conn.client_mac, conn.in_port, conn.client_isn) == (CLIENT.mac, CLIENT.port_no, 777)
-    assert app.stats["conns"] == 1
+    assert app.core.stats["conns"] == 1
     [logged] = events(app, NLB_CONN)
     assert (logged["client"], logged["member"], logged["vip"]) == (f"{CLIENT.ip}:40001", member.name, VIP_IP)
 
@@ -177,14 +177,14 @@ def test_retransmitted_syn_reuses_the_pinned_member_and_counts_once(make_app, ve
     app = make_app()
     dp = ready(app, version)
     assert pin(app, dp, 40002)[0] == pin(app, dp, 40002)[0]
-    assert len(app.vips[0].conns) == 1 and app.stats["conns"] == 1 and len(events(app, NLB_CONN)) == 1
+    assert len(app.core.vips[0].conns) == 1 and app.core.stats["conns"] == 1 and len(events(app, NLB_CONN)) == 1
 
 
 def test_many_clients_spread_over_all_members(make_app, version):
     app = make_app()
     dp = ready(app, version)
     assert {pin(app, dp, 41000 + i)[0] for i in range(60)} == {"cas1", "cas2", "cas3"}
-    assert sum(app.vips[0].conns.count_by_backend().values()) == 60
+    assert sum(app.core.vips[0].conns.count_by_backend().values()) == 60
 
 
 @pytest.mark.parametrize("affinity, clients, spread", [
@@ -203,14 +203,14 @@ def test_every_configured_service_port_is_balanced(make_app, version):
     dp = ready(app, version)
     _, msgs = pin(app, dp, 42200, dport=OTHER_SERVICE_PORT)
     assert match_dict(of_kind(msgs, FORWARD)[0].match)["tcp_dst"] == OTHER_SERVICE_PORT
-    assert (CLIENT.ip, 42200, VIP_IP, OTHER_SERVICE_PORT) in app.vips[0].conns.by_key
+    assert (CLIENT.ip, 42200, VIP_IP, OTHER_SERVICE_PORT) in app.core.vips[0].conns.by_key
 
 
 def test_syn_before_the_ports_are_known_installs_nothing(make_app, version):
     app = make_app()
     dp = FakeDatapath(1, version)
     features(app, dp)
-    assert packet_in(app, dp, syn(40003)) == [] and len(app.vips[0].conns) == 0
+    assert packet_in(app, dp, syn(40003)) == [] and len(app.core.vips[0].conns) == 0
 
 
 @pytest.mark.parametrize("fast_fail", [True, False])
@@ -228,11 +228,11 @@ def test_syn_with_no_eligible_member_is_reset(make_app, version):
     app = make_app()
     dp = ready(app, version)
     for name in ("cas1", "cas2", "cas3"):
-        app.set_member(app.vips[0], name, "test", healthy=False)
+        app._call(app.core.set_member, app.core.vips[0], name, "test", healthy=False)
     dp.take()
     [po] = packet_in(app, dp, syn(40005, seq=99))
     seg = frame(po)[TCP]
-    assert str(seg.flags) == "RA" and seg.ack == 100 and len(app.vips[0].conns) == 0
+    assert str(seg.flags) == "RA" and seg.ack == 100 and len(app.core.vips[0].conns) == 0
 
 
 def test_packets_for_another_switch_or_address_are_ignored(make_app, version):
@@ -241,7 +241,7 @@ def test_packets_for_another_switch_or_address_are_ignored(make_app, version):
     assert packet_in(app, dp, syn(40006, dst_ip="10.1.3.9")) == []
     other = FakeDatapath(9, version)
     features(app, other)
-    assert packet_in(app, other, syn(40006)) == [] and len(app.vips[0].conns) == 0
+    assert packet_in(app, other, syn(40006)) == [] and len(app.core.vips[0].conns) == 0
 
 
 # ---- ARP and ICMP --------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_arp_request_for_the_vip_gets_a_reply_with_the_vip_mac(make_app, version
     assert vlan_ids(reply) == list(vlans)
     arp = reply[ARP]
     assert (arp.op, arp.hwsrc, arp.psrc, arp.hwdst, arp.pdst) == (2, VIP_MAC, VIP_IP, CLIENT.mac, CLIENT.ip)
-    assert app.stats["arp"] == 1
+    assert app.core.stats["arp"] == 1
 
 
 def test_arp_for_other_addresses_and_arp_replies_are_ignored(make_app, version):
@@ -279,7 +279,7 @@ def test_icmp_echo_to_the_vip_is_answered(make_app, version, vlans):
     assert (reply[IP].src, reply[IP].dst) == (VIP_IP, CLIENT.ip)
     echo = reply[ICMP]
     assert (echo.type, echo.code, echo.id, echo.seq, bytes(echo.payload)) == (0, 0, 0x1234, 7, b"caslab-ping")
-    assert outputs(po.actions) == [CLIENT.port_no] and checksums_ok(po.data) and app.stats["icmp"] == 1
+    assert outputs(po.actions) == [CLIENT.port_no] and checksums_ok(po.data) and app.core.stats["icmp"] == 1
 
 
 # ---- segments without a pinned connection ----------------------------------------------------------
@@ -294,7 +294,7 @@ def test_non_syn_for_an_unknown_connection_gets_an_exact_rst(make_app, version):
     assert str(reply[TCP].flags) == "R" and reply[TCP].seq == 0xDEADBEEF  # the client's ack: in its window
     assert (reply[TCP].sport, reply[TCP].dport) == (SERVICE_PORT, 40010)
     assert (reply[IP].src, reply[IP].dst, reply.src, reply.dst) == (VIP_IP, CLIENT.ip, VIP_MAC, CLIENT.mac)
-    assert checksums_ok(po.data) and app.stats["resets"] == 1 and len(app.vips[0].conns) == 0
+    assert checksums_ok(po.data) and app.core.stats["resets"] == 1 and len(app.core.vips[0].conns) == 0
 
 
 def test_without_fast_fail_an_unknown_connection_on_a_service_port_is_left_alone(make_app, version):
@@ -334,9 +334,9 @@ def test_idle_timeout_of_the_forward_flow_forgets_the_connection(make_app, versi
     [fwd], [rev] = of_kind(msgs, FORWARD), of_kind(msgs, REVERSE)
     flow_removed(app, dp, rev, dp.ofproto.OFPRR_IDLE_TIMEOUT)  # only the forward flow's expiry counts
     flow_removed(app, dp, fwd, dp.ofproto.OFPRR_DELETE)  # deleted on purpose: evict's business
-    assert len(app.vips[0].conns) == 1
+    assert len(app.core.vips[0].conns) == 1
     flow_removed(app, dp, fwd, dp.ofproto.OFPRR_IDLE_TIMEOUT)
-    assert len(app.vips[0].conns) == 0
+    assert len(app.core.vips[0].conns) == 0
 
 
 def restart(make_app, version, old_flows, ports=None, **kw):
@@ -361,14 +361,14 @@ def test_restarted_controller_relearns_connections_from_the_switch(make_app, ver
                                   instructions=[])
     new, dp = restart(make_app, version, flows + [unrelated])
     assert conns_of(new) == conns_of(old)
-    for conn in new.vips[0].conns.by_key.values():
+    for conn in new.core.vips[0].conns.by_key.values():
         assert (conn.client_mac, conn.in_port) == (CLIENT.mac, CLIENT.port_no)
     [relearned] = events(new, NLB_RELEARN)
     assert (relearned["dpid"], relearned["conns"]) == (1, 30)
     # re-learned connections are evicted like any other: the dead member's clients are challenged
     on_cas1 = sum(1 for v in conns_of(new).values() if v == "cas1")
     port_status(new, dp, ofport(dp, "clab1-eth1", 1, link_down=True))
-    assert drive(new.challenger, make_app.clock, 0.001) == on_cas1 > 0
+    assert drive(new, 0.001) == on_cas1 > 0
     outs = packet_outs(dp.take())
     assert all(outputs(po.actions) == [CLIENT.port_no] and frame(po).dst == CLIENT.mac for po in outs)
 

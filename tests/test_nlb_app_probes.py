@@ -1,5 +1,5 @@
-"""What the SDN NLB app hears besides packets (controllers/nlb_probes.py, HealthMixin, and
-the app's error handler): the health agents' probe reports, counted fall/rise, delayed by
+"""What the SDN NLB app hears besides packets (the core's ``probe``, the app's health
+socket and error handler): the health agents' probe reports, counted fall/rise, delayed by
 a convergence time (the Windows NLB emulation), and read from a Unix datagram socket that
 no datagram can stop; its own guard counters (packet-ins over the rate); and the errors the
 switch sends back. Controller dataplane, OpenFlow 1.3 and 1.5."""
@@ -20,8 +20,8 @@ import pytest
 from controllers.nlb_state import TokenBucket
 from labcommon.catalogue import LB_MEMBER, NLB_CONVERGING, NLB_GUARD, NLB_HEALTH_SOCKET_ERROR, NLB_SWITCH_ERROR
 from tests.fakes import (
-    VIP_IP, conns_of, error_msg, events, member_port,
-    packet_in, pin_until, ready, syn, unpin_of, unpinned,
+    VIP_IP, conns_of, error_msg, events, fire_next, member_port,
+    packet_in, pin_until, ready, syn, timer_delays, unpin_of, unpinned,
 )
 
 
@@ -31,8 +31,8 @@ def test_without_port_detection_link_down_is_ignored_but_probes_still_count(make
     dp = ready(app, version)
     pinned = pin_until(app, dp, {"cas1"})
     assert member_port(app, dp, "cas1", link_down=True) == []
-    assert conns_of(app) == pinned and app.vips[0].pool.members["cas1"].accepts_new
-    assert app.vips[0].port_numbers["clab1-eth1"] == 1  # ports are still learned
+    assert conns_of(app) == pinned and app.core.vips[0].pool.members["cas1"].accepts_new
+    assert app.core.vips[0].port_numbers["clab1-eth1"] == 1  # ports are still learned
     app.on_probe(VIP_IP, "cas1", False)
     app.on_probe(VIP_IP, "cas1", False)
     assert unpinned(dp.take()) == unpin_of(1)
@@ -45,14 +45,14 @@ def test_probes_flip_a_member_after_fall_failures_and_back_after_rise(make_app, 
     dp.take()
     app.on_probe(VIP_IP, "cas2", False)
     app.on_probe(VIP_IP, "cas2", False)
-    assert dp.take() == [] and app.vips[0].pool.members["cas2"].healthy
+    assert dp.take() == [] and app.core.vips[0].pool.members["cas2"].healthy
     app.on_probe(VIP_IP, "cas2", False, "timeout")
     assert unpinned(dp.take()) == unpin_of(2)
-    assert not app.vips[0].pool.members["cas2"].healthy and "cas2" not in app.vips[0].conns.count_by_backend()
+    assert not app.core.vips[0].pool.members["cas2"].healthy and "cas2" not in app.core.vips[0].conns.count_by_backend()
     app.on_probe(VIP_IP, "cas2", True)
-    assert not app.vips[0].pool.members["cas2"].in_service
+    assert not app.core.vips[0].pool.members["cas2"].in_service
     app.on_probe(VIP_IP, "cas2", True)
-    assert app.vips[0].pool.members["cas2"].in_service and dp.take() == []
+    assert app.core.vips[0].pool.members["cas2"].in_service and dp.take() == []
     app.on_probe("10.9.9.9", "cas2", False)  # unknown VIP / member: ignored
     app.on_probe(VIP_IP, "cas9", False)
     reasons = [(e["member"], e["reason"], e["alive"]) for e in events(app, LB_MEMBER)]
@@ -67,20 +67,21 @@ def test_convergence_delays_a_probe_verdict(make_app, version, hub):
     app.on_probe(VIP_IP, "cas2", False)
     app.on_probe(VIP_IP, "cas2", False)
     # the verdict is in, but the pool keeps sending new clients to cas2 until convergence
-    assert dp.take() == [] and app.vips[0].pool.members["cas2"].accepts_new
-    assert hub.delays() == [pytest.approx(0.8)] and events(app, NLB_CONVERGING)[0]["alive"] is False
-    hub.fire_next()
-    assert unpinned(dp.take()) == unpin_of(2) and not app.vips[0].pool.members["cas2"].healthy
+    assert dp.take() == [] and app.core.vips[0].pool.members["cas2"].accepts_new
+    assert timer_delays(app, "converge") == [pytest.approx(0.8)] and events(app, NLB_CONVERGING)[0]["alive"] is False
+    fire_next(app, "converge")
+    assert unpinned(dp.take()) == unpin_of(2) and not app.core.vips[0].pool.members["cas2"].healthy
 
 
 def test_packet_ins_over_the_rate_are_refused_and_reported(make_app, version, hub):
     app = make_app()
-    app.limiter = TokenBucket(10, 5, clock=make_app.clock)  # no refill while the test runs
+    app.core.limiter = TokenBucket(10, 5, now=app.clock.now / 1e9)  # the clock stands still: no refill
     dp = ready(app, version)
     answered = sum(1 for i in range(20) if packet_in(app, dp, syn(53000 + i)))
     assert answered == 5
-    hub.run_loop("_guard_report", sleeps=1)
-    assert hub.sleeps[0] == 1 and app.stats["dropped"] == 15
+    assert timer_delays(app, "guard") == [1.0]  # once a second
+    fire_next(app, "guard")
+    assert app.core.stats["dropped"] == 15 and timer_delays(app, "guard") == [1.0]
     [guard] = events(app, NLB_GUARD)
     assert (guard["reason"], guard["count"]) == ("rate_limited", 15)
 
@@ -134,10 +135,10 @@ def test_no_datagram_stops_the_health_socket(make_app, hub, short_dir):
     # the health thread marks the member down, evicts it, then logs the change: wait for the log
     while not events(app, LB_MEMBER) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not app.vips[0].pool.members["cas2"].healthy
+    assert not app.core.vips[0].pool.members["cas2"].healthy
     [change] = events(app, LB_MEMBER)
     assert change["member"] == "cas2" and change["reason"] == "probe_down:" + ("refused" * 40)[:100]
-    assert all(m.healthy for n, m in app.vips[0].pool.members.items() if n != "cas2")
+    assert all(m.healthy for n, m in app.core.vips[0].pool.members.items() if n != "cas2")
 
 
 def test_a_health_socket_that_cannot_be_opened_is_reported(make_app, hub, short_dir):

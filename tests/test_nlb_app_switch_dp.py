@@ -1,7 +1,7 @@
 """The SDN NLB app's switch dataplane (``dataplane = "switch"``): Open vSwitch balances with
 a select group and conntrack NAT; the app programs it and resets a dead member's clients.
 Against a fake OpenFlow 1.5 datapath (group bucket properties exist only in 1.5), with the
-conntrack and datapath-flow helpers of controllers.nlb_failover replaced by fakes."""
+conntrack reader of controllers/nlb_io.py replaced by a fake."""
 
 from __future__ import annotations
 
@@ -12,29 +12,30 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from controllers import nlb_failover
+from controllers import nlb_io
 from controllers.nlb_flows import (
     BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, PRIO_SURVIVOR_RST, RESET,
     PRIO_STRAY, SERVICE, T_CONNTRACK, T_DELIVER, Cookie, ct_flush_bytes, member_group_id, stray_group_id,
     zone_of,
 )
 from controllers.nlb_state import CtEntry
-from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
+from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RELEARN, NLB_RESET, NLB_SWITCH_UNUSABLE
 from tests.fakes import (
     CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
-    all_ports, apply_actions, barrier_reply, checksums_ok, deliver, drive, events, features, flow_mods, group_mods,
+    all_ports, apply_actions, barrier_reply, checksums_ok, deliver, drive, events, features, fire_next, flow_mods,
+    group_mods,
     kind_of, match_dict, of_class, ofport, outputs, packet_in, packet_in_event, packet_outs, port_desc, port_status,
     ready, syn, tcp_frame,
 )
 
 
 class FakeConntrack:
-    """The switch's conntrack, as controllers.nlb_failover reads it."""
+    """The switch's conntrack, as the app reads it (controllers/nlb_io.py)."""
 
     def __init__(self, monkeypatch):
         self.entries: list[CtEntry] = []
         self.calls: list[tuple] = []
-        monkeypatch.setattr(nlb_failover, "dump_conntrack", self.dump)
+        monkeypatch.setattr(nlb_io, "dump_conntrack", self.dump)
 
     def dump(self, zone, datapath=None):
         self.calls.append(("dump", zone, datapath))
@@ -134,10 +135,20 @@ def switch_app(make_app, **kw):
 
 def test_switch_dataplane_spawns_the_conntrack_reader_only_with_fast_fail(make_app, hub):
     make_app(dataplane="switch")
-    assert hub.spawned_names() == ["_guard_report", "run", "_failover_worker", "_conntrack_loop"]
+    assert hub.spawned_names() == ["_timer_loop", "_failover_worker", "_conntrack_loop"]
     hub.spawned.clear()
     make_app(dataplane="switch", fast_fail=False)
     assert "_conntrack_loop" not in hub.spawned_names()
+
+
+def test_the_conntrack_is_read_when_a_vip_is_installed_off_the_handlers_thread(make_app, hub, conntrack):
+    conntrack.entries = [ct(CLIENT.ip, 40001, 1), ct(CLIENT.ip, 40002, 2, "TIME_WAIT")]
+    app, _ = switch_app(make_app)
+    assert conntrack.calls == [] and events(app, NLB_RELEARN) == []  # spawned, not read in the handler
+    hub.run_spawned("_relearn")
+    assert conntrack.calls == [("dump", zone_of(1), None)] and app.core.ct_cache == {1: conntrack.entries}
+    [relearn] = events(app, NLB_RELEARN)
+    assert (relearn["dpid"], relearn["conns"]) == (1, 1)  # a closing connection is nobody's to reset
 
 
 def test_port_desc_installs_guard_group_service_and_delivery(make_app):
@@ -219,7 +230,7 @@ def test_switch_dataplane_refuses_an_openflow_13_switch(make_app):
     dp = FakeDatapath(1, OF13)
     sent = features(app, dp) + port_desc(app, dp, all_ports(dp))
     assert [(f.priority, f.match.to_jsondict()["OFPMatch"]["oxm_fields"]) for f in flow_mods(sent)] == [(0, [])]
-    assert 1 not in app.datapaths
+    assert 1 not in app.core.datapaths
     refused = events(app, NLB_SWITCH_UNUSABLE)
     assert [e["dpid"] for e in refused] == [1] and "OpenFlow 1.5" in refused[0]["reason"]
 
@@ -229,7 +240,7 @@ def test_switch_dataplane_refuses_an_openflow_13_switch(make_app):
 
 def test_group_buckets_follow_accepts_new(make_app, conntrack):
     app, dp = switch_app(make_app)
-    vip = app.vips[0]
+    vip = app.core.vips[0]
     app.drain(vip, "cas2")
     msgs = dp.take()
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas3"]) and dead_flows(msgs) == []
@@ -258,7 +269,7 @@ def test_group_buckets_follow_accepts_new(make_app, conntrack):
 def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make_app):
     app = make_app(dataplane="switch", health={"fall": 1})
     app.on_probe(VIP_IP, "cas1", False)
-    assert not app.vips[0].pool.members["cas1"].in_service and app.failovers.empty()
+    assert not app.core.vips[0].pool.members["cas1"].in_service and app.failovers.empty()
     dp = FakeDatapath(1, OF15)
     features(app, dp)
     msgs = port_desc(app, dp, all_ports(dp))
@@ -282,13 +293,13 @@ def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make
 
 def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow(make_app, hub, conntrack):
     app, dp = switch_app(make_app)
-    app.drain(app.vips[0], "cas3", deadline_s=5)
+    app.drain(app.core.vips[0], "cas3", deadline_s=5)
     dp.take()
-    hub.fire_next()
+    fire_next(app, "drain")
     msgs = dp.take()
     assert dead_members(msgs) == [3]
     assert_dead_flows(dp, msgs, MEMBER["cas3"], MEMBER["cas1"])  # after the last member: the first
-    app.rejoin(app.vips[0], "cas3")
+    app.rejoin(app.core.vips[0], "cas3")
     msgs = dp.take()
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas2", "cas3"])
     # otherwise every new connection to cas3 (ct_mark 3, +est) would be sent to the controller and reset
@@ -301,17 +312,17 @@ def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow(make_app, hu
 def test_port_down_queues_the_failover_which_challenges_the_members_clients(make_app, conntrack):
     app, dp = switch_app(make_app, datapath_name="netdev@ovs-netdev")
     known = [ct(CLIENT.ip, 40001, 2), ct("10.1.10.7", 40002, 2)]
-    app.ct_cache[1] = known + [ct(CLIENT.ip, 40003, 1), ct(CLIENT.ip, 40004, 2, "TIME_WAIT")]
-    conntrack.entries = app.ct_cache[1] + [ct(OTHER_CLIENT.ip, 40005, 2), ct("192.0.2.9", 40006, 2)]
+    app.core.ct_cache[1] = known + [ct(CLIENT.ip, 40003, 1), ct(CLIENT.ip, 40004, 2, "TIME_WAIT")]
+    conntrack.entries = app.core.ct_cache[1] + [ct(OTHER_CLIENT.ip, 40005, 2), ct("192.0.2.9", 40006, 2)]
     msgs = port_status(app, dp, ofport(dp, "clab1-eth2", 2, link_down=True))
     assert dead_members(msgs) == [2]
     assert_dead_flows(dp, msgs, MEMBER["cas2"], MEMBER["cas3"])
     assert buckets(select_group(msgs)) == all_buckets(["cas1", "cas3"])
     assert events(app, NLB_EVICT) == [] and events(app, LB_MEMBER)[-1]["reason"] == "port_down"
     item = app.failovers.get_nowait()
-    assert item[:5] == (dp, app.vips[0], 2, "cas2", "port_down")
+    assert (item.channel, item.vip_index, item.member_index, item.name, item.reason) == (dp, 1, 2, "cas2", "port_down")
     dp.take()
-    app._failover(*item)
+    app._failover(item)
     # the switch forgets each connection before its client is challenged: the last read's at
     # once, then the ones a fresh read adds (its answers are strays, sent to a survivor by the
     # tables as they are, never by a datapath flow cached for the dead port)
@@ -319,10 +330,10 @@ def test_port_down_queues_the_failover_which_challenges_the_members_clients(make
     flushed = [flush_tuple(m) for m in ct_flushes(dp.take())]
     assert flushed == [(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)]
     wanted = {(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)}  # live, on cas2, from a source
-    assert {k[:2] for k in app.challenger.pending} == wanted
+    assert {k[:2] for k in app.core.challenges.pending} == wanted
     [evict] = events(app, NLB_EVICT)
     assert (evict["member"], evict["conns"], evict["cached"], evict["fast_fail"]) == ("cas2", 2 + 1, 2, True)
-    assert drive(app.challenger, make_app.clock, 0) == 3  # at once, then on the schedule
+    assert drive(app, 0) == 3  # at once, then on the schedule
     for po in packet_outs(dp.take()):
         frame = Ether(po.data)
         client = OTHER_CLIENT if frame[IP].dst == OTHER_CLIENT.ip else CLIENT
@@ -332,16 +343,16 @@ def test_port_down_queues_the_failover_which_challenges_the_members_clients(make
 
 def test_other_reasons_wait_for_the_switch_to_apply_the_dead_member_flow(make_app, conntrack):
     app, dp = switch_app(make_app)
-    app.admin_set(app.vips[0], "cas1", up=False)
+    app.admin_set(app.core.vips[0], "cas1", up=False)
     [barrier] = of_class(dp.take(), "OFPBarrierRequest")
     item = app.failovers.get_nowait()
-    applied = item[-1]
+    applied = app.barriers[(dp.id, item.barrier_xid)]
     assert not applied.is_set()
     barrier_reply(app, dp, barrier.xid + 1000)  # somebody else's barrier
     assert not applied.is_set()
     barrier_reply(app, dp, barrier.xid)
     assert applied.is_set() and app.barriers == {}
-    app._failover(*item)
+    app._failover(item)
     assert events(app, NLB_EVICT)[-1]["reason"] == "admin_down"
 
 
@@ -358,13 +369,8 @@ def test_the_conntrack_reader_keeps_a_copy_per_connected_vip(make_app, hub, conn
     app, _ = switch_app(make_app)
     conntrack.entries = [ct(CLIENT.ip, 40001, 1)]
     hub.run_loop("_conntrack_loop", sleeps=0)
-    assert app.ct_cache == {1: conntrack.entries} and hub.sleeps == [0.25]
+    assert app.core.ct_cache == {1: conntrack.entries} and hub.sleeps == [0.25]
     assert conntrack.calls == [("dump", zone_of(1), None)]  # the Branch VIP's switch is not connected
-
-
-def test_conntrack_reads_take_at_most_a_twentieth_of_the_switchs_main_thread():
-    assert nlb_failover.read_interval(0.001, 0.25) == 0.25
-    assert nlb_failover.read_interval(0.1, 0.25) == pytest.approx(1.9)  # a 100 ms read, then 1.9 s without
 
 
 # ---- packets reaching the controller -------------------------------------------------------------------
@@ -373,8 +379,8 @@ def test_conntrack_reads_take_at_most_a_twentieth_of_the_switchs_main_thread():
 def test_a_client_segment_after_nat_gets_an_exact_rst_from_the_vip(make_app, monkeypatch):
     app, dp = switch_app(make_app)
     done = []
-    real_done = app.challenger.done
-    monkeypatch.setattr(app.challenger, "done", lambda key: done.append(key) or real_done(key))
+    real_done = app.core.challenges.done
+    monkeypatch.setattr(app.core.challenges, "done", lambda key: done.append(key) or real_done(key))
     cas2 = MEMBER["cas2"]
     [po] = packet_in(app, dp, tcp_frame(40010, "A", seq=777, ack=0xCAFEF00D, dst_ip=cas2.ip))
     frame = Ether(po.data)
@@ -407,7 +413,7 @@ def test_a_survivors_reset_copy_ends_the_challenges_and_is_logged(make_app, monk
     the client) is not taken for one."""
     app, dp = switch_app(make_app)
     done = []
-    monkeypatch.setattr(app.challenger, "done", lambda key: done.append(key))
+    monkeypatch.setattr(app.core.challenges, "done", lambda key: done.append(key))
     rst = tcp_frame(SERVICE_PORT, "R", seq=5, dport=40020, src_ip=VIP_IP, dst_ip=CLIENT.ip)
     survivor_copy = packet_in_event(dp, rst, MEMBER["cas3"].port_no)
     survivor_copy.msg.cookie = Cookie(1, 3, RESET).encode()
@@ -423,7 +429,7 @@ def test_a_survivors_reset_copy_ends_the_challenges_and_is_logged(make_app, monk
 
 def test_a_dead_members_survivor_dying_too_moves_its_resets_to_the_next(make_app, conntrack):
     app, dp = switch_app(make_app)
-    vip = app.vips[0]
+    vip = app.core.vips[0]
     app.admin_set(vip, "cas1", up=False)
     assert_dead_flows(dp, dp.take(), MEMBER["cas1"], MEMBER["cas2"])
     app.admin_set(vip, "cas2", up=False)

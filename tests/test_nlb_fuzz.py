@@ -146,6 +146,6 @@ def test_known_bad_frames_are_survived(apps, combo, data):
 @example(data=ZERO_LENGTH_OPTION, in_port=CLIENT.port_no)
 def test_any_frame_is_handled_without_raising_or_hanging(apps, combo, data, in_port):
     app, dp = apps[combo]
-    before = app.stats["packet_in"] + app.stats["malformed"]
+    before = app.core.stats["packet_in"] + app.core.stats["malformed"]
     feed(app, dp, data, in_port)
-    assert app.stats["packet_in"] + app.stats["malformed"] == before + 1  # never dropped by the rate limit
+    assert app.core.stats["packet_in"] + app.core.stats["malformed"] == before + 1  # never dropped by the rate limit

@@ -1,7 +1,7 @@
-"""controllers/nlb_state.py and controllers/nlb_challenger.py: the NLB's state apart from
-OpenFlow. VIPs and their sources, the admin state file (atomic, robust to corruption),
-the switch's conntrack as dpctl prints it, the ovs-vswitchd control socket, the token
-bucket and the Challenger's schedule, on fake clocks."""
+"""controllers/nlb_state.py, controllers/nlb_io.py and controllers/nlb_challenger.py: the
+NLB's state apart from OpenFlow. VIPs and their sources, the admin state file (atomic,
+robust to corruption), the switch's conntrack as dpctl prints it, the ovs-vswitchd control
+socket, the token bucket and the challenge schedule, on times the test gives."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from controllers import nlb_state
-from controllers.nlb_challenger import Challenger
+from controllers import nlb_io, nlb_state
+from controllers.nlb_challenger import ChallengeSchedule
+from controllers.nlb_io import AdminState, OvsConntrack
 from controllers.nlb_logic import Connection
-from controllers.nlb_state import AdminState, CtEntry, TokenBucket, Vip, parse_conntrack
-from tests.fakes import CLIENT, FakeClock, config
+from controllers.nlb_state import CtEntry, TokenBucket, Vip, parse_conntrack
+from tests.fakes import CLIENT, config
 
 SPEC = config()["vips"][0]
 
@@ -87,7 +87,7 @@ def test_a_save_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
     def broken(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nlb_state.json, "dump", broken)
+    monkeypatch.setattr(nlb_io.json, "dump", broken)
     with pytest.raises(OSError):
         state.set("v", "cas2", admin_up=False)
     assert path.read_bytes() == before and AdminState.load(str(path)).get("v", "cas2") == {}
@@ -99,7 +99,7 @@ def test_a_state_file_is_replaced_never_written_in_place(tmp_path, monkeypatch):
     state.set("v", "cas1", admin_up=False)
     replaced = []
     real = os.replace
-    monkeypatch.setattr(nlb_state.os, "replace", lambda src, dst: replaced.append((Path(src).parent, dst))
+    monkeypatch.setattr(nlb_io.os, "replace", lambda src, dst: replaced.append((Path(src).parent, dst))
                         or real(src, dst))
     state.set("v", "cas1", admin_up=True)
     assert replaced == [(tmp_path, path)]
@@ -133,7 +133,7 @@ def test_parse_conntrack_reads_tcp_entries_only():
 def ovs_rundir(monkeypatch):
     """A directory standing in for /var/run/openvswitch (short: a socket path has 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="ovs", dir="/tmp"))
-    monkeypatch.setattr(nlb_state, "OVS_RUNDIR", path)
+    monkeypatch.setattr(nlb_io, "OVS_RUNDIR", path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -166,10 +166,10 @@ def fake_vswitchd(rundir: Path, answer) -> list:
 def test_unixctl_speaks_json_rpc_to_ovs_vswitchd(ovs_rundir):
     requests = fake_vswitchd(ovs_rundir, lambda r: {"id": r["id"], "error": None, "result": DUMP}
                              if r["params"] != ["boom"] else {"id": r["id"], "error": "no such thing"})
-    assert nlb_state.dump_conntrack(51793, "netdev@ovs-netdev")[0].mark == 2
+    assert nlb_io.dump_conntrack(51793, "netdev@ovs-netdev")[0].mark == 2
     assert requests[-1] == {"method": "dpctl/dump-conntrack", "params": ["netdev@ovs-netdev", "zone=51793"], "id": 0}
     with pytest.raises(OSError, match="no such thing"):
-        nlb_state.unixctl("dpctl/del-flow", "boom")
+        nlb_io.unixctl("dpctl/del-flow", "boom")
 
 
 def test_dump_conntrack_falls_back_to_ovs_appctl_and_never_raises(ovs_rundir, monkeypatch):
@@ -177,106 +177,105 @@ def test_dump_conntrack_falls_back_to_ovs_appctl_and_never_raises(ovs_rundir, mo
         stdout = DUMP
 
     calls = []
-    monkeypatch.setattr(nlb_state.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
-    assert len(nlb_state.dump_conntrack(51793)) == 4  # no vswitchd pid file: the ovs-appctl path
+    monkeypatch.setattr(nlb_io.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
+    assert len(nlb_io.dump_conntrack(51793)) == 4  # no vswitchd pid file: the ovs-appctl path
     assert calls == [["ovs-appctl", "dpctl/dump-conntrack", "zone=51793"]]
 
     def missing(*_a, **_k):
         raise FileNotFoundError("ovs-appctl")
 
-    monkeypatch.setattr(nlb_state.subprocess, "run", missing)
-    assert nlb_state.dump_conntrack(51793) == []
+    monkeypatch.setattr(nlb_io.subprocess, "run", missing)
+    assert nlb_io.dump_conntrack(51793) == []
+
+
+def test_the_conntrack_reader_reads_its_datapaths_zones(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nlb_io, "dump_conntrack", lambda zone, datapath: calls.append(("dump", zone, datapath)) or [])
+    monkeypatch.setattr(nlb_io, "flush_conntrack", lambda zone, datapath: calls.append(("flush", zone, datapath)))
+    reader = OvsConntrack("netdev@ovs-netdev")
+    assert reader.dump(51793) == []
+    reader.flush(51794)
+    assert calls == [("dump", 51793, "netdev@ovs-netdev"), ("flush", 51794, "netdev@ovs-netdev")]
+
+
+def test_nlb_state_is_pure_and_still_lends_dump_conntrack_to_old_callers():
+    import ast, inspect  # noqa: E401
+    imported = {a.name.split(".")[0] for node in ast.walk(ast.parse(inspect.getsource(nlb_state)))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+    assert not imported & {"os", "socket", "subprocess", "tempfile", "time", "json"}, imported
+    assert nlb_state.dump_conntrack is nlb_io.dump_conntrack  # tests/test_switch_lb.py imports it from here
 
 
 # ---- TokenBucket ------------------------------------------------------------------------------------------
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():
-    clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=3, clock=clock)
-    assert [bucket.allow() for _ in range(5)] == [True, True, True, False, False]
-    clock.advance(0.1)  # one token
-    assert [bucket.allow() for _ in range(2)] == [True, False]
+    bucket = TokenBucket(rate=10, burst=3, now=1000.0)
+    assert [bucket.allow(1000.0) for _ in range(5)] == [True, True, True, False, False]
+    assert [bucket.allow(1000.1) for _ in range(2)] == [True, False]  # one token in 0.1 s
     assert bucket.take_refused() == 3 and bucket.take_refused() == 0
-    clock.advance(3600)  # never more than the burst
-    assert sum(bucket.allow() for _ in range(10)) == 3 and bucket.refused == 7
+    assert sum(bucket.allow(4600.1) for _ in range(10)) == 3 and bucket.refused == 7  # never more than the burst
 
 
-# ---- Challenger --------------------------------------------------------------------------------------------
+# ---- the challenge schedule ------------------------------------------------------------------------------
 
 DELAYS = [0.001, 0.002, 0.005, 0.02, 0.25]
+MS = 1_000_000
+T0 = 1000 * 1000 * MS
 
 
 def conn(port: int) -> Connection:
     return Connection(("10.1.3.1", port, "10.1.0.100", 6001), "cas1", "02:00:0a:01:03:01", 10, 0)
 
 
-class Recorder:
-    def __init__(self, clock: FakeClock):
-        self.clock, self.sent = clock, []
-
-    def __call__(self, due):
-        self.sent += [(round(self.clock() - 1000.0, 6), c.key[1]) for _, _, c in due]
-
-
-def run_for(challenger: Challenger, clock: FakeClock, seconds: float) -> None:
-    """Challenger.run's loop, on the fake clock."""
-    end = clock() + seconds
+def run_for(schedule: ChallengeSchedule, now: int, seconds: float) -> tuple[list, int]:
+    """What the app's timer does, from ``now`` for ``seconds``: [(ms since T0, client port)], the end."""
+    end, sent = now + round(seconds * 1e9), []
     while True:
-        due = challenger.due()
-        if due:
-            challenger.send(due)
-        wait = challenger.wait_time()
-        if wait is None or clock() + wait > end:
-            return
-        clock.advance(wait)
+        sent += [(round((now - T0) / MS, 6), c.key[1]) for _, _, c in schedule.due(now)]
+        at = schedule.next_at()
+        if at is None or at > end:
+            return sent, end
+        now = max(now, at)
 
 
 def test_challenges_follow_the_schedule_densely_first_then_end():
-    clock = FakeClock()
-    record = Recorder(clock)
-    challenger = Challenger(record, [0.25, 0.001, 0.02, 0.002, 0.005], clock)  # sorted by the Challenger
-    challenger.add("dp", "vip", [conn(1), conn(2)])
-    run_for(challenger, clock, 10)
-    times = sorted({t for t, _ in record.sent})
-    assert times == [0.0] + DELAYS  # once at once, then at each delay from the start
-    assert sorted(p for _, p in record.sent) == [1] * 6 + [2] * 6
-    assert challenger.pending == {} and challenger.heap == [] and challenger.wait_time() is None
+    schedule = ChallengeSchedule([0.25, 0.001, 0.02, 0.002, 0.005])  # sorted by the schedule
+    schedule.add("dp", "vip", [conn(1), conn(2)], T0)
+    sent, _ = run_for(schedule, T0, 10)
+    times = sorted({t for t, _ in sent})
+    assert times == [0.0] + [d * 1000 for d in DELAYS]  # once at once, then at each delay from the start
+    assert sorted(p for _, p in sent) == [1] * 6 + [2] * 6
+    assert schedule.pending == {} and schedule.heap == [] and schedule.next_at() is None
 
 
 def test_done_stops_the_challenges_of_a_connection():
-    clock = FakeClock()
-    record = Recorder(clock)
-    challenger = Challenger(record, DELAYS, clock)
-    challenger.add("dp", "vip", [conn(1), conn(2)], now=False)
-    assert challenger.due() == [] and challenger.wait_time() == pytest.approx(0.001)
-    run_for(challenger, clock, 0.003)  # rounds at 1 and 2 ms
-    assert challenger.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is True
-    assert challenger.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is False  # not pending any more
-    run_for(challenger, clock, 10)
-    assert [p for _, p in record.sent].count(1) == 2 and [p for _, p in record.sent].count(2) == 5
-    challenger.add("dp", "vip", [])  # nothing to do
-    assert challenger.heap == []
+    schedule = ChallengeSchedule(DELAYS)
+    schedule.add("dp", "vip", [conn(1), conn(2)], T0, at_once=False)
+    assert schedule.due(T0) == [] and schedule.next_at() == T0 + 1 * MS
+    sent, now = run_for(schedule, T0, 0.003)  # rounds at 1 and 2 ms
+    assert schedule.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is True
+    assert schedule.done(("10.1.3.1", 1, "10.1.0.100", 6001)) is False  # not pending any more
+    more, _ = run_for(schedule, now, 10)
+    sent += more
+    assert [p for _, p in sent].count(1) == 2 and [p for _, p in sent].count(2) == 5
+    schedule.add("dp", "vip", [], now)  # nothing to do
+    assert schedule.heap == []
 
 
 def test_a_batch_everybody_answered_leaves_the_schedule():
-    clock = FakeClock()
-    challenger = Challenger(Recorder(clock), DELAYS, clock)
-    challenger.add("dp", "vip", [conn(1)], now=False)
-    challenger.done(conn(1).key)
-    clock.advance(1)
-    assert challenger.due() == [] and challenger.heap == []
+    schedule = ChallengeSchedule(DELAYS)
+    schedule.add("dp", "vip", [conn(1)], T0, at_once=False)
+    schedule.done(conn(1).key)
+    assert schedule.due(T0 + 1000 * MS) == [] and schedule.heap == []
 
 
-def test_the_run_loop_sends_from_its_own_thread():
-    sent = threading.Event()
-    challenger = Challenger(lambda due: sent.set(), [0.001, 0.002])
-    threading.Thread(target=challenger.run, daemon=True).start()
-    time.sleep(0.01)  # the thread waits for work without spinning
-    challenger.add("dp", "vip", [conn(7)], now=False)
-    assert sent.wait(2)
-    deadline = time.monotonic() + 2
-    while challenger.pending and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert challenger.pending == {}  # the schedule ran to its end
-
+def test_a_connection_added_again_stays_until_its_last_batch_ends():
+    schedule = ChallengeSchedule([0.001, 0.002])
+    schedule.add("dp", "vip", [conn(1)], T0, at_once=False)
+    schedule.add("dp2", "vip", [conn(1)], T0 + 1 * MS, at_once=False)  # a second failover found it again
+    # due at 2 ms: the first batch's two rounds and the second's first, each to where it is now
+    assert [(ch, c.key[1]) for ch, _, c in schedule.due(T0 + 2 * MS)] == [("dp2", 1)] * 3
+    assert conn(1).key in schedule.pending  # the first batch ended, not the second
+    schedule.due(T0 + 3 * MS)
+    assert schedule.pending == {} and schedule.next_at() is None
