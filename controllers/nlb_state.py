@@ -122,11 +122,3 @@ class TokenBucket:
         count, self.refused = self.refused, 0
         return count
 
-
-def __getattr__(name: str):
-    """``dump_conntrack`` moved to controllers/nlb_io.py (the I/O); still reachable here for
-    callers outside controllers/ that import it from its old place, loaded only then."""
-    if name == "dump_conntrack":
-        from controllers.nlb_io import dump_conntrack
-        return dump_conntrack
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ from caslab.ofchannel import listening_socket, write_private
 from caslab.waits import wait_until
 from labcommon.programs import Program
 from controllers.nlb_flows import zone_of
-from controllers.nlb_state import dump_conntrack
+from controllers.nlb_io import dump_conntrack
 from topologies.plan import LabPlan
 
 pytestmark = pytest.mark.require_root
