@@ -17,8 +17,9 @@ import shutil
 import signal
 
 from caslab import system
-from caslab import netlab
-from caslab.netlab import LabError, LabLock, flush_lab_conntrack, sweep_lab_names
+from caslab import machine
+from caslab.machine import LabLock, flush_lab_conntrack, sweep_lab_names
+from caslab.waits import LabError
 from caslab.ofchannel import ChannelError, restore_ssl
 from caslab.registry import live_labs, same_process
 from topologies.plan import MAX_SITES, SWITCH_PREFIX
@@ -95,7 +96,7 @@ def run() -> int:
         try:
             lock.acquire()
         except LabError:
-            print(f"refused: a lab holds {netlab.LOCK_PATH} right now")
+            print(f"refused: a lab holds {machine.LOCK_PATH} right now")
             running = [{}]
     try:
         if running:

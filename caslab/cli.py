@@ -182,9 +182,9 @@ def cmd_soak(args) -> int:
 
 
 def cmd_nlb(args) -> int:
-    from caslab import nlb_client
+    from caslab import live_control, nlb_client
 
-    return nlb_client.run(args)
+    return nlb_client.run(args) if args.port is not None else live_control.nlb_command(args)
 
 
 def cmd_bench(args) -> int:

@@ -179,7 +179,8 @@ def sweep_after_lost_process() -> str:
     """A repetition process killed outright (SIGKILL, the OOM killer) could not tear its
     lab down: remove what it left, as ``caslab cleanup`` would, under the lab lock."""
     from caslab.cleanup import sweep_dead_labs
-    from caslab.netlab import LabError, LabLock
+    from caslab.machine import LabLock
+    from caslab.waits import LabError
 
     removed: list[str] = []
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from caslab import system
-from caslab.netlab import LabError
+from caslab.waits import LabError
 from labcommon.catalogue import VM_MOVED, VM_NOTIFY
 from topologies.vswitch import COOKIE, rarp_frame, vswitch_flows
 

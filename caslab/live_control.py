@@ -22,6 +22,11 @@ from typing import Any, Callable
 from caslab.registry import running_live_lab
 from labcommon.protocol import MAX_DEPTH, nesting_depth
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 MAX_REQUEST = 65536
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -123,8 +128,6 @@ def send(request: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """A ``--key value`` value: a TOML value (5, 2.5, true, ["a"]), else the bare word."""
-    from caslab.spec import tomllib
-
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

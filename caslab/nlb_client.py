@@ -78,10 +78,8 @@ def read_token(path: str | None) -> str | None:
 
 
 def run(args) -> int:
-    if args.port is None:
-        from caslab import live_control
-
-        return live_control.nlb_command(args)
+    """``caslab nlb --port``: straight to a controller's API (without --port, the command
+    goes through the live lab: caslab.cli)."""
     try:
         path, body = request_for(args.action, args.vip, args.member_or_value, args.deadline)
         result = call(args.port, path, body, read_token(args.token_file))

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.install()
     die_with_parent(task_spec["parent"])
     from caslab import runner
-    from caslab.netlab import LabLock
+    from caslab.machine import LabLock
 
     task = runner.RepTask(task_spec["index"], task_spec["scenario_id"], task_spec["label"], task_spec["rep"],
                           task_spec["scenario"])

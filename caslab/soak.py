@@ -17,7 +17,8 @@ import subprocess
 from pathlib import Path
 
 from caslab import runner, spec as spec_mod, system
-from caslab.netlab import LabError, LabLock, existing_bridges
+from caslab.machine import LabLock, existing_bridges
+from caslab.waits import LabError
 from caslab.registry import live_labs
 from controllers.nlb_flows import zone_of
 from topologies.plan import MAX_SITES, SWITCH_PREFIX

@@ -1,4 +1,4 @@
-"""The lab lock (caslab/netlab.py ``LabLock``, issue 18 item 6) and ``caslab cleanup``'s use
+"""The lab lock (caslab/machine.py ``LabLock``, issue 18 item 6) and ``caslab cleanup``'s use
 of it. The lock file is root's and 0600 in a folder only root may write to, so no other
 user can open it, let alone flock it and block every run; a lock file an older caslab
 made 0644 is replaced unless a root process (a running lab) holds it. ``caslab cleanup``
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import cleanup, netlab
-from caslab.netlab import LabError, LabLock
+from caslab import cleanup, machine
+from caslab.machine import LabLock
+from caslab.waits import LabError
 
 # root (to act as another user with setpriv), but no network: not require_root, whose lock
 # waits for other suites' real-network tests
@@ -33,7 +34,7 @@ def run_dir(monkeypatch):
     """A run folder others may enter (as /run/caslab is), with LOCK_PATH inside it."""
     folder = Path(tempfile.mkdtemp(prefix="caslab-lock-"))
     folder.chmod(0o755)
-    monkeypatch.setattr(netlab, "LOCK_PATH", folder / "lab.lock")
+    monkeypatch.setattr(machine, "LOCK_PATH", folder / "lab.lock")
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -54,44 +55,44 @@ def end(proc: subprocess.Popen) -> None:
 
 def test_the_lock_file_is_roots_and_private(run_dir):
     with LabLock(wait_s=0):
-        info = os.stat(netlab.LOCK_PATH)
+        info = os.stat(machine.LOCK_PATH)
         assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
         assert not os.stat(run_dir).st_mode & 0o022
     opened = subprocess.run([*NOBODY, sys.executable, "-I", "-c", "import sys; open(sys.argv[1])",
-                             str(netlab.LOCK_PATH)], capture_output=True, text=True)
+                             str(machine.LOCK_PATH)], capture_output=True, text=True)
     assert opened.returncode != 0 and "PermissionError" in opened.stderr
 
 
 def test_an_insecure_lock_file_held_by_another_user_does_not_block_runs(run_dir):
-    netlab.LOCK_PATH.write_text("")
-    netlab.LOCK_PATH.chmod(0o644)  # as an older caslab left it
-    squatter = hold(netlab.LOCK_PATH, NOBODY)
+    machine.LOCK_PATH.write_text("")
+    machine.LOCK_PATH.chmod(0o644)  # as an older caslab left it
+    squatter = hold(machine.LOCK_PATH, NOBODY)
     try:
         with LabLock(wait_s=0):
-            info = os.stat(netlab.LOCK_PATH)
+            info = os.stat(machine.LOCK_PATH)
             assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 0
     finally:
         end(squatter)
 
 
 def test_an_insecure_lock_file_held_by_root_is_still_respected(run_dir):
-    netlab.LOCK_PATH.write_text("")
-    netlab.LOCK_PATH.chmod(0o644)
-    older_caslab = hold(netlab.LOCK_PATH, [])
+    machine.LOCK_PATH.write_text("")
+    machine.LOCK_PATH.chmod(0o644)
+    older_caslab = hold(machine.LOCK_PATH, [])
     try:
         with pytest.raises(LabError, match="another caslab network is running"):
             LabLock(wait_s=0).acquire()
     finally:
         end(older_caslab)
     with LabLock(wait_s=0):
-        assert stat.S_IMODE(os.stat(netlab.LOCK_PATH).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(machine.LOCK_PATH).st_mode) == 0o600
 
 
 def test_cleanup_holds_the_lock_while_it_sweeps(run_dir, monkeypatch):
     during = []
 
     def sweep(say=print):
-        with open(netlab.LOCK_PATH) as probe:
+        with open(machine.LOCK_PATH) as probe:
             try:
                 fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 during.append("free")
@@ -116,7 +117,7 @@ def test_the_test_suites_lock_is_private_too(run_dir):
     suite_lock.chmod(0o644)  # as the suite left it before
     squatter = hold(suite_lock, NOBODY)
     try:
-        with netlab.open_private_lock(suite_lock) as handle:
+        with machine.open_private_lock(suite_lock) as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not blocked by the other account
             info = os.stat(suite_lock)
             assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600

@@ -52,3 +52,22 @@ def test_a_program_that_imports_the_engine_breaks_the_contracts(tmp_path):
     done = lint_with_planted_import(tmp_path, "labcommon/runtime.py", "caslab.spec")
     assert "The in-host programs and the controller apps never import the engine BROKEN" in done.stdout
     assert "Floors: the engine, then the programs beside each other, then the common floor BROKEN" in done.stdout
+
+
+def test_the_engine_has_no_import_cycle_and_checking_a_spec_builds_no_network():
+    """Counted by tools/import_graph.py (grimp, with each registry's loading of its members
+    as imports): no group of modules imports itself round, and validating a spec loads
+    neither the live network, its controller channel, Mininet nor the run."""
+    tools = ROOT / "tools"
+    sys.path.insert(0, str(tools))
+    try:
+        import import_graph
+    finally:
+        sys.path.remove(str(tools))
+    survey = import_graph.survey()
+    assert survey["cycles"] == [], survey["cycles"]
+    code = "import sys, caslab.spec; print('\\n'.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    network = {"caslab.netlab", "caslab.ofchannel", "caslab.context", "caslab.scenario", "mininet", "caslab.cleanup"}
+    assert not network & set(loaded), sorted(network & set(loaded))

@@ -18,7 +18,7 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from caslab import ofchannel, tls
-from caslab.netlab import LabLock
+from caslab.machine import LabLock
 from caslab.ofchannel import ChannelError, listening_socket, write_private
 from caslab.waits import wait_until
 from labcommon.catalogue import LB_MEMBER, NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.schema import Field, non_negative
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.schema import Field, non_negative
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.faults.poweroff import HOST_ROLES
 from caslab.schema import Field, int_range, positive
 from labcommon.catalogue import LINK_STATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from caslab.exchange_admin import role_processes
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.schema import Field, non_negative
 
 

@@ -9,7 +9,7 @@ notice (the run and its report say so); the rate limit still applies.
 from __future__ import annotations
 
 from caslab import system
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.faults.poweroff import HOST_ROLES
 from caslab.schema import Field, num_range
 from labcommon.catalogue import CAPABILITY_MISSING

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from caslab.exchange_admin import fail_over_databases
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 
 HOST_ROLES = ("cas", "mailbox", "autodiscover", "dns", "lb", "client")
 

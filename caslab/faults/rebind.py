@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from caslab.exchange_admin import admin_call, host_fqdn
-from caslab.faults import Fault
+from caslab.spec_exchange import server_names
+from caslab.faults.base import Fault
 from caslab.schema import Field, SpecError
 from labcommon.catalogue import RCAS_SET
 
@@ -18,8 +19,6 @@ class Rebind(Fault):
 
     @classmethod
     def check(cls, fault, scenario, plan, source, key):
-        from caslab.scenario_check import server_names
-
         databases = [f"DB{i + 1}" for i in range(scenario["topology"]["databases"])]
         if fault["database"] not in databases:
             raise SpecError(source, f"{key}.database", f"a database of this topology, one of {databases}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 
 
 class Rejoin(Fault):

@@ -10,7 +10,7 @@ can still cut every Outlook off (experiments/multi-role-switchover.toml).
 from __future__ import annotations
 
 from caslab.exchange_admin import move_database
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.schema import Field, SpecError
 
 

@@ -10,7 +10,7 @@ their clients (the classic "NLB works only while both VMs sit on the same host")
 from __future__ import annotations
 
 from caslab import hypervisor
-from caslab.faults import Fault
+from caslab.faults.base import Fault
 from caslab.schema import Field, SpecError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caslab.modes import Mode
+from caslab.modes.base import Mode
 from topologies.plan import LAB_DOMAIN
 
 

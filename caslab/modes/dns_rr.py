@@ -9,7 +9,7 @@ server's (``dns.ttl_s``).
 
 from __future__ import annotations
 
-from caslab.modes import Mode
+from caslab.modes.base import Mode
 
 
 class DnsRoundRobin(Mode):

@@ -16,7 +16,7 @@ from typing import Any
 
 from caslab import nlb_client
 from caslab.http_spec import http_enabled
-from caslab.modes import VipMode
+from caslab.modes.base import VipMode
 from caslab.schema import Field, choice, int_range
 from labcommon.ports import CAS_PORT, HTTPS_PORT
 from labcommon.programs import HEALTH_AGENT, HealthAgentConfig, HealthMember

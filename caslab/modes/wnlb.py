@@ -29,8 +29,8 @@ import time
 from typing import Any
 
 from caslab import system
-from caslab.modes import VipMode
-from caslab.netlab import LabError
+from caslab.modes.base import VipMode
+from caslab.waits import LabError
 from caslab.waits import LogTail, wait_for_events, wait_ready
 from caslab.schema import Field, choice, int_range
 from controllers import wnlb_nft
