@@ -286,10 +286,6 @@ HTTP_CLIENT = program("http-client", "client", "traffic.http_client", HttpClient
                       doc="a client host's OWA, ActiveSync and Outlook Anywhere sessions")
 
 
-def by_module(module: str) -> Program:
-    return next(p for p in PROGRAMS.values() if p.module == module)
-
-
 # ---- both sides of a configuration file --------------------------------------------------
 
 _DACITE = dacite.Config(strict=True, type_hooks={float: float})  # a JSON 10 is a fine float

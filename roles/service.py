@@ -22,9 +22,8 @@ from labcommon.programs import ServiceConfig
 from labcommon.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode, error, write_frame
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
-IDLE_TIMEOUT_S = 300.0
-PARTIAL_TIMEOUT_S = 10.0
-MAX_CONNECTIONS = 8192
+IDLE_TIMEOUT_S = ServiceConfig.idle_timeout_s  # the configuration's defaults, declared there once
+PARTIAL_TIMEOUT_S = ServiceConfig.partial_timeout_s
 
 
 def raise_open_files_limit() -> int:

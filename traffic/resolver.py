@@ -16,7 +16,7 @@ import dns.resolver
 
 from labcommon.programs import TargetConfig
 
-WINDOWS_MAX_TTL_S = 86400  # as TargetConfig.max_ttl_s
+WINDOWS_MAX_TTL_S = TargetConfig.max_ttl_s  # the Windows DNS client's cap, declared there once
 
 
 class ResolveError(Exception):
