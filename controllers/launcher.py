@@ -7,7 +7,7 @@ parse options, load apps, instantiate, join, and always ``close()``. It avoids
     python -m controllers.launcher --port 6653 [--framework os_ken|ryu] controllers.sdn_nlb
     python -m controllers.launcher --listen-fd 5 --ctl-privkey K --ctl-cert C --ca-certs CA controllers.sdn_nlb
 
-The lab uses the second form (caslab/ofchannel.py): the runner binds the listening socket
+The lab uses the second form (caslab/network/ofchannel.py): the runner binds the listening socket
 and the controller inherits it (no moment in which another user could take the port), and
 the switches must present a certificate of the run's CA (mutual TLS). The handshakes are
 the launcher's own (controllers/tls_listener.py: only the switch's account, few at once,

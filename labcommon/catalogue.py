@@ -301,7 +301,7 @@ WNLB_DRAIN = event("wnlb_drain", "wnlb", "drainstop / start on a host: draining,
 LB_ADMIN = event("lb_admin", "runner", "an admin command to HAProxy's runtime API",
                  command=f("str", "the command"), answer=f("str", "HAProxy's answer"))
 
-# ---------------------------------------------------------------- runner (caslab.scenario, caslab.faults)
+# ---------------------------------------------------------------- runner (caslab.run.scenario, caslab.faults)
 SCENARIO_START = event("scenario_start", "runner", "a scenario repetition starts",
                        mode=f("str", "HA mode"), label=f("str", "scenario label"), repetition=f("int", "0-based"),
                        datapath=f("str", "OVS datapath"), plan=f("dict", "host -> role, ip, site"))

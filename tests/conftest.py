@@ -34,7 +34,7 @@ os.environ.setdefault("CASLAB_LOCK_WAIT_S", "3600")
 def free_tcp_port() -> int:
     """A loopback port free a moment ago, for a test's own server that must be told its
     port in advance (a Dask scheduler). The lab never picks ports so: its listeners are
-    bound by the runner and handed over (caslab/ofchannel.py)."""
+    bound by the runner and handed over (caslab/network/ofchannel.py)."""
     import socket
 
     with socket.socket() as sock:
@@ -78,7 +78,7 @@ def one_real_network_test_at_a_time(request):
     if "require_root" not in request.keywords or lab_prerequisites() is not None:
         yield
         return
-    from caslab.machine import open_private_lock
+    from caslab.network.machine import open_private_lock
 
     with open_private_lock(TEST_LOCK) as handle:  # root's, 0600: no other account can hold the suite up
         deadline = time.monotonic() + float(os.environ["CASLAB_LOCK_WAIT_S"])
@@ -100,7 +100,7 @@ def one_real_network_test_at_a_time(request):
 def wait_for_other_labs() -> None:
     """A run outside the suite (a soak, a user's experiment) holds the lab lock: wait for it
     to end, so that this test's residue checks see only its own lab."""
-    from caslab.machine import LabLock
+    from caslab.network.machine import LabLock
 
     with LabLock():
         pass
@@ -144,8 +144,8 @@ def no_residue():
     lock no lab runs, so what a dead run left (a SIGKILL, a machine restart: Open
     vSwitch keeps bridges in its database) is swept first, as every run does; a test
     that leaves residue still fails its own check below."""
-    from caslab.cleanup import sweep_dead_labs
-    from caslab.machine import LabLock
+    from caslab.network.cleanup import sweep_dead_labs
+    from caslab.network.machine import LabLock
 
     with LabLock():
         if lab_residue():

@@ -1,13 +1,13 @@
 """An independent implementation of docs/METRICS.md, for the differential test.
 
 Written from docs/METRICS.md alone (section numbers below are that document's), without
-reading or importing ``caslab.metrics``: when it and the production metrics disagree on a
+reading or importing ``caslab.results.metrics``: when it and the production metrics disagree on a
 generated event log, one of them misreads the document. It favours being obviously the
 document over being fast (every rule is a literal scan of the events).
 
 Entry points: ``analyze_run(events, late_ms, stall_ms)`` (one repetition, a plain dict) and
 ``summarize(runs, min_cpu_idle_pct)`` (a scenario's repetitions -> the scenario fields of
-summary.json that the document defines, in the names of ``caslab.metrics.outcomes``).
+summary.json that the document defines, in the names of ``caslab.results.metrics.outcomes``).
 Where the document is silent or open to two readings, the reading taken is marked
 "READING:" in a comment.
 """

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from caslab import bench_failover, runner, spec as spec_mod
+from caslab.commands import bench_failover
+
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 
 
 def test_run_order_interleaves_repetitions_or_keeps_scenarios_together():
@@ -133,7 +137,7 @@ def test_a_sizes_p99_is_shown_as_a_multiple_of_its_own_dataplanes_floor():
 
 
 def test_steady_figures_are_medians_of_successes_before_the_first_fault():
-    from caslab.metrics.floor import idle_floor
+    from caslab.results.metrics.floor import idle_floor
 
     ms = 1_000_000
     run = [{"ev": "probe", "ts": 0, "ok": True, "rtt_us": 900},                       # before the window
@@ -162,7 +166,7 @@ def test_bench_floor_runs_one_session_per_dataplane_and_prints_its_floor(tmp_pat
     table = (tmp_path / "bench" / "bench.txt").read_text()
     print(table)
     assert table.strip() in printed
-    floor = bench_failover.floor_rows(__import__("caslab.analysis", fromlist=["analyze"]).analyze(
+    floor = bench_failover.floor_rows(__import__("caslab.results.analysis", fromlist=["analyze"]).analyze(
         tmp_path / "bench" / "floor", with_captures=False))
     assert sorted(floor) == ["controller", "switch"]
     for plane, row in floor.items():
@@ -177,7 +181,7 @@ def test_bench_floor_runs_one_session_per_dataplane_and_prints_its_floor(tmp_pat
 def test_a_size_that_never_becomes_ready_is_reported_and_the_bench_goes_on(tmp_path, monkeypatch, capsys):
     """A lab that never became ready (5,000 sessions on two cores) ends that size with its
     reason in the table; the sizes after it still run, and the exit status says one failed."""
-    from caslab.netlab import LabError
+    from caslab.network.netlab import LabError
 
     ran: list[str] = []
 

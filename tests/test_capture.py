@@ -1,4 +1,4 @@
-"""caslab.capture on synthetic captures: scapy builds the packets a client link would
+"""caslab.results.capture on synthetic captures: scapy builds the packets a client link would
 carry (with explicit wall-clock times and tcpdump's 128-byte snap length) and the
 matching client events (monotonic), so every expected number is known exactly."""
 
@@ -14,8 +14,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from caslab import capture
-from caslab.metrics import RunParams, analyze_run
+from caslab.results import capture
+from caslab.results.metrics import RunParams, analyze_run
 
 VIP, CLIENT = "10.1.0.100", "10.1.0.51"
 OFFSET = 1_795_577_630_578_826_000  # wall - mono as in a real run (whole us: pcap keeps us)
@@ -327,7 +327,7 @@ def _run_folder(tmp_path, pcap_bytes: bytes | None):
 
 
 def test_analysis_says_what_became_of_the_check(tmp_path):
-    from caslab.analysis import capture_check
+    from caslab.results.analysis import capture_check
 
     run_dir, events, run, good = _run_folder(tmp_path, None)
     assert capture_check(run_dir, ("s1", 0), events, run, captured=False) == {"status": "not_captured", "rep": 0}
@@ -348,7 +348,7 @@ def _check(rep, diffs, only_events=(), only_wire=(), status="ok"):
 
 
 def test_merged_check_pools_every_session_and_keeps_every_disagreement():
-    from caslab.metrics.summary import merge_capture_checks
+    from caslab.results.metrics.summary import merge_capture_checks
 
     merged = merge_capture_checks([_check(0, [0.1, 0.2, 0.3]), _check(1, [5.0], only_events=["cl1-s4"]),
                                    _check(2, [0.4, 0.5, 0.6, 0.7], only_wire=["cl2-s1", "cl2-s2"])])
@@ -361,7 +361,7 @@ def test_merged_check_pools_every_session_and_keeps_every_disagreement():
 
 
 def test_merged_check_reports_a_repetition_it_could_not_check():
-    from caslab.metrics.summary import merge_capture_checks
+    from caslab.results.metrics.summary import merge_capture_checks
 
     merged = merge_capture_checks([_check(0, [0.1]), {"status": "error", "rep": 1, "error": "cl1.pcap: bad magic"}])
     assert merged["status"] == "error" and merged["n"] == 1

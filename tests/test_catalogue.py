@@ -13,7 +13,7 @@ from labcommon.events import EventLog, EventSchemaError, NullLog
 from tests.conftest import ROOT
 
 PACKAGES = ("caslab", "controllers", "roles", "traffic", "labcommon", "topologies")
-CONSUMERS = ("caslab/metrics", "caslab/analysis.py", "caslab/capture.py", "caslab/report", "caslab/scenario.py")
+CONSUMERS = ("caslab/results/metrics", "caslab/results/analysis.py", "caslab/results/capture.py", "caslab/results/report", "caslab/run/scenario.py")
 
 
 def sources() -> dict[str, ast.Module]:
@@ -116,15 +116,15 @@ def test_problems_checks_any_record():
 
 
 def test_results_doc_is_up_to_date():
-    from caslab import results_doc
+    from caslab.results import results_doc
 
     assert (ROOT / "docs" / "RESULTS.md").read_text() == results_doc.markdown(), \
-        "run: python -m caslab.results_doc > docs/RESULTS.md"
+        "run: python -m caslab.results.results_doc > docs/RESULTS.md"
 
 
 def test_every_mode_has_its_own_colour_in_every_plot():
     from caslab.modes import MODES
-    from caslab.report.style import mode_style
+    from caslab.results.report.style import mode_style
 
     colours = [mode_style(name)[0] for name in MODES]
     assert len(set(colours)) == len(colours), dict(zip(MODES, colours))

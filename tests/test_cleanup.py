@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner
-from caslab.netlab import LabError
-from caslab.registry import LabRecord, live_labs, same_process, start_time
+from caslab.run import runner
+from caslab.network.netlab import LabError
+from caslab.network.registry import LabRecord, live_labs, same_process, start_time
 from tests.conftest import ROOT, lab_residue
 
 SPEC = """
@@ -51,7 +51,7 @@ def lab_processes(marker: str) -> list[str]:
 def start_run(tmp_path: Path) -> subprocess.Popen:
     spec = tmp_path / "killed.toml"
     spec.write_text(SPEC)
-    return subprocess.Popen([sys.executable, "-m", "caslab.cli", "run", str(spec), "--out", str(tmp_path / "elsewhere")],
+    return subprocess.Popen([sys.executable, "-m", "caslab.commands.cli", "run", str(spec), "--out", str(tmp_path / "elsewhere")],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
 
@@ -66,7 +66,7 @@ def wait_for(proc: subprocess.Popen, text: str, timeout_s: float = 90) -> str:
 
 
 def cleanup() -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "caslab.cli", "cleanup"], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "caslab.commands.cli", "cleanup"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -100,7 +100,7 @@ def test_sigkilled_run_is_cleaned_up_from_the_registry(tmp_path, no_residue):
 
 
 def test_registry_records_processes_with_their_start_time(tmp_path, monkeypatch):
-    monkeypatch.setattr("caslab.registry.RUN_ROOT", tmp_path)
+    monkeypatch.setattr("caslab.network.registry.RUN_ROOT", tmp_path)
     record = LabRecord.create(tmp_path / "results", ["clab1"], "netdev@ovs-netdev")
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
@@ -152,16 +152,16 @@ def test_an_out_folder_named_like_an_option_becomes_an_absolute_path(tmp_path, m
     folder = runner.result_folder("-x", "unused")
     assert folder == tmp_path / "-x" and folder.is_absolute()
     assert runner.result_folder(None, "name-1").is_absolute()
-    live = (ROOT / "caslab" / "live.py").read_text()
+    live = (ROOT / "caslab" / "run" / "live.py").read_text()
     assert '"mount", "--bind", "--",' in live, "paths after -- are never options"
 
 
 def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_path, monkeypatch):
     """The bridge names are shared: while a lab runs, cleanup of a dead one must not sweep them."""
-    from caslab import cleanup as cleanup_mod
-    from caslab.registry import write_atomic
+    from caslab.network import cleanup as cleanup_mod
+    from caslab.network.registry import write_atomic
 
-    monkeypatch.setattr("caslab.registry.RUN_ROOT", tmp_path)
+    monkeypatch.setattr("caslab.network.registry.RUN_ROOT", tmp_path)
     swept = []
     monkeypatch.setattr(cleanup_mod, "sweep_lab_names", lambda names: swept.append(names) or [])
     monkeypatch.setattr(cleanup_mod, "flush_lab_conntrack", lambda *a: swept.append(a))
@@ -191,7 +191,7 @@ def test_a_dead_labs_processes_are_ended_but_a_running_labs_names_are_kept(tmp_p
 def test_sigterm_at_any_moment_tears_the_lab_down(tmp_path, no_residue, command, moment):
     spec = tmp_path / "killed.toml"
     spec.write_text(SPEC)
-    argv = [sys.executable, "-m", "caslab.cli", command] + (["2"] if command == "soak" else [])
+    argv = [sys.executable, "-m", "caslab.commands.cli", command] + (["2"] if command == "soak" else [])
     proc = subprocess.Popen(argv + [str(spec), "--out", str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     try:
@@ -216,7 +216,7 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
     """After a restart the registry under /run is gone but Open vSwitch's database still
     holds the dead run's bridges: the next run removes them (it holds the lab lock, so
     no lab runs) and says so, instead of refusing to start."""
-    from caslab import ofchannel
+    from caslab.network import ofchannel
 
     for bridge in ("clab1", "clab2"):
         subprocess.run(["ovs-vsctl", "--timeout=5", "add-br", bridge, "--", "set", "bridge", bridge,
@@ -229,7 +229,7 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
     assert "bridge clab2" in lab_residue() and "Open vSwitch's SSL configuration is still a lab's" in lab_residue()
     spec = tmp_path / "after-restart.toml"
     spec.write_text(RESTARTED_SPEC)
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(spec), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "run", str(spec), "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed what a dead run left" in result.stderr and "clab2" in result.stderr, result.stderr[-3000:]
@@ -241,7 +241,7 @@ def test_a_run_sweeps_what_a_machine_restart_left_in_open_vswitch(tmp_path, no_r
 @pytest.mark.require_root
 def test_soak_checks_every_run_and_reports_growth(tmp_path, no_residue):
     """``caslab soak``: two runs back to back, each followed by its residue and leak checks."""
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "soak", "2", "--out", str(tmp_path / "soak")],
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "soak", "2", "--out", str(tmp_path / "soak")],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()

@@ -11,16 +11,18 @@ import sys
 
 import pytest
 
-from caslab import runner, spec as spec_mod
-from caslab.metrics import analyze_run, summarize_scenario
-from caslab.metrics.compare import compare
-from caslab.report import index
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
+from caslab.results.metrics import analyze_run, summarize_scenario
+from caslab.results.metrics.compare import compare
+from caslab.results.report import index
 from tests.conftest import ROOT
 from tests.test_metrics import MS, PARAMS, fault, frame, steady
 
 
 def caslab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "caslab.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "caslab.commands.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -29,6 +31,15 @@ def test_version_and_list():
     listed = caslab("list").stdout.splitlines()
     assert [line.split()[0] for line in listed] == spec_mod.spec_names()
     assert any(line.startswith("default ") and "powered off" in line for line in listed)
+
+
+def test_every_command_prints_its_help():
+    """argparse formats each help text with %: a bare '%' in one broke ``caslab --help``."""
+    commands = [None] + re.findall(r"\{(.+?)\}", caslab("--help").stdout)[0].split(",")
+    assert "run" in commands and "compare" in commands
+    for command in commands:
+        done = caslab(*([command] if command else []), "--help")
+        assert done.returncode == 0 and "usage: caslab" in done.stdout, (command, done.stderr[-500:])
 
 
 def test_inspect_prints_the_plan_without_building_anything():
@@ -40,7 +51,7 @@ def test_inspect_prints_the_plan_without_building_anything():
 
 
 def test_a_closed_pipe_is_not_an_error():
-    result = subprocess.run(f"'{sys.executable}' -m caslab.cli run default --check | head -1", shell=True, cwd=ROOT,
+    result = subprocess.run(f"'{sys.executable}' -m caslab.commands.cli run default --check | head -1", shell=True, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.stdout == "{\n" and "Traceback" not in result.stderr and "Error" not in result.stderr
 
@@ -65,7 +76,7 @@ def outcome(reconnect_ms: int, rep: int):
 
 
 class Runs:
-    """What caslab.metrics.compare reads of an analysis: scenarios and their runs."""
+    """What caslab.results.metrics.compare reads of an analysis: scenarios and their runs."""
 
     def __init__(self, reconnects: list[int], label: str = "sdn-nlb"):
         self.runs = [outcome(r, i) for i, r in enumerate(reconnects)]

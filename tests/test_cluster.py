@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from tests.conftest import free_tcp_port
 from labcommon.catalogue import SCENARIO_START
 from labcommon.events import read_events
@@ -76,7 +78,7 @@ class Cluster:
         self.start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                  "--port", port, "--dashboard-address", "127.0.0.1:0"])
         for name in workers:
-            self.start(name, [sys.executable, "-m", "caslab.cli", "worker", "--scheduler", self.address,
+            self.start(name, [sys.executable, "-m", "caslab.commands.cli", "worker", "--scheduler", self.address,
                               "--host", "127.0.0.1", "--name", name, "--no-nanny"])
         from distributed import Client
 
@@ -124,7 +126,7 @@ def write_spec(tmp_path: Path) -> Path:
 
 
 def run_cli(args: list[str], on_line=None, timeout_s: float = 300, env: dict | None = None) -> tuple[int, str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "caslab.cli", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "caslab.commands.cli", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     seen = []
     deadline = time.monotonic() + timeout_s
@@ -258,7 +260,7 @@ def repetition_pids(scratch: Path) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "caslab.repetition" in cmd and str(scratch) in cmd:
+        if "caslab.run.repetition" in cmd and str(scratch) in cmd:
             found.append(int(proc.name))
     return found
 

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from caslab import cluster, cluster_facts, cluster_worker, runner, spec as spec_mod
-from caslab.cluster_facts import ClusterRefused
-from caslab.netlab import LabError
+from caslab.commands import cluster, cluster_facts, cluster_worker
+
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
+from caslab.commands.cluster_facts import ClusterRefused
+from caslab.network.netlab import LabError
 from tests.conftest import ROOT
 
 FACTS = {"host": "lab1", "git": {"commit": "a" * 40, "dirty": False, "diff_sha256": None}, "python": "3.11.2",
@@ -197,7 +201,7 @@ def test_worker_command_line():
     argv = cluster_worker.worker_argv("tcp://10.0.0.1:8786", "lab1", "127.0.0.1", nanny=False, dashboard=False)
     assert argv[:4] == [sys.executable, "-m", "distributed.cli.dask_worker", "tcp://10.0.0.1:8786"]
     joined = " ".join(argv)
-    for part in ("--nthreads 1", "--resources lab=1", "--preload caslab.cluster_worker", "--no-nanny",
+    for part in ("--nthreads 1", "--resources lab=1", "--preload caslab.commands.cluster_worker", "--no-nanny",
                  "--name lab1", "--host 127.0.0.1", "--dashboard-address 127.0.0.1:0", "--no-dashboard"):
         assert part in joined, part
 
@@ -205,7 +209,7 @@ def test_worker_command_line():
 def test_allow_mismatch_needs_a_cluster(tmp_path):
     path = tmp_path / "plan.toml"
     path.write_text(SPEC)
-    res = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(path), "--allow-mismatch"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "run", str(path), "--allow-mismatch"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--allow-mismatch only applies to a run with --cluster" in res.stderr
 
@@ -216,7 +220,7 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
     path = tmp_path / "plan.toml"
     path.write_text(SPEC)
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
-    res = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(path), "--cluster", address,
+    res = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "run", str(path), "--cluster", address,
                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     assert f"cannot reach the Dask scheduler at {address}" in res.stderr
@@ -243,7 +247,7 @@ def test_a_plain_dask_worker_that_cannot_run_a_lab_gets_no_lab_resource(tmp_path
                                        sys.executable, "-m", "distributed.cli.dask_worker", address,
                                        "--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
                                        "--no-nanny", "--nthreads", "1", "--resources", "lab=1",
-                                       "--preload", "caslab.cluster_worker", "--local-directory", str(home)],
+                                       "--preload", "caslab.commands.cluster_worker", "--local-directory", str(home)],
                                       stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True))
         from distributed import Client
 
@@ -269,7 +273,7 @@ def test_caslab_worker_refuses_a_machine_that_cannot_run_a_lab():
     """A machine without the lab's tools (here: a PATH where none of them is) gets no
     worker: it exits 3 naming what is missing, before it ever reaches a scheduler. (Not as
     an unprivileged user: the venv may sit in /root, which only root can enter.)"""
-    res = subprocess.run(["env", "-i", "HOME=/", "PATH=/nonexistent", sys.executable, "-m", "caslab.cli", "worker",
+    res = subprocess.run(["env", "-i", "HOME=/", "PATH=/nonexistent", sys.executable, "-m", "caslab.commands.cli", "worker",
                           "--scheduler", "tcp://127.0.0.1:1", "--host", "127.0.0.1"], capture_output=True, text=True,
                          cwd=str(ROOT), timeout=60)
     assert res.returncode == 3, res.stderr

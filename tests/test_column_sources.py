@@ -11,10 +11,10 @@ import typing
 
 import pytest
 
-from caslab.columns import COLUMNS, HTTP_COLUMNS, Column
-from caslab.metrics.outcomes import FaultSummary, ProtocolSummary
-from caslab.metrics.runs import message_integrity
-from caslab.metrics.summary import merge_capture_checks
+from caslab.results.columns import COLUMNS, HTTP_COLUMNS, Column
+from caslab.results.metrics.outcomes import FaultSummary, ProtocolSummary
+from caslab.results.metrics.runs import message_integrity
+from caslab.results.metrics.summary import merge_capture_checks
 
 # What the dict-valued fields hold, as their producers write them.
 DICT_SAMPLES = {

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from caslab import cost
+from caslab.run import cost
 from labcommon import programs
-from caslab.netlab import LabNetwork
-from caslab.procstat import process_cpu_ms
+from caslab.network.netlab import LabNetwork
+from caslab.base.procstat import process_cpu_ms
 from labcommon.events import EventLog, read_events
 from topologies.plan import LabPlan
 

@@ -1,4 +1,4 @@
-"""The lab's DNS server (caslab/services.py) for real: dnsmasq with the lab's own argument
+"""The lab's DNS server (caslab/network/services.py) for real: dnsmasq with the lab's own argument
 list, in a network namespace of its own, answering on loopback (issue 18, low: it ran as
 root)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from caslab.services import DNSMASQ_BINARY as DNSMASQ
+from caslab.network.services import DNSMASQ_BINARY as DNSMASQ
 
 pytestmark = pytest.mark.skipif(not Path(DNSMASQ).exists() or not shutil.which("unshare"),
                                 reason="needs dnsmasq and unshare")
@@ -21,7 +21,7 @@ PROBE = r"""
 import json, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 import dns.message, dns.query
-from caslab.services import dnsmasq_argv
+from caslab.network.services import dnsmasq_argv
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 proc = subprocess.Popen(dnsmasq_argv("127.0.0.1", {"mail.lab.test": ["10.1.0.100"]}, 5),
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

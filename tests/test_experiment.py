@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
-from caslab.netlab import LabError
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
+from caslab.network.netlab import LabError
 from tests.conftest import ROOT, lab_residue
 
 pytestmark = pytest.mark.require_root
@@ -86,7 +88,7 @@ def test_poweroff_recovers_every_affected_session(tmp_path, no_residue):
     before = {name: (run_dir / name).read_bytes() for name in generated}
     for name in generated:
         (run_dir / name).unlink()
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "report", str(run_dir)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "report", str(run_dir)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert {name: (run_dir / name).read_bytes() for name in generated} == before
@@ -111,7 +113,7 @@ def test_failed_run_tears_down_and_keeps_events(tmp_path, no_residue):
 def test_interrupted_run_tears_down_and_keeps_events(tmp_path, no_residue):
     path = write_spec(tmp_path, "interrupted")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "caslab.cli", "run", str(path), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "caslab.commands.cli", "run", str(path), "--out", str(out)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     seen = ""

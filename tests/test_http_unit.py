@@ -16,11 +16,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from caslab import spec as spec_mod
-from caslab.metrics.http import http_faults
+from caslab.spec import experiment as spec_mod
+from caslab.results.metrics.http import http_faults
 from caslab.modes import MODES
-from caslab.schema import SpecError
-from caslab.tls import make_lab_tls
+from caslab.schema.fields import SpecError
+from caslab.network.tls import make_lab_tls
 from labcommon.catalogue import HTTP_AUTODISCOVER, HTTP_CLIENT_UP, HTTP_DOWN, HTTP_LOGON, HTTP_REQUEST
 from topologies.plan import plan_from_topology
 

@@ -33,6 +33,6 @@ def test_the_lab_survey_counts_every_module_and_what_a_spec_import_loads():
     figures = import_graph.survey()
     assert figures["modules"] == sum(p["modules"] for p in figures["packages"].values())
     assert figures["packages"]["labcommon"]["levels"] <= figures["levels"]
-    assert "caslab.spec" in figures["caslab.spec loads"]
+    assert "caslab.spec.experiment" in figures["caslab.spec.experiment loads"]
     for cycle in figures["cycles"]:
         assert len(cycle["modules"]) > 1 and 0 <= cycle["local"] <= cycle["imports"]

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from caslab import interrupts
+from caslab.base import interrupts
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_caslab_up_keeps_the_deferral_and_still_leaves_the_cli(signum):
     """``caslab up`` needs SIGTERM and SIGHUP as ``Terminated`` (Mininet's CLI swallows a
     KeyboardInterrupt), but what it installs must still hold the signal back while a
     process is being recorded (issue 18 item 11)."""
-    from caslab import live
+    from caslab.run import live
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     live.catch_signals()

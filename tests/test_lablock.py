@@ -1,4 +1,4 @@
-"""The lab lock (caslab/machine.py ``LabLock``, issue 18 item 6) and ``caslab cleanup``'s use
+"""The lab lock (caslab/network/machine.py ``LabLock``, issue 18 item 6) and ``caslab cleanup``'s use
 of it. The lock file is root's and 0600 in a folder only root may write to, so no other
 user can open it, let alone flock it and block every run; a lock file an older caslab
 made 0644 is replaced unless a root process (a running lab) holds it. ``caslab cleanup``
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import cleanup, machine
-from caslab.machine import LabLock
-from caslab.waits import LabError
+from caslab.network import cleanup, machine
+from caslab.network.machine import LabLock
+from caslab.base.waits import LabError
 
 # root (to act as another user with setpriv), but no network: not require_root, whose lock
 # waits for other suites' real-network tests

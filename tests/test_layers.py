@@ -50,9 +50,16 @@ def test_a_client_that_imports_a_server_breaks_the_contracts(tmp_path):
 
 
 def test_a_program_that_imports_the_engine_breaks_the_contracts(tmp_path):
-    done = lint_with_planted_import(tmp_path, "labcommon/runtime.py", "caslab.spec")
+    done = lint_with_planted_import(tmp_path, "labcommon/runtime.py", "caslab.spec.experiment")
     assert "The in-host programs and the controller apps never import the engine BROKEN" in done.stdout
     assert "Floors: the engine, then the programs beside each other, then the common floor BROKEN" in done.stdout
+
+
+def test_a_room_that_imports_a_room_above_it_breaks_the_contracts(tmp_path):
+    """The engine's rooms are layers too: the live network may not reach up into the run."""
+    done = lint_with_planted_import(tmp_path, "caslab/network/netlab.py", "caslab.run.scenario")
+    assert "The engine's rooms: commands, run, spec and results, the registries, network," in done.stdout
+    assert "caslab.network.netlab -> caslab.run.scenario" in done.stdout
 
 
 def test_the_engine_has_no_import_cycle_and_checking_a_spec_builds_no_network():
@@ -64,8 +71,11 @@ def test_the_engine_has_no_import_cycle_and_checking_a_spec_builds_no_network():
     loader.loader.exec_module(import_graph)
     survey = import_graph.survey()
     assert survey["cycles"] == [], survey["cycles"]
-    code = "import sys, caslab.spec; print('\\n'.join(sys.modules))"
+    code = "import sys, caslab.spec.experiment; print('\\n'.join(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.split()
-    network = {"caslab.netlab", "caslab.ofchannel", "caslab.context", "caslab.scenario", "mininet", "caslab.cleanup"}
+    network = {"caslab.network.netlab", "caslab.network.ofchannel", "caslab.network.context", "caslab.network.cleanup",
+               "caslab.network.services", "mininet"}
     assert not network & set(loaded), sorted(network & set(loaded))
+    above = [m for m in loaded if m.startswith(("caslab.run", "caslab.commands", "caslab.results"))]
+    assert not above, above

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from caslab import live, live_control
-from caslab.schema import SpecError
+from caslab.run import live, live_control
+from caslab.schema.fields import SpecError
 from tests.conftest import ROOT, lab_residue
 
 
 def caslab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "caslab.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "caslab.commands.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -34,7 +34,7 @@ class LiveProcess:
     def __init__(self, tmp_path: Path, *args: str):
         env = {**os.environ, "CASLAB_RESULTS": str(tmp_path)}
         self.out = tmp_path / "live"
-        self.proc = subprocess.Popen([sys.executable, "-m", "caslab.cli", "up", "soak", "--out", str(self.out), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "caslab.commands.cli", "up", "soak", "--out", str(self.out), *args],
                                      cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -162,7 +162,7 @@ def test_fault_words_become_a_request():
 
 
 def test_control_socket_is_private_and_answers_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("caslab.registry.RUN_ROOT", tmp_path)
+    monkeypatch.setattr("caslab.network.registry.RUN_ROOT", tmp_path)
     folder = tmp_path / "labs" / f"{os.getpid()}-x"
     folder.mkdir(parents=True)
     server = live_control.ControlServer(folder / "control.sock",
@@ -170,7 +170,7 @@ def test_control_socket_is_private_and_answers_one_line(tmp_path, monkeypatch):
     server.start()
     try:
         assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
-        from caslab.registry import start_time, write_atomic
+        from caslab.network.registry import start_time, write_atomic
 
         write_atomic(folder / "lab.json", {"runner_pid": os.getpid(), "runner_start": start_time(os.getpid()),
                                            "live": {"control": str(server.path)}})

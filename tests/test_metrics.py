@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from caslab import metrics
-from caslab.metrics import stats
-from caslab.metrics import RunParams, analyze_run, summarize_scenario
+from caslab.results import metrics
+from caslab.results.metrics import stats
+from caslab.results.metrics import RunParams, analyze_run, summarize_scenario
 from labcommon.catalogue import problems
 
 MS = 1_000_000

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import statistics
 
-from caslab.capture import compare as capture_compare
-from caslab.metrics import stats
-from caslab.metrics import analyze_run, summarize_scenario
-from caslab.metrics.compare import compare as compare_runs
-from caslab.metrics.databases import database_outages, dumpster
-from caslab.metrics.http import http_faults
-from caslab.metrics.nlb import convergence, flooding
-from caslab.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, RunOutcome
-from caslab.metrics import summary as summary_mod
-from caslab.metrics.trace import session_trace
-from caslab.metrics.addresses import by_address, merge as merge_addresses
+from caslab.results.capture import compare as capture_compare
+from caslab.results.metrics import stats
+from caslab.results.metrics import analyze_run, summarize_scenario
+from caslab.results.metrics.compare import compare as compare_runs
+from caslab.results.metrics.databases import database_outages, dumpster
+from caslab.results.metrics.http import http_faults
+from caslab.results.metrics.nlb import convergence, flooding
+from caslab.results.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, RunOutcome
+from caslab.results.metrics import summary as summary_mod
+from caslab.results.metrics.trace import session_trace
+from caslab.results.metrics.addresses import by_address, merge as merge_addresses
 from labcommon.catalogue import problems
 
 from tests.test_metrics import MS, PARAMS, fault, frame, op, steady
@@ -362,7 +362,7 @@ def test_scenario_aggregates_and_trust_reasons():
 
 
 def test_convergence_over_repetitions():
-    from caslab.metrics.nlb import Convergence
+    from caslab.results.metrics.nlb import Convergence
     a = _fault_run(convergence=Convergence(converged_ms=100.0, took_ms=40.0, restarts=1, buckets_moved=20,
                                            conns_broken=3, conns_departed=1))
     b = _fault_run(convergence=Convergence(converged_ms=300.0, took_ms=60.0, restarts=0, buckets_moved=30,
@@ -515,7 +515,7 @@ def test_the_window_and_the_faults():
         (1, "stop", "stop", 700 * MS, 2000 * MS, "on_elements", ["cas2", "db:DB1"]),
         (7, "poweroff", "poweroff cas3", 2500 * MS, 2000 * MS, "on_elements", ["cas3"])]  # e = end, the last
     assert run.process_exits == [{"name": "cas2", "host": "cas2", "returncode": 1, "at_ms": 2500.0}]
-    from caslab.metrics.runs import fault_windows
+    from caslab.results.metrics.runs import fault_windows
     windows = fault_windows(sorted(events, key=lambda e: e["ts"]), 2000 * MS)
     assert [w.position for w in windows] == [0, 1, 2]
 
@@ -555,7 +555,7 @@ def test_goodput_from_clients_ready_and_without_a_fault():
 
 
 def test_message_integrity_edges():
-    from caslab.metrics.runs import message_integrity
+    from caslab.results.metrics.runs import message_integrity
     send = {"src": "cl1", "ev": "op", "session": "cl1-s0", "op": "send", "ok": True, "lat_us": 1, "cas": "cas1"}
     events = [send | {"ts": 10, "msg_id": "m1"}, send | {"ts": 11, "msg_id": "m2", "op": "read"},
               send | {"ts": 12, "msg_id": "m3"}, send | {"ts": 99, "msg_id": "m4"},
@@ -673,7 +673,7 @@ def _recovering(rep, reconnects, index=0):
 
 
 def _session_fault(sid, reconnect):
-    from caslab.metrics.outcomes import SessionFault
+    from caslab.results.metrics.outcomes import SessionFault
     return SessionFault(session=sid, host="cl1", address=None, cas_at_fault="cas1", db=None, affected=True,
                         dropped_ms=1.0, stalled=False, longest_gap_ms=1.0, late=False, disrupted=True,
                         recovered=reconnect is not None, reconnect_ms=reconnect, cas_after=None, reauth=0, prompts=0)
@@ -720,7 +720,7 @@ def test_capture_compare_takes_wire_minus_events_over_sessions_with_both():
                                               "median_diff_ms": None, "abs_diffs_ms": []}
 
 
-# ---------------------------------------------------------------- the cost meter (caslab/cost.py)
+# ---------------------------------------------------------------- the cost meter (caslab/run/cost.py)
 
 # ---------------------------------------------------------------- outages and their owner (sections 4-7)
 
@@ -823,7 +823,7 @@ def test_a_controller_crash_owns_only_what_nothing_else_explains():
 
 
 def test_causal_order_and_load_balancer_reactions():
-    from caslab.metrics.sessions import in_causal_order, member_down_times
+    from caslab.results.metrics.sessions import in_causal_order, member_down_times
     order = ("a", "b", "c")
     assert not in_causal_order(None, order) and not in_causal_order({}, order)
     assert in_causal_order({"a": 1.0, "b": 1.0, "c": 1.0}, order)
@@ -897,13 +897,13 @@ def test_outages_at_their_edges():
 
 
 def tracks_late(events, sid):
-    from caslab.metrics.sessions import tracks
+    from caslab.results.metrics.sessions import tracks
     return tracks(events, 500, 2000 * MS)[sid].late_ts
 
 
 def test_every_row_field_is_wired_through():
     """The aggregation's plain wiring: each field of a row and a scenario comes from its own source."""
-    from caslab.metrics.outcomes import SessionFault
+    from caslab.results.metrics.outcomes import SessionFault
 
     def sf(sid, **kw):
         base = dict(session=sid, host="cl1", address=None, cas_at_fault="cas1", db=None, affected=False,
@@ -957,7 +957,7 @@ def test_http_rows_put_the_run_without_faults_last_and_take_the_first_repetition
 
 
 def _http_session(sid):
-    from caslab.metrics.outcomes import HttpSessionFault
+    from caslab.results.metrics.outcomes import HttpSessionFault
     return HttpSessionFault(session=sid, protocol="owa", external=False, configured=True, cas_at_fault="cas1",
                             affected=True, dropped_ms=None, disrupted=False, recovered=False, reconnect_ms=None,
                             relogins=0, prompts=0, pings_lost=0, pings_reestablished=0, reestablish_ms=None,

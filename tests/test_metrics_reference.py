@@ -2,7 +2,7 @@
 
 The reference was written from docs/METRICS.md alone. Hypothesis generates run folders
 (tests/metrics_logs.py); each goes through the production path that writes summary.json
-(``caslab.analysis.analyze(...).summary()``) and through the reference, and every field of
+(``caslab.results.analysis.analyze(...).summary()``) and through the reference, and every field of
 summary.json that METRICS.md defines must be equal. Fields it does not define are listed,
 with the reason, in ``NOT_DEFINED``. The only tolerance: the bounds of the t-quantile
 confidence interval may differ by one in the last rounded digit (0.1 ms). Disagreements already
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from caslab import analysis
+from caslab.results import analysis
 from labcommon.catalogue import problems
 from tests import reference_metrics as ref
 from tests.metrics_logs import scenario_logs
@@ -43,8 +43,8 @@ NOT_DEFINED = {
     "scenario.capture_check / row.capture_check": "section 13 is read from pcaps, not from the event log",
     "scenario.flood / row.convergence_* / buckets_moved / conns_* / flooded_bytes / flood_kbit_s / heartbeat_bytes":
         "Windows NLB convergence and flooding: not in METRICS.md",
-    "scenario.by_address": "caslab/metrics/addresses.py: not in METRICS.md",
-    "row.db_unmounted_ms / dbs_dismounted / copy_missing": "databases (caslab/metrics/databases.py): not in METRICS.md",
+    "scenario.by_address": "caslab/results/metrics/addresses.py: not in METRICS.md",
+    "row.db_unmounted_ms / dbs_dismounted / copy_missing": "databases (caslab/results/metrics/databases.py): not in METRICS.md",
     "scenario.cost": "section 8 defines cost per run and section 10 the rows' cpu_ms_per_op (compared); the "
                      "scenario dict's contents are not defined",
     "scenario.process_exits": "the events themselves; METRICS.md uses only whether there is one (trustworthy)",
@@ -133,7 +133,7 @@ def view(s: dict[str, Any], is_reference: bool) -> dict[str, Any]:
 
 # Disagreements found and judged production bugs: each had a strict xfail example below (now fixed); the property
 # skips them so that it keeps looking for new ones. Remove an entry when production is fixed.
-KNOWN_PRODUCTION_BUGS: dict[str, str] = {}   # none left: the six found were fixed in caslab/metrics
+KNOWN_PRODUCTION_BUGS: dict[str, str] = {}   # none left: the six found were fixed in caslab/results/metrics
 SMALL: dict[str, float] = {}
 
 
@@ -486,7 +486,7 @@ def test_detection_is_bounded_by_the_fault_window():
 
 
 # ---------------------------------------------------------------- production bugs the differential test found
-# (each was a strict xfail until caslab/metrics was fixed; they now guard the fixes)
+# (each was a strict xfail until caslab/results/metrics was fixed; they now guard the fixes)
 
 def test_detection_distribution_has_its_repetition_means():
     """Section 11 defines every distribution with mean_of_repetitions and, from two repetitions, the CI of

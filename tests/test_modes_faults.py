@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from labcommon.events import read_events
 
 pytestmark = pytest.mark.require_root
@@ -209,7 +211,7 @@ def test_several_faults_at_their_own_times(tmp_path, no_residue):
 
 
 def test_wan_shaping_applies_bandwidth_and_reports_missing_netem(tmp_path, no_residue):
-    from caslab import system
+    from caslab.base import system
 
     s, events = run(tmp_path, "sdn-nlb", POWEROFF, topology={"branch": True, "wan_bw_mbit": 20, "wan_delay_ms": 30})
     notices = [e for e in events if e["ev"] == "capability_missing"]

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from caslab.netlab import LabNetwork
-from caslab.ofchannel import listening_socket, write_private
-from caslab.waits import wait_until
+from caslab.network.netlab import LabNetwork
+from caslab.network.ofchannel import listening_socket, write_private
+from caslab.base.waits import wait_until
 from labcommon.programs import Program
 from topologies.plan import LabPlan
 
@@ -72,7 +72,7 @@ def test_live_network_carries_tcp(tmp_path, no_residue):
 def nlb_cli(port: int, token_file, *args: str) -> dict:
     from tests.conftest import ROOT
 
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "nlb", "--port", str(port), "--token-file",
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "nlb", "--port", str(port), "--token-file",
                              str(token_file), *args],
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

@@ -316,7 +316,7 @@ def test_a_caller_over_the_connection_cap_gets_503_at_once():
 
 
 def test_serve_api_serves_on_the_socket_it_is_handed_with_the_token_from_a_private_file(tmp_path):
-    from caslab.ofchannel import listening_socket, write_private
+    from caslab.network.ofchannel import listening_socket, write_private
 
     sock = listening_socket()
     port = sock.getsockname()[1]

@@ -1,4 +1,4 @@
-"""caslab/nlb_client.py, ``caslab nlb --port``: the admin API's client (issue 18 items 4, 5).
+"""caslab/network/nlb_client.py, ``caslab nlb --port``: the admin API's client (issue 18 items 4, 5).
 The bearer token never goes through an HTTP proxy (urllib honours ``http_proxy`` even for
 127.0.0.1), URL path parts are quoted, and the token comes from a 0600 file or the
 environment, never the command line (``ps`` shows it to every user)."""
@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
-from caslab import cli, nlb_client
+from caslab.commands import cli
+
+from caslab.network import nlb_client
 
 TOKEN = "t0ken-for-the-client"
 

@@ -9,8 +9,8 @@ import ast
 
 import pytest
 
-from caslab import spec as spec_mod
-from caslab.spec import SpecError
+from caslab.spec import experiment as spec_mod
+from caslab.spec.experiment import SpecError
 from tests.conftest import ROOT
 
 PACKAGES = ("caslab", "controllers", "roles", "traffic", "labcommon", "topologies")

@@ -1,4 +1,4 @@
-"""The lab's OpenFlow channel (caslab/ofchannel.py, issue 18 item 1), for real: a local
+"""The lab's OpenFlow channel (caslab/network/ofchannel.py, issue 18 item 1), for real: a local
 user who is not root cannot take the port, speak OpenFlow to the controller, register a
 datapath, change a member's state, or read the token and keys, while a lab runs and its
 failover keeps working; a second connection with the switch's own certificate is refused
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from caslab import ofchannel, tls
-from caslab.machine import LabLock
-from caslab.ofchannel import ChannelError, listening_socket, write_private
-from caslab.waits import wait_until
+from caslab.network import ofchannel, tls
+from caslab.network.machine import LabLock
+from caslab.network.ofchannel import ChannelError, listening_socket, write_private
+from caslab.base.waits import wait_until
 from labcommon.catalogue import LB_MEMBER, NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED
 from tests.conftest import ROOT
 from tests.test_network import echo_from, nlb_cli, start_echo, start_network

@@ -117,7 +117,7 @@ def test_lab_sh_starts_open_vswitch_until_ovs_vswitchd_answers(tmp_path):
 
 
 def test_doctor_fails_when_only_the_database_server_answers(tmp_path, monkeypatch):
-    from caslab import doctor
+    from caslab.network import doctor
 
     monkeypatch.setenv("PATH", fake_ovs(tmp_path, 0, 1))
     [check] = [c for c in doctor.checks() if c.name == "openvswitch"]

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from caslab.metrics import PHASES
-from caslab.report import plots
+from caslab.results.metrics import PHASES
+from caslab.results.report import plots
 
 
 def scenario(sid: str, label: str, phases: dict, phases_n=None):

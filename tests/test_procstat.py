@@ -1,4 +1,4 @@
-"""The kernel's CPU counters as caslab.procstat parses them, on real /proc/stat lines.
+"""The kernel's CPU counters as caslab.base.procstat parses them, on real /proc/stat lines.
 
 /proc/stat's ``cpu`` line is user nice system idle iowait irq softirq steal guest
 guest_nice (proc(5)); the kernel already counts guest time inside user and guest_nice
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from caslab import procstat
+from caslab.base import procstat
 
 # proc(5)'s example line, with a guest column (a host running a virtual machine).
 MAN_PAGE = "cpu  10132153 290696 3084719 46828483 16683 0 25195 0 175628 0"

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from caslab.faults import FAULTS, fault_for
 from caslab.modes import MODES
-from caslab.schema import Field, SpecError
+from caslab.schema.fields import Field, SpecError
 from labcommon.catalogue import problems
 from labcommon.events import read_events
 

@@ -23,7 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from caslab import report, runner, spec as spec_mod
+from caslab.results import report
+
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from tests import browser
 
 MS = 1_000_000

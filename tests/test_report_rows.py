@@ -8,7 +8,13 @@ from __future__ import annotations
 import json
 import warnings
 
-from caslab import cli, report, runner, spec as spec_mod
+from caslab.commands import cli
+
+from caslab.results import report
+
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from tests.test_http_unit import MS, events_of_a_failover
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from caslab import system
+from caslab.base import system
 
 OTHER = 65534  # nobody
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it hands files to another uid")
@@ -117,7 +117,7 @@ def test_a_folder_swapped_for_a_symlink_during_the_hand_over_does_not_redirect_i
 
 
 def test_root_writes_a_report_file_without_following_a_planted_symlink(folder, victim):
-    from caslab.safefs import write_file
+    from caslab.base.safefs import write_file
     as_other(lambda: os.symlink(victim, folder / "report.html"))
     as_other(lambda: os.symlink(victim.parent, folder / "plots"))
     write_file(folder / "report.html", "<html>new</html>")
@@ -132,8 +132,8 @@ def test_root_writes_a_report_file_without_following_a_planted_symlink(folder, v
 def test_a_run_refuses_an_existing_folder_another_account_owns(base, monkeypatch):
     # Old behaviour: an empty folder of another account was used as it was: that account
     # could plant symlinks in it while root wrote the run (raw/, configs, event logs).
-    from caslab.netlab import LabError
-    from caslab.runner import prepare_folder
+    from caslab.network.netlab import LabError
+    from caslab.run.runner import prepare_folder
     monkeypatch.delenv("SUDO_UID", raising=False)
     theirs = base / "theirs"
     theirs.mkdir()
@@ -148,7 +148,7 @@ def test_a_run_refuses_an_existing_folder_another_account_owns(base, monkeypatch
 def test_the_results_index_is_not_written_through_a_planted_symlink(folder, victim):
     # Old behaviour: write_index wrote results/index.html by name: a symlink planted there
     # by the account that owns results/ had root overwrite the file it pointed to.
-    from caslab.report import index
+    from caslab.results.report import index
     as_other(lambda: os.symlink(victim, folder / "index.html"))
     index.write_index(folder)
     assert victim.read_text() == "root's own" and os.stat(victim).st_uid == 0

@@ -1,5 +1,5 @@
 """roles/cas_http.py on loopback, for real: a mailbox and a CAS with its HTTPS side, TLS
-with the lab's own CA (caslab/tls.py), clients over raw TLS sockets and http.client.
+with the lab's own CA (caslab/network/tls.py), clients over raw TLS sockets and http.client.
 
 Issue 18 (low): the HTTPS side had no read deadline (an idle connection lived an hour) and
 no connection cap, the Outlook Anywhere IN channel waited for frames forever, and the
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 
-from caslab.tls import make_lab_tls
+from caslab.network.tls import make_lab_tls
 from labcommon.auth import password_for
 from tests.roles_support import (
     Conn, Service, free_ports, frame, mailbox_config, send_direct, start_service, wait_until,

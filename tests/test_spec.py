@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from caslab import spec as spec_mod
-from caslab.spec import SpecError
+from caslab.spec import experiment as spec_mod
+from caslab.spec.experiment import SpecError
 from tests.conftest import ROOT
 
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
@@ -189,7 +189,7 @@ def test_sweep_labels_read_as_a_person_would_say_them():
 def test_cli_rejects_bad_spec_before_building_anything(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[nlb]\naffinity = 'sticky'\n")
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", str(path), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "run", str(path), "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "bad.toml: nlb.affinity: expected one of ['none', 'single', 'network'], got 'sticky'" in result.stderr
@@ -197,6 +197,6 @@ def test_cli_rejects_bad_spec_before_building_anything(tmp_path):
 
 
 def test_cli_rejects_bad_override(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "caslab.cli", "run", "--set", "timing.observe_s=-1", "--check"],
+    result = subprocess.run([sys.executable, "-m", "caslab.commands.cli", "run", "--set", "timing.observe_s=-1", "--check"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "timing.observe_s" in result.stderr

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from labcommon.catalogue import problems
 from labcommon.events import read_events
 

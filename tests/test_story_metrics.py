@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from caslab.metrics.addresses import by_address, merge
-from caslab.metrics.databases import database_outages, dumpster
-from caslab.wan import firewall_commands
+from caslab.results.metrics.addresses import by_address, merge
+from caslab.results.metrics.databases import database_outages, dumpster
+from caslab.network.wan import firewall_commands
 from roles.dumpster import TransportDumpster
 
 MS = 1_000_000
@@ -112,7 +112,7 @@ def test_async_replication_announces_closed_generations_and_ships_on_the_copier_
 
 
 def test_a_dismounted_database_is_not_recovered_by_pings():
-    from caslab.metrics.sessions import FaultWindow, outages, session_fault, tracks
+    from caslab.results.metrics.sessions import FaultWindow, outages, session_fault, tracks
 
     sid = "cl1-s0"
     events = [ev(0, "client_up", sessions=[sid], target={}),

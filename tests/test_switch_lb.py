@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from caslab import nlb_client, system
-from caslab.netlab import LabNetwork
-from caslab.ofchannel import listening_socket, write_private
-from caslab.waits import wait_until
+from caslab.network import nlb_client
+
+from caslab.base import system
+from caslab.network.netlab import LabNetwork
+from caslab.network.ofchannel import listening_socket, write_private
+from caslab.base.waits import wait_until
 from labcommon.programs import Program
 from controllers.nlb_flows import zone_of
 from controllers.nlb_io import dump_conntrack

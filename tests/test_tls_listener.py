@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from caslab.ofchannel import listening_socket, make_channel_tls
+from caslab.network.ofchannel import listening_socket, make_channel_tls
 from controllers import tls_listener
 from controllers.tls_listener import MAX_PENDING, SharedTlsSocket, TlsListener, socket_owner, tls_context
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from tests.conftest import lab_residue
 
 pytestmark = pytest.mark.require_root

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from caslab import runner, spec as spec_mod
+from caslab.run import runner
+
+from caslab.spec import experiment as spec_mod
 from controllers.wnlb_logic import bucket_of
 from labcommon.events import read_events
 

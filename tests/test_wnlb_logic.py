@@ -277,7 +277,7 @@ def test_the_filter_ruleset_hashes_with_the_affinity_and_swaps_sets_in_one_file(
 
 
 def test_flooding_with_an_unread_counter_is_unknown_not_zero():
-    from caslab.metrics.nlb import flooding
+    from caslab.results.metrics.nlb import flooding
     from labcommon.catalogue import WNLB_FLOOD
 
     read = {"ev": WNLB_FLOOD, "host": "mbx1", "port": "clab1-eth5", "cluster_frames": 10, "cluster_bytes": 6000,

@@ -10,7 +10,7 @@ the source's own syntax tree, and prints, per package and in all:
 * cycles: groups of modules that import each other, directly or round a loop, and how many
   of their imports are function-local (a local import hides a cycle from a reader);
 * function-local imports of the lab's own modules, in all;
-* what ``import caslab.spec`` loads (validating a spec should need no network code),
+* what ``import caslab.spec.experiment`` loads (validating a spec should need no network code),
   counted by importing it in a child process.
 
 A package whose ``__init__`` collects its modules with ``pkgutil.iter_modules`` (the mode
@@ -159,16 +159,22 @@ def survey() -> dict:
     for package in PACKAGES:
         mine = [m for m in nodes if m == package or m.startswith(package + ".")]
         packages[package] = {"modules": len(mine), "levels": max((level[m] for m in mine), default=0)}
-    spec_loads = loaded_by_importing("caslab.spec")
+    rooms: dict[str, int] = {}
+    for m in nodes:
+        if m.startswith("caslab."):
+            room = m.split(".")[1] if module_path(".".join(m.split(".")[:2])).name == "__init__.py" else "(flat)"
+            rooms[room] = rooms.get(room, 0) + 1
+    spec_loads = loaded_by_importing("caslab.spec.experiment")
     return {
         "modules": len(nodes),
         "imports": sum(len(v) for v in out.values()),
         "levels": max(level.values(), default=0),
         "packages": packages,
+        "engine rooms": rooms,
         "cycles": [{"modules": g, "imports": sum(1 for a, b in cyclic_edges if a in g),
                     "local": sum(1 for a, b in cyclic_edges if a in g and (a, b) in local_only)} for g in cycles],
         "local_imports": len(local_only),
-        "caslab.spec loads": [m for m in spec_loads if m.startswith("caslab")],
+        "caslab.spec.experiment loads": [m for m in spec_loads if m.startswith("caslab")],
     }
 
 
@@ -176,12 +182,14 @@ def show(s: dict) -> str:
     lines = [f"modules {s['modules']}, imports between them {s['imports']}, import levels {s['levels']}",
              "per package: " + ", ".join(f"{p} {v['modules']} modules / {v['levels']} levels"
                                          for p, v in s["packages"].items()),
+             "the engine's rooms (modules each; (flat): modules directly in caslab/): "
+             + ", ".join(f"{r} {n}" for r, n in s["engine rooms"].items()),
              f"function-local imports of the lab's own modules: {s['local_imports']}",
              f"cycles: {len(s['cycles'])} ({sum(c['imports'] for c in s['cycles'])} imports inside them, "
              f"{sum(c['local'] for c in s['cycles'])} of them function-local)"]
     lines += [f"  {len(c['modules'])} modules: {' '.join(c['modules'])}" for c in s["cycles"]]
-    loads = s["caslab.spec loads"]
-    lines.append(f"import caslab.spec loads {len(loads)} engine modules: {' '.join(loads)}")
+    loads = s["caslab.spec.experiment loads"]
+    lines.append(f"import caslab.spec.experiment loads {len(loads)} engine modules: {' '.join(loads)}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The mutation score of the metrics (caslab/metrics/), the cost meter (caslab/cost.py) and
-# the capture cross-check (compare, one_sided and cross_check in caslab/capture.py): mutmut changes
+# The mutation score of the metrics (caslab/results/metrics/), the cost meter (caslab/run/cost.py) and
+# the capture cross-check (compare, one_sided and cross_check in caslab/results/capture.py): mutmut changes
 # the code one small mutation at a time, in a copy under mutants/, and runs the pure tests
 # named in pyproject.toml ([tool.mutmut]) against each mutant. A mutant the tests do not
 # notice "survived". docs/MUTATION.md has the last score and every survivor with a reason.
@@ -20,8 +20,8 @@ if [ ! -x "$VENV/bin/mutmut" ]; then
   exit 2
 fi
 cd "$HERE"
-SCOPE=("caslab.metrics.*" "caslab.cost.*" "caslab.capture.x_compare__mutmut_*"
-       "caslab.capture.x_cross_check__mutmut_*" "caslab.capture.x_one_sided__mutmut_*")
+SCOPE=("caslab.results.metrics.*" "caslab.run.cost.*" "caslab.results.capture.x_compare__mutmut_*"
+       "caslab.results.capture.x_cross_check__mutmut_*" "caslab.results.capture.x_one_sided__mutmut_*")
 
 case "${1:-all}" in
   all)

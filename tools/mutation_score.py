@@ -20,8 +20,8 @@ from pathlib import Path
 
 # The mutants in scope, as mutmut names them (module.x_function__mutmut_N, or
 # module.xǁClassǁmethod__mutmut_N).
-SCOPE = ("caslab.metrics.*", "caslab.cost.*", "caslab.capture.x_compare__mutmut_*",
-         "caslab.capture.x_cross_check__mutmut_*", "caslab.capture.x_one_sided__mutmut_*")
+SCOPE = ("caslab.results.metrics.*", "caslab.run.cost.*", "caslab.results.capture.x_compare__mutmut_*",
+         "caslab.results.capture.x_cross_check__mutmut_*", "caslab.results.capture.x_one_sided__mutmut_*")
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
           37: "killed"}
 STATUS = {0: "survived", 5: "no tests", 33: "no tests", None: "not run", 34: "skipped"}

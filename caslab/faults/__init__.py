@@ -16,7 +16,7 @@ A fault class declares everything the rest of the lab needs to know about it:
 * ``example``                    spec keys of a small demonstration (the tests run it), and
   ``example_topology``           the topology keys it needs beyond the tests' small one.
 
-``caslab.spec`` validates faults from these declarations, the runner injects them and
+``caslab.spec.experiment`` validates faults from these declarations, the runner injects them and
 metrics read the ``fault`` event they log. Adding a fault is one new file in this folder.
 """
 

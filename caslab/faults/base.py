@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from caslab.schema import Field
+from caslab.schema.fields import Field
 from labcommon.catalogue import FAULT, FAULT_DONE, FAULT_UNDONE
 
 if TYPE_CHECKING:
-    from caslab.context import RunContext
+    from caslab.network.context import RunContext
     from topologies.plan import LabPlan
 
 FAULTS: dict[str, type["Fault"]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from caslab.faults.base import Fault
-from caslab.schema import Field, non_negative
+from caslab.schema.fields import Field, non_negative
 
 
 class ControllerCrash(Fault):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from caslab.faults.base import Fault
-from caslab.schema import Field, non_negative
+from caslab.schema.fields import Field, non_negative
 
 
 class Drain(Fault):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from caslab.faults.base import Fault
 from caslab.faults.poweroff import HOST_ROLES
-from caslab.schema import Field, int_range, positive
+from caslab.schema.fields import Field, int_range, positive
 from labcommon.catalogue import LINK_STATE
 
 
@@ -20,7 +20,7 @@ class Flap(Fault):
 
     @classmethod
     def check(cls, fault, scenario, plan, source, key):
-        from caslab.schema import SpecError
+        from caslab.schema.fields import SpecError
 
         if fault["down_s"] >= fault["period_s"]:
             raise SpecError(source, f"{key}.down_s", f"less than period_s ({fault['period_s']:g})", fault["down_s"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import signal
 
-from caslab.exchange_admin import role_processes
+from caslab.network.exchange_admin import role_processes
 from caslab.faults.base import Fault
-from caslab.schema import Field, non_negative
+from caslab.schema.fields import Field, non_negative
 
 
 class Freeze(Fault):

@@ -8,10 +8,10 @@ notice (the run and its report say so); the rate limit still applies.
 
 from __future__ import annotations
 
-from caslab import system
+from caslab.base import system
 from caslab.faults.base import Fault
 from caslab.faults.poweroff import HOST_ROLES
-from caslab.schema import Field, num_range
+from caslab.schema.fields import Field, num_range
 from labcommon.catalogue import CAPABILITY_MISSING
 
 
@@ -29,7 +29,7 @@ class Impair(Fault):
 
     @classmethod
     def check(cls, fault, scenario, plan, source, key):
-        from caslab.schema import SpecError
+        from caslab.schema.fields import SpecError
 
         if not (fault["rate_mbit"] or fault["loss_pct"] or fault["delay_ms"]):
             raise SpecError(source, f"{key}.rate_mbit", "at least one of rate_mbit, loss_pct, delay_ms above 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from caslab.exchange_admin import fail_over_databases
+from caslab.network.exchange_admin import fail_over_databases
 from caslab.faults.base import Fault
 
 HOST_ROLES = ("cas", "mailbox", "autodiscover", "dns", "lb", "client")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from caslab.exchange_admin import admin_call, host_fqdn
-from caslab.spec_exchange import server_names
+from caslab.network.exchange_admin import admin_call, host_fqdn
+from caslab.schema.exchange import server_names
 from caslab.faults.base import Fault
-from caslab.schema import Field, SpecError
+from caslab.schema.fields import Field, SpecError
 from labcommon.catalogue import RCAS_SET
 
 

@@ -9,9 +9,9 @@ can still cut every Outlook off (experiments/multi-role-switchover.toml).
 
 from __future__ import annotations
 
-from caslab.exchange_admin import move_database
+from caslab.network.exchange_admin import move_database
 from caslab.faults.base import Fault
-from caslab.schema import Field, SpecError
+from caslab.schema.fields import Field, SpecError
 
 
 class ServerSwitchover(Fault):

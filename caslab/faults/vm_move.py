@@ -9,9 +9,9 @@ their clients (the classic "NLB works only while both VMs sit on the same host")
 
 from __future__ import annotations
 
-from caslab import hypervisor
+from caslab.network import hypervisor
 from caslab.faults.base import Fault
-from caslab.schema import Field, SpecError
+from caslab.schema.fields import Field, SpecError
 
 
 class VmMove(Fault):

@@ -17,7 +17,7 @@ A mode class declares:
 and implements ``controller_config``, ``array_addresses``, ``start``, ``target`` and,
 with a load balancer, ``drain`` / ``rejoin``; ``prepare`` (before the roles start) and
 ``measure_start`` / ``measure_end`` (around the measurement window) when it needs them.
-``caslab.spec`` reads the declarations; adding a mode is one new file in this folder.
+``caslab.spec.experiment`` reads the declarations; adding a mode is one new file in this folder.
 
 ``MODES`` holds the classes; each run gets its own instance (``mode_for``), kept in its
 ``RunContext``, so what a mode learns during a run (its agents, its counters) is the

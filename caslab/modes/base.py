@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from caslab.schema import Field
+from caslab.schema.fields import Field
 from labcommon.ports import AUTODISCOVER_PORT
 from labcommon.programs import TargetConfig
 from topologies.plan import LAB_DOMAIN, HostPlan
 
 if TYPE_CHECKING:
-    from caslab.context import RunContext
+    from caslab.network.context import RunContext
 
 MODES: dict[str, type["Mode"]] = {}
 

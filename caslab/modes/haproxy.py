@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import socket
 
-from caslab.http_spec import http_enabled, lab_seconds
+from caslab.schema.http import http_enabled, lab_seconds
 from caslab.modes.base import VipMode
-from caslab.schema import Field, int_range
+from caslab.schema.fields import Field, int_range
 from labcommon.catalogue import LB_ADMIN, LB_MEMBER
 from labcommon.ports import CAS_PORT, HTTPS_PORT
 from labcommon.programs import HAPROXY

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from caslab import nlb_client
-from caslab.http_spec import http_enabled
+from caslab.network import nlb_client
+from caslab.schema.http import http_enabled
 from caslab.modes.base import VipMode
-from caslab.schema import Field, choice, int_range
+from caslab.schema.fields import Field, choice, int_range
 from labcommon.ports import CAS_PORT, HTTPS_PORT
 from labcommon.programs import HEALTH_AGENT, HealthAgentConfig, HealthMember
 

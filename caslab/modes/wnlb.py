@@ -28,11 +28,11 @@ import socket
 import time
 from typing import Any
 
-from caslab import system
+from caslab.base import system
 from caslab.modes.base import VipMode
-from caslab.waits import LabError
-from caslab.waits import LogTail, wait_for_events, wait_ready
-from caslab.schema import Field, choice, int_range
+from caslab.base.waits import LabError
+from caslab.base.waits import LogTail, wait_for_events, wait_ready
+from caslab.schema.fields import Field, choice, int_range
 from controllers import wnlb_nft
 from controllers.wnlb_logic import AFFINITIES, MODES, cluster_mac
 from labcommon.catalogue import WNLB_CONVERGED, WNLB_FLOOD
@@ -114,7 +114,7 @@ class WindowsNlb(VipMode):
     def static_mac_entry(self, ctx, site, mac: str) -> None:
         """mac address-table static <cluster MAC> interface <members>: frames for the cluster
         MAC leave only towards the members (for VMs: towards their hypervisors' uplinks)."""
-        from caslab.hypervisor import uplink_ends
+        from caslab.network.hypervisor import uplink_ends
 
         ports = set()
         for cas in ctx.plan.by_role("cas", site.name):
