@@ -64,3 +64,30 @@ def test_every_columns_source_resolves(row_type: type, column: Column):
 def test_a_typo_in_a_source_is_caught(source: str):
     with pytest.raises(AssertionError):
         resolve(FaultSummary, source)
+
+
+def test_every_tables_keys_are_unique():
+    """A mode's own column may not shadow a common one (a CSV header appears once)."""
+    from caslab.results.columns import ADDRESS_COLUMNS, SESSION_COLUMNS
+    for table in (COLUMNS, HTTP_COLUMNS, ADDRESS_COLUMNS, SESSION_COLUMNS):
+        keys = [c.key for c in table]
+        assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+
+
+def test_a_modes_own_columns_join_the_results_table_from_its_file():
+    from caslab.modes import MODES
+    own = [c for mode in MODES.values() for c in mode.columns]
+    assert [c.key for c in MODES["wnlb"].columns][:1] == ["convergence_ms"]
+    assert all(c in COLUMNS for c in own)
+    assert COLUMNS.index(own[0]) < [c.key for c in COLUMNS].index("cpu_idle_pct")
+    common = {c.key for c in COLUMNS} - {c.key for c in own}
+    assert not any(k.startswith(("convergence", "buckets", "flood", "heartbeat", "conns_")) for k in common)
+
+
+def test_a_rows_declared_aggregates_are_what_summary_computes():
+    """Every FaultSummary field made with ``aggregate`` is computed by fault_row from the
+    row's sessions and runs; none is left at its default."""
+    from caslab.results.metrics.outcomes import aggregates
+    declared = {f.name for f in dataclasses.fields(FaultSummary) if "aggregate" in f.metadata}
+    assert {"affected", "recovered", "reconnect_ms", "buckets_moved", "db_unmounted_ms"} <= declared
+    assert set(aggregates([], [])) == declared

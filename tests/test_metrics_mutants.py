@@ -17,7 +17,7 @@ from caslab.results.metrics.compare import compare as compare_runs
 from caslab.results.metrics.databases import database_outages, dumpster
 from caslab.results.metrics.http import http_faults
 from caslab.results.metrics.nlb import convergence, flooding
-from caslab.results.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, RunOutcome
+from caslab.results.metrics.outcomes import FaultRun, Goodput, HttpFaultRun, RunOutcome, aggregates
 from caslab.results.metrics import summary as summary_mod
 from caslab.results.metrics.trace import session_trace
 from caslab.results.metrics.addresses import by_address, merge as merge_addresses
@@ -300,9 +300,13 @@ def test_databases_of_a_fault_over_repetitions():
                               "DB2": {"unmounted_ms": None, "missing": None, "dismounted": True}})
     b = _fault_run(databases={"DB1": {"unmounted_ms": 300.0, "missing": 3, "dismounted": False},
                               "DB2": {"unmounted_ms": None, "missing": None, "dismounted": True}})
-    assert summary_mod.database_row([a, b]) == {"db_unmounted_ms": 300.0, "dbs_dismounted": 2, "copy_missing": 5}
-    assert summary_mod.database_row([_fault_run()]) == {"db_unmounted_ms": None, "dbs_dismounted": 0,
-                                                        "copy_missing": None}
+    keys = ("db_unmounted_ms", "dbs_dismounted", "copy_missing")
+
+    def database_row(faults):
+        got = aggregates([], faults)
+        return {k: got[k] for k in keys}
+    assert database_row([a, b]) == {"db_unmounted_ms": 300.0, "dbs_dismounted": 2, "copy_missing": 5}
+    assert database_row([_fault_run()]) == {"db_unmounted_ms": None, "dbs_dismounted": 0, "copy_missing": None}
     row = summarize_scenario(META, [outcome(0, faults=[a]), outcome(1, faults=[b])], 35, []).faults[0]
     assert (row.db_unmounted_ms, row.dbs_dismounted, row.copy_missing) == (300.0, 2, 5)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from caslab.base.table import Column
 from caslab.schema.fields import Field
 from labcommon.ports import AUTODISCOVER_PORT
 from labcommon.programs import TargetConfig
@@ -31,6 +32,7 @@ class Mode:
     admin_api: ClassVar[bool] = False       # its load balancer serves the lab's NLB admin API
     colour: ClassVar[str] = ""              # its curves' colour ("" : a fixed pick by name)
     line: ClassVar[object] = "-"            # and line style (matplotlib)
+    columns: ClassVar[tuple[Column, ...]] = ()  # results columns only this mode measures
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from caslab.base import system
+from caslab.base.table import Column
 from caslab.modes.base import VipMode
 from caslab.base.waits import LabError
 from caslab.base.waits import LogTail, wait_for_events, wait_ready
@@ -49,6 +50,28 @@ class WindowsNlb(VipMode):
     section = "wnlb"
     multi_role_refusal = ("Windows NLB and the failover clustering a DAG needs cannot run on the same server "
                           "(use a hardware load balancer, as Microsoft advises)")
+    # What only Windows NLB measures (caslab.results.metrics.nlb), shown after every mode's
+    # common columns in each results table.
+    columns = (
+        Column("convergence_ms", "NLB converged", "ms", ".1f", 9, "convergence_ms.p50",
+               "Windows NLB: fault to the last host's convergence (median over repetitions)"),
+        Column("convergence_took_ms", "convergence took", "ms", ".1f",
+               doc="Windows NLB: from the start of convergence to its end"),
+        Column("convergence_restarts", "restarts", doc="Windows NLB: times convergence restarted (membership changed "
+                                                       "again)"),
+        Column("buckets_moved", "buckets moved", doc="Windows NLB: of the 60 buckets"),
+        Column("conns_broken", "conns broken", doc="Windows NLB: established connections of live hosts in buckets "
+                                                   "that moved away from them, not kept"),
+        Column("conns_departed", "conns lost with hosts", doc="Windows NLB: connections the hosts that left held at "
+                                                              "their last heartbeat"),
+        Column("flooded_bytes", "flooded", "bytes", ",d", doc="Windows NLB: bytes of frames for the cluster MAC "
+                                                              "delivered to hosts that are not members, over the window "
+                                                              "(mean over repetitions)"),
+        Column("flood_kbit_s", "flood rate", "kbit/s", ".1f", doc="Windows NLB: the same per second, all non-member "
+                                                                  "hosts together"),
+        Column("heartbeat_bytes", "heartbeat bytes", "bytes", ",d", doc="Windows NLB: heartbeat frames those hosts "
+                                                                        "received"),
+    )
     settings = {
         "mode": choice("unicast", MODES, "unicast: 02-BF-<VIP> replaces each host's MAC; multicast: 03-BF-<VIP>"),
         "heartbeat_ms": int_range(1000, 10, 60000, "AliveMsgPeriod"),

@@ -3,57 +3,16 @@
 ``summary.csv``, the report's tables (Markdown and HTML) and the terminal table all
 iterate ``COLUMNS`` over the same rows (``FaultSummary``: one row per scenario and fault);
 none of them picks fields of its own. ``terminal`` marks the columns the terminal shows.
+What only one HA mode measures is declared in that mode's file (its ``columns``) and
+joins the table before the CPU and trust columns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-
-def path(dotted: str) -> Callable[[Any], Any]:
-    """Getter for a dotted path through objects or dicts ('reconnect_ms.p50')."""
-    parts = dotted.split(".")
-
-    def get(row: Any) -> Any:
-        value = row
-        for part in parts:
-            if value is None:
-                return None
-            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-        return value
-    return get
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str                    # the CSV header and the name in docs/RESULTS.md
-    header: str                 # what people read
-    unit: str = ""
-    fmt: str = ""               # format spec for numbers ('.1f'); '' = as is
-    terminal: int = 0           # width in the terminal table (0: not shown there)
-    source: str = ""            # dotted path into a row (default: key)
-    doc: str = ""
-
-    def value(self, row: Any) -> Any:
-        return path(self.source or self.key)(row)
-
-    def text(self, row: Any, missing: str = "-") -> str:
-        value = self.value(row)
-        if value is None:
-            return missing
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, list):
-            return "[" + ", ".join(f"{v:{self.fmt}}" if self.fmt and isinstance(v, (int, float)) else str(v)
-                                   for v in value) + "]"
-        if self.fmt and isinstance(value, (int, float)):
-            return f"{value:{self.fmt}}"
-        return str(value)
-
-    @property
-    def title(self) -> str:
-        return f"{self.header} ({self.unit})" if self.unit else self.header
+from caslab.base.table import Column, path
+from caslab.modes import MODES
 
 
 COLUMNS: list[Column] = [
@@ -124,24 +83,7 @@ COLUMNS: list[Column] = [
            "lowest post-fault second of unaffected sessions' goodput / pre-fault level"),
     Column("never_served", "never served", doc="sessions without one successful operation in the measurement "
                                                "window (cut off from the start)"),
-    Column("convergence_ms", "NLB converged", "ms", ".1f", 9, "convergence_ms.p50",
-           "Windows NLB: fault to the last host's convergence (median over repetitions)"),
-    Column("convergence_took_ms", "convergence took", "ms", ".1f",
-           doc="Windows NLB: from the start of convergence to its end"),
-    Column("convergence_restarts", "restarts", doc="Windows NLB: times convergence restarted (membership changed "
-                                                   "again)"),
-    Column("buckets_moved", "buckets moved", doc="Windows NLB: of the 60 buckets"),
-    Column("conns_broken", "conns broken", doc="Windows NLB: established connections of live hosts in buckets "
-                                               "that moved away from them, not kept"),
-    Column("conns_departed", "conns lost with hosts", doc="Windows NLB: connections the hosts that left held at "
-                                                          "their last heartbeat"),
-    Column("flooded_bytes", "flooded", "bytes", ",d", doc="Windows NLB: bytes of frames for the cluster MAC "
-                                                          "delivered to hosts that are not members, over the window "
-                                                          "(mean over repetitions)"),
-    Column("flood_kbit_s", "flood rate", "kbit/s", ".1f", doc="Windows NLB: the same per second, all non-member "
-                                                              "hosts together"),
-    Column("heartbeat_bytes", "heartbeat bytes", "bytes", ",d", doc="Windows NLB: heartbeat frames those hosts "
-                                                                    "received"),
+] + [column for mode in MODES.values() for column in mode.columns] + [  # what only one mode measures
     Column("cpu_idle_pct", "CPU idle", "%", ".1f", 6),
     Column("cpu_ms_per_op", "lab CPU per op", "ms", ".2f", doc="CPU of every lab process that ran in the window "
                                                                 "(up to its death, from its start), OVS and the runner, "

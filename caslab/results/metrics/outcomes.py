@@ -9,11 +9,12 @@ docs/METRICS.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
 
 from caslab.results.metrics.nlb import Convergence
-from caslab.results.metrics.stats import Distribution
+from caslab.results.metrics.stats import Distribution, median
 
 PHASES = ("lb_noticed", "client_saw", "connected", "logged_on", "first_op")
 PHASE_LABELS = {"lb_noticed": "load balancer noticed", "client_saw": "client saw reset / timeout",
@@ -147,9 +148,84 @@ class RunOutcome:
     http: list[HttpFaultRun] = field(default_factory=list)
 
 
-@dataclass
+# ---- a row's aggregates, declared with their field ---------------------------------------------
+# A field of FaultSummary made with one of these is computed by ``summary.fault_row`` from
+# the row's sessions and the fault's runs (all repetitions): a metric's aggregation is
+# written once, where its field is.
+
+Aggregate = Callable[[list[SessionFault], list[FaultRun]], Any]
+
+
+def aggregate(of: Aggregate, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"aggregate": of})
+    return field(default=default, metadata={"aggregate": of})
+
+
+def sessions_with(attr: str, affected_only: bool = False) -> Any:
+    """The sum of a session's ``attr`` (a flag counts 1) over the row's sessions (of the
+    affected ones only)."""
+    return aggregate(lambda sessions, faults: sum(getattr(s, attr) for s in sessions
+                                                  if s.affected or not affected_only), 0)
+
+
+def over_faults(of: Callable[[list[FaultRun]], Any], default: Any = None,
+                factory: Callable[[], Any] | None = None) -> Any:
+    """A value of the fault's runs (one per repetition)."""
+    return aggregate(lambda sessions, faults: of(faults), default, factory)
+
+
+def most(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def total(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def reconnects(faults: list[FaultRun]) -> Distribution:
+    """Every recovered session's reconnect time, with the mean of each repetition's."""
+    return Distribution.of([v for f in faults for v in f.reconnect_ms],
+                           [statistics.fmean(f.reconnect_ms) for f in faults if f.reconnect_ms])
+
+
+def detections(faults: list[FaultRun]) -> Distribution:
+    values = [f.detection_ms for f in faults if f.detection_ms is not None]
+    return Distribution.of(values, rep_means=values)  # one detection per repetition
+
+
+def failed_databases(faults: list[FaultRun]) -> list[dict[str, Any]]:
+    return [d for f in faults for d in f.databases.values()]
+
+
+def longest_unmounted(faults: list[FaultRun]) -> float | None:
+    mounted = [d["unmounted_ms"] for d in failed_databases(faults) if d["unmounted_ms"] is not None]
+    return max(mounted) if mounted else None
+
+
+def copy_queue_lost(faults: list[FaultRun]) -> int | None:
+    missing = [d["missing"] for d in failed_databases(faults) if isinstance(d.get("missing"), int)]
+    return sum(missing) if missing else None
+
+
+def converged(faults: list[FaultRun]) -> Distribution:
+    return Distribution.of([f.convergence.converged_ms for f in faults if f.convergence.converged_ms is not None])
+
+
+def aggregates(sessions: list[SessionFault], faults: list[FaultRun]) -> dict[str, Any]:
+    """Every declared aggregate of a FaultSummary row."""
+    return {f.name: f.metadata["aggregate"](sessions, faults) for f in fields(FaultSummary)
+            if "aggregate" in f.metadata}
+
+
+@dataclass(kw_only=True)
 class FaultSummary:
-    """One fault of one scenario over all its repetitions: one row of every results table."""
+    """One fault of one scenario over all its repetitions: one row of every results table.
+    Fields made with ``sessions_with`` / ``over_faults`` / ``aggregate`` declare how they
+    are computed; the rest are set by ``summary.fault_row`` (the scenario's own figures,
+    copied to each of its rows)."""
 
     scenario: str
     label: str
@@ -157,18 +233,18 @@ class FaultSummary:
     fault_index: int
     fault: str
     kind: str
-    repetitions: int
-    sessions: int
-    affected: int
-    recovered: int
-    unrecovered: int
-    collateral: int
-    disrupted: int
-    stalled: int
-    reauth: int
-    prompts: int
-    reconnect_ms: Distribution
-    detection_ms: Distribution
+    repetitions: int = over_faults(len, 0)
+    sessions: int = aggregate(lambda sessions, faults: len(sessions), 0)
+    affected: int = sessions_with("affected")
+    recovered: int = sessions_with("recovered")
+    unrecovered: int = sessions_with("unrecovered")
+    collateral: int = sessions_with("collateral")
+    disrupted: int = sessions_with("disrupted")
+    stalled: int = sessions_with("stalled")
+    reauth: int = sessions_with("reauth", affected_only=True)
+    prompts: int = sessions_with("prompts", affected_only=True)
+    reconnect_ms: Distribution = over_faults(reconnects, factory=Distribution)
+    detection_ms: Distribution = over_faults(detections, factory=Distribution)
     phases_ms: dict[str, float | None]
     messages: dict[str, int]
     probe_gap_ms: float | None
@@ -181,20 +257,24 @@ class FaultSummary:
     client_deaths: int
     cpu_ms_per_op: float | None = None
     never_served: int = 0
-    convergence_ms: Distribution = field(default_factory=Distribution)
-    convergence_took_ms: float | None = None
-    convergence_restarts: int | None = None
-    buckets_moved: int | None = None
-    conns_broken: int | None = None
-    conns_departed: int | None = None
+    convergence_ms: Distribution = over_faults(converged, factory=Distribution)
+    convergence_took_ms: float | None = over_faults(lambda faults: median(
+        [f.convergence.took_ms for f in faults if f.convergence.took_ms is not None]))
+    convergence_restarts: int | None = over_faults(lambda faults: most([f.convergence.restarts for f in faults]))
+    buckets_moved: int | None = over_faults(lambda faults: most([f.convergence.buckets_moved for f in faults]))
+    conns_broken: int | None = over_faults(lambda faults: total([f.convergence.conns_broken for f in faults]))
+    conns_departed: int | None = over_faults(lambda faults: total([f.convergence.conns_departed for f in faults]))
     flooded_bytes: int | None = None
     flood_kbit_s: float | None = None
     heartbeat_bytes: int | None = None
-    silent_reauth: int = 0
-    db_unmounted_ms: float | None = None  # longest time a failed database stayed unmounted (mounted ones)
-    dbs_dismounted: int = 0               # failed databases no copy mounted before the window closed
-    copy_missing: int | None = None       # rows the mounted copies knew they lacked (the copy queue)
-    undisturbed: int = 0                  # affected sessions that owned no outage and were served
+    silent_reauth: int = sessions_with("silent_reauth", affected_only=True)
+    # the longest time a failed database stayed unmounted (of those a copy mounted again)
+    db_unmounted_ms: float | None = over_faults(longest_unmounted)
+    # failed databases no copy mounted before the window closed
+    dbs_dismounted: int = over_faults(lambda faults: sum(d["dismounted"] for d in failed_databases(faults)), 0)
+    # rows the mounted copies knew they lacked (the copy queue)
+    copy_missing: int | None = over_faults(copy_queue_lost)
+    undisturbed: int = sessions_with("undisturbed")  # affected, owned no outage, and were served
     phases_n: int = 0                     # recovered sessions with every milestone in causal order
 
 

@@ -13,7 +13,9 @@ import statistics
 from typing import Any
 
 from caslab.results.metrics import addresses
-from caslab.results.metrics.outcomes import PHASES, FaultSummary, ProtocolSummary, RunOutcome, ScenarioSummary
+from caslab.results.metrics.outcomes import (
+    PHASES, FaultSummary, ProtocolSummary, RunOutcome, ScenarioSummary, aggregates,
+)
 from caslab.results.metrics.sessions import in_causal_order
 from caslab.results.metrics.stats import Distribution, median
 
@@ -131,54 +133,21 @@ def cost_summary(runs: list[RunOutcome]) -> dict[str, Any]:
 
 def fault_row(meta: dict[str, Any], runs: list[RunOutcome], index: int, messages, probe_gap, app_gap, capture,
               cpu_mean, fidelity_ok, trustworthy, deaths) -> FaultSummary:
+    """One fault over the repetitions: its declared aggregates (outcomes.FaultSummary) from
+    its sessions and runs, the phase split, and the scenario's own figures."""
     faults = [r.faults[index] for r in runs if index < len(r.faults)]
     sessions = [s for f in faults for s in f.sessions]
-    reconnects = [v for f in faults for v in f.reconnect_ms]
-    rep_means = [statistics.fmean(f.reconnect_ms) for f in faults if f.reconnect_ms]
     subset = [s.phases for s in sessions if s.recovered and in_causal_order(s.phases, PHASES)]
-    detections = [f.detection_ms for f in faults if f.detection_ms is not None]
-    phases = {p: median([m[p] for m in subset]) for p in PHASES}
     first = faults[0]
     dips = [r.goodput.dip_unaffected for r in runs if r.goodput.dip_unaffected is not None]
-    conv = [f.convergence for f in faults]
     return FaultSummary(
         scenario=meta["id"], label=meta["label"], mode=meta["mode"], fault_index=first.index, fault=first.label,
-        kind=first.kind, repetitions=len(faults), sessions=len(sessions),
-        affected=sum(s.affected for s in sessions), recovered=sum(s.recovered for s in sessions),
-        undisturbed=sum(s.undisturbed for s in sessions), phases_n=len(subset),
-        unrecovered=sum(s.unrecovered for s in sessions), collateral=sum(s.collateral for s in sessions),
-        disrupted=sum(s.disrupted for s in sessions), stalled=sum(s.stalled for s in sessions),
-        reauth=sum(s.reauth for s in sessions if s.affected), prompts=sum(s.prompts for s in sessions if s.affected),
-        silent_reauth=sum(s.silent_reauth for s in sessions if s.affected), **database_row(faults),
-        reconnect_ms=Distribution.of(reconnects, rep_means),
-        detection_ms=Distribution.of(detections, rep_means=detections),  # one detection per repetition
-        phases_ms=phases, messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap,
+        kind=first.kind, **aggregates(sessions, faults),
+        phases_n=len(subset), phases_ms={p: median([m[p] for m in subset]) for p in PHASES},
+        messages=messages, probe_gap_ms=probe_gap, app_probe_gap_ms=app_gap,
         capture_check=capture if index == 0 else None,  # the wire is read for each run's first fault only
-        cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy, goodput_dip_unaffected=min(dips) if dips else None,
-        client_deaths=deaths,
-        convergence_ms=Distribution.of([c.converged_ms for c in conv if c.converged_ms is not None]),
-        convergence_took_ms=median([c.took_ms for c in conv if c.took_ms is not None]),
-        convergence_restarts=_most([c.restarts for c in conv]), buckets_moved=_most([c.buckets_moved for c in conv]),
-        conns_broken=_total([c.conns_broken for c in conv]), conns_departed=_total([c.conns_departed for c in conv]))
-
-
-def _most(values: list[int | None]) -> int | None:
-    known = [v for v in values if v is not None]
-    return max(known) if known else None
-
-
-def _total(values: list[int | None]) -> int | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def database_row(faults) -> dict[str, Any]:
-    """The failed databases of one fault over its repetitions."""
-    dbs = [d for f in faults for d in f.databases.values()]
-    mounted = [d["unmounted_ms"] for d in dbs if d["unmounted_ms"] is not None]
-    missing = [d["missing"] for d in dbs if isinstance(d.get("missing"), int)]
-    return {"db_unmounted_ms": max(mounted) if mounted else None, "dbs_dismounted": sum(d["dismounted"] for d in dbs),
-            "copy_missing": sum(missing) if missing else None}
+        cpu_idle_pct=cpu_mean, fidelity_ok=fidelity_ok, trustworthy=trustworthy,
+        goodput_dip_unaffected=min(dips) if dips else None, client_deaths=deaths)
 
 
 def protocol_rows(meta: dict[str, Any], runs: list[RunOutcome], trustworthy: bool) -> list[ProtocolSummary]:
