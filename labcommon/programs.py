@@ -239,7 +239,7 @@ class Program:
     module: str | None          # python -m <module> CONFIG.json; None: an outside tool
     config: type | None         # its configuration's type (None: argv only)
     ready: str | None           # the event that says it serves; None: it says nothing
-    order: int                  # start order in a run (lower first)
+    order: int                  # start order in a run's start-up (lower first; the lab refuses another)
     named: str = "{host}"       # its process (and event log) name, after its host
     doc: str = ""
 

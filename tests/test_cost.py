@@ -34,6 +34,7 @@ BURN = [sys.executable, "-c", "import time\nwhile time.process_time() < 0.3: pas
 def lab(tmp_path):
     plan = LabPlan.build([{"name": "HQ", "cas": 1, "mailboxes": 1, "clients": 1}])
     lab = LabNetwork(plan, tmp_path, datapath="user")
+    lab.started_up()  # these tests start and restart processes in any order
     yield lab
     for proc in lab.processes:
         proc.stop()

@@ -148,3 +148,32 @@ def test_every_key_a_record_declares_is_read_by_its_program(record):
     read = attributes_read(sorted(package.glob("*.py")) + [ROOT / "labcommon" / "runtime.py"])
     unread = [name for name in fields_of(record.config) if name.rsplit(".", 1)[-1] not in read]
     assert not unread, f"{record.key}: keys no program reads: {unread}"
+
+
+def test_the_start_up_keeps_the_records_order_and_refuses_another(tmp_path):
+    """Every run starts its programs through LabNetwork in the catalogue's order (a real
+    run's start-up is checked on every run); one that starts out of order is refused
+    before it starts. After the start-up (faults, restarts) any order goes."""
+    from caslab.base.waits import LabError
+    from caslab.network.netlab import LabNetwork
+    from topologies.plan import LabPlan
+
+    ordered = sorted(PROGRAMS.values(), key=lambda r: r.order)
+    assert [r.key for r in ordered][:3] == ["controller", "wnlb-agent", "dnsmasq"]
+    assert programs.CLIENT.order > programs.PROBER.order > programs.HEALTH_AGENT.order > programs.CAS.order
+    lab = LabNetwork(LabPlan.build([{"name": "HQ", "cas": 1, "mailboxes": 1, "clients": 1}]), tmp_path,
+                     datapath="user")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    try:
+        lab.popen_root("cas1", sleeper, program=programs.CAS)
+        with pytest.raises(LabError, match=r"start-up out of order: mbx1 \(mailbox, order 3\) started after a "
+                                           r"program of order 4"):
+            lab.popen_root("mbx1", sleeper, program=programs.MAILBOX)
+        assert [p.name for p in lab.processes] == ["cas1"]
+        lab.popen_root("cl1", sleeper, program=programs.CLIENT)
+        lab.started_up()
+        lab.popen_root("mbx1", sleeper, program=programs.MAILBOX)  # a restart after the start-up
+        assert [p.name for p in lab.processes] == ["cas1", "cl1", "mbx1"]
+    finally:
+        for proc in lab.processes:
+            proc.stop()

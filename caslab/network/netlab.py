@@ -124,6 +124,10 @@ class LabNetwork:
     lock: LabLock = field(default_factory=LabLock)
     record: LabRecord | None = None
     channel: Channel | None = None  # the OpenFlow channel (caslab/network/ofchannel.py), from build() on
+    # the start-up: programs start in their records' order (labcommon/programs.py) until
+    # ``started_up``; afterwards (faults, restarts, the live lab) in any order
+    starting: bool = True
+    last_order: int | None = None
 
     @property
     def controller_port(self) -> int | None:
@@ -260,6 +264,20 @@ class LabNetwork:
 
     # ---- processes ---------------------------------------------------------------------
 
+    def _in_start_order(self, program: Program, name: str) -> None:
+        """During the start-up a program may not start after one its record orders later:
+        the catalogue's start order is the one every run keeps."""
+        if not self.starting:
+            return
+        if self.last_order is not None and program.order < self.last_order:
+            raise LabError(f"start-up out of order: {name} ({program.key}, order {program.order}) started after a "
+                           f"program of order {self.last_order} (labcommon/programs.py declares the order)")
+        self.last_order = program.order
+
+    def started_up(self) -> None:
+        """The start-up is over: from now on programs (re)start in any order."""
+        self.starting = False
+
     def popen_in(self, host: str, name: str, argv: list[str], *, program: Program,
                  on_line: Callable[[int, str], None] | None = None) -> LabProcess:
         """Start argv (one of the catalogue's ``program``) inside a host's namespace; output
@@ -268,6 +286,7 @@ class LabNetwork:
         With ``on_line``, each output line is also handed to it with the monotonic time it
         arrived (how a tool that only logs text, like HAProxy, becomes timed events).
         """
+        self._in_start_order(program, name)
         log = self._log_file(name)
         stdout = subprocess.PIPE if on_line else log
         with interrupts.deferred():  # a Ctrl-C here must not leave an unrecorded process
@@ -283,6 +302,7 @@ class LabNetwork:
                    pass_fds: tuple[int, ...] = ()) -> LabProcess:
         """Start argv in the root namespace (the controller), in its own process group;
         ``pass_fds``: the listening sockets it inherits."""
+        self._in_start_order(program, name)
         log = self._log_file(name)
         with interrupts.deferred():
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

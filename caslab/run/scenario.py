@@ -232,6 +232,7 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         if clients:
             progress("starting clients")
             up.clients = start_sessions(ctx, mode, raw_dir, timing, progress)
+        lab.started_up()
         yield up
         log.emit(SCENARIO_END, ok=True)
     except BaseException as exc:
