@@ -28,7 +28,7 @@ from typing import Any
 
 import dacite
 
-from labcommon.catalogue import NLB_UP, SERVICE_UP, WNLB_UP
+from labcommon.catalogue import HTTP_AUTODISCOVER, HTTP_REQUEST, NLB_UP, OP, SERVICE_UP, WNLB_UP
 from labcommon.ports import ADMIN_PORT
 
 
@@ -242,6 +242,9 @@ class Program:
     order: int                  # start order in a run's start-up (lower first; the lab refuses another)
     named: str = "{host}"       # its process (and event log) name, after its host
     doc: str = ""
+    # a program of sessions (the clients): the events, with their ``ok``, that say one of
+    # its sessions is ready; the run waits until every session it started said so
+    session_ready: tuple[tuple[str, bool], ...] = ()
 
     def process_name(self, host: str) -> str:
         """Its process (and event source) name on ``host``."""
@@ -249,8 +252,8 @@ class Program:
 
 
 def program(key: str, kind: str, module: str | None, config: type | None, ready: str | None, order: int,
-            named: str = "{host}", doc: str = "") -> Program:
-    record = Program(key, kind, module, config, ready, order, named, doc)
+            named: str = "{host}", doc: str = "", session_ready: tuple[tuple[str, bool], ...] = ()) -> Program:
+    record = Program(key, kind, module, config, ready, order, named, doc, session_ready)
     if key in PROGRAMS:
         raise ValueError(f"program {key!r} declared twice")
     PROGRAMS[key] = record
@@ -280,10 +283,13 @@ PROBER = program("prober", "prober", "traffic.prober", ProberConfig, None, 7, na
 APP_PROBER = program("app-prober", "prober", "traffic.app_prober", AppProberConfig, None, 7, named="appprobe-{host}",
                      doc="application probes through the array name")
 CLIENT = program("client", "client", "traffic.client", ClientConfig, None, 8,
-                 doc="a client host's Outlook sessions")
+                 doc="a client host's Outlook sessions", session_ready=((OP, True),))
 IPERF3 = program("iperf3", "bench", None, None, None, 9, named="iperf3", doc="caslab bench's throughput server")
+# an HTTP session is also ready when it found autodiscover unreachable: it may never find
+# its server, and that is what is measured
 HTTP_CLIENT = program("http-client", "client", "traffic.http_client", HttpClientConfig, None, 8, named="{host}-http",
-                      doc="a client host's OWA, ActiveSync and Outlook Anywhere sessions")
+                      doc="a client host's OWA, ActiveSync and Outlook Anywhere sessions",
+                      session_ready=((HTTP_REQUEST, True), (HTTP_AUTODISCOVER, False)))
 
 
 # ---- both sides of a configuration file --------------------------------------------------

@@ -177,3 +177,21 @@ def test_the_start_up_keeps_the_records_order_and_refuses_another(tmp_path):
     finally:
         for proc in lab.processes:
             proc.stop()
+
+
+def test_a_client_sessions_readiness_comes_from_its_record():
+    """The run waits for every session it started to say it is ready, in the words its
+    program's record gives (an HTTP session also when autodiscover was unreachable)."""
+    from caslab.base.waits import session_ready
+    from labcommon.catalogue import HTTP_AUTODISCOVER, HTTP_REQUEST, OP, SERVICE_UP
+
+    ready = session_ready([programs.CLIENT, programs.HTTP_CLIENT])
+    assert ready("cl1", {"ev": OP, "ok": True, "session": "cl1-s0"}) == "cl1-s0"
+    assert ready("cl1", {"ev": OP, "ok": False, "session": "cl1-s0"}) is None
+    assert ready("cl1-http", {"ev": HTTP_REQUEST, "ok": True, "session": "h-owa0"}) == "h-owa0"
+    assert ready("cl1-http", {"ev": HTTP_AUTODISCOVER, "ok": False, "session": "h-owa0"}) == "h-owa0"
+    assert ready("cl1-http", {"ev": HTTP_AUTODISCOVER, "ok": True, "session": "h-owa0"}) is None
+    assert ready("cas1", {"ev": SERVICE_UP, "session": "x"}) is None
+    assert session_ready([programs.CLIENT])("cl1-http", {"ev": HTTP_REQUEST, "ok": True, "session": "h"}) is None
+    sessions = [r.key for r in PROGRAMS.values() if r.session_ready]
+    assert sessions == ["client", "http-client"]

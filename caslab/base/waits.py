@@ -77,3 +77,13 @@ def wait_ready(raw_dir: Path, procs: Iterable, timeout_s: float, what: str) -> N
     ready = {proc.name: proc.program.ready for proc in procs if proc.program.ready is not None}
     wait_for_events(LogTail(raw_dir, sorted(ready)), len(ready),
                     lambda source, ev: source if ev.get("ev") == ready[source] else None, timeout_s, what)
+
+
+def session_ready(programs: Iterable) -> Callable[[str, dict], str | None]:
+    """The predicate ``wait_for_events`` counts sessions with: an event one of the programs'
+    records names as a session's ready (``Program.session_ready``) gives its session."""
+    ready = {(event, ok) for program in programs for event, ok in program.session_ready}
+
+    def session_of(source: str, ev: dict) -> str | None:
+        return ev.get("session") if (ev.get("ev"), bool(ev.get("ok"))) in ready else None
+    return session_of

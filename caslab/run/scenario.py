@@ -29,14 +29,14 @@ from caslab.network.context import RunContext
 from caslab.run.cost import CostMeter
 from caslab.modes import Mode, mode_for
 from caslab.network.netlab import LabError, LabNetwork, LabProcess
-from caslab.base.waits import LogTail, wait_for_events, wait_ready
+from caslab.base.waits import LogTail, session_ready, wait_for_events, wait_ready
 from labcommon.catalogue import (
-    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, HTTP_AUTODISCOVER, HTTP_REQUEST, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
-    OP, PROCESS_EXIT, SCENARIO_END, SCENARIO_START, WAN_FIREWALL,
+    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
+    PROCESS_EXIT, SCENARIO_END, SCENARIO_START, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
-from labcommon.programs import APP_PROBER, PROBER, TCPDUMP, AppProberConfig, ProberConfig
+from labcommon.programs import APP_PROBER, CLIENT, HTTP_CLIENT, PROBER, TCPDUMP, AppProberConfig, ProberConfig
 from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
@@ -90,16 +90,6 @@ def wan_options(scenario: dict[str, Any], log: EventLog, progress: Progress) -> 
         log.emit(CAPABILITY_MISSING, capability="netem", detail=message)
         progress(message)
     return options
-
-
-def ready_session(source: str, ev: dict) -> str | None:
-    """A session is ready when an operation succeeded; an HTTP session also when it found
-    autodiscover unreachable (it may never find its server: that is what is measured)."""
-    if ev.get("ev") in (OP, HTTP_REQUEST) and ev.get("ok"):
-        return ev.get("session")
-    if ev.get("ev") == HTTP_AUTODISCOVER and not ev.get("ok"):
-        return ev.get("session")
-    return None
 
 
 def start_controller(ctx: RunContext, mode: Mode) -> None:
@@ -262,7 +252,7 @@ def start_sessions(ctx: RunContext, mode: Mode, raw_dir: Path, timing: dict[str,
     clients = [h.name for h in ctx.plan.by_role("client")]
     per_host = ctx.spec["clients"]["sessions_per_host"]
     wanted = {f"{c}-s{i}" for c in clients for i in range(per_host)} | set(http_sessions)
-    ready = wait_for_events(LogTail(raw_dir, clients + http_sources), len(wanted), ready_session,
+    ready = wait_for_events(LogTail(raw_dir, clients + http_sources), len(wanted), session_ready([CLIENT, HTTP_CLIENT]),
                             timing["ready_timeout_s"], "", required=False)
     missing = sorted(wanted - ready)
     if missing and timing["all_ready"]:
