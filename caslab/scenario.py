@@ -32,7 +32,7 @@ from labcommon.catalogue import (
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
-from labcommon.programs import APP_PROBER, PROBER, TCPDUMP, AppProberConfig, ProberConfig
+from labcommon.programs import APP_PROBER, CONTROLLER, PROBER, TCPDUMP, AppProberConfig, ProberConfig, config_json
 from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
@@ -106,8 +106,8 @@ def start_controller(ctx: RunContext, mode: Mode) -> None:
     config = mode.controller_config(ctx)
     env, fds = {}, ()
     if config is not None:
-        env["CASLAB_NLB_CONFIG"] = str(ctx.write_config("controller", config))
-        if config.get("api"):
+        env["CASLAB_NLB_CONFIG"] = str(ctx.write_config("controller", config_json(CONTROLLER, config)))
+        if config.api:
             fds = (ctx.nlb_api_socket.fileno(),)
 
     def launch():

@@ -41,6 +41,7 @@ from scapy.layers.l2 import Dot1AD, ARP, Dot1Q, Ether
 
 from controllers import compat, sdn_nlb
 from controllers.nlb_flows import FORWARD, REVERSE, T_CLASSIFY, Cookie
+from labcommon.programs import CONTROLLER, NlbConfig, NlbMember, NlbSource, NlbVip, config_json
 
 OF13, OF15 = ofproto_v1_3.OFP_VERSION, ofproto_v1_5.OFP_VERSION
 VERSIONS = {OF13: (ofproto_v1_3, ofproto_v1_3_parser), OF15: (ofproto_v1_5, ofproto_v1_5_parser)}
@@ -66,25 +67,19 @@ MEMBERS = [Host(f"cas{n}", f"10.1.1.{n}", f"02:00:0a:01:01:{n:02x}", f"clab1-eth
 MEMBER = {m.name: m for m in MEMBERS}
 CLIENT = Host("cl1", "10.1.3.1", "02:00:0a:01:03:01", "clab1-eth10", 10)
 OTHER_CLIENT = Host("cl2", "10.1.3.2", "02:00:0a:01:03:02", "clab1-eth11", 11)
-SOURCES = [{"port_name": c.port_name, "mac": c.mac, "prefixes": [f"{c.ip}/32", f"10.1.{10 + i}.0/24"]}
+SOURCES = [NlbSource(port_name=c.port_name, mac=c.mac, prefixes=[f"{c.ip}/32", f"10.1.{10 + i}.0/24"])
            for i, c in enumerate((CLIENT, OTHER_CLIENT))]
 
 
-def config(dataplane: str = "controller", fast_fail: bool = True, affinity: str = "none", **extra) -> dict:
-    cfg = {
-        "vips": [
-            {"name": "HQ", "ip": VIP_IP, "mac": VIP_MAC, "dpid": 1, "ports": [SERVICE_PORT, OTHER_SERVICE_PORT],
-             "affinity": affinity, "sources": SOURCES,
-             "members": [{"name": m.name, "ip": m.ip, "mac": m.mac, "port_name": m.port_name} for m in MEMBERS]},
-            {"name": "Branch", "ip": BRANCH_VIP, "mac": "02:00:0a:02:00:64", "dpid": 2, "ports": [SERVICE_PORT],
-             "members": [{"name": "cas4", "ip": "10.2.1.1", "mac": "02:00:0a:02:01:01", "port_name": "clab2-eth1"}]},
-        ],
-        "dataplane": dataplane, "fast_fail": fast_fail, "conn_idle_s": 60,
-        # the token bucket is tested on its own; here it must never drop a test's packets
-        "packet_in_rate": 1e9, "packet_in_burst": 1e9,
-    }
-    cfg.update(extra)
-    return cfg
+def config(dataplane: str = "controller", fast_fail: bool = True, affinity: str = "none", **extra) -> NlbConfig:
+    hq = NlbVip(name="HQ", ip=VIP_IP, mac=VIP_MAC, dpid=1, ports=[SERVICE_PORT, OTHER_SERVICE_PORT],
+                affinity=affinity, sources=SOURCES,
+                members=[NlbMember(name=m.name, ip=m.ip, mac=m.mac, port_name=m.port_name) for m in MEMBERS])
+    branch = NlbVip(name="Branch", ip=BRANCH_VIP, mac="02:00:0a:02:00:64", dpid=2, ports=[SERVICE_PORT],
+                    members=[NlbMember(name="cas4", ip="10.2.1.1", mac="02:00:0a:02:01:01", port_name="clab2-eth1")])
+    # the token bucket is tested on its own; here it must never drop a test's packets
+    settings = {"conn_idle_s": 60, "packet_in_rate": 1e9, "packet_in_burst": 1e9, **extra}
+    return NlbConfig(vips=[hq, branch], dataplane=dataplane, fast_fail=fast_fail, **settings)
 
 
 # ---- threads, timers and time ------------------------------------------------------------------
@@ -505,7 +500,7 @@ class AppFactory:
         n = next(self.serial)
         kwargs.setdefault("events", str(self.tmp_path / f"events-{n}.jsonl"))
         path = self.tmp_path / f"nlb-{n}.json"
-        path.write_text(json.dumps(config(**kwargs)), encoding="utf-8")
+        path.write_text(config_json(CONTROLLER, config(**kwargs)), encoding="utf-8")
         self.monkeypatch.setenv("CASLAB_NLB_CONFIG", str(path))
         return sdn_nlb.SdnNlb()
 

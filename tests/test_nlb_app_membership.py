@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_UP
+from labcommon.programs import NlbHealth
 from tests.fakes import (
     CLIENT, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath, StopLoop,
     all_ports, challenge_wait, checksums_ok, chosen, conns_of, drive, events, features, flow_mods, member_port,
@@ -243,7 +244,7 @@ def test_challenge_schedule_is_configurable(make_app, version):
 
 
 def test_admin_down_evicts_and_no_probe_brings_the_member_back(make_app, version):
-    app = make_app(health={"fall": 1, "rise": 1})
+    app = make_app(health=NlbHealth(fall=1, rise=1))
     dp = ready(app, version)
     pin_until(app, dp, {"cas2"})
     dp.take()

@@ -19,6 +19,7 @@ import pytest
 
 from controllers.nlb_state import TokenBucket
 from labcommon.catalogue import LB_MEMBER, NLB_CONVERGING, NLB_GUARD, NLB_HEALTH_SOCKET_ERROR, NLB_SWITCH_ERROR
+from labcommon.programs import NlbHealth
 from tests.fakes import (
     VIP_IP, conns_of, error_msg, events, fire_next, member_port,
     packet_in, pin_until, ready, syn, timer_delays, unpin_of, unpinned,
@@ -39,7 +40,7 @@ def test_without_port_detection_link_down_is_ignored_but_probes_still_count(make
 
 
 def test_probes_flip_a_member_after_fall_failures_and_back_after_rise(make_app, version):
-    app = make_app(health={"fall": 3, "rise": 2})
+    app = make_app(health=NlbHealth(fall=3, rise=2))
     dp = ready(app, version)
     pin_until(app, dp, {"cas2"})
     dp.take()
@@ -60,7 +61,7 @@ def test_probes_flip_a_member_after_fall_failures_and_back_after_rise(make_app, 
 
 
 def test_convergence_delays_a_probe_verdict(make_app, version, hub):
-    app = make_app(convergence_ms=800, health={"fall": 2, "rise": 2})
+    app = make_app(convergence_ms=800, health=NlbHealth(fall=2, rise=2))
     dp = ready(app, version)
     pin_until(app, dp, {"cas2"})
     dp.take()
@@ -118,7 +119,7 @@ def is_private_socket(path: str) -> bool:
 def test_no_datagram_stops_the_health_socket(make_app, hub, short_dir):
     path = os.path.join(short_dir, "health.sock")
     open(path, "w").close()  # a stale file from a previous run is replaced
-    app = make_app(health={"socket": path, "fall": 2})
+    app = make_app(health=NlbHealth(socket=path, fall=2))
     [loop] = [c for c in hub.spawned if c.name == "_health_loop"]
     threading.Thread(target=loop, daemon=True).start()  # blocks on the socket for good: a daemon
     deadline = time.monotonic() + 5
@@ -143,7 +144,7 @@ def test_no_datagram_stops_the_health_socket(make_app, hub, short_dir):
 
 def test_a_health_socket_that_cannot_be_opened_is_reported(make_app, hub, short_dir):
     path = os.path.join(short_dir, "x" * 120)  # over the 107 bytes of a socket address
-    app = make_app(health={"socket": path})
+    app = make_app(health=NlbHealth(socket=path))
     [loop] = [c for c in hub.spawned if c.name == "_health_loop"]
     assert loop() is None  # returns instead of dying silently
     [error] = events(app, NLB_HEALTH_SOCKET_ERROR)

@@ -20,6 +20,7 @@ from controllers.nlb_flows import (
 )
 from controllers.nlb_state import CtEntry
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RELEARN, NLB_RESET, NLB_SWITCH_UNUSABLE
+from labcommon.programs import NlbHealth
 from tests.fakes import (
     CLIENT, MEMBER, MEMBERS, OF13, OF15, OTHER_CLIENT, SERVICE_PORT, VIP_IP, VIP_MAC, FakeDatapath,
     all_ports, apply_actions, barrier_reply, checksums_ok, deliver, drive, events, features, fire_next, flow_mods,
@@ -267,7 +268,7 @@ def test_group_buckets_follow_accepts_new(make_app, conntrack):
 
 
 def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does(make_app):
-    app = make_app(dataplane="switch", health={"fall": 1})
+    app = make_app(dataplane="switch", health=NlbHealth(fall=1))
     app.on_probe(VIP_IP, "cas1", False)
     assert not app.core.vips[0].pool.members["cas1"].in_service and app.failovers.empty()
     dp = FakeDatapath(1, OF15)

@@ -25,6 +25,7 @@ from labcommon.catalogue import (
     LB_MEMBER, NLB_CONN, NLB_CONVERGING, NLB_EVICT, NLB_GUARD, NLB_RELEARN, NLB_SWITCH, NLB_SWITCH_GONE,
     NLB_SWITCH_REFUSED, NLB_UP,
 )
+from labcommon.programs import NlbHealth
 from tests.fakes import CLIENT, MEMBER, MEMBERS, OTHER_CLIENT, SERVICE_PORT, VIP_IP, config, syn, tcp_frame
 
 S = 1_000_000_000
@@ -197,7 +198,7 @@ def test_start_restores_admin_state_and_what_is_left_of_a_drain_deadline(left_s,
 
 
 def test_a_probe_verdict_waits_for_the_convergence_delay():
-    core, _ = core_for(convergence_ms=800, health={"fall": 2, "rise": 2})
+    core, _ = core_for(convergence_ms=800, health=NlbHealth(fall=2, rise=2))
     connected(core)
     assert core.probe(VIP_IP, "cas2", False, "", T0) == []
     out = core.probe(VIP_IP, "cas2", False, "timeout", T0)

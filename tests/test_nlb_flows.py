@@ -20,7 +20,7 @@ from tests.fakes import (
     outputs, set_fields,
 )
 
-SPEC = config()["vips"][0]
+SPEC = config().vips[0]
 
 
 @pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)

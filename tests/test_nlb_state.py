@@ -22,7 +22,7 @@ from controllers.nlb_logic import Connection
 from controllers.nlb_state import CtEntry, TokenBucket, Vip, parse_conntrack
 from tests.fakes import CLIENT, config
 
-SPEC = config()["vips"][0]
+SPEC = config().vips[0]
 
 
 # ---- Vip -------------------------------------------------------------------------------------------------
