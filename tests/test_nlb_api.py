@@ -18,7 +18,7 @@ import pytest
 from controllers import nlb_api
 from controllers.nlb_state import Vip
 from labcommon.programs import CONTROLLER, ConfigError, NlbApi, read_config
-from tests.fakes import config
+from tests.nlb_lab import config
 
 TOKEN = "s3cret-token"
 
