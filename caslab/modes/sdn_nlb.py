@@ -48,8 +48,9 @@ class SdnNlb(VipMode):
 
     def controller_config(self, ctx):
         nlb = ctx.spec["nlb"]
+        rate = nlb["packet_in_rate"]
         return self.nlb_config(ctx, nlb["affinity"], fast_fail=nlb["fast_fail"], dataplane=nlb["dataplane"],
-                               meter=NlbMeter(rate_pps=nlb["packet_in_rate"], burst=max(10, nlb["packet_in_rate"] // 4)))
+                               meter=NlbMeter(rate_pps=rate, burst=max(10, rate // 4)))
 
     @staticmethod
     def sources(ctx, site) -> list[NlbSource]:
