@@ -123,6 +123,11 @@ install_venv() {
 
 python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 
+# What the NLB app imports besides Ryu and the standard library (labcommon reads its typed
+# configuration with dacite), pinned as pyproject.toml pins it (tests/test_platform.py
+# holds them equal). The project itself goes into Ryu's venv without its dependencies.
+RYU_APP_DEPS=("dacite>=1.8,<2")
+
 install_ryu_venv() {
   # Upstream Ryu 4.34 for the compatibility test, in a venv of its own: it needs eventlet
   # 0.33.3, dnspython 2.2.x and setuptools < 58 to build (docs/ARCHITECTURE.md), which
@@ -131,6 +136,9 @@ install_ryu_venv() {
   local venv="$RYU_VENV" marker="$RYU_VENV.unavailable" pyver
   pyver="$(python_version "$PY_SYSTEM")"
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import ryu, caslab" 2>/dev/null; then
+    # a venv made before the app needed them gets them now (nothing to do when it has them)
+    "$venv/bin/python" -m pip install -q --no-input "${RYU_APP_DEPS[@]}" ||
+      say "could not add ${RYU_APP_DEPS[*]} to $venv: the Ryu compatibility test will fail to start the app"
     return 0
   fi
   if "$PY_SYSTEM" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
@@ -149,7 +157,8 @@ install_ryu_venv() {
   if "$PY_SYSTEM" -m venv "$venv" &&
      "${pip[@]}" "setuptools<58" wheel &&
      "${pip[@]}" --no-build-isolation "ryu==4.34" "eventlet==0.33.3" "dnspython>=2.2,<2.3" &&
-     "${pip[@]}" --no-deps -e "$HERE"; then
+     "${pip[@]}" --no-deps -e "$HERE" &&
+     "${pip[@]}" "${RYU_APP_DEPS[@]}"; then
     rm -f "$marker"
   else
     printf 'python %s\nbuilding upstream Ryu 4.34 failed on Python %s (see the pip output of ./lab.sh test)\n' \

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 
 from controllers.tls_listener import HANDSHAKE_S, TlsListener, tls_context
 
@@ -141,16 +142,31 @@ def main(argv: list[str] | None = None) -> None:
     tls = dict(zip(("privkey", "cert", "ca"), tls_args)) if all(tls_args) else None
 
     def stop(signum, _frame):
-        raise SystemExit(128 + signum)
+        raise SystemExit(0)  # how the lab ends its controller: a clean stop
 
     signal.signal(signal.SIGTERM, stop)
+    status = 0
     try:
         run(args.apps, args.port, args.host, args.framework, args.listen_fd, tls, args.switch_uid)
-    except (SystemExit, KeyboardInterrupt):
+    except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # a clean stop, or an app that refused to start (its config) and says why
+        status = exit_status(exc)
+    except Exception:  # noqa: BLE001 - an app that crashed: said, and a failure
+        traceback.print_exc()
+        status = 1
     finally:
         sys.stdout.flush()
-        os._exit(0)
+        sys.stderr.flush()
+        os._exit(status)  # not sys.exit: the frameworks' native threads would hold the process
+
+
+def exit_status(exc: SystemExit) -> int:
+    """What ``sys.exit`` would make of ``exc``: a message goes to stderr, status 1."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

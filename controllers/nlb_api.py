@@ -37,6 +37,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from labcommon.programs import NlbApi
 from labcommon.protocol import MAX_DEPTH, nesting_depth
 
 MAX_BODY = 64 * 1024
@@ -237,13 +238,12 @@ class ApiServer(ThreadingHTTPServer):
         pass  # a caller that hung up mid-answer: nothing to report
 
 
-def read_token(api: dict[str, Any]) -> str | None:
+def read_token(api: NlbApi) -> str | None:
     """The API's token: from ``token_file`` (which must be private: no access for group or
     others) or the ``CASLAB_NLB_TOKEN`` environment variable; never from the config."""
-    path = api.get("token_file")
-    if path:
+    if api.token_file:
         try:
-            with open(path, encoding="utf-8") as handle:
+            with open(api.token_file, encoding="utf-8") as handle:
                 if stat.S_IMODE(os.fstat(handle.fileno()).st_mode) & 0o077:
                     return None
                 return handle.read().strip() or None
@@ -252,13 +252,13 @@ def read_token(api: dict[str, Any]) -> str | None:
     return os.environ.get("CASLAB_NLB_TOKEN") or None
 
 
-def api_server(app, api: dict[str, Any]) -> ApiServer:
+def api_server(app, api: NlbApi) -> ApiServer:
     """The API server the config's ``api`` asks for: on the inherited socket ``fd`` (the
     lab's way; the server owns that descriptor from now on), else bound to ``host``:``port``."""
-    sock = socket.socket(fileno=int(api["fd"])) if api.get("fd") is not None else None
-    return ApiServer(app, read_token(api), sock=sock, address=(api.get("host", "127.0.0.1"), int(api.get("port", 0))))
+    sock = socket.socket(fileno=api.fd) if api.fd is not None else None
+    return ApiServer(app, read_token(api), sock=sock, address=(api.host, api.port))
 
 
-def serve_api(app, api: dict[str, Any]) -> None:
+def serve_api(app, api: NlbApi) -> None:
     """Serve the API for good (the controller's thread)."""
     api_server(app, api).serve_forever()

@@ -45,6 +45,7 @@ from labcommon.catalogue import (
     LB_MEMBER, NLB_CONN, NLB_CONVERGING, NLB_EVICT, NLB_GUARD, NLB_RELEARN, NLB_RESET, NLB_SWITCH, NLB_SWITCH_ERROR,
     NLB_SWITCH_GONE, NLB_SWITCH_REFUSED, NLB_SWITCH_UNUSABLE, NLB_UP,
 )
+from labcommon.programs import NlbConfig
 
 S = 1_000_000_000  # nanoseconds in a second
 CLOSED_STATES = ("TIME_WAIT", "CLOSED", "CLOSING", "LAST_ACK")  # nobody left to reset
@@ -127,23 +128,16 @@ class Failover:
 
 
 class NlbCore:
-    def __init__(self, config: dict, rng: random.Random | None = None):
-        c = config
-        self.dataplane = c.get("dataplane", "controller")
-        self.fast_fail = bool(c.get("fast_fail", True))
-        self.conn_idle_s = int(c.get("conn_idle_s", 120))
-        # Until the switch has re-evaluated its cached datapath flows (a few ms, tens under
-        # load) a client's answer to a challenge may still take the dead CAS's path; hence a
-        # dense schedule of retries early, and a sparse one later.
-        self.challenge_delays_s = [float(d) / 1000 for d in c.get(
-            "challenge_delays_ms", [1, 2, 3, 5, 7, 10, 14, 20, 30, 45, 70, 120, 250])]
-        self.port_detection = bool(c.get("port_detection", True))  # Windows NLB emulation turns these off/on
-        self.convergence_ns = round(float(c.get("convergence_ms", 0)) * 1e6)
-        self.meter = c.get("meter", {})
-        health = c.get("health", {})
-        self.vips = [Vip(i + 1, spec, int(health.get("fall", 2)), int(health.get("rise", 2)))
-                     for i, spec in enumerate(c.get("vips", []))]
-        self.limiter = TokenBucket(float(c.get("packet_in_rate", 5000)), float(c.get("packet_in_burst", 1000)))
+    def __init__(self, config: NlbConfig, rng: random.Random | None = None):
+        self.dataplane = config.dataplane
+        self.fast_fail = config.fast_fail
+        self.conn_idle_s = config.conn_idle_s
+        self.challenge_delays_s = [d / 1000 for d in config.challenge_delays_ms]
+        self.port_detection = config.port_detection  # Windows NLB emulation turns these off/on
+        self.convergence_ns = round(config.convergence_ms * 1e6)
+        self.meter = config.meter
+        self.vips = [Vip(i + 1, spec, config.health.fall, config.health.rise) for i, spec in enumerate(config.vips)]
+        self.limiter = TokenBucket(config.packet_in_rate, config.packet_in_burst)
         self.channels: dict[int, Any] = {}  # dpid -> the one live connection that claimed it
         self.datapaths: dict[int, Any] = {}  # the switches among them the NLB programs
         self.challenges = ChallengeSchedule(self.challenge_delays_s)
@@ -253,7 +247,7 @@ class NlbCore:
                                                                          "this switch speaks an older version"))
             mine = []
         if mine:
-            msgs += build.meter(int(self.meter.get("rate_pps", 2000)), int(self.meter.get("burst", 500)))
+            msgs += build.meter(self.meter.rate_pps, self.meter.burst)
         for vip in mine:
             msgs += build.vip_base(vip)
         msgs += [build.port_desc_request()]
@@ -310,7 +304,7 @@ class NlbCore:
             known = vip.port_numbers.get(name)
             vip.port_numbers[name] = port_no
             relevant = name in {m.port_name for m in vip.pool.members.values()} | \
-                {s["port_name"] for s in vip.sources}
+                {s.port_name for s in vip.sources}
             if install and relevant and known != port_no and not gone:
                 out += self._install_vip(channel, vip)
             for member in vip.pool.members.values():

@@ -9,29 +9,29 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from controllers.nlb_logic import ConnectionTable, HealthTracker, Member, Pool
+from labcommon.programs import NlbSource, NlbVip
 
 
 class Vip:
     """One VIP: its address, the switch it lives on, its pool and its connections."""
 
-    def __init__(self, index: int, spec: dict, fall: int = 2, rise: int = 2):
+    def __init__(self, index: int, spec: NlbVip, fall: int = 2, rise: int = 2):
         self.index = index
-        self.name = spec["name"]
-        self.ip = spec["ip"]
-        self.mac = spec["mac"]
-        self.dpid = int(spec["dpid"])
-        self.ports = set(int(p) for p in spec["ports"])
-        members = [Member(m["name"], m["ip"], m["mac"], m["port_name"]) for m in spec["members"]]
+        self.name = spec.name
+        self.ip = spec.ip
+        self.mac = spec.mac
+        self.dpid = spec.dpid
+        self.ports = set(spec.ports)
+        members = [Member(m.name, m.ip, m.mac, m.port_name) for m in spec.members]
         self.member_index = {m.name: i + 1 for i, m in enumerate(members)}
-        self.pool = Pool({m.name: m for m in members}, affinity=spec.get("affinity", "none"))
+        self.pool = Pool({m.name: m for m in members}, affinity=spec.affinity)
         self.conns = ConnectionTable()  # controller dataplane: the connections it pinned
         self.port_numbers: dict[str, int] = {}
         self.health = {m.name: HealthTracker(fall, rise) for m in members}
         # who may send to the VIP: per switch port, its source prefixes and the MAC behind it
-        self.sources: list[dict[str, Any]] = list(spec.get("sources", []))
+        self.sources: list[NlbSource] = list(spec.sources)
         self.drain_generation: dict[str, int] = {m.name: 0 for m in members}
 
     def member_by_ip(self, ip: str) -> Member | None:
@@ -57,16 +57,16 @@ class Vip:
 
     def allowed_sources(self) -> list[tuple[int, str]]:
         """(switch port number, source prefix) pairs that may send to the VIP, for ports known."""
-        return [(self.port_numbers[s["port_name"]], prefix) for s in self.sources if s["port_name"] in self.port_numbers
-                for prefix in s["prefixes"]]
+        return [(self.port_numbers[s.port_name], prefix) for s in self.sources if s.port_name in self.port_numbers
+                for prefix in s.prefixes]
 
     def client_port(self, client_ip: str) -> tuple[int | None, str]:
         """The switch port (and next-hop MAC) a client address is reached by."""
         address = ipaddress.IPv4Address(client_ip)
         for s in self.sources:
-            if s["port_name"] in self.port_numbers and any(address in ipaddress.IPv4Network(p, strict=False)
-                                                           for p in s["prefixes"]):
-                return self.port_numbers[s["port_name"]], s["mac"]
+            if s.port_name in self.port_numbers and any(address in ipaddress.IPv4Network(p, strict=False)
+                                                        for p in s.prefixes):
+                return self.port_numbers[s.port_name], s.mac
         return None, ""
 
 

@@ -2,12 +2,12 @@
 
 Two dataplanes, chosen by the config's ``dataplane``:
 
-* ``switch`` (the default): Open vSwitch balances by itself. New connections to the VIP
-  hit a select group that hashes the fields the affinity needs (5-tuple, client IP or
-  client /24) over one bucket per CAS; each bucket follows its CAS port's liveness and
-  commits the connection to conntrack with ``nat(dst=CAS)`` and the member in
-  ``ct_mark``, so established connections stay on their CAS whatever the group does
-  later. No packet reaches the controller in steady state (OVN's load balancer works so).
+* ``switch`` (the spec's default, ``nlb.dataplane``): Open vSwitch balances by itself.
+  New connections to the VIP hit a select group that hashes the fields the affinity needs
+  (5-tuple, client IP or client /24) over one bucket per CAS; each bucket follows its CAS
+  port's liveness and commits the connection to conntrack with ``nat(dst=CAS)`` and the
+  member in ``ct_mark``, so established connections stay on their CAS whatever the group
+  does later. No packet reaches the controller in steady state (OVN's load balancer works so).
 * ``controller``: the first packet of each connection is a packet-in; the app picks a CAS
   by consistent hashing (controllers/nlb_logic.py) and pins two exact rewrite flows.
 
@@ -31,8 +31,8 @@ read). Threads: the timer (the core's timers and challenge schedule), the failov
 worker, the conntrack reader (switch dataplane with fast_fail), the health socket and
 the admin API. Messages are built by controllers/nlb_flows.py, frames by
 controllers/nlb_frames.py (no framework packet parser ever sees an untrusted frame);
-the conntrack and the admin state file are behind controllers/nlb_io.py. Config:
-``CASLAB_NLB_CONFIG``.
+the conntrack and the admin state file are behind controllers/nlb_io.py. Config: the
+file ``CASLAB_NLB_CONFIG`` names, an ``NlbConfig`` (labcommon/programs.py) read strictly.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from controllers.nlb_io import AdminState, OvsConntrack
 from controllers.nlb_state import Vip
 from labcommon.catalogue import NLB_HEALTH_SOCKET_ERROR
 from labcommon.events import EventLog, NullLog, now_ns
+from labcommon.programs import CONTROLLER, ConfigError, NlbConfig, read_config
 from labcommon.protocol import MAX_DEPTH, nesting_depth
 
 
@@ -61,18 +62,13 @@ class SdnNlb(BaseApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        path = os.environ.get("CASLAB_NLB_CONFIG")
-        self.config = {"vips": []}
-        if path:
-            with open(path, encoding="utf-8") as handle:
-                self.config = json.load(handle)
-        c = self.config
-        self.event_log = EventLog(c["events"], "nlb") if c.get("events") else NullLog()
+        self.config = c = read_nlb_config(os.environ.get("CASLAB_NLB_CONFIG"))
+        self.event_log = EventLog(c.events, "nlb") if c.events else NullLog()
         self.clock = now_ns  # monotonic ns: the ``now`` of every core call
         self.core = NlbCore(c)
-        self.admin = AdminState.load(c.get("state_file"))
-        self.conntrack = OvsConntrack(c.get("datapath_name"))  # a ConntrackReader
-        self.ct_refresh_s = float(c.get("ct_refresh_ms", 250)) / 1000
+        self.admin = AdminState.load(c.state_file)
+        self.conntrack = OvsConntrack(c.datapath_name)  # a ConntrackReader
+        self.ct_refresh_s = c.ct_refresh_ms / 1000
         self.lock = threading.RLock()  # around every core call; I/O off it where latency matters
         self.wakeup = hub.Event()  # the timer thread's: set when the core's next wake-up may be earlier
         self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event, set once applied
@@ -81,12 +77,11 @@ class SdnNlb(BaseApp):
         self._threads = [hub.spawn(self._timer_loop), hub.spawn(self._failover_worker)]
         if self.core.dataplane == "switch" and self.core.fast_fail:
             self._threads.append(hub.spawn(self._conntrack_loop))
-        health = c.get("health", {})
-        if health.get("socket"):
-            self._threads.append(hub.spawn(self._health_loop, health["socket"]))
-        if c.get("api"):
+        if c.health.socket:
+            self._threads.append(hub.spawn(self._health_loop, c.health.socket))
+        if c.api:
             from controllers.nlb_api import serve_api
-            self._threads.append(hub.spawn(serve_api, self, c["api"]))
+            self._threads.append(hub.spawn(serve_api, self, c.api))
 
     # ---- the one way out ----------------------------------------------------------------------
 
@@ -303,6 +298,19 @@ class SdnNlb(BaseApp):
     def find_vip(self, name_or_ip: str) -> Vip | None:
         with self.lock:
             return self.core.find_vip(name_or_ip)
+
+
+def read_nlb_config(path: str | None) -> NlbConfig:
+    """The app's typed configuration (labcommon/programs.py) from ``path``; none: no VIP.
+    A file its record does not allow stops the controller, naming the file and the key (as
+    ``labcommon.runtime.load_config`` stops an in-host program; that module needs uvloop,
+    which upstream Ryu's venv lacks)."""
+    if not path:
+        return NlbConfig(vips=[])
+    try:
+        return read_config(CONTROLLER, path)
+    except ConfigError as exc:
+        raise SystemExit(f"controllers.sdn_nlb: {exc}") from None
 
 
 def port_name(port) -> str:

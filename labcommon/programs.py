@@ -3,7 +3,10 @@
 One record per program: its module (``python -m <module> CONFIG.json``) or, for the
 outside tools (dnsmasq, HAProxy, tcpdump), none; the kind its CPU counts under in the
 lab's cost (``process_cpu``); its typed configuration; the event that says it serves;
-its start order; how its process (and its event log) is named after its host.
+its start order; how its process (and its event log) is named after its host. The
+controller is one too, though it runs in the root namespace: ``controllers.launcher``
+runs its app, and the SDN NLB app reads its configuration from the file
+``CASLAB_NLB_CONFIG`` names.
 
 The configuration types are shared by both sides: the engine builds one (a dataclass,
 so an unknown or missing key is a ``TypeError`` where it is written) and ``write_config``
@@ -229,6 +232,88 @@ class WnlbAgentConfig:
     events: str | None = None
 
 
+@dataclass(kw_only=True)
+class NlbMember:
+    """A CAS behind a VIP, and the switch port it hangs on."""
+    name: str
+    ip: str
+    mac: str
+    port_name: str
+
+
+@dataclass(kw_only=True)
+class NlbSource:
+    """Who may send to a VIP: the sources behind one switch port (a client host, or the router)."""
+    port_name: str
+    mac: str              # the next hop behind that port (a challenge to a client is sent to it)
+    prefixes: list[str]
+
+
+@dataclass(kw_only=True)
+class NlbVip:
+    """One array VIP, on the switch with datapath id ``dpid``."""
+    name: str
+    ip: str
+    mac: str
+    dpid: int
+    ports: list[int]                  # the TCP services balanced
+    members: list[NlbMember]
+    affinity: str = "none"            # none: per connection, single: client IP, network: client /24
+    sources: list[NlbSource] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class NlbHealth:
+    """The health agents' verdicts: ``fall`` failed probes take a member out, ``rise`` good ones bring it back."""
+    fall: int = 2
+    rise: int = 2
+    socket: str | None = None         # the Unix datagram socket the agents report to; None: no probes
+
+
+@dataclass(kw_only=True)
+class NlbMeter:
+    """OpenFlow meter 1: what the switch lets through to the controller."""
+    rate_pps: int = 2000
+    burst: int = 500
+
+
+@dataclass(kw_only=True)
+class NlbApi:
+    """The admin API (controllers/nlb_api.py). Its token is never here: ``token_file`` (0600) holds it."""
+    host: str = "127.0.0.1"
+    port: int = 0
+    fd: int | None = None             # a listening socket the controller inherits (the lab's way)
+    token_file: str | None = None
+
+
+# Until the switch has re-evaluated its cached datapath flows (a few ms, tens under load) a
+# client's answer to a challenge may still take the dead CAS's path: hence a dense schedule
+# of retries early, and a sparse one later.
+CHALLENGE_DELAYS_MS = [1, 2, 3, 5, 7, 10, 14, 20, 30, 45, 70, 120, 250]
+
+
+@dataclass(kw_only=True)
+class NlbConfig:
+    """The SDN NLB app (controllers/sdn_nlb.py), named by ``CASLAB_NLB_CONFIG`` (the
+    controller runs in the root namespace, started by controllers.launcher)."""
+    vips: list[NlbVip]
+    events: str | None = None
+    dataplane: str = "controller"     # switch: OVS select group + conntrack; controller: a packet-in per connection
+    fast_fail: bool = True            # reset a dead member's clients at once (challenges)
+    conn_idle_s: int = 120            # controller dataplane: a pinned connection's flows expire after this
+    challenge_delays_ms: list[float] = field(default_factory=lambda: list(CHALLENGE_DELAYS_MS))
+    port_detection: bool = True       # a member's link state counts (the Windows NLB emulation turns it off)
+    convergence_ms: float = 0         # a probe verdict waits this long (Windows NLB's convergence)
+    packet_in_rate: float = 5000      # packet-ins per second the controller handles (token bucket)
+    packet_in_burst: float = 1000
+    meter: NlbMeter = field(default_factory=NlbMeter)
+    health: NlbHealth = field(default_factory=NlbHealth)
+    state_file: str | None = None     # what an admin set, kept across a restart; None: not kept
+    datapath_name: str | None = None  # the switch's datapath, for its conntrack (None: the default one)
+    ct_refresh_ms: float = 250        # the periodic conntrack read's shortest interval
+    api: NlbApi | None = None
+
+
 # ---- the records -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -262,8 +347,9 @@ def program(key: str, kind: str, module: str | None, config: type | None, ready:
 
 PROGRAMS: dict[str, Program] = {}
 
-CONTROLLER = program("controller", "controller", "controllers.launcher", None, NLB_UP, 0, named="controller",
-                     doc="the OpenFlow controller (the SDN NLB or an L2 switch), in the root namespace")
+CONTROLLER = program("controller", "controller", "controllers.launcher", NlbConfig, NLB_UP, 0, named="controller",
+                     doc="the OpenFlow controller (the SDN NLB or an L2 switch), in the root namespace; "
+                         "the SDN NLB's configuration file is named by CASLAB_NLB_CONFIG")
 WNLB_AGENT = program("wnlb-agent", "wnlb", "controllers.wnlb_agent", WnlbAgentConfig, WNLB_UP, 1, named="wnlb-{host}",
                      doc="a CAS's Windows NLB driver: NIC filter, heartbeats, convergence")
 DNSMASQ = program("dnsmasq", "dns", None, None, None, 2, named="dnsmasq", doc="the lab's DNS server")

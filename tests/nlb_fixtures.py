@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import OF13, OF15, VERSION_IDS, AppFactory, install_fake_hub
+from tests.fakes import AppFactory, install_fake_hub
+from tests.nlb_lab import OF13, OF15, VERSION_IDS
 
 
 @pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)

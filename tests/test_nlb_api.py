@@ -17,7 +17,8 @@ import pytest
 
 from controllers import nlb_api
 from controllers.nlb_state import Vip
-from tests.fakes import config
+from labcommon.programs import CONTROLLER, ConfigError, NlbApi, read_config
+from tests.nlb_lab import config
 
 TOKEN = "s3cret-token"
 
@@ -26,7 +27,7 @@ class FakeApp:
     """What the API calls on the app, recorded."""
 
     def __init__(self):
-        self.vips = [Vip(i + 1, spec) for i, spec in enumerate(config()["vips"])]
+        self.vips = [Vip(i + 1, spec) for i, spec in enumerate(config().vips)]
         self.calls: list[tuple] = []
 
     def snapshot(self) -> dict:
@@ -326,7 +327,7 @@ def test_serve_api_serves_on_the_socket_it_is_handed_with_the_token_from_a_priva
     # The server owns the descriptor it is handed, as in the controller: give it its own copy,
     # and stop it at the end (a server left running on a closed descriptor number would serve
     # whatever socket a later test opens under that number).
-    httpd = nlb_api.api_server(app, {"fd": os.dup(sock.fileno()), "port": port, "token_file": str(token_file)})
+    httpd = nlb_api.api_server(app, NlbApi(fd=os.dup(sock.fileno()), port=port, token_file=str(token_file)))
     sock.close()
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -338,11 +339,20 @@ def test_serve_api_serves_on_the_socket_it_is_handed_with_the_token_from_a_priva
         httpd.server_close()
 
 
-def test_a_token_file_others_may_read_is_not_used(tmp_path):
+def test_a_token_file_others_may_read_is_not_used(tmp_path, monkeypatch):
     token_file = tmp_path / "nlb-token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o644)
-    assert nlb_api.read_token({"token_file": str(token_file)}) is None
+    assert nlb_api.read_token(NlbApi(token_file=str(token_file))) is None
     token_file.chmod(0o600)
-    assert nlb_api.read_token({"token_file": str(token_file)}) == TOKEN
-    assert nlb_api.read_token({"token": TOKEN}) is None  # never from the (0644) config itself
+    assert nlb_api.read_token(NlbApi(token_file=str(token_file))) == TOKEN
+    monkeypatch.delenv("CASLAB_NLB_TOKEN", raising=False)
+    assert nlb_api.read_token(NlbApi()) is None
+
+
+def test_the_token_is_never_in_the_configuration_itself(tmp_path):
+    """The controller's config file is 0644: a token there is refused before the app starts."""
+    path = tmp_path / "nlb.json"
+    path.write_text(json.dumps({"vips": [], "api": {"port": 1, "token": TOKEN}}))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['api.token'\]"):
+        read_config(CONTROLLER, path)

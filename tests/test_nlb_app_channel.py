@@ -10,9 +10,9 @@ import pytest
 
 from labcommon.catalogue import NLB_SWITCH, NLB_SWITCH_GONE, NLB_SWITCH_REFUSED
 from tests.fakes import (
-    FakeDatapath, VIP_IP, all_ports, arp_frame, channel_dead, events, features, flow_mods, member_port, packet_in,
-    packet_outs, port_desc, ready,
+    FakeDatapath, all_ports, channel_dead, events, features, member_port, packet_in, port_desc, ready,
 )
+from tests.nlb_lab import VIP_IP, arp_frame, flow_mods, packet_outs
 
 
 def test_a_second_connection_with_a_connected_dpid_is_closed_and_changes_nothing(make_app, version):

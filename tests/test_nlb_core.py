@@ -6,68 +6,25 @@ from __future__ import annotations
 
 import ast
 import inspect
-import random
 import struct
-from types import SimpleNamespace
 
 import pytest
-from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_5, ofproto_v1_5_parser
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controllers import nlb_core
-from controllers.nlb_core import (
-    BARRIER_XID_BASE, Close, Emit, Failover, NlbCore, ReadConntrack, SaveAdmin, Send, Wake,
-)
+from controllers.nlb_core import BARRIER_XID_BASE, Close, Emit, Failover, ReadConntrack, SaveAdmin, Send, Wake
 from controllers.nlb_flows import FORWARD, REVERSE, Cookie, zone_of
 from controllers.nlb_state import CtEntry
 from labcommon.catalogue import (
     LB_MEMBER, NLB_CONN, NLB_CONVERGING, NLB_EVICT, NLB_GUARD, NLB_RELEARN, NLB_SWITCH, NLB_SWITCH_GONE,
     NLB_SWITCH_REFUSED, NLB_UP,
 )
-from tests.fakes import CLIENT, MEMBER, MEMBERS, OTHER_CLIENT, SERVICE_PORT, VIP_IP, config, syn, tcp_frame
-
-S = 1_000_000_000
-T0 = 5000 * S  # the monotonic clock at the start, in ns
-WALL = 1.7e9  # the wall clock then, in s
-PROTOCOLS = {0x04: (ofproto_v1_3, ofproto_v1_3_parser), 0x06: (ofproto_v1_5, ofproto_v1_5_parser)}
-
-
-def channel(dpid: int = 1, version: int = 0x04):
-    ofproto, parser = PROTOCOLS[version]
-    return SimpleNamespace(id=dpid, ofproto=ofproto, ofproto_parser=parser)
-
-
-def core_for(saved: dict | None = None, **kw) -> tuple[NlbCore, list]:
-    core = NlbCore(config(**kw), rng=random.Random(7))
-    return core, core.start(saved or {}, T0, WALL)
-
-
-def connected(core: NlbCore, version: int = 0x04, now: int = T0):
-    """A switch on dpid 1 that connected and reported its ports, all up."""
-    ch = channel(1, version)
-    core.switch_connected(ch, False, now)
-    core.port_desc(ch, [(h.port_no, h.port_name, True) for h in MEMBERS + [CLIENT, OTHER_CLIENT]], now)
-    return ch
-
-
-def of(outputs, kind) -> list:
-    return [o for o in outputs if isinstance(o, kind)]
-
-
-def emitted(outputs, event=None) -> list[dict]:
-    return [o.fields for o in of(outputs, Emit) if event is None or o.event is event]
-
-
-def sent(outputs) -> list:
-    return [m for o in of(outputs, Send) for m in o.messages]
-
-
-def pin(core, ch, sport: int, now: int = T0, client=CLIENT) -> str:
-    """A SYN through the controller dataplane: the member it was pinned to."""
-    out = core.packet_in(ch, client.port_no, syn(sport, src=client), 0, now)
-    [fwd] = [m for m in sent(out) if type(m).__name__ == "OFPFlowMod" and Cookie.decode(m.cookie).kind == FORWARD]
-    return next(m.name for m in MEMBERS if Cookie.decode(fwd.cookie).member == m.port_no)
+from labcommon.programs import NlbHealth
+from tests.nlb_lab import (
+    CLIENT, MEMBER, OTHER_CLIENT, S, SERVICE_PORT, T0, VIP_IP, WALL, channel, connected, core_for, emitted, of,
+    pin, port_list, sent, syn, tcp_frame, unpin_of, unpinned,
+)
 
 
 def pin_on(core, ch, name: str, count: int = 2, start: int = 41000) -> list[tuple]:
@@ -197,15 +154,18 @@ def test_start_restores_admin_state_and_what_is_left_of_a_drain_deadline(left_s,
 
 
 def test_a_probe_verdict_waits_for_the_convergence_delay():
-    core, _ = core_for(convergence_ms=800, health={"fall": 2, "rise": 2})
-    connected(core)
+    core, _ = core_for(convergence_ms=800, health=NlbHealth(fall=2, rise=2))
+    ch = connected(core)
+    pin_on(core, ch, "cas2")
     assert core.probe(VIP_IP, "cas2", False, "", T0) == []
     out = core.probe(VIP_IP, "cas2", False, "timeout", T0)
     assert emitted(out, NLB_CONVERGING) == [{"vip": VIP_IP, "member": "cas2", "alive": False}]
-    assert of(out, Wake) == [Wake(T0 + 800_000_000)] and core.vips[0].pool.members["cas2"].healthy
+    # the verdict is in, but the pool keeps sending new clients to cas2 until convergence
+    assert of(out, Wake) == [Wake(T0 + 800_000_000)] and of(out, Send) == []
+    assert core.vips[0].pool.members["cas2"].healthy and core.vips[0].pool.members["cas2"].accepts_new
     out = core.tick(T0 + 800_000_000)
     assert [e["reason"] for e in emitted(out, LB_MEMBER)] == ["probe_down:timeout"]
-    assert not core.vips[0].pool.members["cas2"].healthy
+    assert not core.vips[0].pool.members["cas2"].healthy and unpinned(sent(out)) == unpin_of(2)
     assert core.probe("10.9.9.9", "cas2", False, "", T0) == [] and core.probe(VIP_IP, "cas9", False, "", T0) == []
 
 
@@ -252,8 +212,9 @@ def test_a_dead_member_in_the_switch_dataplane_is_a_failover_after_a_barrier():
     core.conntrack_read(1, [ct(CLIENT.ip, 40001, 2), ct(CLIENT.ip, 40002, 1), ct(CLIENT.ip, 40003, 2, "TIME_WAIT")],
                         now)
     first = core.failover_cached(fo, now + 2_000_000)
+    [write] = first
     [flush] = sent(first)
-    assert isinstance(flush, bytes) and flush[1] == 4 and len(first) == 1  # one experimenter message, no more
+    assert len(write.messages) == 1 and type(flush).__name__ == "OFPExperimenter"  # one message, no more
     assert core.challenges.pending == {}  # not before the switch has forgotten them
     assert core.failover_challenge(fo, now + 2_000_000) == [Wake(now + 2_000_000)]  # challenged at once
     assert set(core.challenges.pending) == {(CLIENT.ip, 40001, VIP_IP, SERVICE_PORT)}
@@ -291,7 +252,7 @@ def test_the_switch_dataplane_reads_the_conntrack_when_a_vip_is_installed():
     core, _ = core_for(dataplane="switch")
     ch = channel(1, 0x06)
     core.switch_connected(ch, False, T0)
-    out = core.port_desc(ch, [(h.port_no, h.port_name, True) for h in MEMBERS + [CLIENT, OTHER_CLIENT]], T0)
+    out = core.port_desc(ch, port_list(), T0)
     assert of(out, ReadConntrack) == [ReadConntrack(1)] and core.vips_to_read() == [1]
     out = core.conntrack_read(1, [ct(CLIENT.ip, 1, 1), ct(CLIENT.ip, 2, 3, "CLOSED")], T0, relearn=True)
     assert emitted(out, NLB_RELEARN) == [{"dpid": 1, "conns": 1}] and len(core.ct_cache[1]) == 2

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from controllers import nlb_flows as F
 from controllers.nlb_flows import Cookie, FlowBuilder, NtrSelectionMethod
 from controllers.nlb_state import Vip
-from tests.fakes import (
-    CLIENT, MEMBERS, OF13, OF15, VERSION_IDS, VIP_IP, VIP_MAC, FakeDatapath, apply_actions, config, match_dict,
-    outputs, set_fields,
+from tests.fakes import FakeDatapath
+from tests.nlb_lab import (
+    CLIENT, MEMBERS, OF13, OF15, VERSION_IDS, VIP_IP, VIP_MAC, apply_actions, config, match_dict, outputs, set_fields,
 )
 
-SPEC = config()["vips"][0]
+SPEC = config().vips[0]
 
 
 @pytest.fixture(params=[OF13, OF15], ids=VERSION_IDS.get)

@@ -18,7 +18,7 @@ from scapy.packet import Raw
 from scapy.utils import checksum as scapy_checksum
 
 from controllers import nlb_frames as frames
-from tests.fakes import checksums_ok, vlan_ids
+from tests.nlb_lab import checksums_ok, vlan_ids
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MACS = st.binary(min_size=6, max_size=6).map(frames.mac_text)

@@ -9,6 +9,8 @@ it sends must serialize (the fake datapath serializes every message as os-ken do
 from __future__ import annotations
 
 import struct
+import threading
+from typing import Any, Callable
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -16,9 +18,11 @@ from hypothesis import strategies as st
 
 from controllers import nlb_frames as frames
 from tests.fakes import (
+    AppFactory, FakeDatapath, all_ports, features, install_fake_hub, packet_in, port_desc, port_status,
+)
+from tests.nlb_lab import (
     BRANCH_VIP, CLIENT, MEMBERS, OF13, OF15, OTHER_SERVICE_PORT, SERVICE_PORT, VERSION_IDS, VIP_IP, VIP_MAC,
-    AppFactory, FakeDatapath, all_ports, call_with_watchdog, checksums_ok, features, install_fake_hub, packet_in,
-    packet_outs, port_desc, port_status,
+    checksums_ok, packet_outs,
 )
 
 COMBOS = [(dataplane, version) for dataplane in ("controller", "switch") for version in (OF13, OF15)]
@@ -103,6 +107,26 @@ ZERO_LENGTH_OPTION = ETH + b"\x08\x00" + struct.pack("!BBHHHBBH4s4s", 0x45, 0, 4
 KNOWN = [ZERO_LENGTH_OPTION, ETH + bytes.fromhex("02f5b2"), ETH + bytes.fromhex("890284c78f346df30e7bde5d918d33f0"),
          ETH + bytes.fromhex("86dd927de0fbddf12b5ad49a65d383cacc90ab2b5387db12eea1cec00cf403ce934c19731600dfa90c"),
          b"", b"\x00", ETH, ETH + b"\x08\x00", ETH + b"\x08\x00\x45", ETH + b"\x81\x00" * 7, bytes(range(256))]
+
+
+def call_with_watchdog(func: Callable, *args, timeout_s: float = 2.0) -> Any:
+    """Run ``func`` in a thread; fail if it does not return in time; re-raise what it raised."""
+    result: dict[str, Any] = {}
+
+    def target():
+        try:
+            result["value"] = func(*args)
+        except BaseException as exc:  # noqa: BLE001  (handed to the test thread)
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise AssertionError(f"{getattr(func, '__name__', func)} did not return within {timeout_s} s")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from controllers.nlb_challenger import ChallengeSchedule
 from controllers.nlb_io import AdminState, OvsConntrack
 from controllers.nlb_logic import Connection
 from controllers.nlb_state import CtEntry, TokenBucket, Vip, parse_conntrack
-from tests.fakes import CLIENT, config
+from tests.nlb_lab import CLIENT, config
 
-SPEC = config()["vips"][0]
+SPEC = config().vips[0]
 
 
 # ---- Vip -------------------------------------------------------------------------------------------------

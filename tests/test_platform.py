@@ -125,3 +125,39 @@ def test_doctor_fails_when_only_the_database_server_answers(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", fake_ovs(tmp_path, 0, 0))
     [check] = [c for c in doctor.checks() if c.name == "openvswitch"]
     assert check.ok
+
+
+# ---- upstream Ryu's venv has what the NLB app imports -------------------------------------------------
+
+
+def third_party_imports(*modules: str) -> set[str]:
+    """The packages outside the project and the standard library that ``modules`` import,
+    following the project's own modules they import (at any depth, in functions too)."""
+    seen, todo, found = set(), list(modules), set()
+    while todo:
+        module = todo.pop()
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in LOCAL:
+                    todo.append(name)
+                elif top not in sys.stdlib_module_names:
+                    found.add(top)
+    return found
+
+
+def test_ryus_venv_gets_every_package_the_nlb_app_imports_pinned_as_the_project_pins_it():
+    """lab.sh installs the project into Ryu 4.34's venv without its dependencies (they would
+    replace Ryu's eventlet): what the app imports besides the framework comes from
+    RYU_APP_DEPS, pinned as pyproject.toml pins it."""
+    needed = third_party_imports("controllers.launcher", "controllers.sdn_nlb") - RYU_VENV_ONLY - {"os_ken"}
+    [line] = [x for x in (ROOT / "lab.sh").read_text().splitlines() if x.startswith("RYU_APP_DEPS=")]
+    given = re.findall(r'"([^"]+)"', line)
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert needed and sorted(given) == sorted(p for p in pins if re.split(r"[\s<>=!~;\[]", p)[0] in needed)

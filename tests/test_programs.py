@@ -1,10 +1,12 @@
-"""The program catalogue (labcommon/programs.py): one record per in-host program, and
-its configuration typed and checked on both sides.
+"""The program catalogue (labcommon/programs.py): one record per in-host program (and the
+controller), and its configuration typed and checked on both sides.
 
 The program side is run for real: each program is started as the lab starts it
-(``python -m <module> CONFIG.json``) on a file with an unknown, a missing or a mistyped
-key, and must stop at once naming the file and the key, before it binds or sends
-anything. No root needed.
+(``python -m <module> CONFIG.json``; the controller: the launcher with the SDN NLB app,
+its file named by ``CASLAB_NLB_CONFIG``) on a file with an unknown, a missing or a
+mistyped key, and must stop at once naming the file and the key, before it binds or
+sends anything. A configuration with every key set survives the file unchanged. No root
+needed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -50,6 +53,28 @@ def sample_value(hint: typing.Any) -> typing.Any:
     return {str: "x", int: 1, float: 1.0, bool: False}[hint]
 
 
+def full(kind: type) -> typing.Any:
+    """A configuration of ``kind`` with every field set, none to its default, recursively
+    (a list or a dict holds one element): a key the file loses is seen."""
+    hints = typing.get_type_hints(kind)
+    return kind(**{f.name: full_value(hints[f.name], f.default) for f in dataclasses.fields(kind)})
+
+
+def full_value(hint: typing.Any, default: typing.Any = None) -> typing.Any:
+    if dataclasses.is_dataclass(hint):
+        return full(hint)
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is list:
+        return [full_value(args[0])]
+    if origin is dict:
+        return {"k": full_value(args[1])}
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return full_value(args[0])
+    if hint is bool:
+        return default is not True
+    return {str: "set", int: 7, float: 2.5, typing.Any: "any"}[hint]
+
+
 def test_every_in_host_program_is_declared_once_with_its_kind_and_module():
     assert len({p.module for p in IN_HOST if p.module != "roles.cas_http"}) == len(IN_HOST) - 1
     assert {p.key for p in IN_HOST} >= {"cas", "cas-http", "mailbox", "autodiscover", "client", "http-client",
@@ -81,6 +106,12 @@ def test_the_engine_side_refuses_what_the_program_would_refuse(record):
         config_json(record, sample(other.config))
 
 
+@pytest.mark.parametrize("record", IN_HOST, ids=lambda p: p.key)
+def test_a_round_trip_keeps_every_key(record):
+    config = full(record.config)
+    assert read_config_text(record, config_json(record, config)) == config
+
+
 def read_config_text(record, text: str, tmp=Path("/tmp")):
     path = tmp / f"caslab-test-{record.key}.json"
     path.write_text(text)
@@ -107,11 +138,23 @@ def test_a_program_stops_on_a_configuration_its_record_does_not_allow(record, ca
     data, key = broken_files(record)[case]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
-    done = subprocess.run([sys.executable, "-m", record.module, str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    argv, env = started_as(record, path)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **env})
     assert done.returncode != 0
     assert str(path) in done.stderr and key in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, "a clear error, not a crash"
+
+
+def started_as(record, path: Path) -> tuple[list[str], dict[str, str]]:
+    """How the lab starts ``record`` on the configuration file ``path`` (argv, environment):
+    an in-host program as ``python -m <module> CONFIG.json``; the controller as
+    caslab/netlab.py's ``popen_controller`` starts the SDN NLB app, on a loopback port of
+    its own instead of the run's inherited TLS socket."""
+    if record is programs.CONTROLLER:
+        return [sys.executable, "-m", record.module, "--port", "0", "controllers.sdn_nlb"], \
+            {"CASLAB_NLB_CONFIG": str(path)}
+    return [sys.executable, "-m", record.module, str(path)], {}
 
 
 def attributes_read(paths: list[Path]) -> set[str]:
@@ -195,3 +238,45 @@ def test_a_client_sessions_readiness_comes_from_its_record():
     assert session_ready([programs.CLIENT])("cl1-http", {"ev": HTTP_REQUEST, "ok": True, "session": "h"}) is None
     sessions = [r.key for r in PROGRAMS.values() if r.session_ready]
     assert sessions == ["client", "http-client"]
+
+
+class StubLab:
+    """What the sdn-nlb mode asks of the live network to write the controller's file."""
+    datapath_name = "netdev@ovs-netdev"
+
+    @staticmethod
+    def switch_port_name(host: str) -> str:
+        return f"sw-{host}"
+
+    @staticmethod
+    def router_port(site_index: int) -> tuple[str, str]:
+        return f"sw-r1-{site_index}", f"02:00:00:00:01:{site_index:02x}"
+
+
+def test_the_sdn_nlb_mode_writes_a_file_the_controller_reads_whole(tmp_path):
+    """The engine's side of the controller's file: the sdn-nlb mode builds an NlbConfig (two
+    routed sites: the router is a source of each VIP), ``config_json`` writes it, and the
+    app's own reader gets every value back."""
+    from types import SimpleNamespace
+
+    from caslab import spec as spec_mod
+    from caslab.modes.sdn_nlb import SdnNlb
+    from controllers.nlb_core import NlbCore
+    from controllers.sdn_nlb import read_nlb_config
+    from topologies.plan import plan_from_topology
+
+    raw = {"experiment": {"name": "t", "modes": ["sdn-nlb"]}, "topology": {"branch": True},
+           "nlb": {"packet_in_rate": 800, "dataplane": "controller"}}
+    [scenario] = spec_mod.scenarios(spec_mod.validate(raw, "t"))
+    ctx = SimpleNamespace(spec=scenario, plan=plan_from_topology(scenario["topology"]), lab=StubLab(),
+                          raw_dir=tmp_path, socket_dir=lambda: tmp_path, events_path=lambda s: f"{tmp_path}/{s}.jsonl",
+                          nlb_api_port=4242, nlb_api_socket=SimpleNamespace(fileno=lambda: 9),
+                          nlb_token_file=lambda: tmp_path / "nlb-token")
+    config = SdnNlb().controller_config(ctx)
+    path = tmp_path / "controller.json"
+    path.write_text(config_json(programs.CONTROLLER, config))
+    assert read_nlb_config(str(path)) == config
+    assert [(v.name, v.dpid, len(v.members)) for v in config.vips] == [("HQ", 1, 3), ("Branch", 2, 2)]
+    assert config.vips[0].sources[-1].prefixes == [str(ctx.plan.sites[1].subnet)]  # the Branch, via the router
+    assert (config.meter.rate_pps, config.meter.burst, config.api.fd, config.dataplane) == (800, 200, 9, "controller")
+    assert len(NlbCore(config).vips) == 2

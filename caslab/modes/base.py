@@ -5,12 +5,12 @@ registry has no import cycle)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from caslab.base.table import Column
 from caslab.schema.fields import Field
 from labcommon.ports import AUTODISCOVER_PORT
-from labcommon.programs import TargetConfig
+from labcommon.programs import NlbConfig, TargetConfig
 from topologies.plan import LAB_DOMAIN, HostPlan
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Mode:
                 raise TypeError(f"mode {cls.name!r} is defined twice")
             MODES[cls.name] = cls
 
-    def controller_config(self, ctx: "RunContext") -> dict[str, Any] | None:
+    def controller_config(self, ctx: "RunContext") -> NlbConfig | None:
         return None
 
     def array_addresses(self, ctx: "RunContext") -> dict[str, list[str]]:

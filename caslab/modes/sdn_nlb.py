@@ -19,7 +19,9 @@ from caslab.schema.http import http_enabled
 from caslab.modes.base import VipMode
 from caslab.schema.fields import Field, choice, int_range
 from labcommon.ports import CAS_PORT, HTTPS_PORT
-from labcommon.programs import HEALTH_AGENT, HealthAgentConfig, HealthMember
+from labcommon.programs import (
+    HEALTH_AGENT, HealthAgentConfig, HealthMember, NlbApi, NlbConfig, NlbHealth, NlbMember, NlbMeter, NlbSource, NlbVip,
+)
 
 AFFINITIES = ("none", "single", "network")
 
@@ -48,47 +50,46 @@ class SdnNlb(VipMode):
 
     def controller_config(self, ctx):
         nlb = ctx.spec["nlb"]
+        rate = nlb["packet_in_rate"]
         return self.nlb_config(ctx, nlb["affinity"], fast_fail=nlb["fast_fail"], dataplane=nlb["dataplane"],
-                               meter={"rate_pps": nlb["packet_in_rate"], "burst": max(10, nlb["packet_in_rate"] // 4)})
+                               meter=NlbMeter(rate_pps=rate, burst=max(10, rate // 4)))
 
     @staticmethod
-    def sources(ctx, site) -> list[dict[str, Any]]:
+    def sources(ctx, site) -> list[NlbSource]:
         """Who may send to a site's VIP: its client hosts (their own address and their
         sessions' source block), and through the router, the other sites' clients."""
         out = []
         for index, client in enumerate(ctx.plan.by_role("client", site.name)):
             block = f"10.{site.index}.{10 + index}.0/24"
-            out.append({"port_name": ctx.lab.switch_port_name(client.name), "mac": client.mac,
-                        "prefixes": [f"{client.ip}/32", block]})
+            out.append(NlbSource(port_name=ctx.lab.switch_port_name(client.name), mac=client.mac,
+                                 prefixes=[f"{client.ip}/32", block]))
         if ctx.plan.routed:
             others = [str(s.subnet) for s in ctx.plan.sites if s is not site]
             port, mac = ctx.lab.router_port(site.index)
-            out.append({"port_name": port, "mac": mac, "prefixes": others})
+            out.append(NlbSource(port_name=port, mac=mac, prefixes=others))
         return out
 
     def __init__(self):
         self.health_socket: str | None = None  # where the health agents report, this run
 
-    def nlb_config(self, ctx, affinity: str, **settings) -> dict[str, Any]:
+    def nlb_config(self, ctx, affinity: str, **settings) -> NlbConfig:
         vips = []
         for site in ctx.plan.sites:
-            members = [{"name": h.name, "ip": h.ip, "mac": h.mac, "port_name": ctx.lab.switch_port_name(h.name)}
+            members = [NlbMember(name=h.name, ip=h.ip, mac=h.mac, port_name=ctx.lab.switch_port_name(h.name))
                        for h in ctx.plan.by_role("cas", site.name)]
             if not members:
                 continue
-            vips.append({"name": site.name, "fqdn": ctx.arrays().get(site.name, {}).get("fqdn", ""),
-                         "ip": site.vip, "mac": site.vip_mac, "dpid": site.index,
-                         "ports": [CAS_PORT, HTTPS_PORT] if http_enabled(ctx.spec) else [CAS_PORT],
-                         "affinity": affinity, "members": members, "sources": self.sources(ctx, site)})
+            vips.append(NlbVip(name=site.name, ip=site.vip, mac=site.vip_mac, dpid=site.index,
+                               ports=[CAS_PORT, HTTPS_PORT] if http_enabled(ctx.spec) else [CAS_PORT],
+                               affinity=affinity, members=members, sources=self.sources(ctx, site)))
         self.health_socket = str(ctx.socket_dir() / "nlb-health.sock")
         nlb = ctx.spec["nlb"]
-        return {
-            "events": ctx.events_path("nlb"), "vips": vips, "datapath_name": ctx.lab.datapath_name,
-            "state_file": str(ctx.raw_dir / "nlb-admin-state.json"),
-            "health": {"socket": self.health_socket, "fall": nlb["fall"], "rise": nlb["rise"]},
-            "api": {"host": "127.0.0.1", "port": ctx.nlb_api_port, "fd": ctx.nlb_api_socket.fileno(),
-                    "token_file": str(ctx.nlb_token_file())}, **settings,
-        }
+        return NlbConfig(
+            events=ctx.events_path("nlb"), vips=vips, datapath_name=ctx.lab.datapath_name,
+            state_file=str(ctx.raw_dir / "nlb-admin-state.json"),
+            health=NlbHealth(socket=self.health_socket, fall=nlb["fall"], rise=nlb["rise"]),
+            api=NlbApi(host="127.0.0.1", port=ctx.nlb_api_port, fd=ctx.nlb_api_socket.fileno(),
+                       token_file=str(ctx.nlb_token_file())), **settings)
 
     def start(self, ctx):
         nlb = ctx.spec["nlb"]

@@ -36,7 +36,9 @@ from labcommon.catalogue import (
 )
 from labcommon.events import EventLog, read_events
 from labcommon.ports import CAS_PORT
-from labcommon.programs import APP_PROBER, CLIENT, HTTP_CLIENT, PROBER, TCPDUMP, AppProberConfig, ProberConfig
+from labcommon.programs import (
+    APP_PROBER, CLIENT, CONTROLLER, HTTP_CLIENT, PROBER, TCPDUMP, AppProberConfig, ProberConfig, config_json,
+)
 from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
@@ -100,8 +102,8 @@ def start_controller(ctx: RunContext, mode: Mode) -> None:
     config = mode.controller_config(ctx)
     env, fds = {}, ()
     if config is not None:
-        env["CASLAB_NLB_CONFIG"] = str(ctx.write_config("controller", config))
-        if config.get("api"):
+        env["CASLAB_NLB_CONFIG"] = str(ctx.write_config("controller", config_json(CONTROLLER, config)))
+        if config.api:
             fds = (ctx.nlb_api_socket.fileno(),)
 
     def launch():
