@@ -259,7 +259,7 @@ def test_the_sdn_nlb_mode_writes_a_file_the_controller_reads_whole(tmp_path):
     app's own reader gets every value back."""
     from types import SimpleNamespace
 
-    from caslab import spec as spec_mod
+    from caslab.spec import experiment as spec_mod
     from caslab.modes.sdn_nlb import SdnNlb
     from controllers.nlb_core import NlbCore
     from controllers.sdn_nlb import read_nlb_config

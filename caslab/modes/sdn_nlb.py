@@ -12,8 +12,6 @@ affinity did. It has no idle timeout."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from caslab.network import nlb_client
 from caslab.schema.http import http_enabled
 from caslab.modes.base import VipMode
