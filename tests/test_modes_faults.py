@@ -232,3 +232,22 @@ def test_array_fqdn_comes_from_the_spec_and_no_array_means_one_cas(tmp_path, no_
     assert {e["server"] for e in events if e["ev"] == "autodiscover"} == {"cas1.lab.test"}
     assert s["affected"] == s["sessions"] and s["unrecovered"] == s["affected"], \
         "without an array every database points at one CAS, load balancer or not"
+
+
+def test_backend_network_carries_the_mailbox_traffic_and_the_faults_act_on_it(tmp_path, no_residue):
+    """With a back-end network the CAS reach their mailbox servers, and those their DAG
+    peers, at back-end addresses only; link-cut blackholes those, and a mailbox server's
+    poweroff (its back-end NIC down too) fails its database over with nothing lost."""
+    s, events = run(tmp_path, "sdn-nlb", [{"kind": "link-cut", "target": "@busiest", "at_s": 0.5, "duration_s": 1.0},
+                                          {"kind": "poweroff", "target": "mbx1", "at_s": 2.5}],
+                    topology={"backend_network": True}, clients={"ops": {"send": 2, "read": 1}},
+                    timing={"observe_s": 5.0})
+    cut, poweroff = s["rows"]
+    assert cut["affected"] > 0, "blackholing the back-end addresses cuts the CAS from every mailbox"
+    assert s["messages"]["lost"] == 0 and s["messages"]["acked"] > 0
+    assert any(e["ev"] == "db_active" and e["ok"] and e["db"] == "DB1" and e["server"] == "mbx2" for e in events)
+    configs = Path(next(tmp_path.glob("out/**/config")))
+    addresses = [a for db in json.loads((configs / "cas1.json").read_text())["databases"].values() for a in db]
+    addresses += [a for db in json.loads((configs / "mbx1.json").read_text())["databases"].values() for a in db["peers"]]
+    assert addresses and all(a.startswith("10.101.2.") for a in addresses), addresses
+    assert {e["peer"] for e in events if e["ev"] == "replication_failed"} <= {"10.101.2.1:7001"}

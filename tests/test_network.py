@@ -219,3 +219,40 @@ def test_a_host_spoofing_another_clients_address_is_dropped(tmp_path, no_residue
         assert out.strip().startswith("answered cas"), f"the real owner of the address and port is served: {out}"
     finally:
         lab.stop()
+
+
+def rx_packets(lab, host: str, intf: str) -> int:
+    status, out = lab.run_in(host, ["ip", "-s", "-j", "link", "show", "dev", intf])
+    assert status == 0, out
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def test_backend_network_carries_cas_to_mailbox_traffic_off_the_switch_and_poweroff_cuts_it(tmp_path, no_residue):
+    plan = LabPlan.build([{"name": "HQ", "cas": 2, "mailboxes": 1, "clients": 1}], backend=True)
+    lab = LabNetwork(plan, tmp_path)
+    lab.build()
+    try:
+        lab.popen_controller("controllers.l2_switch")
+        lab.start()
+        lab.wait_connected()
+        start_echo(lab, "mbx1")
+        mbx1 = plan.host("mbx1")
+        backend_ip = plan.server_ip(mbx1)
+        assert backend_ip != mbx1.ip
+        assert "dev cas1-eth1" in lab.run_in("cas1", ["ip", "route", "get", backend_ip])[1]
+        wait_until(lambda: "mbx1:hello" in echo_from(lab, "cas1", backend_ip), 15, "TCP echo over the back end", 0.2)
+        front, back = rx_packets(lab, "mbx1", "mbx1-eth0"), rx_packets(lab, "mbx1", "mbx1-eth1")
+        for _ in range(20):
+            assert echo_from(lab, "cas1", backend_ip) == "mbx1:hello"
+        assert rx_packets(lab, "mbx1", "mbx1-eth1") - back >= 20 * 4, "each connection's segments came in on eth1"
+        assert rx_packets(lab, "mbx1", "mbx1-eth0") - front < 10, "the switch's port saw none of them"
+        ports = subprocess.run(["ovs-vsctl", "list-ports", "clab1"], capture_output=True, text=True).stdout.split()
+        assert ports and not any(p.startswith("clab1b") for p in ports), "the back end is not Open vSwitch's"
+        assert "master clab1b" in subprocess.run(["ip", "link", "show", lab.backend_link_ends("mbx1")[1][1]],
+                                                 capture_output=True, text=True).stdout
+        lab.set_link("mbx1", up=False, backend=True)  # what poweroff does
+        for intf in ("mbx1-eth0", "mbx1-eth1"):
+            assert "state DOWN" in lab.run_in("mbx1", ["ip", "link", "show", "dev", intf])[1]
+        assert "mbx1:hello" not in echo_from(lab, "cas1", backend_ip)
+    finally:
+        lab.stop()

@@ -325,3 +325,50 @@ def test_virtual_topology_puts_vms_behind_hypervisor_switches_with_one_uplink_ea
         assert frozenset((host, "clab1")) in links
     assert topo.nodeInfo("clab1hv2")["dpid"] == "%016x" % 0x102
     assert len(topo.links()) == len(topo.plan.hosts) + 2
+
+
+# ---- the back-end network ----------------------------------------------------------------
+
+
+def test_backend_network_gives_each_exchange_server_a_second_address_and_nothing_else_changes():
+    sites = [{"name": "HQ", "cas": 16, "mailboxes": 2, "clients": 4, "multi_role": 1}]
+    plain, backend = LabPlan.build(sites), LabPlan.build(sites, backend=True)
+    assert [(h.name, h.ip, h.mac) for h in plain.hosts] == [(h.name, h.ip, h.mac) for h in backend.hosts]
+    assert plain.bridge_names() == plain.switch_names() == ["clab1"] and plain.backend_switch_names() == []
+    assert backend.switch_names() == ["clab1"] and backend.bridge_names() == ["clab1", "clab1b"]
+    subnet = ipaddress.IPv4Network("10.101.0.0/16")
+    servers = [h for h in backend.hosts if backend.on_backend(h)]
+    assert {h.name for h in servers} == {h.name for h in backend.hosts if {"cas", "mailbox"} & set(h.roles)}
+    assert len({backend.server_ip(h) for h in servers}) == len(servers), "back-end addresses are distinct"
+    for host in backend.hosts:
+        if host in servers:
+            assert ipaddress.IPv4Address(backend.server_ip(host)) in subnet
+            assert backend.server_ip(host).split(".")[2:] == host.ip.split(".")[2:]
+        else:
+            assert backend.server_ip(host) == host.ip and not plain.on_backend(host)
+        assert plain.server_ip(host) == host.ip
+
+
+@pytest.mark.parametrize("sites", [TWO_SITES, [{"name": "HQ", "cas": 2, "mailboxes": 1, "clients": 1,
+                                                  "hypervisors": 1}]])
+def test_a_backend_network_the_plan_cannot_build_is_refused(sites):
+    with pytest.raises(ValueError, match="back-end network"):
+        LabPlan.build(sites, backend=True)
+
+
+def test_backend_topology_puts_every_exchange_server_on_a_linux_bridge_as_its_second_nic():
+    from topologies.kernel_bridge import KernelBridge
+
+    plan = LabPlan.build([{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 2}], backend=True)
+    topo = CasArrayTopo(plan=plan)
+    assert sorted(topo.switches()) == ["clab1", "clab1b"]
+    assert topo.nodeInfo("clab1b")["cls"] is KernelBridge and "cls" not in topo.nodeInfo("clab1")
+    links = links_of(topo)
+    for host in plan.hosts:
+        assert frozenset((host.name, "clab1")) in links, "every host keeps its client-facing NIC"
+        on_backend = frozenset((host.name, "clab1b")) in links
+        assert on_backend == plan.on_backend(host)
+        if on_backend:
+            info = topo.linkInfo(host.name, "clab1b")
+            assert info["params1"] == {"ip": f"{plan.server_ip(host)}/16"}
+            assert info["port1"] == 1, "eth1: the client-facing NIC stays eth0, the host's first"

@@ -8,6 +8,13 @@ One site (the default)::
                       /    |    \\
                    cl1    cl2   ...          (array VIP 10.1.0.100)
 
+A back-end network (``topology.backend_network``) gives the CAS and mailbox servers a
+second NIC on a Linux bridge, ``clab1b`` (topologies/kernel_bridge.py)::
+
+    cas1  cas2  cas3   mbx1  mbx2
+       \\    |    /      \\  /
+        +-- clab1b (10.101.0.0/16, no OpenFlow) --+
+
 Two sites add a router joining the site switches (a WAN link)::
 
     [HQ hosts] -- clab1 -- r1 -- clab2 -- [Branch hosts]
@@ -30,7 +37,8 @@ try:
 except ImportError:  # pragma: no cover - the graph can be planned without Mininet
     Topo = object  # type: ignore[assignment,misc]
 
-from topologies.plan import LabPlan
+from topologies.kernel_bridge import KernelBridge
+from topologies.plan import LabPlan, backend_ip, backend_switch
 
 DEFAULT_SITES = [{"name": "HQ", "cas": 3, "mailboxes": 2, "clients": 2}]
 
@@ -54,12 +62,24 @@ class CasArrayTopo(Topo):
             self.addHost(host.name, ip=host.cidr, mac=host.mac, role=host.role, site=host.site,
                          defaultRoute=default_route)
             self.addLink(host.name, self.plan.switch_of(host.name))
+        self.build_backend()
         if self.plan.routed:
             self.addHost("r1", ip=None, role="router", site=self.plan.sites[0].name)
             for site in self.plan.sites:
                 link_opts = wan_link_options(wan_bw_mbit, wan_delay_ms) if site.index > 1 else {}
                 self.addLink("r1", site.switch, intfName1=f"r1-eth{site.index}",
                              params1={"ip": f"{site.gateway()}/16"}, **link_opts)
+
+
+    def build_backend(self) -> None:
+        """With a back-end network: a Linux bridge per site, and a second NIC (eth1) on it
+        for each Exchange server, added after the client-facing one so that stays eth0."""
+        for site in self.plan.sites if self.plan.backend else []:
+            self.addSwitch(backend_switch(site), cls=KernelBridge, dpid="%016x" % (0x1000 + site.index))
+        for host in self.plan.hosts:
+            if self.plan.on_backend(host):
+                site = self.plan.site(host.site)
+                self.addLink(host.name, backend_switch(site), params1={"ip": f"{backend_ip(host, site)}/16"})
 
 
 def wan_link_options(bw_mbit: float | None, delay_ms: float | None) -> dict:

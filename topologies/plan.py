@@ -16,6 +16,13 @@ the role:
     10.k.3.n     client host n               (up to 32)
     10.k.(10+c).1-250   extra source addresses of the site's client host c (0-based)
 
+With a back-end network (``LabPlan.backend``, one site only), the site's Exchange servers
+(its CAS and mailbox servers) have a second NIC on a Linux bridge ``clab<k>b``, in
+10.(100+k).0.0/16 with the same last two octets as their client-facing address
+(cas1 10.1.1.1 -> 10.101.1.1): CAS-to-mailbox and DAG replication traffic stay off the
+load balancer's switch, as Exchange's MAPI and replication networks are split in the
+field.
+
 A site may run its CAS as virtual machines on ``hypervisors`` hypervisor switches
 (``clab<k>hv<n>``, each joined to the site switch by one uplink: the site switch is then
 the physical switch). ``placement`` says which hypervisor each VM starts on; a CAS not
@@ -43,6 +50,7 @@ from typing import Any
 SWITCH_PREFIX = "clab"
 MAX_CAS, MAX_MAILBOXES, MAX_CLIENTS = 64, 16, 32
 MAX_SITES = 4
+BACKEND_OCTET_OFFSET = 100  # site k's back end is 10.(100+k).0.0/16
 MAX_HYPERVISORS = 4
 ROLE_OCTET = {"cas": 1, "mailbox": 2, "client": 3, "external": 3}
 LAB_DOMAIN = "lab.test"
@@ -126,6 +134,17 @@ class SitePlan:
         return self.address(1)
 
 
+def backend_switch(site: SitePlan) -> str:
+    """A site's back-end bridge ('clab1b')."""
+    return f"{site.switch}b"
+
+
+def backend_ip(host: HostPlan, site: SitePlan) -> str:
+    """A server's back-end address: its own, in the site's back-end subnet."""
+    octets = host.ip.split(".")
+    return f"10.{BACKEND_OCTET_OFFSET + site.index}.{octets[2]}.{octets[3]}"
+
+
 def mac_for(ip: str) -> str:
     """A locally administered MAC derived from the IPv4 address (stable across runs)."""
     octets = [int(part) for part in ip.split(".")]
@@ -137,13 +156,18 @@ class LabPlan:
     sites: list[SitePlan]
     hosts: list[HostPlan] = field(default_factory=list)
     placement: dict[str, str] = field(default_factory=dict)  # VM (CAS) -> hypervisor it starts on
+    backend: bool = False  # the Exchange servers' second NIC on a back-end Linux bridge
 
     @classmethod
-    def build(cls, sites: list[dict]) -> "LabPlan":
+    def build(cls, sites: list[dict], backend: bool = False) -> "LabPlan":
         """sites: [{name, cas, mailboxes, clients, hypervisors, placement, multi_role, external}],
-        in order; the first one is HQ. ``placement`` maps CAS names to hypervisor names ('hv1')."""
+        in order; the first one is HQ. ``placement`` maps CAS names to hypervisor names ('hv1').
+        ``backend``: a back-end network for the Exchange servers (one site, no hypervisors)."""
         if not 1 <= len(sites) <= MAX_SITES:
             raise ValueError(f"the addressing plan has room for 1..{MAX_SITES} sites, not {len(sites)}")
+        if backend and (len(sites) > 1 or sites[0].get("hypervisors")):
+            raise ValueError("a back-end network is planned for one site whose servers are not VMs: "
+                             "no Branch, no Internet site, no hypervisors")
         site_plans = [SitePlan(s["name"], i + 1, s.get("cas", 0), s.get("mailboxes", 0), s.get("clients", 0),
                                hypervisors=s.get("hypervisors", 0), external=bool(s.get("external", False)),
                                multi_role=s.get("multi_role", 0))
@@ -158,7 +182,7 @@ class LabPlan:
             if not 0 <= site.multi_role <= min(site.cas, site.mailboxes):
                 raise ValueError(f"site {site.name}: multi-role servers must be 0..min(cas, mailboxes) = "
                                  f"{min(site.cas, site.mailboxes)}, not {site.multi_role}")
-        plan = cls(site_plans)
+        plan = cls(site_plans, backend=backend)
         counters = {"cas": 0, "mbx": 0, "cl": 0, "ad": 0, "lb": 0, "ex": 0, "ext": 0}
 
         def add(prefix: str, role: str, site: SitePlan, octet: int, block: int = 0, extra: tuple = ()) -> None:
@@ -232,9 +256,26 @@ class LabPlan:
         return [f"10.{site.index}.{10 + index}.{i + 1}" for i in range(count)]
 
     def switch_names(self) -> list[str]:
-        """Every switch: the sites' switches, then their hypervisors' switches."""
+        """Every OpenFlow switch: the sites' switches, then their hypervisors' switches."""
         return [site.switch for site in self.sites] + [
             site.hypervisor_switch(hv) for site in self.sites for hv in site.hypervisor_names]
+
+    def backend_switch_names(self) -> list[str]:
+        """The back-end Linux bridges (none without a back-end network)."""
+        return [backend_switch(site) for site in self.sites] if self.backend else []
+
+    def bridge_names(self) -> list[str]:
+        """Every bridge the lab makes: its OpenFlow switches and its back-end bridges."""
+        return self.switch_names() + self.backend_switch_names()
+
+    def on_backend(self, host: HostPlan) -> bool:
+        """Whether a host has a back-end NIC: the Exchange servers, with a back-end network."""
+        return self.backend and bool({"cas", "mailbox"} & set(host.roles))
+
+    def server_ip(self, host: HostPlan) -> str:
+        """The address Exchange servers reach ``host`` at (a CAS its mailbox servers, a
+        mailbox server its DAG peers): its back-end address when it has one."""
+        return backend_ip(host, self.site(host.site)) if self.on_backend(host) else host.ip
 
     def switch_of(self, host: str, placement: dict[str, str] | None = None) -> str:
         """The switch a host's NIC is on (``placement`` overrides the plan's, after a move)."""
@@ -261,4 +302,4 @@ def plan_from_topology(topology: dict[str, Any]) -> LabPlan:
                       "clients": topology["branch_client_hosts"]})
     if topology.get("internet_client_hosts", 0):
         sites.append({"name": INTERNET, "clients": topology["internet_client_hosts"], "external": True})
-    return LabPlan.build(sites)
+    return LabPlan.build(sites, backend=topology.get("backend_network", False))

@@ -1,4 +1,5 @@
-"""link-cut: a CAS loses its path to the mailbox servers (blackhole routes in the CAS)."""
+"""link-cut: a CAS loses its path to the mailbox servers (blackhole routes in the CAS, to
+the addresses it reaches them at: their back-end ones with a back-end network)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class LinkCut(Fault):
     def _routes(self, ctx, action: str) -> None:
         for host in self.targets:
             for mailbox in ctx.plan.by_role("mailbox"):
-                ctx.lab.run_in(host, ["ip", "route", action, "blackhole", f"{mailbox.ip}/32"])
+                ctx.lab.run_in(host, ["ip", "route", action, "blackhole", f"{ctx.plan.server_ip(mailbox)}/32"])
 
     def inject(self, ctx):
         self._routes(ctx, "add")

@@ -1,4 +1,4 @@
-"""poweroff: the host's links go down and every lab process on it dies: silence."""
+"""poweroff: the host's links (its back-end NIC's too) go down and every lab process on it dies: silence."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class Poweroff(Fault):
 
     def inject(self, ctx):
         for host in self.targets:
-            ctx.lab.set_link(host, up=False)
+            ctx.lab.set_link(host, up=False, backend=True)
             for proc in ctx.lab.processes_on(host):
                 proc.signal(signal.SIGKILL)
         fail_over_databases(ctx, set(self.targets))

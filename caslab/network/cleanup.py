@@ -54,7 +54,8 @@ def sweep_dead_labs(say=print) -> int:
         if _running(lab):
             continue
         found += _end_dead_lab(folder, lab, procs, sweep_names=True, say=say)
-    for name in sweep_lab_names([f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]):
+    every_site = [f"{SWITCH_PREFIX}{i}" for i in range(1, MAX_SITES + 1)]
+    for name in sweep_lab_names(every_site + [f"{bridge}b" for bridge in every_site]):  # + back-end bridges
         say(f"removed {name}")
         found += 1
     try:

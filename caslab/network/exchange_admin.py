@@ -55,7 +55,7 @@ def move_database(ctx: "RunContext", db: str, to: str, dead: set[str]) -> bool:
     request: dict[str, Any] = {"op": "activate", "db": db}
     if old not in dead:
         stopped = admin_call(ctx, old, {"op": "deactivate", "db": db})
-        request.update(catch_up_from=f"{ctx.plan.host(old).ip}:{MAILBOX_PORT}", head=stopped.get("head"))
+        request.update(catch_up_from=f"{ctx.plan.server_ip(ctx.plan.host(old))}:{MAILBOX_PORT}", head=stopped.get("head"))
     reply = admin_call(ctx, to, request)
     return _record(ctx, db, to, old, reply)
 

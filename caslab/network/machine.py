@@ -145,6 +145,15 @@ def existing_bridges() -> list[str]:
     return res.stdout.split()
 
 
+def existing_links() -> list[str]:
+    """The root namespace's interface names (a Linux bridge is one)."""
+    names = []
+    for line in system.run(["ip", "-o", "link", "show"]).stdout.splitlines():
+        if ":" in line:
+            names.append(line.split(":")[1].strip().split("@")[0])
+    return names
+
+
 def flush_lab_conntrack(datapath_name: str, sites: int) -> None:
     """The switch dataplane's connections live in the datapath, not the bridges: flush the
     lab's own conntrack zones (one per VIP) so a run leaves none behind."""
@@ -157,16 +166,15 @@ def flush_lab_conntrack(datapath_name: str, sites: int) -> None:
 
 
 def sweep_lab_names(bridges: list[str]) -> list[str]:
-    """Delete the lab's own bridges and root-namespace veths if any survived teardown."""
+    """Delete the lab's own bridges (Open vSwitch's, and its back-end Linux bridges) and
+    root-namespace veths if any survived teardown."""
     removed = []
     present = set(existing_bridges()) if system.ovs_running() else set()
     for bridge in bridges:
         if bridge in present:
             system.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", bridge])
             removed.append(bridge)
-    links = system.run(["ip", "-o", "link", "show"]).stdout
-    for line in links.splitlines():
-        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+    for name in existing_links():
         if any(name.startswith(f"{b}-eth") for b in bridges) or (name.startswith(SWITCH_PREFIX) and name in bridges):
             system.run(["ip", "link", "del", name])
             removed.append(name)

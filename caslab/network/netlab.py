@@ -25,7 +25,7 @@ from caslab.network.ofchannel import Channel, ChannelError
 from caslab.base.procstat import process_cpu_ms
 from caslab.network.registry import LabRecord
 from caslab.network.cleanup import sweep_dead_labs
-from caslab.network.machine import LabLock, existing_bridges, flush_lab_conntrack, sweep_lab_names
+from caslab.network.machine import LabLock, existing_bridges, existing_links, flush_lab_conntrack, sweep_lab_names
 from caslab.base.waits import LabError  # noqa: F401 (where most of the engine imports it from)
 from labcommon.programs import CONTROLLER, Program
 from topologies.plan import LabPlan
@@ -146,11 +146,11 @@ class LabNetwork:
         setLogLevel("error")
         self.lock.acquire()
         self._sweep_dead_labs()
-        clash = set(existing_bridges()) & set(self.plan.switch_names())
+        clash = set(existing_bridges() + existing_links()) & set(self.plan.bridge_names())
         if clash:
             raise LabError(f"bridges {sorted(clash)} already exist: another caslab run is active, "
                            f"or a killed run left them (remove with: caslab cleanup)")
-        self.record = LabRecord.create(self.run_dir, self.plan.switch_names(), self.datapath_name)
+        self.record = LabRecord.create(self.run_dir, self.plan.bridge_names(), self.datapath_name)
         try:
             self.channel = Channel.open(self.record.folder / "tls", owner=self.record.folder.name)
         except ChannelError as exc:
@@ -188,10 +188,14 @@ class LabNetwork:
         return (link.intf2 if link.intf1 is intf else link.intf1).name
 
     def _fix_offload(self) -> None:
-        """The userspace datapath drops TCP with bad checksums: turn TX offload off on veths."""
+        """The userspace datapath drops TCP with bad checksums: turn TX offload off on veths
+        (not on the back end's: the kernel's bridge handles offloaded checksums)."""
+        backend = set(self.plan.backend_switch_names())
         for node in self.net.hosts + self.net.switches:
             for intf in node.intfList():
                 if intf.name == "lo" or not intf.link:
+                    continue
+                if {intf.link.intf1.node.name, intf.link.intf2.node.name} & backend:
                     continue
                 self.run_at(None if node in self.net.switches else node.name, ["ethtool", "-K", intf.name, "tx", "off"])
 
@@ -207,6 +211,16 @@ class LabNetwork:
         (None: the root namespace)."""
         return [(host, self.host_interface(host)), (None, self.switch_port_name(host))]
 
+    def backend_link_ends(self, host: str) -> list[tuple[str | None, str]]:
+        """(where, interface) of both ends of a server's back-end link, if it has one."""
+        ends = []
+        for intf in self.node(host).intfList()[1:]:
+            link = intf.link
+            other = link.intf2 if link is not None and link.intf1 is intf else (link.intf1 if link else None)
+            if other is not None and other.node.name in self.plan.backend_switch_names():
+                ends += [(host, intf.name), (None, other.name)]
+        return ends
+
     @property
     def datapath_name(self) -> str:
         """The OVS datapath the lab's bridges live in (for dpctl commands)."""
@@ -218,11 +232,13 @@ class LabNetwork:
         other = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
         return other.name, intf.MAC()
 
-    def set_link(self, host: str, up: bool) -> None:
+    def set_link(self, host: str, up: bool, backend: bool = False) -> None:
         """A host's link up or down, both ends, as pulling the cable would: the switch's end
-        first (that is what the switch notices), straight through netlink commands."""
+        first (that is what the switch notices), straight through netlink commands.
+        ``backend``: its back-end link too (a powered-off server loses every NIC)."""
         state = "up" if up else "down"
-        for where, intf in reversed(self.link_ends(host)):
+        ends = self.link_ends(host) + (self.backend_link_ends(host) if backend else [])
+        for where, intf in sorted(ends, key=lambda end: end[0] is not None):
             if where is None:
                 system.set_link_state(intf, up)
             else:
@@ -357,7 +373,7 @@ class LabNetwork:
                 except subprocess.TimeoutExpired:
                     os.killpg(shell.pid, signal.SIGKILL)
                     shell.wait(5)
-        sweep_lab_names(self.plan.switch_names())
+        sweep_lab_names(self.plan.bridge_names())
         flush_lab_conntrack(self.datapath_name, len(self.plan.sites))
         if self.channel is not None:
             try:

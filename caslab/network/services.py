@@ -37,8 +37,10 @@ def database_layout(spec: dict[str, Any], plan: LabPlan) -> dict[str, DatabaseLa
     return layout
 
 
-def mailbox_address(host: HostPlan) -> str:
-    return f"{host.ip}:{MAILBOX_PORT}"
+def mailbox_address(plan: LabPlan, host: HostPlan) -> str:
+    """Where CAS and DAG peers reach a mailbox server: its back-end address when the plan
+    has a back-end network (the load balancer's switch never carries that traffic)."""
+    return f"{plan.server_ip(host)}:{MAILBOX_PORT}"
 
 
 def mailbox_process_name(host: HostPlan) -> str:
@@ -54,7 +56,7 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
         dbs = {}
         for db, entry in ctx.databases.items():
             if host.name in entry.copies:
-                peers = [mailbox_address(ctx.plan.host(n)) for n in entry.copies if n != host.name]
+                peers = [mailbox_address(ctx.plan, ctx.plan.host(n)) for n in entry.copies if n != host.name]
                 dbs[db] = DatabaseCopyConfig(active=entry.active == host.name, peers=peers)
         exchange = ctx.spec["exchange"]
         name = mailbox_process_name(host)
@@ -69,7 +71,7 @@ def start_mailboxes(ctx: RunContext) -> list[LabProcess]:
 def start_cas(ctx: RunContext, http: CasHttpConfig | None = None) -> list[LabProcess]:
     """RPC Client Access on every CAS; with ``http`` (caslab.network.http_services), the same
     process serves the HTTPS virtual directories too (``roles.cas_http``)."""
-    db_addresses = {db: [mailbox_address(ctx.plan.host(n)) for n in entry.copies]
+    db_addresses = {db: [mailbox_address(ctx.plan, ctx.plan.host(n)) for n in entry.copies]
                     for db, entry in ctx.databases.items()}
     procs = []
     for host in ctx.plan.by_role("cas"):

@@ -74,6 +74,9 @@ CORE: dict[str, dict[str, Field]] = {
         "vm_placement": Field(dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
                               "a table of CAS = hypervisor, e.g. { cas1 = \"hv1\", cas2 = \"hv1\" }",
                               "where each VM starts (unnamed CAS: hv1, hv2, ... in turn)"),
+        "backend_network": Field(bool, False, doc="the CAS and mailbox servers get a second NIC on a Linux "
+                                                  "bridge (10.101.0.0/16): CAS-to-mailbox and replication traffic "
+                                                  "stay off the load balancer's switch (one site, no hypervisors)"),
         "notify_switches": Field(bool, True, doc="hypervisors send a RARP for each VM's MAC when it starts or moves "
                                                  "(VMware 'Notify Switches', default Yes)"),
     },

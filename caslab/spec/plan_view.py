@@ -36,8 +36,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def host_rows(plan: LabPlan, extra: Callable[[str], list[str]] | None = None) -> list[list[str]]:
-    """One row per host: name, role, site, address (and extra columns per host name)."""
-    return [[h.name, h.role, h.site, h.ip or "-"] + (extra(h.name) if extra else []) for h in plan.hosts]
+    """One row per host: name, role, site, address (with its back-end address, if any),
+    and extra columns per host name."""
+    def address(h) -> str:
+        return f"{h.ip} (back end {plan.server_ip(h)})" if plan.on_backend(h) else (h.ip or "-")
+    return [[h.name, h.role, h.site, address(h)] + (extra(h.name) if extra else []) for h in plan.hosts]
 
 
 def dry_context(scenario: dict[str, Any], plan: LabPlan) -> RunContext:
@@ -97,7 +100,9 @@ def inspect(spec: dict[str, Any], path: str) -> str:
         else:
             shown.append(s["topology"])
             lines.append("switches: " + ", ".join(f"{site.switch} ({site.name} {site.subnet})"
-                                                  for site in plan.sites) + (", router r1" if plan.routed else ""))
+                                                  for site in plan.sites) + (", router r1" if plan.routed else "")
+                         + "".join(f", back-end Linux bridge {name} (CAS and mailbox servers' eth1)"
+                                   for name in plan.backend_switch_names()))
             lines.append(table(["host", "role", "site", "address", "mac"],
                                host_rows(plan, lambda name: [plan.host(name).mac])))
         lines += arrays_lines(s, plan)

@@ -26,6 +26,12 @@ def check_scenario(source: str, scenario: dict[str, Any]) -> None:
         if topo[key] and not topo["branch"]:
             raise SpecError(source, f"topology.{key}", "0 without a Branch site (topology.branch = true): "
                                                        "there is no WAN link to shape", topo[key])
+    if topo["backend_network"]:
+        others = [key for key in ("branch", "internet_client_hosts", "hypervisors") if topo[key]]
+        if others:
+            raise SpecError(source, "topology.backend_network", f"false with topology.{others[0]}: the back-end "
+                                                                "network is built for one site of physical servers",
+                            True)
     try:
         plan = plan_from_topology(topo)
     except ValueError as exc:
