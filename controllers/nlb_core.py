@@ -315,13 +315,14 @@ class NlbCore:
     def _install_vip(self, channel, vip: Vip) -> list:
         """The VIP's guard and service flows (they need the port numbers the switch reported)."""
         build = FlowBuilder(channel)
-        msgs = build.guard(vip, vip.allowed_sources())
+        allowed = vip.allowed_sources()
+        msgs = build.guard(vip, allowed)
         out: list = []
         if self.dataplane == "switch":
             members = [(vip.member_index[m.name], m) for m in vip.pool.members.values()]
             out.append(ReadConntrack(vip.index))
             msgs.append(self._group(build, vip))  # before the flows that point at it
-            msgs += build.switch_service(vip, members)
+            msgs += build.switch_service(vip, members, allowed)
             if self.fast_fail:
                 msgs += build.survivor_resets(vip, members)
             for index, member in members:

@@ -28,7 +28,8 @@ Pipeline (both dataplanes share tables 0 and 1; tables 2 and 3 are the switch da
     table 3  deliver    ct_mark=m to CAS m's address -> CAS m's fast-failover group: its MAC and port
                         while the port is up, else (the moment the switch sees it down, before any
                         controller reacts) the first survivor whose port is up, rewritten to its
-                        address (fast_fail), else the controller; replies -> VIP MAC, NORMAL
+                        address (fast_fail), else the controller; replies -> VIP MAC, out of their
+                        client's port (a destination no client source covers: NORMAL)
 
 Why a survivor: a TCP segment that reaches a host with no socket for it is answered by the
 host's kernel with an RST whose sequence number is the segment's acknowledgement number
@@ -50,6 +51,7 @@ OFP13, OFP15 = 0x04, 0x06
 T_CLASSIFY, T_SERVICE, T_CONNTRACK, T_DELIVER = 0, 1, 2, 3
 PRIO_CONN, PRIO_VIP_CTRL, PRIO_GUARD_ALLOW, PRIO_GUARD_DROP, PRIO_REPLY, PRIO_MISS = 400, 300, 250, 240, 200, 0
 PRIO_DEAD, PRIO_NEW_SYN, PRIO_NEW_OTHER, PRIO_EST = 300, 200, 190, 180
+PRIO_REPLY_ANY = 100  # table 3: replies by NORMAL; those to a known client at 101-109 leave by its port
 ETH_IP, ETH_ARP, PROTO_ICMP, PROTO_TCP = 0x0800, 0x0806, 1, 6
 CT_NEW, CT_EST, CT_TRK = 0x01, 0x02, 0x20
 ZONE_BASE = 0xCA50
@@ -343,8 +345,9 @@ class FlowBuilder:
         return p.NXActionCT(flags=1 if commit else 0, zone_src=None, zone_ofs_nbits=zone_of(vip.index),
                             recirc_table=table, alg=0, actions=inner)
 
-    def switch_service(self, vip, members: list[tuple[int, Any]]) -> list:
-        """Tables 1-3 for one VIP (everything but the group)."""
+    def switch_service(self, vip, members: list[tuple[int, Any]], allowed: list[tuple[int, str]] = ()) -> list:
+        """Tables 1-3 for one VIP (everything but the group); ``allowed``: the (client port,
+        source prefix) pairs the guard lets in, whose replies leave by that port."""
         p = self.parser
         svc, conn, deliver = (Cookie(vip.index, 0, k) for k in (SERVICE, BASE, DELIVER))
         out = []
@@ -370,10 +373,30 @@ class FlowBuilder:
                       goto=T_DELIVER, cookie=conn),
             self.flow(T_CONNTRACK, 20, p.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.ip), [], cookie=conn),
             self.flow(T_CONNTRACK, 10, p.OFPMatch(), [p.OFPActionOutput(self.ofp.OFPP_NORMAL)], cookie=conn),
-            self.flow(T_DELIVER, 100, p.OFPMatch(eth_type=ETH_IP, ipv4_src=vip.ip),
+            self.flow(T_DELIVER, PRIO_REPLY_ANY, p.OFPMatch(eth_type=ETH_IP, ipv4_src=vip.ip),
                       [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionOutput(self.ofp.OFPP_NORMAL)], cookie=deliver),
             self.flow(T_DELIVER, 0, p.OFPMatch(), [], cookie=deliver),
         ]
+        return out + self.replies_by_source(vip, allowed)
+
+    def replies_by_source(self, vip, allowed: list[tuple[int, str]]) -> list:
+        """A reply from the VIP leaves by its client's port, not by NORMAL: NORMAL would
+        learn the VIP's MAC on whichever CAS port the reply came from, so the MAC would move
+        between CAS ports with every reply, and each move makes Open vSwitch revalidate
+        every datapath flow (about 150 moves a second at 1,000 sessions). Longer prefixes
+        win; a destination no source covers (a host the guard does not list) still takes
+        NORMAL."""
+        p = self.parser
+        deliver = Cookie(vip.index, 0, DELIVER)
+        out = []
+        for port, prefix in allowed:
+            net = ipaddress.IPv4Network(prefix)
+            match = dict(eth_type=ETH_IP, ipv4_src=vip.ip)
+            if net.prefixlen:
+                match["ipv4_dst"] = (str(net.network_address) if net.prefixlen == 32
+                                     else (str(net.network_address), str(net.netmask)))
+            out.append(self.flow(T_DELIVER, PRIO_REPLY_ANY + 1 + net.prefixlen // 4, p.OFPMatch(**match),
+                                 [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionOutput(port)], cookie=deliver))
         return out
 
     def to_survivor(self, survivor, port: int) -> list:
@@ -434,10 +457,12 @@ class FlowBuilder:
     def survivor_resets(self, vip, members: list[tuple[int, Any]]) -> list:
         """A CAS's RST for a connection conntrack does not know (+trk, not +est) answers a dead
         member's client segment it was sent: it leaves as the VIP, and a copy goes to the
-        controller (metered, after the RST is on its way) so it can stop challenging."""
-        p, ofp = self.parser, self.ofp
+        controller (metered, after the RST is on its way) so it can stop challenging. The RST
+        is delivered by table 3's reply flows (resubmitted there), out of its client's port:
+        NORMAL would move the VIP's MAC to the survivor's port (see replies_by_source)."""
+        p = self.parser
         actions = [p.OFPActionSetField(eth_src=vip.mac), p.OFPActionSetField(ipv4_src=vip.ip),
-                   p.OFPActionOutput(ofp.OFPP_NORMAL), p.OFPActionMeter(METER_ID)] + self.to_controller()
+                   p.NXActionResubmitTable(table_id=T_DELIVER), p.OFPActionMeter(METER_ID)] + self.to_controller()
         return [self.flow(T_CONNTRACK, PRIO_SURVIVOR_RST,
                           p.OFPMatch(eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_src=member.ip,
                                      ct_state=(CT_TRK, CT_TRK | CT_EST), tcp_flags=(TCP_RST, TCP_RST)),

@@ -12,12 +12,12 @@ from scapy.layers.l2 import Ether
 from controllers.nlb_core import Failover
 from controllers.nlb_flows import (
     BASE, CONTROLLER_GROUP, DEAD, DELIVER, GUARD, HASH_FIELDS, OFPGC_ADD_OR_MOD, PRIO_DEAD, PRIO_STRAY,
-    PRIO_SURVIVOR_RST, RESET, SERVICE, T_CONNTRACK, T_DELIVER, Cookie, member_group_id, stray_group_id, zone_of,
+    PRIO_REPLY_ANY, PRIO_SURVIVOR_RST, RESET, SERVICE, T_CONNTRACK, T_DELIVER, Cookie, member_group_id, stray_group_id, zone_of,
 )
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT, NLB_RESET, NLB_SWITCH_UNUSABLE
 from labcommon.programs import NlbHealth
 from tests.nlb_lab import (
-    CLIENT, MEMBER, MEMBERS, OF13, OF15, S, SERVICE_PORT, T0, VIP_IP, VIP_MAC, WALL, apply_actions, channel,
+    CLIENT, MEMBER, MEMBERS, OTHER_CLIENT, OF13, OF15, S, SERVICE_PORT, T0, VIP_IP, VIP_MAC, WALL, apply_actions, channel,
     checksums_ok, connected, core_for, ct_flushes, emitted, flow_mods, group_mods, kind_of, link, match_dict, of,
     of_class, outputs, port_list, sent, syn, tcp_frame,
 )
@@ -225,10 +225,19 @@ def test_a_health_flip_before_the_switch_connects_is_installed_when_it_does():
         assert {k: v for k, v in match_dict(flow.match).items() if k != "ipv4_src"} == {
             "eth_type": 0x0800, "ip_proto": 6, "ct_state": (0x20, 0x22), "tcp_flags": (0x004, 0x004)}
         actions = apply_actions(flow)
-        assert [type(a).__name__ for a in actions] == ["OFPActionSetField", "OFPActionSetField", "OFPActionOutput",
-                                                       "OFPActionMeter", "OFPActionOutput"]
+        assert [type(a).__name__ for a in actions] == ["OFPActionSetField", "OFPActionSetField",
+                                                       "NXActionResubmitTable", "OFPActionMeter", "OFPActionOutput"]
         assert (actions[0].value, actions[1].value) == (VIP_MAC, VIP_IP)
-        assert outputs(actions) == [ch.ofproto.OFPP_NORMAL, ch.ofproto.OFPP_CONTROLLER]
+        assert actions[2].table_id == T_DELIVER, "delivered by the replies' flows, out of the client's port"
+        assert outputs(actions) == [ch.ofproto.OFPP_CONTROLLER]
+    # replies (and those resets) leave by their client's port, never NORMAL: the VIP's MAC stays unlearned
+    replies = {match_dict(m.match).get("ipv4_dst"): (m.priority, outputs(apply_actions(m)))
+               for m in flow_mods(msgs) if m.table_id == T_DELIVER and kind_of(m) == DELIVER
+               and match_dict(m.match).get("ipv4_src") == VIP_IP and m.priority > PRIO_REPLY_ANY}
+    assert replies and replies == {prefix: (PRIO_REPLY_ANY + 1 + length // 4, [port])
+                                   for port, prefix, length in [(CLIENT.port_no, CLIENT.ip, 32), (CLIENT.port_no, ("10.1.10.0", "255.255.255.0"), 24),
+                                 (OTHER_CLIENT.port_no, OTHER_CLIENT.ip, 32),
+                                 (OTHER_CLIENT.port_no, ("10.1.11.0", "255.255.255.0"), 24)]}
 
 
 def test_rejoin_after_a_drain_deadline_removes_the_dead_member_flow():

@@ -298,3 +298,18 @@ def test_the_conntrack_flush_is_the_one_ovs_ofctl_sends():
         assert printed == (f"NXT_CT_FLUSH ({name}) (xid=0x7): zone=51793 'ct_nw_src=10.1.10.7,ct_nw_dst=10.1.0.100,"
                            f"ct_tp_src=40001,ct_tp_dst=6001,ct_nw_proto=6' "
                            f"'ct_nw_src=::,ct_nw_dst=::,ct_tp_src=0,ct_tp_dst=0'"), printed
+
+
+def test_replies_leave_by_their_clients_port_longest_prefix_first(vip):
+    """NORMAL would learn the VIP's MAC on each replying CAS's port (a move per reply, each a
+    revalidation of every datapath flow): a reply to a listed source leaves by its port."""
+    dp = FakeDatapath(1, OF15)
+    allowed = [(7, "10.1.3.1/32"), (7, "10.1.10.0/24"), (9, "0.0.0.0/0")]
+    flows = sent(dp, FlowBuilder(dp).switch_service(vip, members(vip), allowed))
+    replies = [f for f in flows if f.table_id == F.T_DELIVER and f.priority > F.PRIO_REPLY_ANY]
+    assert [(f.priority, match_dict(f.match).get("ipv4_dst"), outputs(apply_actions(f))) for f in replies] == [
+        (109, "10.1.3.1", [7]), (107, ("10.1.10.0", "255.255.255.0"), [7]), (101, None, [9])]
+    for f in replies:
+        assert match_dict(f.match)["ipv4_src"] == vip.ip and set_fields(apply_actions(f)) == {"eth_src": VIP_MAC}
+        assert Cookie.decode(f.cookie) == Cookie(vip.index, 0, F.DELIVER)
+    assert max(f.priority for f in replies) < 110, "below the members' deliver flows (ct_mark, to a CAS)"
