@@ -256,3 +256,36 @@ def test_backend_network_carries_cas_to_mailbox_traffic_off_the_switch_and_power
         assert "mbx1:hello" not in echo_from(lab, "cas1", backend_ip)
     finally:
         lab.stop()
+
+
+def test_afxdp_switch_ports_carry_tcp_or_fall_back_with_a_notice(tmp_path, no_residue):
+    """topology.switch_ports = "afxdp": the hosts' ports are created as afxdp-nonpmd (AF_XDP,
+    native XDP on the veth) where Open vSwitch and the kernel have it, and carry the lab's
+    TCP; elsewhere they are system ports and the lab says why."""
+    from caslab.base import system
+    from caslab.network.netlab import AFXDP_PORT
+
+    plan = LabPlan.build([{"name": "HQ", "cas": 2, "mailboxes": 1, "clients": 1}])
+    lab = LabNetwork(plan, tmp_path, switch_ports="afxdp")
+    lab.build()
+    try:
+        lab.popen_controller("controllers.l2_switch")
+        lab.start()
+        lab.wait_connected()
+        types = {}
+        for port in subprocess.run(["ovs-vsctl", "list-ports", "clab1"], capture_output=True, text=True).stdout.split():
+            types[port] = subprocess.run(["ovs-vsctl", "get", "Interface", port, "type"], capture_output=True,
+                                         text=True).stdout.strip().strip('"')
+        if lab.datapath == "user" and AFXDP_PORT in system.ovs_interface_types():
+            assert lab.ports_used == AFXDP_PORT and not lab.port_notices, lab.port_notices
+            assert len(types) == len(plan.hosts) and set(types.values()) == {AFXDP_PORT}, types
+        else:
+            assert lab.ports_used == "system" and lab.port_notices and "afxdp" in lab.port_notices[0]
+            assert set(types.values()) == {""}, types
+        start_echo(lab, "cas1")
+        cas1 = plan.host("cas1").ip
+        wait_until(lambda: "cas1:hello" in echo_from(lab, "cl1", cas1), 15, "TCP echo through afxdp ports", 0.2)
+        for _ in range(10):
+            assert echo_from(lab, "cl1", cas1) == "cas1:hello"
+    finally:
+        lab.stop()

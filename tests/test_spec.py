@@ -110,6 +110,7 @@ BAD = [
     ({"topology": {"backend_network": True, "internet_client_hosts": 1}}, "topology.backend_network",
      "topology.internet_client_hosts"),
     ({"topology": {"backend_network": "yes"}}, "topology.backend_network", "true or false"),
+    ({"topology": {"switch_ports": "dpdk"}}, "topology.switch_ports", "one of ['system', 'afxdp']"),
     ({"topology": {"branch_mailboxes": 1}}, "topology.branch_mailboxes", "Branch site"),
     ({"exchange": {"database_site": {"DB1": "Branch"}}}, "exchange.database_site.DB1", "mailbox servers"),
     ({"topology": {"branch": True}, "exchange": {"database_site": {"DB1": "Branch"}}}, "exchange.database_site.DB1",

@@ -77,6 +77,13 @@ def preferred_datapath() -> str:
     return "kernel" if kernel_datapath_available() else "user"
 
 
+def ovs_interface_types() -> set[str]:
+    """The port types this Open vSwitch supports (``iface_types``: afxdp-nonpmd where it
+    was built with AF_XDP)."""
+    res = run(["ovs-vsctl", "--timeout=5", "get", "Open_vSwitch", ".", "iface_types"])
+    return {t.strip() for t in res.stdout.strip().strip("[]").split(",") if t.strip()} if res.returncode == 0 else set()
+
+
 def netem_available() -> bool:
     """sch_netem gives link delay and loss; this sandbox's kernel has none."""
     if os.path.isdir("/sys/module/sch_netem"):

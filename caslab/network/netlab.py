@@ -9,6 +9,7 @@ Mininet's global clean-up, never a kill by process name.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,8 @@ from caslab.network.machine import LabLock, existing_bridges, existing_links, fl
 from caslab.base.waits import LabError  # noqa: F401 (where most of the engine imports it from)
 from labcommon.programs import CONTROLLER, Program
 from topologies.plan import LabPlan
+
+AFXDP_PORT = "afxdp-nonpmd"  # AF_XDP sockets polled by Open vSwitch's main thread: no busy-polling core
 
 
 @dataclass(eq=False)
@@ -128,6 +131,9 @@ class LabNetwork:
     # ``started_up``; afterwards (faults, restarts, the live lab) in any order
     starting: bool = True
     last_order: int | None = None
+    switch_ports: str = "system"  # asked for: "system" or "afxdp" (topology.switch_ports)
+    ports_used: str = "system"  # what the hosts' switch ports are: "system" or AFXDP_PORT (some may fall back)
+    port_notices: list[str] = field(default_factory=list)  # why a port is not what was asked for
 
     @property
     def controller_port(self) -> int | None:
@@ -158,14 +164,49 @@ class LabNetwork:
         # batch: Mininet then creates each bridge with one ovs-vsctl run as a process, not typed
         # into the switch's pty shell, whose line limit (4096 bytes) cut the command of a
         # switch with ~50 ports short: the bridge never existed (32 CAS and 12+ client hosts)
-        switch = partial(OVSSwitch, datapath=self.datapath, failMode="secure", protocols="OpenFlow13,OpenFlow15",
-                         reconnectms=1000, batch=True)
+        self.ports_used = self._port_type()
+        switch = partial(lab_switch_class(OVSSwitch, self.ports_used), datapath=self.datapath, failMode="secure",
+                         protocols="OpenFlow13,OpenFlow15", reconnectms=1000, batch=True)
         controller = partial(RemoteController, ip="127.0.0.1", port=self.channel.port, protocol="ssl")
         self.net = Mininet(topo=CasArrayTopo(plan=self.plan, **self.topo_options), switch=switch, controller=controller,
                            build=False, autoSetMacs=False, waitConnected=False)
         self.net.build()
         for node in self.net.hosts:  # Mininet's node shells, as soon as they exist
             self.record.process(f"mininet:{node.name}", node.shell.pid, node.name)
+
+    def _port_type(self) -> str:
+        """The hosts' switch port type: AF_XDP where asked for and possible, else system."""
+        if self.switch_ports != "afxdp":
+            return "system"
+        if self.datapath != "user":
+            self.port_notices.append("afxdp switch ports skipped: they need Open vSwitch's userspace datapath, and "
+                                     "this machine uses the kernel's")
+        elif AFXDP_PORT not in system.ovs_interface_types():
+            self.port_notices.append(f"afxdp switch ports skipped: this Open vSwitch has no {AFXDP_PORT} ports")
+        else:
+            return AFXDP_PORT
+        return "system"
+
+    def _ports_that_failed(self) -> None:
+        """An AF_XDP port the kernel refused (no XDP on this veth) becomes a system port."""
+        if self.ports_used != AFXDP_PORT:
+            return
+        rows = system.run(["ovs-vsctl", "--timeout=5", "--format=json", "--columns=name,type,error", "list",
+                           "Interface"]).stdout
+        failed = {}
+        for name, type_, error in (json.loads(rows or '{"data": []}')["data"]):
+            if type_ == AFXDP_PORT and isinstance(error, str) and error and self._is_lab_port(name):
+                failed[name] = error
+        for name in failed:
+            system.run(["ovs-vsctl", "--timeout=5", "set", "Interface", name, "type=system", "--", "remove",
+                        "Interface", name, "options", "xdp-mode"])
+        if failed:
+            first = next(iter(failed.items()))
+            self.port_notices.append(f"{len(failed)} afxdp switch port(s) failed and run as system ports "
+                                     f"(first: {first[0]}: {first[1]})")
+
+    def _is_lab_port(self, name: str) -> bool:
+        return any(name.startswith(f"{bridge}-eth") for bridge in self.plan.switch_names())
 
     def _sweep_dead_labs(self) -> None:
         """Under the lab lock no other lab runs: any ``clab<k>`` bridge, veth or recorded
@@ -177,6 +218,7 @@ class LabNetwork:
     def start(self) -> None:
         """Start the switches (the controller should already listen) and fix offload."""
         self.net.start()
+        self._ports_that_failed()
         self._fix_offload()
         if self.plan.routed:
             self.run_in("r1", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
@@ -386,6 +428,25 @@ class LabNetwork:
         self.lock.release()
         if errors:
             raise LabError("teardown: " + "; ".join(errors))
+
+
+def lab_switch_class(ovs_switch: type, port_type: str) -> type:
+    """Mininet's OVSSwitch, its host-facing ports of ``port_type`` (a port to another switch,
+    a hypervisor's uplink, stays a system port). Created with the port, so the controller
+    never sees a port change type under it."""
+    if port_type == "system":
+        return ovs_switch
+
+    class LabSwitch(ovs_switch):
+        def intfOpts(self, intf) -> str:
+            opts = super().intfOpts(intf)
+            link = intf.link
+            other = (link.intf2 if link.intf1 is intf else link.intf1) if link is not None else None
+            if other is None or hasattr(other.node, "dpid"):  # no link, or a switch's port
+                return opts
+            return (opts or f" -- set Interface {intf}") + f" type={port_type} options:xdp-mode=native"
+
+    return LabSwitch
 
 
 def _pump_lines(stream, log: IO, on_line: Callable[[int, str], None]) -> None:

@@ -188,7 +188,8 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
     plan = plan_from_topology(scenario["topology"])
     mode = mode_for(scenario["mode"])
     log = EventLog(raw_dir / "runner.jsonl", "runner")
-    lab = LabNetwork(plan, raw_dir, topo_options=wan_options(scenario, log, progress))
+    lab = LabNetwork(plan, raw_dir, topo_options=wan_options(scenario, log, progress),
+                     switch_ports=scenario["topology"]["switch_ports"])
     ctx = RunContext(scenario, plan, lab, raw_dir, log, repetition=repetition, mode=mode)
     sampler, watcher = CpuSampler(log), ExitWatcher(ctx)
     timing = scenario["timing"]
@@ -200,6 +201,9 @@ def lab_up(scenario: dict[str, Any], repetition: int, raw_dir: Path, progress: P
         lab.build()
         start_controller(ctx, mode)
         lab.start()
+        for notice in lab.port_notices:
+            log.emit(CAPABILITY_MISSING, capability="afxdp", detail=notice)
+            progress(notice)
         lab.wait_connected()
         mode.prepare(ctx)
         hypervisor.start(ctx)

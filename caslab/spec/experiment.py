@@ -74,6 +74,11 @@ CORE: dict[str, dict[str, Field]] = {
         "vm_placement": Field(dict, {}, lambda v: all(isinstance(x, str) for x in v.values()),
                               "a table of CAS = hypervisor, e.g. { cas1 = \"hv1\", cas2 = \"hv1\" }",
                               "where each VM starts (unnamed CAS: hv1, hv2, ... in turn)"),
+        "switch_ports": choice("system", ("system", "afxdp"),
+                               "the Open vSwitch ports of the hosts: system (AF_PACKET sockets) or afxdp (AF_XDP "
+                               "sockets in native XDP mode, afxdp-nonpmd: no buffers allocated per poll, no "
+                               "busy-polling core; userspace datapath only, about 70 MB of memory per port; where "
+                               "Open vSwitch or the kernel lacks it, system ports with a notice)"),
         "backend_network": Field(bool, False, doc="the CAS and mailbox servers get a second NIC on a Linux "
                                                   "bridge (10.101.0.0/16): CAS-to-mailbox and replication traffic "
                                                   "stay off the load balancer's switch (one site, no hypervisors)"),
