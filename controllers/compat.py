@@ -7,6 +7,7 @@ preferred; ``CASLAB_FRAMEWORK=ryu`` forces upstream Ryu where both are installed
 from __future__ import annotations
 
 import os
+import threading
 
 _WANT = os.environ.get("CASLAB_FRAMEWORK", "os_ken")
 
@@ -33,7 +34,20 @@ else:
     BaseApp = app_manager.OSKenApp
     FRAMEWORK = "os_ken"
 
+
+
+def timed_event():
+    """An event whose ``wait(timeout)`` returns when the timeout passes. os-ken's native hub
+    (its default) ignores the timeout: its ``Timeout`` never interrupts the wait of its
+    ``Event``, which blocks until set (os-ken 4.2.2). There a native ``threading.Event``
+    (the hub's threads are native ones); under eventlet (Ryu's hub), the hub's own."""
+    if getattr(hub, "HUB_TYPE", "eventlet") == "native":
+        return threading.Event()
+    return hub.Event()
+
+
 __all__ = [
     "BaseApp", "CONFIG_DISPATCHER", "DEAD_DISPATCHER", "FRAMEWORK", "MAIN_DISPATCHER", "app_manager", "arp", "ethernet",
     "hub", "icmp", "ipv4", "ofp_event", "ofproto_v1_3", "ofproto_v1_5", "packet", "set_ev_cls", "tcp",
+    "timed_event",
 ]

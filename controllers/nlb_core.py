@@ -120,7 +120,8 @@ class Failover:
     barrier_xid: int
     known: list = field(default_factory=list)  # the connections of the cached read
     fresh: list | None = None  # those the fresh read added (None: not read yet)
-    challenged_at: int = 0  # ns, the fresh read's start (the first wave was out)
+    challenged_at: int = 0  # ns, when the first wave was written
+    read_from: int = 0  # ns, the fresh read's start (after the first wave's resets, or a limit)
     looked_up: int = 0  # ns, its end
 
 
@@ -481,9 +482,11 @@ class NlbCore:
     # A failover runs in the app's failover worker, in steps, with the lock only around each
     # call: the sends and the conntrack read are the failover's latency.
     #   failover_cached    the clients known from the last periodic read: their flushes
-    #   failover_challenge ... then their challenges (after the flushes are written)
+    #   failover_challenge ... then their challenges (after the flushes are written), which
+    #                      the failover worker writes itself at once
     #   (the app reads the conntrack afresh: it holds the switch's main thread, which
-    #   forwards the lab's packets, tens of ms at a thousand sessions: after the first wave)
+    #   forwards the lab's packets, tens of ms at a thousand sessions: so only once the first
+    #   wave's resets are through, or after a limit)
     #   failover_fresh     the clients the fresh read adds: their flushes
     #   failover_challenge ... then their challenges, and the eviction is told (NLB_EVICT)
 
@@ -499,14 +502,16 @@ class NlbCore:
         return self._flushes(fo.channel, vip, fo.known)
 
     def failover_fresh(self, fo: Failover, entries: list[CtEntry], challenged_at: int, looked_up: int,
-                       now: int) -> list:
-        """The fresh read (taken between ``challenged_at`` and ``looked_up``): the
-        connections it adds are forgotten the same way."""
+                       now: int, read_from: int | None = None) -> list:
+        """The fresh read (taken between ``read_from``, by default ``challenged_at``, when
+        the first wave was written, and ``looked_up``): the connections it adds are
+        forgotten the same way."""
         vip = self._vip(fo.vip_index)
         challenged = {c.key for c in fo.known}
         fo.fresh = [c for c in self._ct_connections(vip, fo.member_index, fo.name, entries, now)
                     if c.key not in challenged]
         fo.challenged_at, fo.looked_up = challenged_at, looked_up
+        fo.read_from = challenged_at if read_from is None else read_from
         return self._flushes(fo.channel, vip, fo.fresh)
 
     def failover_challenge(self, fo: Failover, now: int) -> list:
@@ -519,7 +524,7 @@ class NlbCore:
         out = self._challenge(fo.channel, vip, fo.fresh, now) if fo.fresh else []
         return out + [Emit.emit(NLB_EVICT, vip=vip.ip, member=fo.name, reason=fo.reason,
                                 conns=len(fo.known) + len(fo.fresh), fast_fail=True,
-                                lookup_ms=round((fo.looked_up - fo.challenged_at) / 1e6, 2),
+                                lookup_ms=round((fo.looked_up - fo.read_from) / 1e6, 2),
                                 since_ms=round((fo.challenged_at - fo.since) / 1e6, 2), cached=len(fo.known))]
 
     def _flushes(self, channel, vip: Vip, conns: list[Connection]) -> list:

@@ -44,6 +44,7 @@ import time
 
 from controllers.compat import (
     CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, BaseApp, hub, ofp_event, ofproto_v1_3, ofproto_v1_5, set_ev_cls,
+    timed_event,
 )
 from controllers.nlb_core import (
     Close, Emit, Failover, NlbCore, ReadConntrack, SaveAdmin, Send, Wake, read_interval,
@@ -55,6 +56,9 @@ from labcommon.catalogue import NLB_HEALTH_SOCKET_ERROR
 from labcommon.events import EventLog, NullLog, now_ns
 from labcommon.programs import CONTROLLER, ConfigError, NlbConfig, read_config
 from labcommon.protocol import MAX_DEPTH, nesting_depth
+
+
+FIRST_WAVE_WAIT_S = 0.05  # a failover's fresh conntrack read waits this long at most for the first wave
 
 
 class SdnNlb(BaseApp):
@@ -70,8 +74,8 @@ class SdnNlb(BaseApp):
         self.conntrack = OvsConntrack(c.datapath_name)  # a ConntrackReader
         self.ct_refresh_s = c.ct_refresh_ms / 1000
         self.lock = threading.RLock()  # around every core call; I/O off it where latency matters
-        self.wakeup = hub.Event()  # the timer thread's: set when the core's next wake-up may be earlier
-        self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> hub.Event, set once applied
+        self.wakeup = timed_event()  # the timer thread's: set when the core's next wake-up may be earlier
+        self.barriers: dict[tuple[int, int], object] = {}  # (dpid, xid) -> an event, set once applied
         self.failovers = hub.Queue()  # served by one waiting thread (green or native, as the hub is)
         self._call(self.core.start, self.admin.members, wall=time.time())
         self._threads = [hub.spawn(self._timer_loop), hub.spawn(self._failover_worker)]
@@ -97,7 +101,7 @@ class SdnNlb(BaseApp):
         """Carry out the core's outputs, in order: the only place messages leave the app."""
         for out in outputs:  # a failover's barrier is awaited before its reply can come
             if isinstance(out, Failover):
-                self.barriers[(out.channel.id, out.barrier_xid)] = hub.Event()
+                self.barriers[(out.channel.id, out.barrier_xid)] = timed_event()
         for out in outputs:
             if isinstance(out, Send):
                 for msg in out.messages:
@@ -198,6 +202,10 @@ class SdnNlb(BaseApp):
         step). The challenges are built and written off the lock (a thousand of them take
         milliseconds, which the packet-ins carrying their answers would wait)."""
         self._call(self.core.tick)
+        self._write_due_challenges()
+
+    def _write_due_challenges(self) -> None:
+        """The challenges due now, built and written off the lock, from the calling thread."""
         with self.lock:
             due = self.core.challenges.due(self.clock())
         self._execute(self.core.challenge_writes(due))
@@ -220,13 +228,32 @@ class SdnNlb(BaseApp):
             flushes = self.core.failover_cached(fo, now=self.clock())
         self._execute(flushes)  # the switch forgets them before they are challenged
         self._call(self.core.failover_challenge, fo)
+        self._write_due_challenges()  # the first wave leaves now, not at the timer thread's next turn
         challenged_at = self.clock()
+        self._await_first_wave(fo)
+        read_from = self.clock()
         entries = self.conntrack.dump(zone_of(fo.vip_index))
         looked_up = self.clock()
         with self.lock:
-            flushes = self.core.failover_fresh(fo, entries, challenged_at, looked_up, now=self.clock())
+            flushes = self.core.failover_fresh(fo, entries, challenged_at, looked_up, read_from=read_from,
+                                               now=self.clock())
         self._execute(flushes)
         self._call(self.core.failover_challenge, fo)
+
+    def _await_first_wave(self, fo: Failover) -> None:
+        """The fresh read holds the switch's main thread, which forwards the lab's packets,
+        for tens of ms at a thousand sessions: it waits until the first wave's challenges,
+        their answers and the survivors' resets are through (the NLB has seen each of those
+        connections reset), FIRST_WAVE_WAIT_S at most (a reset's copy to the NLB is metered
+        and may be dropped)."""
+        keys = [c.key for c in fo.known]
+        deadline = time.monotonic() + FIRST_WAVE_WAIT_S
+        pause = timed_event()  # never set: its timed wait is a sleep (a test's fake hub ends hub.sleep)
+        while keys and time.monotonic() < deadline:
+            with self.lock:
+                keys = [k for k in keys if k in self.core.challenges.pending]
+            if keys:
+                pause.wait(0.002)
 
     def _relearn(self, vip_index: int) -> None:
         """Switch dataplane: the connections the datapath carries for a VIP when the

@@ -335,6 +335,8 @@ def test_the_timer_thread_sends_due_challenges_by_itself(make_app, version):
 
 
 def test_the_failover_worker_flushes_then_challenges_the_members_clients(make_app, conntrack):
+    from controllers.sdn_nlb import FIRST_WAVE_WAIT_S
+
     app = make_app(dataplane="switch", datapath_name="netdev@ovs-netdev")
     dp = ready(app, OF15)
     known = [ct(CLIENT.ip, 40001, 2), ct("10.1.10.7", 40002, 2)]
@@ -348,15 +350,25 @@ def test_the_failover_worker_flushes_then_challenges_the_members_clients(make_ap
     # the switch forgets each connection before its client is challenged: the last read's at
     # once, then the ones a fresh read adds (its answers are strays, sent to a survivor by the
     # tables as they are, never by a datapath flow cached for the dead port)
+    # the first wave's challenges are written by the worker itself, before the fresh read (which
+    # waited for their resets: none came here, so it waited FIRST_WAVE_WAIT_S); the fresh
+    # read's connection is challenged on the timer thread's next turn
     assert conntrack.calls == [("dump", zone_of(1), "netdev@ovs-netdev")]
-    flushed = [flush_tuple(m) for m in ct_flushes(dp.take())]
+    sent = dp.take()
+    flushed = [flush_tuple(m) for m in ct_flushes(sent)]
     assert flushed == [(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)]
+    first_wave = packet_outs(sent)
+    assert sorted(Ether(po.data)[TCP].dport for po in first_wave) == [40001, 40002]
+    assert sent.index(first_wave[0]) > max(sent.index(m) for m in ct_flushes(sent)[:2]), \
+        "a connection is forgotten before its client is challenged"
+    assert sent.index(first_wave[-1]) < sent.index(ct_flushes(sent)[2]), "the first wave left before the fresh read"
     wanted = {(CLIENT.ip, 40001), ("10.1.10.7", 40002), (OTHER_CLIENT.ip, 40005)}  # live, on cas2, from a source
     assert {k[:2] for k in app.core.challenges.pending} == wanted
     [evict] = events(app, NLB_EVICT)
     assert (evict["member"], evict["conns"], evict["cached"], evict["fast_fail"]) == ("cas2", 2 + 1, 2, True)
-    app.tick()  # at once, then on the schedule
-    challenges = packet_outs(dp.take())
+    assert evict["lookup_ms"] < FIRST_WAVE_WAIT_S * 1000, "the read's own time, without the wait before it"
+    app.tick()  # the fresh one at once, then everything on the schedule
+    challenges = first_wave + [po for po in packet_outs(dp.take()) if Ether(po.data)[TCP].dport == 40005]
     assert len(challenges) == 3
     for po in challenges:
         frame = Ether(po.data)

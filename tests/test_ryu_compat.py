@@ -204,3 +204,23 @@ def test_nlb_app_programs_a_switch(tmp_path, framework, dataplane, no_residue):
             except subprocess.TimeoutExpired:
                 controller.kill()
                 controller.wait(timeout=5)
+
+
+TIMED_WAIT = ("import os,time;from controllers.launcher import patch_ryu_for_modern_python;"
+              "os.environ['CASLAB_FRAMEWORK'] == 'ryu' and patch_ryu_for_modern_python();"
+              "from controllers.compat import FRAMEWORK, hub, timed_event;"
+              "e=timed_event();t=time.monotonic();r=e.wait(0.05);d=time.monotonic()-t;"
+              "print(FRAMEWORK, getattr(hub, 'HUB_TYPE', 'eventlet'), r, round(d, 3))")
+
+
+@pytest.mark.parametrize("framework", ["os_ken", "ryu"])
+def test_the_apps_timed_waits_end_when_their_timeout_does(framework):
+    """The NLB's timer thread sleeps in ``wakeup.wait(until its next timer)`` and a failover
+    waits for a barrier at most 50 ms: os-ken's native hub Event ignores its timeout (the
+    wait blocks until set), so the app takes its events from ``compat.timed_event``."""
+    result = subprocess.run([interpreter(framework), "-c", TIMED_WAIT], cwd=ROOT, capture_output=True, text=True,
+                            timeout=20, env={**os.environ, "CASLAB_FRAMEWORK": framework})
+    assert result.returncode == 0, result.stderr
+    name, hub_type, returned, waited = result.stdout.split()
+    assert name == framework and returned == "False", result.stdout
+    assert 0.04 <= float(waited) < 1.0, f"{framework} ({hub_type} hub): waited {waited} s for a 0.05 s timeout"
