@@ -43,7 +43,9 @@ from caslab.network.netlab import LabError
 
 MIN_REPS = 3
 SIZES = {
-    "48": ("default", ['experiment.modes=["sdn-nlb"]', "clients.sessions_per_host=24", "probe.capture=false"], 5),
+    # the default experiment's 48 busy sessions, on the network the scale specs use (back end, AF_XDP ports)
+    "48": ("default", ['experiment.modes=["sdn-nlb"]', "clients.sessions_per_host=24", "probe.capture=false",
+                       "topology.backend_network=true", 'topology.switch_ports="afxdp"'], 5),
     "1000": ("scale", ['experiment.modes=["sdn-nlb"]'], MIN_REPS),
     "5000": ("scale-5000", ['experiment.modes=["sdn-nlb"]'], MIN_REPS),
 }
