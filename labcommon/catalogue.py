@@ -353,6 +353,13 @@ RCAS = event("rcas", "runner", "each database's RpcClientAccessServer at start",
 CPU = event("cpu", "runner", "CPU idle over the last second (Mininet-HiFi fidelity check)",
             idle_pct=f("float", "idle share of all cores: idle + iowait over user .. steal of /proc/stat "
                                 "(guest time is inside user and nice)", "%"))
+LOAD = event("load", "runner", "the machine's CPU counters, read every 25 ms (cumulative, raw): what a failover's "
+                              "recovery cost the cores (caslab.results.metrics.load)",
+             idle_ticks=f("int", "idle + iowait of all cores so far (/proc/stat)", "ticks"),
+             total_ticks=f("int", "user .. steal of all cores so far (/proc/stat)", "ticks"),
+             tick_ms=f("float", "one tick (USER_HZ)", "ms"),
+             pressure_us=f("int|null", "time so far in which some runnable task waited for a CPU (/proc/pressure/cpu, "
+                                       "'some total'); null where the kernel has no PSI", "us"))
 PROCESS_CPU = event("process_cpu", "runner", "CPU a process used over the measurement window (the lab's own cost): "
                                            "every lab process that ran in it, ovs-vswitchd and the runner",
                     name=f("str", "process name (role host, controller, ovs-vswitchd, runner, ...)"),

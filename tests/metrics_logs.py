@@ -259,6 +259,17 @@ def run_events(draw, scenario: str, rep: int, plan: list[dict], explicit_index: 
     for _ in range(draw(st.sampled_from((3, 6, 1, 0, 0)))):
         events.append({"ev": "cpu", "ts": draw(when(START_SLOT - 10, end_slot + 10)),
                        "idle_pct": 100 - draw(st.integers(0, 400)) / 4})
+    if draw(st.integers(0, 3)):                    # the runner's CPU counters, one reading per slot or so
+        idle, total, pressure = 10_000, 20_000, draw(st.sampled_from((None, 5_000_000)))
+        for slot in range(START_SLOT - 12, end_slot + 4):
+            if draw(st.integers(0, 5)) == 5:
+                continue                             # a reading the sampler missed (it was late)
+            busy = draw(st.integers(0, 10))
+            idle, total = idle + 10 - busy, total + 10
+            if pressure is not None:
+                pressure += draw(st.integers(0, 50_000))
+            events.append({"ev": "load", "ts": at(slot, draw(st.sampled_from((0, 0, 1)))), "idle_ticks": idle,
+                           "total_ticks": total, "tick_ms": 10.0, "pressure_us": pressure})
     for name, kind in draw(st.lists(st.sampled_from((("c1", "client"), ("cas1", "cas"), ("controller", "controller"),
                                                      ("ovs-vswitchd", "ovs"))), max_size=4)):
         events.append({"ev": "process_cpu", "ts": at(end_slot + draw(st.integers(0, 2))), "name": name, "kind": kind,

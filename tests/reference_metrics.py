@@ -21,11 +21,13 @@ from typing import Any
 from labcommon.catalogue import (
     APP_PROBE, CLIENT_UP, CLIENTS_READY, CONNECT_OK, CPU, DB_ACTIVE, DB_DISMOUNTED, DOWN, DUMPSTER_RESUBMIT,
     FAULT, HTTP_CLIENT_UP, HTTP_DOWN, HTTP_LOGON, HTTP_REQUEST, LB_MEMBER, LOGON,
-    MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
+    LOAD, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
 PHASES = ("lb_noticed", "client_saw", "connected", "logged_on", "first_op")
 SECOND = 1_000_000_000
+LOAD_FIGURES = ("span_ms", "busy_pct", "busy_before_pct", "pressure_pct", "pressure_before_pct", "extra_cpu_ms",
+                "extra_cpu_ms_per_reconnect", "cpu_bound_ms")
 
 
 def ms_after(x: int, t: int) -> float:
@@ -98,6 +100,14 @@ def t_quantile(p: float, df: int) -> float:
 
 def _r1(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
+
+
+def _median1(values: list[float]) -> float | None:
+    """The middle value (the mean of the two middle ones for an even count), 1 decimal."""
+    if not values:
+        return None
+    ordered, half = sorted(values), len(values) // 2
+    return _r1(ordered[half] if len(values) % 2 else (ordered[half - 1] + ordered[half]) / 2)
 
 
 def distribution(per_rep: list[list[float]]) -> dict[str, Any]:
@@ -373,6 +383,8 @@ def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str
         faults.append({"pos": f.pos, "index": f.index, "t": f.t, "e": f.e, "elements": f.elements, "affects": f.affects,
                        "detection_ms": run.detection_ms(f),
                        "sessions": [run.session_fault(s, f, outages[sid]) for sid, s in run.sessions.items()]})
+        faults[-1]["load"] = _recovery_load(run, f.t, [sf["reconnect_ms"] for sf in faults[-1]["sessions"]
+                                                        if sf["recovered"]])
     affected_any = {sf["session"] for fr in faults for sf in fr["sessions"] if sf["affected"]}
     t0 = run.faults[0].t if run.faults else start
     cpu = [e["idle_pct"] for e in run.evs if e["ev"] == CPU and start <= e["ts"] <= end]
@@ -392,6 +404,53 @@ def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str
             "app_probe_gap_ms": _probe_gap([e for e in run.evs if e["ev"] == APP_PROBE and start <= e["ts"] <= end]),
             "never_served": never, "messages": _messages(run), "process_exits": len(run.of(PROCESS_EXIT)),
             "http": _http(run)}
+
+
+def _usage(run: Run, a: int, b: int) -> dict[str, Any] | None:
+    """Section 8, recovery load: an interval's usage between two load events."""
+    loads = run.of(LOAD)
+    lo = [e for e in loads if e["ts"] <= a]
+    hi = [e for e in loads if e["ts"] >= b]
+    if not lo or not hi or lo[-1] is hi[0]:
+        return None
+    x, y = lo[-1], hi[0]
+    cores = (y["total_ticks"] - x["total_ticks"]) * y["tick_ms"]
+    pressure = None if x["pressure_us"] is None or y["pressure_us"] is None \
+        else (y["pressure_us"] - x["pressure_us"]) / 1000
+    return {"elapsed": (y["ts"] - x["ts"]) / 1e6, "cores": cores,
+            "busy": cores - (y["idle_ticks"] - x["idle_ticks"]) * y["tick_ms"], "pressure": pressure}
+
+
+def _busy_pressure(u: dict[str, Any]) -> tuple[float | None, float | None]:
+    busy = _r1(100 * u["busy"] / u["cores"]) if u["cores"] > 0 else None
+    pressure = None if u["pressure"] is None else _r1(min(100, 100 * u["pressure"] / u["elapsed"]))
+    return busy, pressure
+
+
+def _recovery_load(run: Run, t: int, reconnects: list[float]) -> dict[str, Any]:
+    load: dict[str, Any] = {k: None for k in LOAD_FIGURES}
+    load["reconnected"] = len(reconnects)
+    if not reconnects:
+        return load
+    span = max(max(reconnects), 1)
+    load["span_ms"] = _r1(span)
+    # READING: the span in integer ns, as every ts is (span_ms has 3 decimals, so this is exact)
+    span_ns = round(span * 1e6)
+    during = _usage(run, t, t + span_ns)
+    if during is None or during["elapsed"] == 0:
+        return load
+    load["busy_pct"], load["pressure_pct"] = _busy_pressure(during)
+    before = _usage(run, max(run.start, t - span_ns), t)
+    if before is None or before["elapsed"] == 0:
+        return load
+    load["busy_before_pct"], load["pressure_before_pct"] = _busy_pressure(before)
+    rate = before["busy"] / before["elapsed"]
+    extra = during["busy"] - rate * during["elapsed"]
+    load["extra_cpu_ms"] = _r1(extra)
+    load["extra_cpu_ms_per_reconnect"] = round(extra / len(reconnects), 2)
+    divisor = during["cores"] / during["elapsed"] - rate
+    load["cpu_bound_ms"] = _r1(max(0, extra) / divisor) if divisor > 0 else None
+    return load
 
 
 def _goodput(run: Run, t0: int, affected_any: set) -> dict[str, Any]:
@@ -553,6 +612,9 @@ def _row(runs: list[dict[str, Any]], pos: int, scenario: dict[str, Any]) -> dict
                     and all(ph[a] <= ph[b] for a, b in zip(PHASES, PHASES[1:])):
                 subset.append({m: ms_after(ph[m], f["t"]) for m in PHASES})
     row["phases_n"] = len(subset)
+    loads = [f["load"] for _, f in mine]
+    row["recovery_load"] = {k: _median1([x[k] for x in loads if x[k] is not None]) for k in LOAD_FIGURES}
+    row["recovery_load"]["repetitions"] = sum(1 for x in loads if x["busy_pct"] is not None)
     row["phases_ms"] = {m: _r1(percentile([p[m] for p in subset], 50)) for m in PHASES}
     # READING: goodput is a run's (around its first fault), not a fault's: "the smallest repetition's dip" is
     # over all the scenario's repetitions, like the run-level messages and probe gaps, not only those with fault i.

@@ -60,6 +60,15 @@ def test_table_shows_affected_and_collateral_beside_n():
                        "n": "39", "p50": "70.5"}
 
 
+def test_load_table_shows_the_recovery_span_and_what_the_cores_did():
+    row = {"size": "1000", "dataplane": "switch",
+           "load": {"span_ms": 240.5, "busy_before_pct": 48.0, "busy_pct": 97.5, "pressure_before_pct": 20.0,
+                    "pressure_pct": 88.0, "extra_cpu_ms": 230.0, "extra_cpu_ms_per_reconnect": 2.9,
+                    "cpu_bound_ms": 221.2, "repetitions": 3}}
+    lines = bench_failover.show_load([row]).splitlines()
+    assert lines[-1].split() == ["1000", "switch", "240.5", "48", ">", "97.5", "20", ">", "88", "230", "2.9", "221.2"]
+
+
 TINY = """
 [experiment]
 name = "interleaved"
@@ -98,15 +107,30 @@ def test_a_real_run_alternates_its_scenarios_repetition_by_repetition(tmp_path, 
     spec, path = spec_mod.load(str(path))
     run_dir = runner.run_experiment(spec, path, tmp_path / "out")
     first: dict[tuple[str, int], int] = {}
+    loads: dict[tuple[str, int], list[int]] = {}
     with open(run_dir / "events.jsonl") as events:
         for line in events:
             e = json.loads(line)
             first.setdefault((e["scenario"], e["rep"]), e["ts"])
+            if e["ev"] == "load":
+                loads.setdefault((e["scenario"], e["rep"]), []).append(e["ts"])
     started = [key for key, _ in sorted(first.items(), key=lambda kv: kv[1])]
     ids = [m["id"] for m in json.loads((run_dir / "manifest.json").read_text())["scenarios"]]
     assert started == [(ids[0], 0), (ids[1], 0), (ids[0], 1), (ids[1], 1)]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["repetitions"] for s in summary["scenarios"]] == [2, 2]
+    # the CPU counters are read every 25 ms, and each row says what the cores did while its sessions reconnected
+    for stamps in loads.values():
+        gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+        assert 20e6 <= gaps[len(gaps) // 2] <= 60e6
+    assert len(loads) == 4
+    for scenario in summary["scenarios"]:
+        row = scenario["faults"][0]
+        load = row["recovery_load"]
+        assert row["recovered"] and load["repetitions"] >= 1, load
+        assert 0 < load["span_ms"] <= row["reconnect_ms"]["max"]
+        assert 0 <= load["busy_before_pct"] <= 100 and 0 <= load["busy_pct"] <= 100
+        assert load["cpu_bound_ms"] is not None and load["cpu_bound_ms"] >= 0
     assert not lab_residue(str(tmp_path))
 
 

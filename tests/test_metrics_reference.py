@@ -99,7 +99,7 @@ def dist_view(d: dict[str, Any]) -> dict[str, Any]:
 ROW_FIELDS = ("fault_index", "repetitions", "sessions", "affected", "recovered", "undisturbed", "unrecovered",
               "collateral", "disrupted", "stalled", "reauth", "prompts", "silent_reauth", "phases_n",
               "goodput_dip_unaffected", "messages", "probe_gap_ms", "app_probe_gap_ms", "cpu_idle_pct",
-              "fidelity_ok", "trustworthy", "cpu_ms_per_op")
+              "fidelity_ok", "trustworthy", "cpu_ms_per_op", "recovery_load")
 HTTP_FIELDS = ("fault_index", "sessions", "affected", "recovered", "undisturbed", "unrecovered", "relogins", "prompts",
                "requests", "failed", "disconnects", "pings_lost", "pings_reestablished", "trustworthy")
 SCENARIO_FIELDS = ("repetitions", "sessions", "cpu_idle_pct", "cpu_idle_min_pct", "cpu_idle_by_repetition",
@@ -184,6 +184,8 @@ def situations(want: dict[str, Any]) -> set[str]:
                                        "reauth", "silent_reauth") if row[k]}
         seen |= {"reconnect CI"} if row["reconnect_ms"]["ci95_of_repetition_means"] else set()
         seen |= {"detection"} if row["detection_ms"]["n"] else set()
+        seen |= {"recovery load"} if row["recovery_load"]["cpu_bound_ms"] is not None else set()
+        seen |= {"recovery pressure"} if row["recovery_load"]["pressure_pct"] is not None else set()
     for row in want["http"]:
         seen |= {f"http {k}" for k in ("recovered", "undisturbed", "unrecovered", "pings_reestablished", "relogins")
                  if row[k]}
@@ -227,7 +229,8 @@ def test_report_how_many_logs_were_checked():
                   "row recovered", "row undisturbed", "row unrecovered", "row collateral", "row stalled",
                   "row phases_n", "row reauth", "row silent_reauth", "reconnect CI", "detection", "http recovered",
                   "http undisturbed", "http unrecovered", "http pings_reestablished", "http relogins",
-                  "messages stored", "messages lost", "messages unreplicated", "messages recovered", "probe gap"}
+                  "messages stored", "messages lost", "messages unreplicated", "messages recovered", "probe gap",
+                  "recovery load", "recovery pressure"}
         assert not wanted - set(SEEN), f"the generator never produced: {sorted(wanted - set(SEEN))}"
         print("\nscenarios exercising each situation: " + ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
     print(f"\ndifferential test: {CHECKED['logs']} generated scenarios ({CHECKED['runs']} repetitions) compared, "

@@ -56,3 +56,24 @@ def test_a_line_that_is_not_the_cpu_line_is_refused(line):
 def test_this_machine():
     idle, total = procstat.read_machine_times()
     assert 0 < idle < total
+
+
+def test_cpu_pressure_is_the_some_lines_total_in_us():
+    text = ("some avg10=0.06 avg60=0.09 avg300=0.02 total=1389263682\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert procstat.cpu_pressure_us(text) == 1389263682
+
+
+def test_cpu_pressure_without_a_some_line_is_refused_by_name():
+    with pytest.raises(ValueError, match="pressure/cpu"):
+        procstat.cpu_pressure_us("full avg10=0.00 total=12\n")
+
+
+def test_cpu_pressure_is_read_from_this_kernel_and_only_grows():
+    try:
+        text = open("/proc/pressure/cpu").read()
+    except OSError:
+        assert procstat.read_cpu_pressure_us() is None      # no PSI here: none, not an error
+        return
+    first = procstat.cpu_pressure_us(text)
+    assert procstat.read_cpu_pressure_us() >= first

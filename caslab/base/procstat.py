@@ -1,5 +1,5 @@
-"""The kernel's CPU counters, parsed: the machine's (``/proc/stat``) and a process's
-(``/proc/<pid>/stat``). Pure parsing is kept apart from reading so tests can feed it
+"""The kernel's CPU counters, parsed: the machine's (``/proc/stat``, ``/proc/pressure/cpu``)
+and a process's (``/proc/<pid>/stat``). Pure parsing is kept apart from reading so tests can feed it
 real lines."""
 
 from __future__ import annotations
@@ -46,6 +46,25 @@ def idle_pct(earlier: tuple[int, int], later: tuple[int, int]) -> float | None:
 def read_machine_times() -> tuple[int, int]:
     with open("/proc/stat") as handle:
         return machine_times(handle.readline())
+
+
+def cpu_pressure_us(text: str) -> int:
+    """Microseconds so far in which some runnable task waited for a CPU: the ``total`` of
+    the ``some`` line of /proc/pressure/cpu (the kernel's pressure stall information)."""
+    for line in text.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+        if line.startswith("some ") and fields.get("total", "").isdigit():
+            return int(fields["total"])
+    raise ValueError(f"/proc/pressure/cpu: expected a 'some ... total=<us>' line, got {text.strip()[:80]!r}")
+
+
+def read_cpu_pressure_us() -> int | None:
+    """The CPU pressure counter, or None where the kernel has no PSI (or it is switched off)."""
+    try:
+        with open("/proc/pressure/cpu") as handle:
+            return cpu_pressure_us(handle.read())
+    except (OSError, ValueError):
+        return None
 
 
 def process_cpu_ms(pid: int) -> float | None:

@@ -137,7 +137,25 @@ def row(size: str, analysis, scenario) -> dict:
             "collateral": fault.collateral, "repetitions": fault.repetitions,
             "unrecovered": fault.unrecovered, "dip_unaffected": scenario.goodput.get("dip_unaffected"),
             "cpu_idle": scenario.cpu_idle_pct, "trusted": scenario.trustworthy,
-            "phases": {p: fault.phases_ms.get(p) for p in PHASES}, "folder": str(analysis.run_dir)}
+            "phases": {p: fault.phases_ms.get(p) for p in PHASES}, "load": fault.recovery_load,
+            "folder": str(analysis.run_dir)}
+
+
+def show_load(rows: list[dict]) -> str:
+    """Where a size's reconnect time goes: the cores during the recovery (metrics.load)."""
+    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    lines = ["recovery load (median over repetitions; span: the fault to the last reconnect; before: as long "
+             "just before the fault; cpu-bound: the added CPU on the cores left spare)",
+             f"{'sessions':>8} {'dataplane':10} {'span ms':>8} {'busy % before>during':>21} "
+             f"{'CPU pressure % before>during':>29} {'added CPU ms':>12} {'per reconnect':>13} {'cpu-bound ms':>12}"]
+    for r in rows:
+        load = r.get("load") or {}
+        lines.append(f"{r['size']:>8} {r['dataplane'] or '-':10} {fmt(load.get('span_ms')):>8} "
+                     f"{fmt(load.get('busy_before_pct')) + ' > ' + fmt(load.get('busy_pct')):>21} "
+                     f"{fmt(load.get('pressure_before_pct')) + ' > ' + fmt(load.get('pressure_pct')):>29} "
+                     f"{fmt(load.get('extra_cpu_ms')):>12} {fmt(load.get('extra_cpu_ms_per_reconnect')):>13} "
+                     f"{fmt(load.get('cpu_bound_ms')):>12}")
+    return "\n".join(lines)
 
 
 def show(rows: list[dict]) -> str:
@@ -179,6 +197,7 @@ def main_cli(sizes: list[str], reps: int | None, out: str | None, floor_only: bo
             rows.append(row(size, analysis, scenario))
             rows[-1]["x_floor"] = times_floor(rows[-1], floor)
     text = "\n\n".join(part for part in (show_floor(floor) if floor else "", show(rows) if rows else "",
+                                          show_load(rows) if rows else "",
                                           "\n".join(failed)) if part)
     base.mkdir(parents=True, exist_ok=True)
     (base / "bench.txt").write_text(text + "\n")

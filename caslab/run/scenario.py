@@ -31,7 +31,7 @@ from caslab.modes import Mode, mode_for
 from caslab.network.netlab import LabError, LabNetwork, LabProcess
 from caslab.base.waits import LogTail, session_ready, wait_for_events, wait_ready
 from labcommon.catalogue import (
-    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
+    CAPABILITY_MISSING, CLIENTS_READY, CLOCKS, CONTROLLER_START, CPU, LOAD, MAILBOX_CONTENTS, MEASURE_END, MEASURE_START,
     PROCESS_EXIT, SCENARIO_END, SCENARIO_START, WAN_FIREWALL,
 )
 from labcommon.events import EventLog, read_events
@@ -42,10 +42,14 @@ from labcommon.programs import (
 from topologies.plan import plan_from_topology
 
 Progress = Callable[[str], None]
+LOAD_EVERY_S = 0.025  # a recovery of 50 ms spans two readings
 
 
 class CpuSampler(threading.Thread):
-    """Logs CPU idle % once a second (Mininet-HiFi's fidelity check wants >= 35 %)."""
+    """Logs CPU idle % once a second (Mininet-HiFi's fidelity check wants >= 35 %), and
+    the machine's raw CPU counters every ``LOAD_EVERY_S`` (``load`` events: the busy
+    share and the CPU pressure of a failover's recovery, which lasts tens to hundreds of
+    ms, are read from them)."""
 
     def __init__(self, log: EventLog):
         super().__init__(daemon=True)
@@ -54,8 +58,15 @@ class CpuSampler(threading.Thread):
 
     def run(self) -> None:
         earlier = procstat.read_machine_times()
-        while not self.halt.wait(1.0):
+        per_second = round(1.0 / LOAD_EVERY_S)
+        tick = 0
+        while not self.halt.wait(LOAD_EVERY_S):
             later = procstat.read_machine_times()
+            self.log.emit(LOAD, idle_ticks=later[0], total_ticks=later[1], tick_ms=procstat.TICK_MS,
+                          pressure_us=procstat.read_cpu_pressure_us())
+            tick += 1
+            if tick % per_second:
+                continue
             idle = procstat.idle_pct(earlier, later)
             if idle is not None:
                 self.log.emit(CPU, idle_pct=round(idle, 1))

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
+from caslab.results.metrics.load import RecoveryLoad, summarize as summarize_loads
 from caslab.results.metrics.nlb import Convergence
 from caslab.results.metrics.stats import Distribution, median
 
@@ -102,6 +103,7 @@ class FaultRun:
     sessions: list[SessionFault]
     convergence: Convergence = field(default_factory=Convergence)
     databases: dict[str, dict[str, Any]] = field(default_factory=dict)  # db -> unmounted_ms, missing, dismounted
+    load: RecoveryLoad = field(default_factory=RecoveryLoad)  # the cores during the recovery (metrics.load)
 
     def count(self, attr: str) -> int:
         return sum(1 for s in self.sessions if getattr(s, attr))
@@ -276,6 +278,8 @@ class FaultSummary:
     copy_missing: int | None = over_faults(copy_queue_lost)
     undisturbed: int = sessions_with("undisturbed")  # affected, owned no outage, and were served
     phases_n: int = 0                     # recovered sessions with every milestone in causal order
+    # the cores during the recovery span, median over repetitions (caslab.results.metrics.load)
+    recovery_load: dict[str, Any] = over_faults(lambda faults: summarize_loads([f.load for f in faults]), factory=dict)
 
 
 @dataclass
