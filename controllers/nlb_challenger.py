@@ -4,9 +4,13 @@ NlbCore.challenge_frame) at each delay of the schedule. A connection leaves the 
 when the NLB resets it (``done``) or when the schedule of the last batch it was added in
 has run out.
 
-Why a schedule: the switch applies a flow change to its cached datapath flows
-asynchronously (a few ms, tens under load), and until then a client's answer may still
-take the dead CAS's path and be lost; so early retries are dense and later ones sparse.
+Why a schedule: a challenge, the client's answer or the survivor's reset can be lost, and
+the controller dataplane's flow delete reaches the switch's cached datapath flows
+asynchronously (a client's answer may still take the dead CAS's path until then: its
+first challenge waits ``settle_s``). Why a sparse one: every repeat costs a packet-out, an
+answer, a reset and its packet-in on the cores the reconnect burst needs; under load the
+resets come back tens of ms after their challenge, and a dense schedule repeated each
+challenge about ten times (labcommon.programs.CHALLENGE_DELAYS_MS).
 Why one schedule for everything: a timer per retry costs more than the retries
 themselves and competes with the packet-ins that carry the answers; the app wakes once
 for whatever is due (``next_at``) and writes it to each switch in one piece.
@@ -22,22 +26,25 @@ from typing import Any
 
 
 class ChallengeSchedule:
-    def __init__(self, delays_s: list[float]):
+    def __init__(self, delays_s: list[float], settle_s: float | None = None):
         self.delays_ns = sorted(round(d * 1e9) for d in delays_s)
+        self.settle_ns = None if settle_s is None else round(settle_s * 1e9)
         self.pending: dict[tuple, tuple[Any, Any, Any, int]] = {}  # key -> (channel, vip, connection, batch)
         self.heap: list[tuple[int, int, int, int, int, list[tuple]]] = []  # due, serial, attempt, start, batch, keys
         self.serial = itertools.count()
 
     def add(self, channel, vip, conns: list, now: int, at_once: bool = True) -> None:
-        """Challenge these connections (at ``now`` if ``at_once``) and then on the schedule."""
+        """Challenge these connections (at ``now`` if ``at_once``, else ``settle_s`` after it
+        if set) and then on the schedule."""
         if not conns:
             return
         keys = [conn.key for conn in conns]
         batch = next(self.serial)
         for conn in conns:
             self.pending[conn.key] = (channel, vip, conn, batch)
-        if at_once:
-            heapq.heappush(self.heap, (now, next(self.serial), -1, now, batch, keys))
+        first = now if at_once else None if self.settle_ns is None else now + self.settle_ns
+        if first is not None:
+            heapq.heappush(self.heap, (first, next(self.serial), -1, now, batch, keys))
         heapq.heappush(self.heap, (now + self.delays_ns[0], next(self.serial), 0, now, batch, keys))
 
     def done(self, key: tuple) -> bool:

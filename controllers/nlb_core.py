@@ -54,6 +54,11 @@ GUARD_PERIOD = 1 * S  # how often the packet-ins the rate limit refused are repo
 BARRIER_XID_BASE = 0x4E4C0000  # the barriers the core asks for ("NL"), told apart from os-ken's own xids
 
 
+# Controller dataplane: a dead member's connection is first challenged this long after its flows'
+# delete was sent (the switch applies it to its cached datapath flows in about a ms when idle).
+FLOW_SETTLE_S = 0.001
+
+
 def read_interval(read_s: float, floor_s: float) -> float:
     """Seconds to wait before the next conntrack read, given how long the last one took."""
     return max(floor_s, read_s / READ_SHARE - read_s)
@@ -141,7 +146,7 @@ class NlbCore:
         self.limiter = TokenBucket(config.packet_in_rate, config.packet_in_burst)
         self.channels: dict[int, Any] = {}  # dpid -> the one live connection that claimed it
         self.datapaths: dict[int, Any] = {}  # the switches among them the NLB programs
-        self.challenges = ChallengeSchedule(self.challenge_delays_s)
+        self.challenges = ChallengeSchedule(self.challenge_delays_s, settle_s=FLOW_SETTLE_S)
         self.ct_cache: dict[int, list[CtEntry]] = {}  # switch dataplane: vip index -> last conntrack read
         self.stats = {"packet_in": 0, "conns": 0, "resets": 0, "challenges": 0, "arp": 0, "icmp": 0,
                       "dropped": 0, "malformed": 0}

@@ -14,6 +14,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from labcommon.catalogue import LB_MEMBER, NLB_EVICT
+from controllers.nlb_core import FLOW_SETTLE_S
 from labcommon.programs import CHALLENGE_DELAYS_MS, NlbHealth
 from tests.nlb_lab import (
     CLIENT, MEMBER, OTHER_CLIENT, S, SERVICE_PORT, T0, VIP_IP, VIP_MAC, WALL, challenges_until, channel,
@@ -23,6 +24,7 @@ from tests.nlb_lab import (
 
 MS = S // 1000
 DELAYS = [d * MS for d in CHALLENGE_DELAYS_MS]  # the default schedule
+SETTLE = round(FLOW_SETTLE_S * S)  # controller dataplane: the first challenge, after the flow delete
 
 
 def challenged(outputs) -> list:
@@ -53,9 +55,9 @@ def test_link_down_unpins_the_member_and_challenges_its_clients_on_the_schedule(
     member = core.vips[0].pool.members["cas2"]
     assert (member.port_up, member.healthy, member.in_service, member.accepts_new) == (False, True, False, False)
 
-    # challenges follow the delete (OVS applies it asynchronously): dense first, then sparse
-    assert set(core.challenges.pending) == on_cas2 and core.challenges.next_at() == now + DELAYS[0]
-    first = challenged(challenges_until(core, now + DELAYS[0]))
+    # challenges follow the delete (OVS applies it asynchronously): once it settled, then on the schedule
+    assert set(core.challenges.pending) == on_cas2 and core.challenges.next_at() == now + SETTLE
+    first = challenged(challenges_until(core, now + SETTLE))
     assert len(first) == len(on_cas2)
     for po in first:
         reply = Ether(po.data)
@@ -66,11 +68,11 @@ def test_link_down_unpins_the_member_and_challenges_its_clients_on_the_schedule(
         assert (reply.src, ip.src, seg.sport, str(seg.flags), bytes(seg.payload)) == (VIP_MAC, VIP_IP, SERVICE_PORT,
                                                                                      "A", b"\x00")
         assert checksums_ok(po.data)
-    assert len(challenged(challenges_until(core, now + DELAYS[6]))) == 6 * len(on_cas2)  # 14 ms: six more rounds
+    assert len(challenged(challenges_until(core, now + DELAYS[1]))) == 2 * len(on_cas2)  # two more rounds
     # nobody answered: the rest of the schedule, then the controller gives up on them
-    assert len(challenged(challenges_until(core, now + 10 * S))) == 6 * len(on_cas2)
+    assert len(challenged(challenges_until(core, now + 10 * S))) == (len(DELAYS) - 2) * len(on_cas2)
     assert core.challenges.pending == {} and core.challenges.next_at() is None
-    assert core.stats["challenges"] == len(DELAYS) * len(on_cas2)
+    assert core.stats["challenges"] == (1 + len(DELAYS)) * len(on_cas2)
     [evict] = emitted(out, NLB_EVICT)
     assert (evict["member"], evict["reason"], evict["conns"], evict["fast_fail"]) == ("cas2", "port_down",
                                                                                       len(on_cas2), True)
@@ -84,16 +86,16 @@ def test_a_reset_client_is_not_challenged_again():
     ch = connected(core)
     on_cas3 = [k for k, v in pin_until(core, ch, {"cas3"}).items() if v == "cas3"]
     link(core, ch, "cas3", False, T0)
-    assert len(challenged(challenges_until(core, T0 + DELAYS[0]))) == len(on_cas3)
+    assert len(challenged(challenges_until(core, T0 + SETTLE))) == len(on_cas3)
     # the first client's answer (a duplicate ACK) reaches the controller: an exact RST
     out = core.packet_in(ch, CLIENT.port_no, tcp_frame(on_cas3[0][1], "A", seq=5555, ack=0x12345678), 0,
-                         T0 + DELAYS[0])
+                         T0 + SETTLE)
     [po] = sent(out)
     seg = Ether(po.data)[TCP]
     assert str(seg.flags) == "R" and seg.seq == 0x12345678 and seg.dport == on_cas3[0][1]
     assert on_cas3[0] not in core.challenges.pending
     rest = challenged(challenges_until(core, T0 + 10 * S))
-    assert len(rest) == (len(DELAYS) - 1) * (len(on_cas3) - 1)
+    assert len(rest) == len(DELAYS) * (len(on_cas3) - 1)  # the others: the whole schedule after the first
 
 
 def test_after_link_down_new_syns_never_pick_the_dead_member():
@@ -173,7 +175,7 @@ def test_drain_deadline_evicts_the_remaining_sessions():
     assert sent(core.drain(core.vips[0], "cas3", 30, T0, WALL)) == [] and drain_timers(core) == [T0 + 30 * S]
     out = core.tick(T0 + 30 * S)
     assert unpinned(sent(out)) == unpin_of(3) and "cas3" not in core.vips[0].conns.count_by_backend()
-    assert len(challenged(challenges_until(core, T0 + 30 * S + DELAYS[0]))) == on_cas3
+    assert len(challenged(challenges_until(core, T0 + 30 * S + SETTLE))) == on_cas3
     assert emitted(out, NLB_EVICT)[-1]["reason"] == "drain_deadline"
 
 
@@ -205,6 +207,8 @@ def test_challenge_schedule_is_configurable():
     ch = connected(core)
     on_cas1 = sum(1 for v in pin_until(core, ch, {"cas1"}).values() if v == "cas1")
     link(core, ch, "cas1", False)
+    assert core.challenges.next_at() == T0 + SETTLE
+    assert len(challenged(challenges_until(core, T0 + SETTLE))) == on_cas1
     assert core.challenges.next_at() == T0 + 5 * MS
     assert len(challenged(challenges_until(core, T0 + 10 * S))) == 2 * on_cas1
 

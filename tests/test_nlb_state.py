@@ -279,3 +279,13 @@ def test_a_connection_added_again_stays_until_its_last_batch_ends():
     assert conn(1).key in schedule.pending  # the first batch ended, not the second
     schedule.due(T0 + 3 * MS)
     assert schedule.pending == {} and schedule.next_at() is None
+
+
+def test_a_settle_time_challenges_once_before_the_schedule_when_not_at_once():
+    schedule = ChallengeSchedule([0.025, 0.075], settle_s=0.001)
+    schedule.add("dp", "vip", [conn(1)], T0, at_once=False)
+    assert schedule.next_at() == T0 + 1 * MS
+    assert [key for _, _, c in schedule.due(T0 + 1 * MS) for key in [c.key]] == [conn(1).key]
+    assert schedule.next_at() == T0 + 25 * MS
+    schedule.add("dp", "vip", [conn(2)], T0, at_once=True)       # at once: no settle round besides
+    assert len(schedule.due(T0)) == 1 and schedule.next_at() == T0 + 25 * MS

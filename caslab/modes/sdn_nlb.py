@@ -18,10 +18,16 @@ from caslab.modes.base import VipMode
 from caslab.schema.fields import Field, choice, int_range
 from labcommon.ports import CAS_PORT, HTTPS_PORT
 from labcommon.programs import (
-    HEALTH_AGENT, HealthAgentConfig, HealthMember, NlbApi, NlbConfig, NlbHealth, NlbMember, NlbMeter, NlbSource, NlbVip,
+    CHALLENGE_DELAYS_MS, HEALTH_AGENT, HealthAgentConfig, HealthMember, NlbApi, NlbConfig, NlbHealth, NlbMember, NlbMeter, NlbSource, NlbVip,
 )
 
 AFFINITIES = ("none", "single", "network")
+
+
+def ascending_delays(value) -> bool:
+    numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return 0 < len(value) <= 32 and len(numbers) == len(value) and all(0.1 <= v <= 10000 for v in numbers) \
+        and all(a < b for a, b in zip(numbers, numbers[1:]))
 
 
 class SdnNlb(VipMode):
@@ -44,13 +50,17 @@ class SdnNlb(VipMode):
         "dataplane": choice("switch", ("switch", "controller"),
                             "switch: OVS select group + conntrack; controller: a packet-in per connection"),
         "packet_in_rate": int_range(5000, 10, 1_000_000, "packet-ins per second the switch lets through (meter)"),
+        "challenge_delays_ms": Field(list, list(CHALLENGE_DELAYS_MS), ascending_delays,
+                                     "a dead CAS's connection is challenged at once, then again this many ms after "
+                                     "(until its reset is seen): 1 to 32 ascending delays from 0.1 to 10000"),
     }
 
     def controller_config(self, ctx):
         nlb = ctx.spec["nlb"]
         rate = nlb["packet_in_rate"]
         return self.nlb_config(ctx, nlb["affinity"], fast_fail=nlb["fast_fail"], dataplane=nlb["dataplane"],
-                               meter=NlbMeter(rate_pps=rate, burst=max(10, rate // 4)))
+                               meter=NlbMeter(rate_pps=rate, burst=max(10, rate // 4)),
+                               challenge_delays_ms=[float(d) for d in nlb["challenge_delays_ms"]])
 
     @staticmethod
     def sources(ctx, site) -> list[NlbSource]:
