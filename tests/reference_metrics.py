@@ -408,6 +408,8 @@ def analyze_run(events: list[dict], late_ms: float, stall_ms: float) -> dict[str
 
 def _usage(run: Run, a: int, b: int) -> dict[str, Any] | None:
     """Section 8, recovery load: an interval's usage between two load events."""
+    if a >= b:
+        return None                                   # "an empty interval has none"
     loads = run.of(LOAD)
     lo = [e for e in loads if e["ts"] <= a]
     hi = [e for e in loads if e["ts"] >= b]

@@ -73,3 +73,9 @@ def test_the_rows_figures_are_medians_over_the_repetitions_that_have_them():
     assert row["repetitions"] == 2
     assert row["busy_pct"] == 60.0               # (100 + 20) / 2
     assert row["cpu_bound_ms"] == 100.0          # (200 + 0) / 2
+
+
+def test_a_fault_before_the_measurement_window_has_no_span_before_it():
+    # found by the differential test: the span before was [start, fault), an inverted interval
+    load = recovery_load(two_cores(10, 20, 0), T, [200.0], T + 50 * MS)
+    assert (load.busy_pct, load.busy_before_pct, load.extra_cpu_ms, load.cpu_bound_ms) == (100.0, None, None, None)

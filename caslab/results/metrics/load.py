@@ -75,7 +75,10 @@ def readings(events: list[dict]) -> list[Reading]:
 
 def usage(series: list[Reading], start: int, end: int) -> Usage | None:
     """The counters from the last reading at or before ``start`` to the first at or after
-    ``end`` (None when the readings do not cover both ends)."""
+    ``end`` (None when the readings do not cover both ends, or the interval is empty: a
+    fault at or before the measurement window's start has no span before it)."""
+    if end <= start:
+        return None
     stamps = [r.ts for r in series]
     i = bisect.bisect_right(stamps, start) - 1
     j = bisect.bisect_left(stamps, end)
