@@ -42,9 +42,10 @@ class ChallengeSchedule:
         batch = next(self.serial)
         for conn in conns:
             self.pending[conn.key] = (channel, vip, conn, batch)
-        first = now if at_once else None if self.settle_ns is None else now + self.settle_ns
-        if first is not None:
-            heapq.heappush(self.heap, (first, next(self.serial), -1, now, batch, keys))
+        if at_once:
+            heapq.heappush(self.heap, (now, next(self.serial), -1, now, batch, keys))
+        elif self.settle_ns is not None:
+            heapq.heappush(self.heap, (now + self.settle_ns, next(self.serial), -1, now, batch, keys))
         heapq.heappush(self.heap, (now + self.delays_ns[0], next(self.serial), 0, now, batch, keys))
 
     def done(self, key: tuple) -> bool:

@@ -3,10 +3,14 @@ while a failover's sessions reconnected, against the same span before the fault.
 
 from __future__ import annotations
 
-from caslab.results.metrics.load import recovery_load, summarize
+from caslab.results.metrics.load import readings, recovery_load as load_of, summarize
 
 MS = 1_000_000
 T = 10_000 * MS          # the fault
+
+
+def recovery_load(events: list[dict], t_fault: int, reconnects_ms: list[float], earliest: int):
+    return load_of(readings(events), t_fault, reconnects_ms, earliest)
 
 
 def reading(ms: float, idle: int, total: int, pressure_us: int | None = 0) -> dict:

@@ -56,6 +56,11 @@ FLOOR_OVERRIDES = ['experiment.modes=["sdn-nlb"]', "experiment.name=bench-floor"
                    "timing.warmup_s=1.0", "timing.observe_s=4.0"]
 
 
+def fmt(value) -> str:
+    """A figure as the tables print it: ``-`` when there is none."""
+    return "-" if value is None else f"{value:g}"
+
+
 class BenchError(ValueError):
     """The bench was asked for something it cannot measure fairly."""
 
@@ -109,7 +114,6 @@ def floor_rows(analysis) -> dict[str, dict]:
 
 
 def show_floor(floor: dict[str, dict]) -> str:
-    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
     lines = ["floor: one session on an idle lab of two CAS, its own CAS powered off (n: repetitions recovered)",
              f"{'dataplane':10} {'n':>3} {'reconnect p50':>13} {'max':>7} {'unrec':>5}  phases (noticed/saw/connected/"
              f"logon/op)      datapath RTT   app probe   one op   {'idle%':>6} {'trusted':>7}"]
@@ -143,7 +147,6 @@ def row(size: str, analysis, scenario) -> dict:
 
 def show_load(rows: list[dict]) -> str:
     """Where a size's reconnect time goes: the cores during the recovery (metrics.load)."""
-    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
     lines = ["recovery load (median over repetitions; span: the fault to the last reconnect; before: as long "
              "just before the fault; cpu-bound: the added CPU on the cores left spare)",
              f"{'sessions':>8} {'dataplane':10} {'span ms':>8} {'busy % before>during':>21} "
@@ -165,7 +168,6 @@ def show(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         ci = "-" if not r["ci95"] else f"[{r['ci95'][0]:g}, {r['ci95'][1]:g}]"
-        fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
         phases = "/".join(fmt(r["phases"][p]) for p in PHASES)
         lines.append(f"{r['size']:>8} {r['dataplane'] or '-':10} {r['repetitions']:>4} {r['affected']:>8} "
                      f"{r['collateral']:>6} {r['n']:>4} {fmt(r['p50']):>8} {fmt(r['p99']):>8} "

@@ -15,19 +15,19 @@ from __future__ import annotations
 from caslab.network import nlb_client
 from caslab.schema.http import http_enabled
 from caslab.modes.base import VipMode
-from caslab.schema.fields import Field, choice, int_range
+from caslab.schema.fields import NUM, Field, choice, int_range, list_of
 from labcommon.ports import CAS_PORT, HTTPS_PORT
 from labcommon.programs import (
-    CHALLENGE_DELAYS_MS, HEALTH_AGENT, HealthAgentConfig, HealthMember, NlbApi, NlbConfig, NlbHealth, NlbMember, NlbMeter, NlbSource, NlbVip,
+    CHALLENGE_DELAYS_MS, HEALTH_AGENT, HealthAgentConfig, HealthMember, NlbApi, NlbConfig, NlbHealth, NlbMember,
+    NlbMeter, NlbSource, NlbVip,
 )
 
 AFFINITIES = ("none", "single", "network")
 
 
-def ascending_delays(value) -> bool:
-    numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return 0 < len(value) <= 32 and len(numbers) == len(value) and all(0.1 <= v <= 10000 for v in numbers) \
-        and all(a < b for a, b in zip(numbers, numbers[1:]))
+def ascending_delays(value: list) -> bool:
+    return 0 < len(value) <= 32 and list_of(NUM, lambda v: 0.1 <= v <= 10000)(value) \
+        and all(a < b for a, b in zip(value, value[1:]))
 
 
 class SdnNlb(VipMode):
@@ -51,8 +51,9 @@ class SdnNlb(VipMode):
                             "switch: OVS select group + conntrack; controller: a packet-in per connection"),
         "packet_in_rate": int_range(5000, 10, 1_000_000, "packet-ins per second the switch lets through (meter)"),
         "challenge_delays_ms": Field(list, list(CHALLENGE_DELAYS_MS), ascending_delays,
+                                     "1 to 32 ascending delays in ms from 0.1 to 10000",
                                      "a dead CAS's connection is challenged at once, then again this many ms after "
-                                     "(until its reset is seen): 1 to 32 ascending delays from 0.1 to 10000"),
+                                     "(until its reset is seen)"),
     }
 
     def controller_config(self, ctx):

@@ -11,8 +11,8 @@ lower bound; when it is close to the recovery span, faster failover needs less w
 reconnect or more cores, not a quicker NLB.
 
 Inputs are the ``load`` events (raw cumulative counters every 25 ms, from the runner) of
-one run; the spans are widened to the readings around them, and the figures are over the
-span actually covered.
+one run, as ``readings``; the spans are widened to the readings around them, and the
+figures are over the span actually covered.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Usage:
 
 
 def readings(events: list[dict]) -> list[Reading]:
+    """A run's ``load`` events in time order (read once per run, used by every fault)."""
     return [Reading(e["ts"], e["idle_ticks"], e["total_ticks"], e["tick_ms"], e.get("pressure_us"))
             for e in sorted((e for e in events if e["ev"] == LOAD), key=lambda e: e["ts"])]
 
@@ -91,14 +92,14 @@ def usage(series: list[Reading], start: int, end: int) -> Usage | None:
     return Usage((b.ts - a.ts) / 1e6, busy_ms, cores_ms, pressure)
 
 
-def recovery_load(events: list[dict], t_fault: int, reconnects_ms: list[float], earliest: int) -> RecoveryLoad:
+def recovery_load(series: list[Reading], t_fault: int, reconnects_ms: list[float], earliest: int) -> RecoveryLoad:
     """The recovery span after ``t_fault`` (to the last of ``reconnects_ms``) against as
-    long a span before it (not before ``earliest``, the measurement window's start)."""
+    long a span before it (not before ``earliest``, the measurement window's start), from
+    the run's ``readings``."""
     if not reconnects_ms:
         return RecoveryLoad()
     span_ns = round(max(max(reconnects_ms), 1.0) * 1e6)  # ts are integer ns
     out = RecoveryLoad(span_ms=round(span_ns / 1e6, 1), reconnected=len(reconnects_ms))
-    series = readings(events)
     during = usage(series, t_fault, t_fault + span_ns)
     before = usage(series, max(earliest, t_fault - span_ns), t_fault)
     if during is None or during.elapsed_ms <= 0:

@@ -17,7 +17,7 @@ from labcommon.catalogue import (
     MAILBOX_CONTENTS, MEASURE_END, MEASURE_START, OP, PROBE, PROCESS_CPU, PROCESS_EXIT, SCENARIO_END,
 )
 
-from caslab.results.metrics.load import recovery_load
+from caslab.results.metrics.load import readings, recovery_load
 from caslab.results.metrics.nlb import convergence, flooding
 from caslab.results.metrics.addresses import by_address
 from caslab.results.metrics.databases import database_outages, dumpster
@@ -49,6 +49,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
     stall_ns = int(params.stall_ms * 1e6)
     by_session = {sid: outages(track, windows, start, end, stall_ns) for sid, track in session_tracks.items()}
     fault_events = [e for e in events if e["ev"] == FAULT]
+    load_series = readings(events)
     faults = []
     for window, fe in zip(windows, fault_events):
         sessions = [session_fault(track, window, by_session[track.sid], end, downs)
@@ -58,7 +59,7 @@ def analyze_run(events: list[dict], params: RunParams, scenario: str = "", rep: 
                                detection_ms(events, window.t, window.end, set(window.elements)),
                                sessions, convergence=convergence(events, window.t, window.end),
                                databases=database_outages(events, window.t, end, set(window.elements))))
-        faults[-1].load = recovery_load(events, window.t, faults[-1].reconnect_ms, start)
+        faults[-1].load = recovery_load(load_series, window.t, faults[-1].reconnect_ms, start)
     http_windows = [(f.index, f.label, f.t_ns, f.window_end_ns, set(f.elements)) for f in faults] \
         or [(-1, "no fault", start, end, set())]
     t0 = fault_events[0]["ts"] if fault_events else start
